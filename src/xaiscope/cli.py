@@ -1,0 +1,144 @@
+"""The ``xaiscope`` command.
+
+Every command turns user mistakes (:class:`~xaiscope.errors.XaiscopeError`) into one
+sentence on stderr and exit status 2, with no traceback unless ``--debug`` is given.
+Ctrl-C stops with status 130 and says how to resume.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xaiscope.errors import ConfigError, XaiscopeError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Explain image classifiers and measure how good the explanations are.",
+)
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _STATE["debug"] = debug
+
+
+def parse_list(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["integrated_gradients.n_steps=64"]`` -> ``{"integrated_gradients": {"n_steps": 64}}`` (values as YAML)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, hp = key.partition(".")
+        if not sep or not dot or not name or not hp:
+            raise ConfigError(f"The setting {item!r} must look like METHOD.NAME=VALUE.")
+        try:
+            out.setdefault(name.strip(), {})[hp.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"The value in {item!r} cannot be parsed.") from None
+    return out
+
+
+def parse_target(target: str) -> str | int:
+    if target in ("true", "pred"):
+        return target
+    try:
+        return int(target)
+    except ValueError:
+        raise ConfigError(f"--target must be 'true', 'pred' or a class index, got {target!r}.") from None
+
+
+@app.command()
+def methods() -> None:
+    """List the attribution methods with their hyperparameters and pass counts."""
+    from xaiscope import explain
+
+    table = Table(title="Attribution methods")
+    for col in ("method", "family", "library", "hyperparameters (defaults)", "passes / image"):
+        table.add_column(col)
+    for name in explain.names():
+        cls = explain.get_class(name)
+        inst = cls()
+        hp = ", ".join(f"{k}={v!r}" for k, v in inst.hparams.items() if k != "batch_size")
+        table.add_row(name, cls.family, cls.library, hp or "-", _passes_text(inst))
+    console.print(table)
+
+
+def _passes_text(inst) -> str:
+    p = inst.passes((1, 64, 64))
+    return f"{p:g} (64x64)" if inst.passes(None) != inst.passes(None) else f"{p:g}"
+
+
+@app.command("explain")
+def explain_cmd(
+    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
+    out: Path = typer.Option(..., help="Output folder."),
+    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
+    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
+    overlays: int = typer.Option(8, min=0, help="PNG overlays for the first K images per method."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Compute raw attributions per method; write one .npz per method and PNG overlays."""
+    from xaiscope.pipeline.explain_job import run_explain
+
+    written = run_explain(
+        model=model, data=data, methods=parse_list(methods), out=out, weights=weights, params=parse_params(param),
+        batch_size=batch_size, device=device, target=parse_target(target), overlays=overlays, trust_model=trust_model,
+        console=console,
+    )
+    for p in written:
+        console.print(f"wrote {p}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn user errors into one sentence and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, standalone_mode=False)
+    except XaiscopeError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("Interrupted. Finished work is kept; run the same command again to resume.")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort,):
+        err_console.print("Interrupted. Finished work is kept; run the same command again to resume.")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

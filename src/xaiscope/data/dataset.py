@@ -1,0 +1,98 @@
+"""The in-memory dataset every layer above ``data`` works on."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from xaiscope.errors import DataError
+
+
+@dataclass
+class Dataset:
+    """Images with labels, ids and optional expert masks.
+
+    Attributes
+    ----------
+    x : Tensor ``[N, C, H, W]`` float32 (normalised when ``mean``/``std`` are set)
+    y : Tensor ``[N]`` int64, indices into ``classes``
+    ids : list of str, unique image ids (``<class>/<stem>`` for folders)
+    classes : list of str, class names (label ``k`` is ``classes[k]``)
+    masks : Tensor ``[N, H, W]`` bool or None, expert masks (ground truth)
+    extra_masks : dict of name -> Tensor ``[N, H, W]`` bool (e.g. ``confounder``)
+    mean, std : per-channel normalisation applied to ``x`` (None when not normalised)
+    source : where the data came from (a path), for messages and the manifest
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[str]
+    classes: list[str]
+    masks: torch.Tensor | None = None
+    extra_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        if self.x.dim() != 4:
+            raise DataError(f"Images must be [N, C, H, W]; got shape {list(self.x.shape)} from {self.source or 'input'}.")
+        if self.y.shape != (n,) or len(self.ids) != n:
+            raise DataError(f"{self.source or 'The dataset'} has {n} images but {self.y.shape[0]} labels and {len(self.ids)} ids.")
+        if len(set(self.ids)) != n:
+            raise DataError(f"Image ids in {self.source or 'the dataset'} are not unique.")
+        if self.masks is not None and self.masks.shape != (n, *self.x.shape[2:]):
+            raise DataError(
+                f"Masks in {self.source or 'the dataset'} have shape {list(self.masks.shape)} but the images need {[n, *self.x.shape[2:]]}."
+            )
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int):
+        """Item ``i`` as ``(id, x [C,H,W], y, mask [H,W] or None)``."""
+        mask = None if self.masks is None else self.masks[i]
+        return self.ids[i], self.x[i], int(self.y[i]), mask
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> "Dataset":
+        """A new dataset with the items at ``index`` (in that order)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return Dataset(
+            x=self.x[idx], y=self.y[idx], ids=[self.ids[i] for i in idx.tolist()], classes=list(self.classes),
+            masks=None if self.masks is None else self.masks[idx],
+            extra_masks={k: v[idx] for k, v in self.extra_masks.items()},
+            mean=self.mean, std=self.std, source=self.source,
+        )
+
+    def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """``(slice, x, y)`` for consecutive batches."""
+        for start in range(0, len(self), batch_size):
+            sl = slice(start, min(len(self), start + batch_size))
+            yield sl, self.x[sl], self.y[sl]
+
+    def fill_value(self) -> torch.Tensor:
+        """Per-channel value of a "blank" pixel: the dataset mean in the stored scale, ``[C, 1, 1]``."""
+        return self.x.mean(dim=(0, 2, 3)).view(-1, 1, 1)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of images, labels, ids and masks: identifies the exact data of a run."""
+        h = hashlib.sha256()
+        h.update(self.x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.y.cpu().numpy().tobytes())
+        h.update("\n".join(self.ids).encode())
+        if self.masks is not None:
+            h.update(self.masks.cpu().numpy().tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,281 @@
+"""Readers for user data: class-per-folder images (PNG, JPEG, TIFF) and NPZ files.
+
+Folder layout::
+
+    root/<class>/<id>.png              images (8/16-bit, gray or RGB; also .jpg, .tif)
+    root/masks/<class>/<id>.png        optional expert masks (binary), same size
+    root/confounder_masks/<class>/...  optional second mask set (benchmark confounders)
+
+``masks`` and ``confounder_masks`` are reserved names, never classes. Pixel values
+are scaled to ``[0, 1]`` (8-bit / 255, 16-bit / 65535; float TIFF kept as is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from xaiscope.data.dataset import Dataset
+from xaiscope.errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+RESERVED = {"masks": "masks", "confounder_masks": "confounder"}
+
+
+def _tiff_array(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        return tifffile.imread(path)
+    except Exception as e:
+        raise DataError(f"The image {path} cannot be read ({type(e).__name__}).") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3)."""
+    path = Path(path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        arr = _tiff_array(path)
+    else:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "LA", "PA", "CMYK", "YCbCr", "HSV", "1"):
+                    im = im.convert("RGBA" if im.mode in ("P", "PA") else "RGB" if im.mode != "1" else "L")
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"The image {path} cannot be read; it is not a valid image or it is truncated ({e}).") from None
+    return _to_chw(arr, path)
+
+
+def _to_chw(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        out = arr.astype(np.float32) / 255.0
+    elif arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
+        out = arr.astype(np.float32) / 65535.0
+    elif arr.dtype == np.int32 and arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 and path.suffix.lower() == ".png":
+        out = arr.astype(np.float32) / 65535.0  # PIL reads 16-bit PNG as mode "I"
+    elif arr.dtype == np.float32:
+        out = arr.astype(np.float32)
+    elif arr.dtype == bool:
+        out = arr.astype(np.float32)
+    else:
+        raise DataError(
+            f"The image {path} has unsupported pixel type {arr.dtype}; use 8- or 16-bit unsigned integers or float32."
+        )
+    if out.ndim == 2:
+        out = out[None]
+    elif out.ndim == 3 and out.shape[-1] in (1, 3, 4):
+        out = out[..., :3].transpose(2, 0, 1) if out.shape[-1] != 1 else out.transpose(2, 0, 1)
+    else:
+        raise DataError(f"The image {path} has shape {list(arr.shape)}; expected H x W or H x W x 1/3/4 channels.")
+    if not np.isfinite(out).all():
+        raise DataError(f"The image {path} contains NaN or infinite values.")
+    return np.ascontiguousarray(out)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a binary mask as bool ``[H, W]``; any value other than 0 and the maximum is an error."""
+    path = Path(path)
+    arr = read_image(path)
+    if arr.shape[0] != 1:
+        arr = arr.max(axis=0, keepdims=True)
+    arr = arr[0]
+    values = np.unique(arr)
+    if values.size > 2 or (values.size == 2 and values[0] != 0):
+        raise DataError(f"The mask {path} is not binary; it has {values.size} distinct values.")
+    return arr > 0
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+    from skimage.transform import resize as sk_resize
+
+    if arr.shape[-2:] == tuple(size):
+        return arr
+    out = sk_resize(arr.transpose(1, 2, 0) if arr.ndim == 3 else arr, size, order=order,
+                    preserve_range=True, anti_aliasing=order > 0)
+    return (out.transpose(2, 0, 1) if arr.ndim == 3 else out).astype(arr.dtype)
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def normalise_dataset(ds: Dataset, normalise: str | tuple[Sequence[float], Sequence[float]] | None) -> Dataset:
+    """Apply per-channel ``(x - mean) / std`` in place: ``"dataset"`` computes them, a pair gives them."""
+    if normalise in (None, "none"):
+        return ds
+    if normalise == "dataset":
+        mean = ds.x.mean(dim=(0, 2, 3))
+        std = ds.x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    elif isinstance(normalise, (tuple, list)) and len(normalise) == 2:
+        mean = torch.as_tensor(normalise[0], dtype=torch.float32).flatten()
+        std = torch.as_tensor(normalise[1], dtype=torch.float32).flatten()
+        if mean.numel() not in (1, ds.x.shape[1]) or std.numel() not in (1, ds.x.shape[1]):
+            raise DataError(f"Normalisation mean/std need 1 or {ds.x.shape[1]} values.")
+        if (std <= 0).any():
+            raise DataError("Normalisation std values must be positive.")
+        mean = mean.expand(ds.x.shape[1]).clone()
+        std = std.expand(ds.x.shape[1]).clone()
+    else:
+        raise DataError(f"normalise must be 'none', 'dataset' or (mean, std); got {normalise!r}.")
+    ds.x = (ds.x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    ds.mean, ds.std = mean.tolist(), std.tolist()
+    return ds
+
+
+def load_folder(
+    root: str | Path,
+    *,
+    resize: tuple[int, int] | None = None,
+    normalise: str | tuple | None = None,
+    masks: str = "auto",
+    classes: Sequence[str] | None = None,
+) -> Dataset:
+    """Read ``root/<class>/<id>.<ext>`` images (and masks) into a :class:`Dataset`.
+
+    Parameters
+    ----------
+    root : path of the folder.
+    resize : (H, W) or None, default None
+        Resize every image (bilinear) and mask (nearest); without it, all images must
+        have the same size.
+    normalise : "none" | "dataset" | (mean, std), default None
+    masks : "auto" | "required" | "none", default "auto"
+        "auto" reads masks when ``root/masks`` exists (then every image needs one);
+        "required" fails without them; "none" ignores them.
+    classes : class names in label order; default: sorted subfolder names.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"The data folder {root} does not exist.")
+    if not root.is_dir():
+        raise DataError(f"The data path {root} is not a folder.")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in RESERVED and not p.name.startswith("."))
+    if classes is None:
+        classes = found
+    else:
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise DataError(f"The data folder {root} has no class folder {missing[0]!r}.")
+    files = [(k, c, p) for k, c in enumerate(classes) for p in _list_images(root / c)]
+    if not files:
+        raise DataError(f"The data folder {root} contains no images (expected {root}/<class>/<id>.png).")
+    arrays, ids, labels = [], [], []
+    first = None
+    for k, c, p in files:
+        arr = read_image(p)
+        if resize is not None:
+            arr = _resize(arr, tuple(resize), order=1)
+        if first is None:
+            first = (arr.shape, p)
+        elif arr.shape[1:] != first[0][1:]:
+            raise DataError(
+                f"The image {p} is {arr.shape[2]}x{arr.shape[1]} but {first[1]} is {first[0][2]}x{first[0][1]}; "
+                "pass a resize option to use images of different sizes."
+            )
+        elif arr.shape[0] != first[0][0]:
+            raise DataError(f"The image {p} has {arr.shape[0]} channel(s) but {first[1]} has {first[0][0]}; convert them to one colour mode.")
+        arrays.append(arr)
+        ids.append(f"{c}/{p.stem}")
+        labels.append(k)
+    x = torch.from_numpy(np.stack(arrays))
+    mask_sets = {}
+    for folder, key in RESERVED.items():
+        if masks == "none" or not (root / folder).is_dir():
+            continue
+        mask_sets[key] = _read_masks(root / folder, files, ids, x.shape[2:], resize)
+    if masks == "required" and "masks" not in mask_sets:
+        raise DataError(f"Masks are required but {root}/masks does not exist.")
+    if masks not in ("auto", "required", "none"):
+        raise DataError(f"masks must be 'auto', 'required' or 'none', got {masks!r}.")
+    ds = Dataset(
+        x=x, y=torch.tensor(labels, dtype=torch.long), ids=ids, classes=list(classes),
+        masks=mask_sets.pop("masks", None), extra_masks=mask_sets, source=str(root),
+    )
+    return normalise_dataset(ds, normalise)
+
+
+def _read_masks(folder: Path, files, ids, hw, resize) -> torch.Tensor:
+    wanted = {}
+    for (k, c, p), id_ in zip(files, ids):
+        wanted[id_] = p
+    present = {}
+    for cdir in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for mp in _list_images(cdir):
+            key = f"{cdir.name}/{mp.stem}"
+            if key not in wanted:
+                raise DataError(f"The mask {mp} has no matching image {folder.parent / cdir.name / mp.stem}.*.")
+            present[key] = mp
+    out = np.zeros((len(ids), *hw), dtype=bool)
+    for i, id_ in enumerate(ids):
+        if id_ not in present:
+            raise DataError(f"The image {wanted[id_]} has no mask in {folder}; every image needs one.")
+        m = read_mask(present[id_])
+        if resize is not None:
+            m = _resize(m[None].astype(np.float32), tuple(resize), order=0)[0] > 0.5
+        if m.shape != tuple(hw):
+            raise DataError(f"The mask {present[id_]} is {m.shape[1]}x{m.shape[0]} but its image is {hw[1]}x{hw[0]}.")
+        out[i] = m
+    return torch.from_numpy(out)
+
+
+def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Dataset:
+    """Read an NPZ with ``x`` ([N,C,H,W] or [N,H,W]), ``y`` ([N]) and optional ``masks``, ``ids``, ``classes``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"The data file {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise DataError(f"The data file {path} is not a readable NPZ file ({type(e).__name__}).") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"The data file {path} has no array {key!r}.")
+    x = arrays["x"]
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"The array 'x' in {path} has shape {list(arrays['x'].shape)}; expected [N, C, H, W] or [N, H, W].")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(f"The array 'x' in {path} has unsupported type {x.dtype}.")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    ids = [str(i) for i in arrays["ids"]] if "ids" in arrays else [str(i) for i in range(len(x))]
+    if bad.any():
+        raise DataError(f"The image {ids[int(np.argmax(bad))]!r} in {path} contains NaN or infinite values.")
+    y = arrays["y"]
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+        raise DataError(f"The array 'y' in {path} must hold {len(x)} integer labels.")
+    if (y < 0).any():
+        raise DataError(f"The array 'y' in {path} has negative labels.")
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [str(c) for c in range(int(y.max()) + 1)]
+    if y.max() >= len(classes):
+        raise DataError(f"The array 'y' in {path} has label {int(y.max())} but only {len(classes)} classes.")
+    masks = None
+    if "masks" in arrays:
+        m = arrays["masks"]
+        if m.shape != (x.shape[0], *x.shape[2:]):
+            raise DataError(f"The array 'masks' in {path} has shape {list(m.shape)} but the images need {[x.shape[0], *x.shape[2:]]}.")
+        if m.dtype != bool and not np.isin(np.unique(m), [0, 1]).all():
+            raise DataError(f"The array 'masks' in {path} is not binary.")
+        masks = torch.from_numpy(m.astype(bool))
+    ds = Dataset(x=torch.from_numpy(x), y=torch.from_numpy(y.astype(np.int64)), ids=ids, classes=classes,
+                 masks=masks, source=str(path))
+    return normalise_dataset(ds, normalise)
+
+
+def load(path: str | Path, **kwargs) -> Dataset:
+    """Read a folder (:func:`load_folder`) or an ``.npz`` file (:func:`load_npz`)."""
+    p = Path(path)
+    if p.suffix.lower() == ".npz":
+        kwargs.pop("resize", None)
+        kwargs.pop("masks", None)
+        kwargs.pop("classes", None)
+        return load_npz(p, **kwargs)
+    return load_folder(p, **kwargs)

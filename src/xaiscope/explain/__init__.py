@@ -1,0 +1,13 @@
+"""Explain: attribution methods behind one registry, and post-processing.
+
+>>> from xaiscope import explain
+>>> ig = explain.get("integrated_gradients", n_steps=64)
+>>> a = ig(model, x, y)          # raw attributions [N, C, H, W]
+>>> m = explain.postprocess(a, pool="sum", normalise="max")   # maps [N, H, W]
+"""
+
+from xaiscope.explain import gradient, cam, lrp, perturbation, baselines  # noqa: F401,I001  (registration order)
+from xaiscope.explain.base import Explainer, Param, get, get_class, names
+from xaiscope.explain.postprocess import NORMALISATIONS, POOLS, normalise, pool, postprocess
+
+__all__ = ["Explainer", "NORMALISATIONS", "POOLS", "Param", "get", "get_class", "names", "normalise", "pool", "postprocess"]

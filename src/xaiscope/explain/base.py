@@ -1,0 +1,196 @@
+"""The explainer mechanism: declared hyperparameters, a registry, and a safe call.
+
+An explainer is declared as a subclass of :class:`Explainer` with a ``name``, a
+``family``, the ``library`` that computes it, a dict of :class:`Param` (the
+hyperparameters with defaults, types and ranges), a ``passes`` formula (model passes
+per image, one pass = one image forward, with its backward when gradients are taken)
+and an ``_attribute(model, x, y)`` that returns raw attributions ``[N, C, H, W]``.
+
+Calling ``explainer(model, x, y)`` validates the inputs, puts the model in eval mode
+(restoring train/eval mode and ``requires_grad`` flags afterwards, also on errors),
+seeds stochastic methods from their ``seed`` hyperparameter without touching the
+global random state, and checks the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from xaiscope.errors import MethodError, ModelError, did_you_mean
+from xaiscope.models.state import eval_mode
+
+_REGISTRY: dict[str, type["Explainer"]] = {}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A hyperparameter: default, accepted type(s), optional bounds or choices, doc."""
+
+    default: Any
+    type: type | tuple[type, ...]
+    doc: str = ""
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    nullable: bool = False
+
+    def check(self, method: str, name: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if float in types and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) and bool not in types:
+            raise MethodError(f"Hyperparameter {name!r} of {method} must be {_tname(types)}, got {value!r}.")
+        if not isinstance(value, types):
+            raise MethodError(f"Hyperparameter {name!r} of {method} must be {_tname(types)}, got {value!r}.")
+        if self.choices is not None and value not in self.choices:
+            raise MethodError(
+                f"Hyperparameter {name!r} of {method} must be one of {', '.join(map(str, self.choices))}; got {value!r}."
+            )
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.low is not None and value < self.low:
+                raise MethodError(f"Hyperparameter {name!r} of {method} must be >= {self.low}, got {value!r}.")
+            if self.high is not None and value > self.high:
+                raise MethodError(f"Hyperparameter {name!r} of {method} must be <= {self.high}, got {value!r}.")
+        return value
+
+
+def _tname(types: tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in types)
+
+
+BATCH = Param(64, int, "most images (incl. steps/samples/perturbations) per model call", low=1)
+SEED = Param(0, int, "seed of the random draws", low=0)
+LAYER = Param("auto", str, "module name of the CAM layer; 'auto' = last Conv2d")
+
+
+class Explainer:
+    """Base class of all attribution methods (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    library: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    stochastic: ClassVar[bool] = False
+    #: model passes per image as a function of the hyperparameters and input shape (C, H, W)
+    passes_formula: ClassVar[str] = "1"
+
+    def __init__(self, **hparams: Any) -> None:
+        allowed = {**self.params, "batch_size": BATCH}
+        if self.stochastic:
+            allowed["seed"] = SEED
+        for key in hparams:
+            if key not in allowed:
+                raise MethodError(
+                    f"{self.name} has no hyperparameter {key!r}{did_you_mean(key, allowed)}; "
+                    f"it takes {', '.join(sorted(allowed)) or 'none'}."
+                )
+        self.hparams = {k: p.check(self.name, k, hparams.get(k, p.default)) for k, p in allowed.items()}
+        self._validate()
+
+    def _validate(self) -> None:
+        """Cross-parameter checks; subclasses raise :class:`MethodError`."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{self.name}({args})"
+
+    def passes(self, shape: tuple[int, int, int] | None = None) -> float:
+        """Model passes per image for these settings (``shape`` = (C, H, W) where it matters)."""
+        return float(self._passes(shape))
+
+    def _passes(self, shape) -> float:
+        return 1.0
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hparams["batch_size"])
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Raw attributions ``[N, C, H, W]`` (float32, on ``x.device``) of ``model`` for targets ``y``."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise MethodError(f"{self.name} needs images [N, C, H, W]; got {getattr(x, 'shape', type(x).__name__)}.")
+        y = torch.as_tensor(y, device=x.device).long().view(-1)
+        if y.shape[0] != x.shape[0]:
+            raise MethodError(f"{self.name} got {x.shape[0]} images but {y.shape[0]} targets.")
+        x = x.detach().float()
+        with eval_mode(model), self._seeded(x.device), _friendly_model_errors(x), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Captum's notes on hooks and requires_grad
+            a = self._attribute(model, x, y)
+        if a.dim() == 3:
+            a = a.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
+        return a.detach().to(dtype=torch.float32, device=x.device).contiguous()
+
+    def _seeded(self, device: torch.device):
+        if not self.stochastic:
+            return contextlib.nullcontext()
+        return _fork_seed(self.hparams["seed"], device)
+
+    def _attribute(self, model, x, y) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _fork_seed(seed: int, device: torch.device):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _friendly_model_errors(x: torch.Tensor):
+    """Turn the usual shape mismatches inside a model into one clear sentence."""
+    try:
+        yield
+    except RuntimeError as e:
+        msg = str(e)
+        if "channels" in msg and ("expected input" in msg or "Given groups" in msg):
+            raise ModelError(
+                f"The model does not accept images with {x.shape[1]} channel(s) of size {x.shape[2]}x{x.shape[3]}: "
+                f"{msg.splitlines()[0]}"
+            ) from None
+        if "mat1 and mat2 shapes cannot be multiplied" in msg:
+            raise ModelError(
+                f"The model does not accept images of size {x.shape[2]}x{x.shape[3]}: {msg.splitlines()[0]}"
+            ) from None
+        raise
+
+
+def register(cls: type[Explainer]) -> type[Explainer]:
+    """Class decorator adding an explainer to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"duplicate explainer name {cls.name}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """Registered method names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_class(name: str) -> type[Explainer]:
+    if name not in _REGISTRY:
+        raise MethodError(f"Unknown method {name!r}{did_you_mean(name, _REGISTRY)}; run 'xaiscope methods' to list them.")
+    return _REGISTRY[name]
+
+
+def get(name: str, **hparams: Any) -> Explainer:
+    """The explainer ``name`` with hyperparameters ``hparams`` (validated)."""
+    return get_class(name)(**hparams)
+
+
+def target_score(model: Callable, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> model(x)[i, y_i]`` for a batch whose rows follow ``y``."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return model(x).gather(1, y.view(-1, 1)).squeeze(1)
+
+    return f

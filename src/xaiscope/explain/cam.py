@@ -1,0 +1,148 @@
+"""Class activation maps: CAM, Grad-CAM, Grad-CAM++ and guided Grad-CAM.
+
+Maps are computed at a layer's resolution and upsampled bilinearly to the input size,
+then repeated over the input channels so every explainer returns ``[N, C, H, W]``.
+Pass counts per image: cam 1 (forward only), gradcam 1, gradcam_plus_plus 1,
+guided_gradcam 2.
+"""
+
+from __future__ import annotations
+
+import captum.attr as ca
+import torch
+import torch.nn.functional as F
+
+from xaiscope.errors import MethodError
+from xaiscope.explain.base import LAYER, Explainer, Param, register
+from xaiscope.explain.chunking import per_chunk
+from xaiscope.explain.layers import find_gap_head, find_layer
+from xaiscope.models.prepare import unique_activations
+
+
+def upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 1, h, w]`` -> ``[N, 1, H, W]`` (bilinear)."""
+    if cam.shape[-2:] == tuple(size):
+        return cam
+    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+
+
+def _capture(module, x_fn, inputs: bool = False):
+    """Run ``x_fn()`` and return (its result, the module's input or output tensor)."""
+    store = {}
+
+    def hook(_m, args, out):
+        store["a"] = args[0] if inputs else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        result = x_fn()
+    finally:
+        handle.remove()
+    if "a" not in store:
+        raise MethodError("The chosen layer was not called in the model's forward pass.")
+    return result, store["a"]
+
+
+@register
+class CAMExplainer(Explainer):
+    """Class activation mapping, M_y = sum_k w_{y,k} A_k, with A the feature maps entering
+    global average pooling and w the final linear layer (Zhou et al. 2016, arXiv:1512.04150)."""
+
+    name, family, library = "cam", "cam", "xaiscope"
+    params = {"relu": Param(False, bool, "clip negative values")}
+
+    def _attribute(self, model, x, y):
+        pool, linear = find_gap_head(model, self.name)
+
+        def run(xb, yb):
+            with torch.no_grad():
+                _, a = _capture(pool, lambda: model(xb), inputs=True)
+            if a.dim() != 4 or a.shape[1] != linear.in_features:
+                raise MethodError(
+                    "cam needs the pooled feature maps to feed the final linear layer directly "
+                    f"({a.shape[1] if a.dim() > 1 else '?'} maps vs {linear.in_features} inputs)."
+                )
+            w = linear.weight[yb]  # [N, K]
+            cam = torch.einsum("nk,nkhw->nhw", w, a).unsqueeze(1)
+            if self.hparams["relu"]:
+                cam = cam.clamp_min(0)
+            return upsample(cam, xb.shape[-2:])
+
+        return per_chunk(run, x, y, self.batch_size)
+
+
+@register
+class GradCAMExplainer(Explainer):
+    """Grad-CAM: ReLU(sum_k alpha_k A_k), alpha_k = mean_ij dS_y/dA_k,ij
+    (Selvaraju et al. 2017, arXiv:1610.02391), via Captum's LayerGradCam."""
+
+    name, family, library = "gradcam", "cam", "captum"
+    params = {"layer": LAYER, "relu": Param(True, bool, "clip negative values")}
+
+    def _attribute(self, model, x, y):
+        _, layer = find_layer(model, self.hparams["layer"], self.name)
+        gc = ca.LayerGradCam(model, layer)
+
+        def run(xb, yb):
+            cam = gc.attribute(xb, target=yb, relu_attributions=self.hparams["relu"])
+            return upsample(_spatial(cam, self.name), xb.shape[-2:])
+
+        return per_chunk(run, x, y, self.batch_size)
+
+
+def _spatial(cam: torch.Tensor, method: str) -> torch.Tensor:
+    if cam.dim() != 4:
+        raise MethodError(f"{method} needs a layer with spatial output [N, K, h, w]; this layer gives {cam.dim()} dimensions.")
+    return cam
+
+
+@register
+class GradCAMPlusPlusExplainer(Explainer):
+    """Grad-CAM++ (Chattopadhyay et al. 2018, arXiv:1710.11063), with the exponential-score
+    closed form: alpha_kij = g^2 / (2 g^2 + sum_ab A_kab g^3), w_k = sum_ij alpha_kij ReLU(g_kij),
+    M = ReLU(sum_k w_k A_k), where g = dS_y/dA."""
+
+    name, family, library = "gradcam_plus_plus", "cam", "xaiscope"
+    params = {"layer": LAYER}
+
+    def _attribute(self, model, x, y):
+        _, layer = find_layer(model, self.hparams["layer"], self.name)
+
+        def run(xb, yb):
+            xb = xb.clone().requires_grad_(True)
+            with torch.enable_grad():
+                out, a = _capture(layer, lambda: model(xb))
+                a = _spatial(a, self.name)
+                score = out.gather(1, yb.view(-1, 1)).sum()
+                (g,) = torch.autograd.grad(score, a)
+            a = a.detach()
+            g2, g3 = g.pow(2), g.pow(3)
+            denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+            alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
+            w = (alpha * g.clamp_min(0)).sum(dim=(2, 3), keepdim=True)
+            cam = (w * a).sum(dim=1, keepdim=True).clamp_min(0)
+            return upsample(cam, xb.shape[-2:])
+
+        return per_chunk(run, x, y, self.batch_size)
+
+
+@register
+class GuidedGradCAMExplainer(Explainer):
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map
+    (Selvaraju et al. 2017), via Captum's GuidedGradCam."""
+
+    name, family, library = "guided_gradcam", "cam", "captum"
+    params = {"layer": LAYER}
+
+    def _passes(self, shape):
+        return 2
+
+    def _attribute(self, model, x, y):
+        layer_name, _ = find_layer(model, self.hparams["layer"], self.name)
+        prepared = unique_activations(model)
+        try:
+            layer = prepared.get_submodule(layer_name)
+        except AttributeError:
+            layer = model.get_submodule(layer_name)
+        ggc = ca.GuidedGradCam(prepared, layer)
+        return per_chunk(lambda xb, yb: ggc.attribute(xb, target=yb), x, y, self.batch_size)

@@ -1,0 +1,104 @@
+"""Layer-wise relevance propagation, computed by Zennit.
+
+The output relevance is the target logit (one-hot times the output), so with
+conserving rules the input relevance sums to ``f_y(x)`` (Bach et al. 2015,
+doi:10.1371/journal.pone.0130140; Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10).
+Batch norm is merged into the preceding linear layer by a canonizer: Zennit's
+ResNetCanonizer for torchvision ResNets, VGGCanonizer for torchvision VGGs and
+SequentialMergeBatchNorm otherwise. One pass per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xaiscope.explain.base import Explainer, Param, register
+from xaiscope.explain.chunking import per_chunk
+
+
+def canonizers_for(model: nn.Module) -> list:
+    """The Zennit canonizers that fit ``model``."""
+    from torchvision.models import ResNet, VGG
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    if isinstance(model, ResNet):
+        return [ResNetCanonizer()]
+    if isinstance(model, VGG):
+        return [VGGCanonizer()]
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return [SequentialMergeBatchNorm()]
+    return []
+
+
+class _ZennitExplainer(Explainer):
+    """Shared mechanism: a Zennit composite, a Gradient attributor, logit relevance."""
+
+    family, library = "lrp", "zennit"
+
+    def composite(self, model: nn.Module, x: torch.Tensor):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _attribute(self, model, x, y):
+        from zennit.attribution import Gradient
+
+        composite = self.composite(model, x)
+
+        def run(xb, yb):
+            with Gradient(model=model, composite=composite) as attributor:
+                out = model(xb.detach())
+                relevance = torch.zeros_like(out).scatter_(1, yb.view(-1, 1), 1.0) * out.detach()
+                _, attr = attributor(xb.detach(), relevance)
+            return attr
+
+        return per_chunk(run, x, y, self.batch_size)
+
+
+@register
+class LRPEpsilonPlusFlat(_ZennitExplainer):
+    """Epsilon rule on dense layers, z+ on convolutions, flat on the first layer (Zennit EpsilonPlusFlat)."""
+
+    name = "lrp_epsilon_plus_flat"
+    params = {"epsilon": Param(1e-6, float, "epsilon stabiliser", low=0.0)}
+
+    def composite(self, model, x):
+        from zennit.composites import EpsilonPlusFlat
+
+        return EpsilonPlusFlat(epsilon=self.hparams["epsilon"], canonizers=canonizers_for(model))
+
+
+@register
+class LRPEpsilonGammaBox(_ZennitExplainer):
+    """Epsilon on dense layers, gamma on convolutions, z^B (box) on the first layer (Zennit EpsilonGammaBox).
+
+    ``low``/``high`` default to the smallest and largest value of the images in one call."""
+
+    name = "lrp_epsilon_gamma_box"
+    params = {
+        "epsilon": Param(1e-6, float, "epsilon stabiliser", low=0.0),
+        "gamma": Param(0.25, float, "gamma of the gamma rule", low=0.0),
+        "low": Param(None, float, "lowest pixel value (None: data minimum)", nullable=True),
+        "high": Param(None, float, "highest pixel value (None: data maximum)", nullable=True),
+    }
+
+    def composite(self, model, x):
+        from zennit.composites import EpsilonGammaBox
+
+        h = self.hparams
+        low = float(x.min()) if h["low"] is None else h["low"]
+        high = float(x.max()) if h["high"] is None else h["high"]
+        return EpsilonGammaBox(low=low, high=high, epsilon=h["epsilon"], gamma=h["gamma"], canonizers=canonizers_for(model))
+
+
+@register
+class LRPAlpha2Beta1Flat(_ZennitExplainer):
+    """Epsilon on dense layers, alpha=2 beta=1 on convolutions, flat on the first layer (Zennit EpsilonAlpha2Beta1Flat)."""
+
+    name = "lrp_alpha2_beta1_flat"
+    params = {"epsilon": Param(1e-6, float, "epsilon stabiliser", low=0.0)}
+
+    def composite(self, model, x):
+        from zennit.composites import EpsilonAlpha2Beta1Flat
+
+        return EpsilonAlpha2Beta1Flat(epsilon=self.hparams["epsilon"], canonizers=canonizers_for(model))

@@ -1,0 +1,161 @@
+"""Perturbation methods, computed by Captum: occlusion, feature ablation, LIME, KernelSHAP.
+
+Pass counts per image: occlusion ``1 + windows`` where windows =
+``(floor((H - w)/s) + 1) * (floor((W - w)/s) + 1)``; feature_ablation ``1 + (H/p)(W/p)``
+patches; lime and kernel_shap ``n_samples`` (+1 for the unperturbed input).
+LIME and KernelSHAP work on SLIC superpixels (Achanta et al. 2012) whose number and
+compactness are hyperparameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import captum.attr as ca
+import numpy as np
+import torch
+
+from xaiscope.errors import MethodError
+from xaiscope.explain.base import Explainer, Param, register
+from xaiscope.explain.chunking import per_chunk
+from xaiscope.explain.references import REFERENCES, reference
+
+
+def _windows(size: int, window: int, stride: int) -> int:
+    return max(0, (size - window) // stride) + 1
+
+
+@register
+class OcclusionExplainer(Explainer):
+    """Occlusion: drop in the target score when a sliding square window is replaced by the
+    reference (Zeiler & Fergus 2014, arXiv:1311.2901)."""
+
+    name, family, library = "occlusion", "perturbation", "captum"
+    params = {
+        "window": Param(8, int, "window side (pixels)", low=1),
+        "stride": Param(4, int, "stride (pixels)", low=1),
+        "baseline": Param("zero", str, "fill of the window", choices=REFERENCES),
+    }
+
+    def _passes(self, shape):
+        if shape is None:
+            return float("nan")
+        _, hh, ww = shape
+        w, s = self.hparams["window"], self.hparams["stride"]
+        return 1 + _windows(hh, w, s) * _windows(ww, w, s)
+
+    def _attribute(self, model, x, y):
+        h = self.hparams
+        if h["window"] > min(x.shape[-2:]):
+            raise MethodError(f"occlusion window {h['window']} is larger than the image ({x.shape[-2]}x{x.shape[-1]}).")
+        occ = ca.Occlusion(model)
+        images = max(1, min(x.shape[0], self.batch_size))
+
+        def run(xb, yb):
+            return occ.attribute(
+                xb, sliding_window_shapes=(xb.shape[1], h["window"], h["window"]), strides=(xb.shape[1], h["stride"], h["stride"]),
+                baselines=reference(xb, h["baseline"]), target=yb, perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
+            )
+
+        return per_chunk(run, x, y, images)
+
+
+def patch_mask(h: int, w: int, patch: int, device) -> torch.Tensor:
+    """Feature ids ``[1, 1, H, W]`` of a grid of ``patch x patch`` squares."""
+    rows = torch.arange(h, device=device) // patch
+    cols = torch.arange(w, device=device) // patch
+    return (rows[:, None] * math.ceil(w / patch) + cols[None, :]).view(1, 1, h, w)
+
+
+@register
+class FeatureAblationExplainer(Explainer):
+    """Feature ablation: drop in the target score when each square patch is replaced by the reference."""
+
+    name, family, library = "feature_ablation", "perturbation", "captum"
+    params = {
+        "patch": Param(4, int, "patch side (pixels)", low=1),
+        "baseline": Param("zero", str, "fill of the patch", choices=REFERENCES),
+    }
+
+    def _passes(self, shape):
+        if shape is None:
+            return float("nan")
+        _, hh, ww = shape
+        p = self.hparams["patch"]
+        return 1 + math.ceil(hh / p) * math.ceil(ww / p)
+
+    def _attribute(self, model, x, y):
+        h = self.hparams
+        fa = ca.FeatureAblation(model)
+        mask = patch_mask(x.shape[2], x.shape[3], h["patch"], x.device)
+
+        def run(xb, yb):
+            return fa.attribute(xb, baselines=reference(xb, h["baseline"]), target=yb,
+                                feature_mask=mask.expand(xb.shape[0], xb.shape[1], -1, -1),
+                                perturbations_per_eval=max(1, self.batch_size // xb.shape[0]))
+
+        return per_chunk(run, x, y, max(1, min(x.shape[0], self.batch_size)))
+
+
+def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:
+    """SLIC superpixel ids ``[1, C, H, W]`` (long) for one image ``[1, C, H, W]``."""
+    from skimage.segmentation import slic
+
+    img = x[0].detach().cpu().numpy().transpose(1, 2, 0)
+    lo, hi = img.min(), img.max()
+    img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    gray = img.shape[2] == 1
+    seg = slic(img[..., 0] if gray else img, n_segments=n_segments, compactness=compactness, start_label=0,
+               channel_axis=None if gray else -1)
+    seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device)
+    return seg.view(1, 1, *seg.shape).expand(1, x.shape[1], -1, -1)
+
+
+class _SurrogateExplainer(Explainer):
+    """Shared mechanism of LIME and KernelSHAP: superpixels, Captum sampling, one image at a time."""
+
+    family, library = "perturbation", "captum"
+    stochastic = True
+    params = {
+        "n_samples": Param(200, int, "perturbed samples per image", low=2),
+        "n_segments": Param(50, int, "SLIC superpixels", low=2),
+        "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
+        "baseline": Param("zero", str, "fill of removed superpixels", choices=REFERENCES),
+    }
+
+    def _passes(self, shape):
+        return self.hparams["n_samples"] + 1
+
+    def make(self, model):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _attribute(self, model, x, y):
+        h = self.hparams
+        algo = self.make(model)
+
+        def run(xb, yb):
+            seg = superpixels(xb, h["n_segments"], h["compactness"])
+            return algo.attribute(xb, baselines=reference(xb, h["baseline"]), target=yb, feature_mask=seg,
+                                  n_samples=h["n_samples"], perturbations_per_eval=self.batch_size)
+
+        return per_chunk(run, x, y, 1)
+
+
+@register
+class LimeExplainer(_SurrogateExplainer):
+    """LIME: a sparse linear surrogate fitted on superpixel on/off samples (Ribeiro et al. 2016, arXiv:1602.04938)."""
+
+    name = "lime"
+
+    def make(self, model):
+        return ca.Lime(model)
+
+
+@register
+class KernelShapExplainer(_SurrogateExplainer):
+    """KernelSHAP: a linear surrogate with the Shapley kernel (Lundberg & Lee 2017, arXiv:1705.07874)."""
+
+    name = "kernel_shap"
+
+    def make(self, model):
+        return ca.KernelShap(model)

@@ -1,0 +1,183 @@
+"""Load a user's model from a spec string.
+
+Spec forms
+----------
+``small_cnn`` / ``zoo:small_cnn``
+    A zoo model (``num_classes``, ``in_channels`` as keyword arguments).
+``torchvision:resnet18``
+    A torchvision architecture with random weights, ``num_classes`` outputs and its
+    first convolution adapted to ``in_channels``.
+``package.module:factory``
+    ``factory(**kwargs)`` is called. **This imports and runs the user's code.**
+``path/model.pt`` with ``path/model.json`` beside it
+    Weights written by ``xaiscope train``: the sidecar names the architecture; the
+    weights are read with ``torch.load(weights_only=True)``.
+``path/model.ts`` (or any TorchScript file)
+    ``torch.jit.load``. **TorchScript is code: loading it runs the author's program.**
+A pickled whole model (``torch.save(model)``)
+    Refused unless ``trust_model=True``, because unpickling runs arbitrary code.
+
+Weights given with ``weights=`` are always read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xaiscope.errors import ModelError
+from xaiscope.models import zoo
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The JSON sidecar that ``xaiscope train`` writes beside ``model.pt``."""
+    path = Path(path)
+    return path.with_suffix(".json")
+
+
+def read_sidecar(spec: str) -> dict[str, Any] | None:
+    """The sidecar of a weights file spec, or None when the spec has none."""
+    p = Path(spec)
+    if p.suffix and p.exists() and sidecar_path(p).exists():
+        try:
+            return json.loads(sidecar_path(p).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"The model sidecar {sidecar_path(p)} cannot be read: {e}.") from None
+    return None
+
+
+def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
+    weights = Path(weights)
+    if not weights.exists():
+        raise ModelError(f"The weights file {weights} does not exist.")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or corrupt file
+        raise ModelError(
+            f"The weights file {weights} is not a plain state dict that loads with weights_only=True ({type(e).__name__})."
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"The weights file {weights} does not hold a state dict.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ModelError(f"The weights in {weights} do not fit the model: {first}") from None
+    return model
+
+
+def _adapt_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
+    """Replace the first Conv2d so the model takes ``in_channels`` channels."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels == in_channels:
+                return model
+            new = nn.Conv2d(
+                in_channels, module.out_channels, module.kernel_size, module.stride,
+                module.padding, module.dilation, module.groups, module.bias is not None,
+            )
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], new)
+            return model
+    return model
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision
+
+    try:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    except ValueError:
+        raise ModelError(f"torchvision has no model named {name!r}.") from None
+    return _adapt_in_channels(model, in_channels)
+
+
+def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"The model spec {spec!r} names module {module_name!r}, which cannot be imported ({e}).") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ModelError(f"The module {module_name!r} has no callable {attr!r} (model spec {spec!r}).")
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"The factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _load_file(path: Path, trust_model: bool) -> nn.Module:
+    info = read_sidecar(str(path))
+    if info is not None:
+        model = zoo.build(info["arch"], **info.get("arch_kwargs", {}))
+        return _load_state_dict(model, path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+        if is_script:
+            try:
+                return torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:
+                raise ModelError(f"The TorchScript file {path} cannot be loaded ({type(e).__name__}).") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        if not trust_model:
+            raise ModelError(
+                f"The file {path} holds a pickled model, which can run arbitrary code when loaded; "
+                "pass --trust-model if you trust its author."
+            ) from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise ModelError(f"The model file {path} cannot be loaded ({type(e).__name__}: {e}).") from None
+        if isinstance(obj, nn.Module):
+            return obj
+    if isinstance(obj, nn.Module):
+        return obj
+    raise ModelError(
+        f"The file {path} holds weights but no architecture; write a sidecar {sidecar_path(path).name} "
+        "or use 'package.module:factory' with --weights."
+    )
+
+
+def load(
+    spec: str,
+    weights: str | Path | None = None,
+    *,
+    num_classes: int = 2,
+    in_channels: int = 1,
+    trust_model: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Load a model from ``spec`` (see the module docstring) in eval mode on the CPU."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError("The model spec is empty.")
+    path = Path(spec)
+    if path.suffix in {".pt", ".pth", ".ts", ".pkl", ".bin"} or path.exists():
+        if not path.exists():
+            raise ModelError(f"The model file {path} does not exist.")
+        model = _load_file(path, trust_model)
+    elif spec.startswith("torchvision:"):
+        model = _torchvision(spec.split(":", 1)[1], num_classes, in_channels)
+    elif spec.startswith("zoo:") or spec in zoo.ZOO:
+        model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
+    elif ":" in spec and all(part.isidentifier() for part in spec.split(":", 1)[0].split(".")):
+        model = _factory(spec, kwargs)
+    else:
+        raise ModelError(
+            f"The model spec {spec!r} is not a file, a zoo name ({', '.join(zoo.ZOO)}), "
+            "'torchvision:NAME' or 'package.module:factory'."
+        )
+    if weights is not None:
+        model = _load_state_dict(model, weights)
+    return model.eval()

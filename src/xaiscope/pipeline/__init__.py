@@ -1,0 +1,1 @@
+"""Pipeline: inputs, validated config, the run store, the runner and its backends."""

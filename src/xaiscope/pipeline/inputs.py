@@ -1,0 +1,81 @@
+"""Open a user's model and data together, checking that they fit each other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xaiscope import data as xdata
+from xaiscope import models
+from xaiscope.errors import DataError, ModelError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when available)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"Device {device!r} was requested but CUDA is not available on this machine.")
+    return dev
+
+
+def open_data(path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto") -> xdata.Dataset:
+    """Read data; a model trained by ``xaiscope train`` brings its normalisation and classes."""
+    info = models.read_sidecar(model_spec) if model_spec else None
+    if info is not None and normalise is None and info.get("normalisation"):
+        norm = info["normalisation"]
+        normalise = (norm["mean"], norm["std"])
+    if info is not None and resize is None and info.get("input_size") and Path(path).suffix != ".npz":
+        resize = tuple(info["input_size"][1:])
+    kwargs: dict[str, Any] = {"normalise": normalise}
+    if Path(path).suffix.lower() != ".npz":
+        kwargs.update(resize=resize, masks=masks)
+        if info is not None and info.get("classes"):
+            kwargs["classes"] = info["classes"]
+    return xdata.load(path, **kwargs)
+
+
+def check_model_fits(model: torch.nn.Module, ds: xdata.Dataset, device: torch.device) -> int:
+    """Run one image through the model; return its number of outputs; clear errors otherwise."""
+    x = ds.x[:1].to(device)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as e:
+        raise ModelError(
+            f"The model cannot process images of shape {list(ds.shape)} from {ds.source}: {str(e).splitlines()[0]}"
+        ) from None
+    models.forward.check_output(out, 1)
+    n_out = out.shape[1]
+    top = int(ds.y.max())
+    if top >= n_out:
+        raise DataError(
+            f"The data in {ds.source} has label {top} ({ds.classes[top]!r}) but the model has only {n_out} outputs."
+        )
+    return n_out
+
+
+def open_inputs(
+    model_spec: str,
+    data_path: str | Path,
+    *,
+    weights: str | None = None,
+    device: str = "cpu",
+    resize=None,
+    normalise=None,
+    masks: str = "auto",
+    trust_model: bool = False,
+) -> tuple[torch.nn.Module, xdata.Dataset, torch.device]:
+    """``(model on device, dataset, device)`` after checking that they fit."""
+    ds = open_data(data_path, model_spec=model_spec, resize=resize, normalise=normalise, masks=masks)
+    model = models.load(model_spec, weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0], trust_model=trust_model)
+    dev = resolve_device(device)
+    model = model.to(dev)
+    check_model_fits(model, ds, dev)
+    return model, ds, dev
