@@ -1,0 +1,129 @@
+"""Training loop: reproducibility, freezing, learning, and the weights + sidecar round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xaiscope import models
+from xaiscope.data import Dataset
+from xaiscope.errors import ConfigError, ModelError
+from xaiscope.models.train import TrainResult, augment_batch, init_model, save, train
+
+
+def _toy(n: int = 96, size: int = 16, seed: int = 0) -> Dataset:
+    """Class 1 has a bright blob in the top half, class 0 in the bottom half."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.randn(n, 1, size, size, generator=g)
+    y = torch.arange(n) % 2
+    rows = torch.randint(2, size // 2 - 2, (n,), generator=g)
+    rows = torch.where(y == 1, rows, rows + size // 2)
+    cols = torch.randint(2, size - 2, (n,), generator=g)
+    for i in range(n):
+        x[i, 0, rows[i] - 1 : rows[i] + 2, cols[i] - 1 : cols[i] + 2] += 2.0
+    return Dataset(x=x, y=y, ids=[f"{int(c)}/{i}" for i, c in enumerate(y)], classes=["0", "1"])
+
+
+def _fit(seed=0, **kw):
+    model = init_model("small_cnn", seed=seed, in_channels=1, num_classes=2, width=4)
+    return train(model, _toy(), test=_toy(seed=1), epochs=kw.pop("epochs", 2), seed=seed, progress=False, **kw)
+
+
+def test_same_seed_gives_identical_weights_and_history():
+    a, b = _fit(seed=3), _fit(seed=3)
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert a.history == b.history
+
+
+def test_different_seed_gives_different_weights():
+    a, b = _fit(seed=0), _fit(seed=1)
+    assert not torch.equal(a.model.classifier.weight, b.model.classifier.weight)
+
+
+def test_result_fields_and_history():
+    res = _fit(epochs=3)
+    assert isinstance(res, TrainResult)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+    assert set(res.history[0]) == {"epoch", "loss", "train_acc", "test_acc"}
+    assert res.test_acc == res.history[-1]["test_acc"]
+    assert 0 <= res.train_acc <= 1 and res.seconds > 0
+    assert res.settings["epochs"] == 3 and res.settings["seed"] == 0
+    assert not res.model.training
+
+
+def test_learns_an_easy_task():
+    res = _fit(epochs=25, lr=3e-3)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert res.test_acc >= 0.9
+
+
+def test_freeze_keeps_parameters_and_batchnorm_statistics():
+    model = init_model("small_vgg", seed=0, in_channels=1, num_classes=2, width=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, _toy(), epochs=1, freeze=["features.0", "features.1"], progress=False)
+    after = model.state_dict()
+    for k in before:
+        if k.startswith(("features.0.", "features.1.")):
+            assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["features.2.0.weight"], after["features.2.0.weight"])
+    assert not torch.equal(before["features.2.1.running_mean"], after["features.2.1.running_mean"])
+
+
+def test_augment_is_seeded_and_shape_preserving():
+    x = torch.randn(8, 1, 6, 6)
+    a = augment_batch(x, torch.Generator().manual_seed(0))
+    b = augment_batch(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.allclose(a.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    _fit(augment=True)  # runs
+
+
+def test_errors():
+    model = init_model("small_cnn", in_channels=1, num_classes=2, width=4)
+    with pytest.raises(ConfigError, match="no module 'features.9'"):
+        train(model, _toy(), freeze=["features.9"], progress=False)
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+        train(model, _toy(), epochs=0, progress=False)
+    with pytest.raises(ConfigError, match="lr must be positive"):
+        train(model, _toy(), lr=0, progress=False)
+    ds = _toy()
+    ds.y[0] = 4
+    ds.classes = ["a", "b", "c", "d", "e"]
+    with pytest.raises(ModelError, match="5 classes"):
+        train(model, ds, epochs=1, progress=False)
+    with pytest.raises(ConfigError, match="Every parameter"):
+        train(model, _toy(), freeze=["features", "classifier"], progress=False)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    res = _fit()
+    path = save(
+        res.model, tmp_path / "m.pt", arch="small_cnn", arch_kwargs={"in_channels": 1, "num_classes": 2, "width": 4},
+        classes=["0", "1"], input_size=[1, 16, 16], normalisation={"mean": [0.5], "std": [0.25]},
+        extra={"test_acc": res.test_acc},
+    )
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["arch"] == "small_cnn"
+    assert side["arch_kwargs"] == {"in_channels": 1, "num_classes": 2, "width": 4}
+    assert side["classes"] == ["0", "1"] and side["input_size"] == [1, 16, 16]
+    assert side["normalisation"] == {"mean": [0.5], "std": [0.25]}
+    assert side["extra"]["test_acc"] == res.test_acc
+    loaded = models.load(str(path))
+    x = _toy(8).x
+    assert torch.allclose(loaded(x), res.model(x))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_save_fills_default_arch_kwargs(tmp_path):
+    model = init_model("small_cnn", in_channels=1, num_classes=3)
+    path = save(model, tmp_path / "m.pt", arch="small_cnn", arch_kwargs={}, classes=["a", "b", "c"],
+                input_size=[1, 8, 8], normalisation=None)
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["arch_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 16}
+    assert side["normalisation"] is None
+    models.load(str(path))
+    with pytest.raises(ModelError, match="Unknown architecture 'small_cn'"):
+        save(model, tmp_path / "x.pt", arch="small_cn", arch_kwargs={}, classes=["a"], input_size=[1, 8, 8], normalisation=None)
