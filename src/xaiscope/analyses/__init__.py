@@ -1,0 +1,2 @@
+"""Analyses: global maps + PEPPR, model-collection variability, SIS, activation maximisation,
+hyperparameter sensitivity, method ranking, transfer study."""
