@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from xaiscope import models
+from xaiscope.analyses.fits import average_ranks
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.explain.references import gaussian_blur
@@ -134,12 +135,8 @@ def descending_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Row-wise AUROC of ``scores`` ``[T, N]`` for the bool labels ``positive`` ``[N]`` (average ranks for ties)."""
-    s = scores.double()
-    srt = s.sort(dim=1).values
-    left = torch.searchsorted(srt, s, right=False)
-    right = torch.searchsorted(srt, s, right=True)
-    ranks = (left + right + 1).double() / 2
-    pos = positive.to(s.device)
+    ranks = average_ranks(scores)
+    pos = positive.to(ranks.device)
     n_pos = int(pos.sum())
     n_neg = pos.numel() - n_pos
     return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
