@@ -124,7 +124,9 @@ class Explainer:
             warnings.simplefilter("ignore", UserWarning)  # Captum's notes on hooks and requires_grad
             a = self._attribute(model, x, y)
         if a.dim() == 3:
-            a = a.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
+            a = a.unsqueeze(1)
+        if a.shape[1] == 1 and x.shape[1] != 1:  # CAM-type maps: the same map on every channel
+            a = a.expand(-1, x.shape[1], -1, -1)
         return a.detach().to(dtype=torch.float32, device=x.device).contiguous()
 
     def _seeded(self, device: torch.device):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from xaiscope.errors import MethodError
 from xaiscope.explain.base import LAYER, Explainer, Param, register
 from xaiscope.explain.chunking import per_chunk
-from xaiscope.explain.layers import find_gap_head, find_layer
+from xaiscope.explain.layers import find_layer, gap_features_model
 from xaiscope.models.prepare import unique_activations
 
 
@@ -26,12 +26,12 @@ def upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
 
 
-def _capture(module, x_fn, inputs: bool = False):
-    """Run ``x_fn()`` and return (its result, the module's input or output tensor)."""
+def _capture(module, x_fn):
+    """Run ``x_fn()`` and return (its result, the module's output tensor)."""
     store = {}
 
     def hook(_m, args, out):
-        store["a"] = args[0] if inputs else out
+        store["a"] = out
 
     handle = module.register_forward_hook(hook)
     try:
@@ -52,11 +52,11 @@ class CAMExplainer(Explainer):
     params = {"relu": Param(False, bool, "clip negative values")}
 
     def _attribute(self, model, x, y):
-        pool, linear = find_gap_head(model, self.name)
+        features, linear = gap_features_model(model, self.name)
 
         def run(xb, yb):
             with torch.no_grad():
-                _, a = _capture(pool, lambda: model(xb), inputs=True)
+                _, a = features(xb)
             if a.dim() != 4 or a.shape[1] != linear.in_features:
                 raise MethodError(
                     "cam needs the pooled feature maps to feed the final linear layer directly "

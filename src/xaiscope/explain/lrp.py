@@ -5,7 +5,8 @@ conserving rules the input relevance sums to ``f_y(x)`` (Bach et al. 2015,
 doi:10.1371/journal.pone.0130140; Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10).
 Batch norm is merged into the preceding linear layer by a canonizer: Zennit's
 ResNetCanonizer for torchvision ResNets, VGGCanonizer for torchvision VGGs and
-SequentialMergeBatchNorm otherwise. One pass per image.
+SequentialMergeBatchNorm otherwise; DenseNet gets none (no canonizer exists, so its
+relevance is only approximately conserved). One pass per image.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from xaiscope.explain.chunking import per_chunk
 
 def canonizers_for(model: nn.Module) -> list:
     """The Zennit canonizers that fit ``model``."""
-    from torchvision.models import ResNet, VGG
+    from torchvision.models import DenseNet, ResNet, VGG
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
     from zennit.canonizers import SequentialMergeBatchNorm
 
@@ -27,6 +28,8 @@ def canonizers_for(model: nn.Module) -> list:
         return [ResNetCanonizer()]
     if isinstance(model, VGG):
         return [VGGCanonizer()]
+    if isinstance(model, DenseNet):
+        return []  # no canonizer exists; batch norm before concatenation cannot be merged
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return [SequentialMergeBatchNorm()]
     return []

@@ -98,7 +98,10 @@ class FeatureAblationExplainer(Explainer):
 
 
 def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:
-    """SLIC superpixel ids ``[1, C, H, W]`` (long) for one image ``[1, C, H, W]``."""
+    """SLIC superpixel ids ``[1, C, H, W]`` (long) for one image ``[1, C, H, W]``.
+
+    The image is min-max scaled to [0, 1] first, so ``compactness`` means the same for
+    normalised and raw data. A flat image (one superpixel) falls back to a 4 x 4 grid."""
     from skimage.segmentation import slic
 
     img = x[0].detach().cpu().numpy().transpose(1, 2, 0)
@@ -107,8 +110,10 @@ def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.T
     gray = img.shape[2] == 1
     seg = slic(img[..., 0] if gray else img, n_segments=n_segments, compactness=compactness, start_label=0,
                channel_axis=None if gray else -1)
-    seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device)
-    return seg.view(1, 1, *seg.shape).expand(1, x.shape[1], -1, -1)
+    seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device).view(1, 1, *img.shape[:2])
+    if int(seg.max()) < 1:  # a flat image gives one superpixel; a 4x4 grid keeps the surrogate defined
+        seg = patch_mask(x.shape[2], x.shape[3], max(1, min(x.shape[2:]) // 4), x.device)
+    return seg.expand(1, x.shape[1], -1, -1)
 
 
 class _SurrogateExplainer(Explainer):

@@ -21,7 +21,7 @@ _FUNCTIONAL_RELU = {F.relu, torch.relu, torch.relu_, F.relu_}
 
 
 def _not_inplace(module: nn.Module) -> nn.Module:
-    module = copy.copy(module)
+    module = copy.deepcopy(module)  # a shallow copy would share the hook dicts
     if hasattr(module, "inplace"):
         module.inplace = False
     return module

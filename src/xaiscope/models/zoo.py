@@ -1,6 +1,6 @@
 """A small zoo of CNNs for tests, the demo and the benchmark studies.
 
-``small_cnn`` ends in global average pooling + one linear layer, so class activation
+Every zoo model ends in global average pooling + one linear layer, so class activation
 mapping (CAM) applies. ``small_vgg`` has BatchNorm and four blocks (``features[0..3]``)
 that the transfer study freezes. ``small_resnet`` is a torchvision ``ResNet`` of
 ``BasicBlock`` s, so Zennit's ``ResNetCanonizer`` applies.
@@ -41,18 +41,17 @@ def _vgg_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class SmallVGG(nn.Module):
-    """Four conv-BN-relu-pool blocks (``features[0..3]``), then a two-layer head."""
+    """Four conv-BN-relu-pool blocks (``features[0..3]``), global average pooling and a
+    linear layer (the VGG-GAP variant of Zhou et al. 2016)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 16):
         super().__init__()
         w = width
         chans = [in_channels, w, 2 * w, 4 * w, 4 * w]
         self.features = nn.Sequential(*[_vgg_block(chans[i], chans[i + 1]) for i in range(4)])
-        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Sequential(
-            nn.Linear(4 * w * 4, 64), nn.ReLU(), nn.Linear(64, num_classes)
-        )
+        self.classifier = nn.Linear(4 * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.pool(self.features(x))))
