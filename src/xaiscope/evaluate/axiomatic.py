@@ -1,0 +1,126 @@
+"""Axiomatic metrics: completeness, non-sensitivity, input invariance."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from xaiscope import models
+from xaiscope.errors import MetricError
+from xaiscope.evaluate import perturbation as P
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Metric, Param, register
+from xaiscope.explain.postprocess import pool
+
+
+@register
+class Completeness(Metric):
+    """Completeness gap ``|sum(a) - (f_y(x) - f_y(x'))|`` with ``x'`` the fill (default: the
+    image minimum, Quantus' "black"), ``f`` the logit.
+
+    Sundararajan et al. 2017, "Axiomatic attribution for deep networks", ICML. Quantus 0.6
+    returns ``sum(a) == f(x) - f(x')`` (exact float equality, on max-normalised maps), which
+    is False for almost every method; ``output="equal"`` with ``normalise=True`` reproduces
+    it. Our default reports the gap, unnormalised. Lower is better; passes = 2.
+    """
+
+    name, category, direction = "completeness", "axiomatic", "lower"
+    needs = frozenset({"model"})
+    reference = "Sundararajan et al. 2017, ICML, arXiv:1703.01365"
+    params = {"output": Param("gap", str, "gap or Quantus' exact equality", choices=("gap", "equal")),
+              "fill": Param("black", str, "baseline", choices=P.FILLS[:4]), "score": OUTPUT_L,
+              "abs": ABS, "normalise": NORM_F}
+    passes_formula = "2"
+
+    def _passes(self, shape, e):
+        return 2
+
+    def _score(self, model, x, y, a, mask, explainer):
+        base = P.image_fill(self.hparams["fill"], x)(x, None, torch.arange(x.shape[0], device=x.device), None)
+        out = models.forward(model, torch.cat([x, base]), batch_size=self.batch_size)
+        f = P.target_score(out, y.repeat(2), self.hparams["score"]).double().view(2, -1)
+        s = self.map(a).flatten(1).double().sum(1)
+        d = f[0] - f[1]
+        if self.hparams["output"] == "equal":
+            return (s.float() == d.float()).double()
+        return (s - d).abs()
+
+
+@register
+class NonSensitivity(Metric):
+    """Non-sensitivity: the number of pixels where "has (near-)zero attribution" (``a < eps``)
+    and "changing it alone moves ``f_y`` by less than ``eps``" disagree; each window of
+    ``features_in_step`` pixels in raster order is set to the fill separately.
+
+    Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584. Lower is better;
+    passes = 1 + ceil(H W / features_in_step).
+    """
+
+    name, category, direction = "non_sensitivity", "axiomatic", "lower"
+    needs = frozenset({"model"})
+    reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
+    params = {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": Param(1, int, "pixels per step", low=1),
+              "fill": Param("black", str, "value for changed pixels", choices=P.FILLS), "output": OUTPUT_P,
+              "abs": ABS_T, "normalise": NORM}
+    passes_formula = "1 + ceil(H*W / features_in_step)"
+
+    def _passes(self, shape, e):
+        return 1 + math.ceil(shape[1] * shape[2] / self.hparams["features_in_step"])
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m = self.map(a).flatten(1)
+        n, hw = m.shape
+        k = self.hparams["features_in_step"]
+        units = P.pixel_units(m)
+        raster = torch.arange(hw, device=x.device).expand(n, -1)
+        lo, hi = P.windows(k, hw)
+        steps = P.RankSteps(units, raster, lo, hi)
+        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.hparams["output"])
+        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
+                  output=self.hparams["output"])
+        no_effect = ((v - f0.unsqueeze(1)).abs() < self.hparams["eps"]).repeat_interleave(k, dim=1)[:, :hw]
+        return (no_effect ^ (m < self.hparams["eps"])).sum(1).double()
+
+
+def shifted_model(model: torch.nn.Module, shift: float, shape) -> torch.nn.Module:
+    """Copy of ``model`` whose first Conv2d absorbs an input shift: bias_c becomes
+    ``2 b_c - min(conv(shift)_c)`` as in Quantus (exact away from zero-padded borders)."""
+    new = copy.deepcopy(model)
+    first = next((m for m in new.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None or first.bias is None:
+        raise MetricError("input_invariance needs a model whose first layer is a Conv2d with a bias.")
+    with torch.no_grad():
+        dev = first.weight.device
+        fw = first(torch.full((1, *shape), float(shift), device=dev))[0]
+        first.bias.copy_(2 * first.bias - fw.flatten(1).amin(1))
+    return new
+
+
+@register
+class InputInvariance(Metric):
+    """Input invariance: shift the input by ``input_shift`` and compensate in the first layer's
+    bias so the model's outputs are unchanged; 1 if the explanation of the shifted input by
+    the shifted model equals the original map (``atol`` 1e-4), else 0.
+
+    Kindermans et al. 2019, "The (un)reliability of saliency methods", arXiv:1711.00867.
+    Higher is better; passes = E.
+    """
+
+    name, category, direction = "input_invariance", "axiomatic", "higher"
+    needs = frozenset({"model", "explainer"})
+    reference = "Kindermans et al. 2019, arXiv:1711.00867"
+    params = {"input_shift": Param(-1.0, float, "constant added to every pixel"),
+              "atol": Param(1e-4, float, "tolerance", low=0.0), "abs": ABS, "normalise": NORM_F}
+    passes_formula = "E"
+
+    def _passes(self, shape, e):
+        return e
+
+    def _score(self, model, x, y, a, mask, explainer):
+        shift = self.hparams["input_shift"]
+        net = shifted_model(model, shift, x.shape[1:])
+        with models.eval_mode(net):
+            a2 = self.map(pool(explainer(net, x + shift, y), "sum"))
+        a1 = self.map(a)
+        return torch.isclose(a1, a2, atol=self.hparams["atol"]).flatten(1).all(1).double()

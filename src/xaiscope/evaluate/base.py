@@ -1,0 +1,197 @@
+"""The metric mechanism: declared hyperparameters, a registry, and a safe call.
+
+A metric is declared as a subclass of :class:`Metric` with a ``name``, a ``category``,
+a ``direction`` ("higher" or "lower" is better), what it ``needs`` (a subset of
+``{"model", "mask", "explainer"}``), a ``reference``, a dict of
+:class:`~xaiscope.explain.base.Param` (hyperparameters with defaults, types and
+ranges; the same class the explain layer uses), a ``passes_formula`` (model passes per
+image, as text) with its ``_passes`` implementation, and a ``_score`` that returns one
+float per image.
+
+Calling ``metric(model, x, y, a, mask=None, explainer=None)`` validates the inputs,
+puts the model in eval mode (restoring it afterwards, also on errors), and returns a
+float tensor ``[N]`` on ``x.device``; NaN marks images where the score is undefined
+(for example an all-zero map or an empty mask); one bad image never raises.
+
+Attributions ``a`` may be raw ``[N, C, H, W]`` or maps ``[N, H, W]``. Where a metric
+needs a map, channels are pooled by **sum** (``explain.pool(a, "sum")``); the
+Quantus defaults ``abs`` (take ``|a|``) and ``normalise`` (divide each map by its
+largest magnitude) are hyperparameters of each metric. Quantus normalises by the
+maximum over the whole batch it is given; we normalise each image by its own maximum,
+so scores never depend on which other images share a batch (identical to Quantus for
+maps that already have maximum magnitude 1, and for Quantus run with ``batch_size=1``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from xaiscope.errors import MethodError, MetricError, did_you_mean
+from xaiscope.explain.base import Param
+from xaiscope.explain.postprocess import pool
+from xaiscope.models.state import eval_mode
+
+_REGISTRY: dict[str, type["Metric"]] = {}
+
+CATEGORIES = ("localisation", "faithfulness", "robustness", "randomisation", "complexity", "axiomatic")
+NEEDS = frozenset({"model", "mask", "explainer"})
+
+BATCH = Param(256, int, "most images (incl. perturbed copies) per model call", low=1)
+SEED = Param(0, int, "seed of the random draws", low=0)
+ABS = Param(False, bool, "take |a| before scoring")
+ABS_T = Param(True, bool, "take |a| before scoring")
+NORM = Param(True, bool, "divide each map by its largest magnitude")
+NORM_F = Param(False, bool, "divide each map by its largest magnitude")
+OUTPUT_P = Param("softmax", str, "model score: softmax probability or logit", choices=("softmax", "logit"))
+OUTPUT_L = Param("logit", str, "model score: softmax probability or logit", choices=("softmax", "logit"))
+
+
+class Metric:
+    """Base class of all metrics (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    category: ClassVar[str] = ""
+    direction: ClassVar[str] = "higher"
+    needs: ClassVar[frozenset] = frozenset()
+    reference: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    stochastic: ClassVar[bool] = False
+    #: model passes per image as a formula of the hyperparameters (E = explainer passes)
+    passes_formula: ClassVar[str] = "0"
+    #: the score is computed from a whole set of images together (e.g. sufficiency)
+    set_level: ClassVar[bool] = False
+
+    def __init__(self, **hparams: Any) -> None:
+        allowed = dict(self.params)
+        if "model" in self.needs or "explainer" in self.needs:
+            allowed["batch_size"] = BATCH
+        if self.stochastic:
+            allowed["seed"] = SEED
+        for key in hparams:
+            if key not in allowed:
+                raise MetricError(
+                    f"Metric {self.name} has no setting {key!r}{did_you_mean(key, allowed)}; "
+                    f"it takes {', '.join(sorted(allowed)) or 'none'}."
+                )
+        try:
+            self.hparams = {k: p.check(self.name, k, hparams.get(k, p.default)) for k, p in allowed.items()}
+        except MethodError as e:
+            raise MetricError(str(e).replace("Hyperparameter", "Setting")) from None
+        self._validate()
+
+    def _validate(self) -> None:
+        """Cross-setting checks; subclasses raise :class:`MetricError`."""
+
+    def __repr__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.hparams.get("batch_size", BATCH.default))
+
+    def passes(self, shape: tuple[int, int, int] | None = None, explainer=None) -> float:
+        """Model passes per image for these settings.
+
+        ``shape`` = (C, H, W) where the count depends on the image size; ``explainer``
+        gives E (its passes per image) for explainer-based metrics.
+        """
+        e = float(explainer.passes(shape)) if explainer is not None else float("nan")
+        return float(self._passes(shape, e))
+
+    def _passes(self, shape, e: float) -> float:
+        return 0.0
+
+    # ------------------------------------------------------------------ call
+    def __call__(self, model, x: torch.Tensor, y, a: torch.Tensor | None, mask: torch.Tensor | None = None,
+                 explainer=None) -> torch.Tensor:
+        """Scores ``[N]`` (float32, on ``x.device``); NaN where undefined."""
+        x, y, a, mask = self._check(model, x, y, a, mask, explainer)
+        if model is None:
+            out = self._score(None, x, y, a, mask, explainer)
+        else:
+            with eval_mode(model):
+                out = self._score(model, x, y, a, mask, explainer)
+        return out.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
+
+    def _check(self, model, x, y, a, mask, explainer):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise MetricError(f"{self.name} needs images [N, C, H, W]; got {getattr(x, 'shape', type(x).__name__)}.")
+        x = x.detach().float()
+        n, _, h, w = x.shape
+        y = torch.as_tensor(y, device=x.device).long().view(-1)
+        if y.shape[0] != n:
+            raise MetricError(f"{self.name} got {n} images but {y.shape[0]} targets.")
+        if a is not None:
+            a = torch.as_tensor(a).detach().to(x.device).float()
+            if a.dim() not in (3, 4) or a.shape[0] != n or tuple(a.shape[-2:]) != (h, w):
+                raise MetricError(
+                    f"{self.name} needs attributions [N, C, H, W] or maps [N, H, W] matching images {list(x.shape)}; "
+                    f"got {list(a.shape)}."
+                )
+        elif not self._explains_itself():
+            raise MetricError(f"{self.name} needs attributions a; got None.")
+        if "mask" in self.needs:
+            if mask is None:
+                raise MetricError(f"{self.name} is a localisation metric and needs masks, but none were given.")
+            mask = torch.as_tensor(mask).to(x.device)
+            if mask.dim() == 4:
+                mask = mask.any(dim=1)
+            if tuple(mask.shape) != (n, h, w):
+                raise MetricError(f"{self.name} needs masks [N, H, W] = {[n, h, w]}; got {list(mask.shape)}.")
+            mask = mask.bool()
+        if "model" in self.needs and model is None:
+            raise MetricError(f"{self.name} needs the model; got None.")
+        if "explainer" in self.needs and explainer is None:
+            raise MetricError(f"{self.name} needs an explainer to re-explain perturbed inputs or models; got None.")
+        return x, y, a, mask
+
+    def _explains_itself(self) -> bool:
+        return False
+
+    def _score(self, model, x, y, a, mask, explainer) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- helpers
+    def map(self, a: torch.Tensor, abs_key: str = "abs", norm_key: str = "normalise") -> torch.Tensor:
+        """Maps ``[N, H, W]``: channels pooled by sum, then ``abs`` and ``normalise`` settings."""
+        m = pool(a, "sum") if a.dim() == 4 else a
+        if self.hparams.get(norm_key, False):
+            m = normalise_max(m)
+        if self.hparams.get(abs_key, False):
+            m = m.abs()
+        return m
+
+
+def normalise_max(m: torch.Tensor) -> torch.Tensor:
+    """Divide each image's map by its largest magnitude (all-zero maps stay zero)."""
+    d = m.abs().flatten(1).amax(dim=1).view(-1, *([1] * (m.dim() - 1)))
+    return torch.where(d > 0, m / torch.where(d > 0, d, torch.ones_like(d)), m)
+
+
+def register(cls: type[Metric]) -> type[Metric]:
+    """Class decorator adding a metric to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"duplicate metric name {cls.name}")
+    assert cls.category in CATEGORIES, cls.category
+    assert cls.direction in ("higher", "lower"), cls.direction
+    assert set(cls.needs) <= NEEDS, cls.needs
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """Registered metric names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_class(name: str) -> type[Metric]:
+    if name not in _REGISTRY:
+        raise MetricError(f"Unknown metric {name!r}{did_you_mean(name, _REGISTRY)}; run 'xaiscope metrics' to list them.")
+    return _REGISTRY[name]
+
+
+def get(name: str, **hparams: Any) -> Metric:
+    """The metric ``name`` with settings ``hparams`` (validated)."""
+    return get_class(name)(**hparams)

@@ -1,0 +1,39 @@
+"""Every random draw a metric makes, in one place.
+
+Each function takes an explicit ``torch.Generator`` (on the device of the data) and a
+shape; draws are made in a fixed order (outer loop first), so the same seed gives the
+same numbers, and tests can substitute a function to replay another library's draws.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def generator(seed: int, device: torch.device, stream: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded from ``(seed, stream)``; streams keep chunks independent."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed) * 1_000_003 + int(stream))
+    return g
+
+
+def uniform(g: torch.Generator, shape, low: float, high: float, device) -> torch.Tensor:
+    """Uniform draws in ``[low, high)``."""
+    return torch.rand(shape, generator=g, device=device) * (high - low) + low
+
+
+def normal(g: torch.Generator, shape, mean: float, std: float, device) -> torch.Tensor:
+    """Gaussian draws."""
+    return torch.randn(shape, generator=g, device=device) * std + mean
+
+
+def subsets(g: torch.Generator, n: int, runs: int, n_features: int, size: int, device) -> torch.Tensor:
+    """``[n, runs, size]`` feature indices, each row a subset drawn without replacement."""
+    keys = torch.rand((n, runs, n_features), generator=g, device=device)
+    return keys.topk(size, dim=-1).indices
+
+
+def other_class(g: torch.Generator, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A uniformly random class different from ``y`` for every row."""
+    r = torch.randint(0, num_classes - 1, y.shape, generator=g, device=y.device)
+    return r + (r >= y).long()

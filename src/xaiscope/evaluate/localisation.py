@@ -1,0 +1,273 @@
+"""Localisation metrics: how much of a map falls on the annotated region ``s``.
+
+All need a mask ``s`` ``[N, H, W]``; none calls the model (0 passes). Maps are pooled
+over channels by sum. Images with an empty mask score NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from xaiscope.evaluate import stats
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, Metric, Param, register
+
+NAN = float("nan")
+
+
+def _nan_where(v: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    v = v.double()
+    return torch.where(bad, torch.full_like(v, NAN), v)
+
+
+class _Localisation(Metric):
+    category, direction = "localisation", "higher"
+    needs = frozenset({"mask"})
+    params = {"abs": ABS, "normalise": NORM}
+
+    def _flat(self, a, mask):
+        m = self.map(a).flatten(1).double()
+        s = mask.flatten(1)
+        return m, s, s.sum(-1) == 0
+
+
+@register
+class RelevanceMassAccuracy(_Localisation):
+    """Relevance mass accuracy: ``sum(a * s) / sum(a)``.
+
+    Arras et al. 2022, "CLEVR-XAI", Information Fusion, doi:10.1016/j.inffus.2021.11.008.
+    Higher is better; 0 passes; NaN for an empty mask (and for a map summing to 0).
+    """
+
+    name = "relevance_mass_accuracy"
+    reference = "Arras et al. 2022, Information Fusion 81:14-40"
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _nan_where((m * s).sum(-1) / m.sum(-1), empty)
+
+
+@register
+class RelevanceRankAccuracy(_Localisation):
+    """Relevance rank accuracy: share of the ``K = |s|`` highest-ranked pixels that lie in ``s``.
+
+    Arras et al. 2022 (CLEVR-XAI). Higher is better; 0 passes; NaN for an empty mask.
+    """
+
+    name = "relevance_rank_accuracy"
+    reference = "Arras et al. 2022, Information Fusion 81:14-40"
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _rank_hits(m, s, empty)
+
+
+def _rank_hits(m: torch.Tensor, s: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    order = m.argsort(dim=-1, descending=True, stable=True)
+    k = s.sum(-1, keepdim=True)
+    pos = torch.arange(m.shape[-1], device=m.device).expand_as(m)
+    hits = (s.gather(-1, order) & (pos < k)).sum(-1).double()
+    return _nan_where(hits / k.squeeze(-1).clamp_min(1), empty)
+
+
+@register
+class PrecisionAtK(_Localisation):
+    """Precision at ``K = |s|`` over ``|a|``: share of the ``|s|`` pixels with the largest
+    magnitude that lie in ``s`` (the XAI-TRIS "precision"; relevance rank accuracy on ``|a|``).
+
+    Clark et al. 2024, "XAI-TRIS", Machine Learning, doi:10.1007/s10994-024-06574-3.
+    Higher is better; 0 passes; NaN for an empty mask.
+    """
+
+    name = "precision_at_k"
+    reference = "Clark et al. 2024, XAI-TRIS, Machine Learning 113"
+    params = {"normalise": NORM}
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _rank_hits(m.abs(), s, empty)
+
+
+@register
+class PointingGame(_Localisation):
+    """Pointing game: 1 if the largest value of the map lies in ``s`` (any pixel tied for the
+    maximum counts), else 0. With ``tolerance`` r > 0 a hit within r pixels of ``s`` counts.
+    ``weighted`` multiplies hits by ``1 - |s| / (H W)`` (Quantus option).
+
+    Zhang et al. 2018, "Top-down neural attention by excitation backprop", IJCV 126:1084.
+    Higher is better; 0 passes; NaN for an empty mask.
+    """
+
+    name = "pointing_game"
+    reference = "Zhang et al. 2018, IJCV 126:1084-1102"
+    params = {
+        "abs": ABS, "normalise": NORM,
+        "tolerance": Param(0, int, "hit radius in pixels", low=0),
+        "weighted": Param(False, bool, "weight hits by 1 - mask share"),
+    }
+
+    def _score(self, model, x, y, a, mask, explainer):
+        r = self.hparams["tolerance"]
+        s_img = mask
+        if r > 0:
+            k = 2 * r + 1
+            yy, xx = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+            disc = (((yy - r) ** 2 + (xx - r) ** 2) <= r * r).float().to(mask.device).view(1, 1, k, k)
+            s_img = torch.nn.functional.conv2d(mask.float().unsqueeze(1), disc, padding=r).squeeze(1) > 0
+        m, s, empty = self._flat(a, s_img)
+        empty = mask.flatten(1).sum(-1) == 0
+        top = m == m.amax(-1, keepdim=True)
+        hit = (top & s).any(-1).double()
+        if self.hparams["weighted"]:
+            hit = hit * (1 - mask.flatten(1).sum(-1).double() / s.shape[-1])
+        return _nan_where(hit, empty)
+
+
+@register
+class TopKIntersection(_Localisation):
+    """Top-k intersection: share of the ``k`` highest pixels that lie in ``s``
+    (``concept_influence`` multiplies by ``H W / |s|``).
+
+    Theiner et al. 2022, "Interpretable semantic photo geolocation", WACV. Higher is better;
+    0 passes; NaN for an empty mask.
+    """
+
+    name = "top_k_intersection"
+    reference = "Theiner et al. 2022, WACV, arXiv:2104.14995"
+    params = {
+        "abs": ABS, "normalise": NORM,
+        "k": Param(1000, int, "number of top pixels", low=1),
+        "concept_influence": Param(False, bool, "scale by image size over mask size"),
+    }
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        k = min(self.hparams["k"], m.shape[-1])
+        idx = m.argsort(dim=-1, descending=True, stable=True)[:, :k]
+        tki = s.gather(-1, idx).double().mean(-1)
+        if self.hparams["concept_influence"]:
+            tki = tki * m.shape[-1] / s.sum(-1).clamp_min(1)
+        return _nan_where(tki, empty)
+
+
+@register
+class AttributionLocalisation(_Localisation):
+    """Attribution localisation: ``sum(a * s) / sum(a)`` of the (by default absolute) map,
+    NaN when the ratio exceeds 1 or the mask is empty; ``positive_attributions`` clips
+    ``a`` at 0 first; ``weighted`` multiplies by ``|s| / (H W)``.
+
+    Kohlbrenner et al. 2020, "Towards best practice in explaining neural network decisions
+    with LRP", IJCNN, arXiv:1910.09840. Quantus divides by the size of ``x[2:]`` (images
+    3..N of the batch) in the weighted variant; we use the image size H W as the paper.
+    Higher is better; 0 passes.
+    """
+
+    name = "attribution_localisation"
+    reference = "Kohlbrenner et al. 2020, IJCNN, arXiv:1910.09840"
+    params = {
+        "abs": ABS_T, "normalise": NORM,
+        "positive_attributions": Param(False, bool, "clip attributions at 0 first"),
+        "weighted": Param(False, bool, "multiply by the mask share"),
+    }
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        if self.hparams["positive_attributions"]:
+            m = m.clamp_min(0)
+        r = (m * s).sum(-1) / (m.sum(-1) + 1e-9)
+        bad = empty | (r > 1)
+        if self.hparams["weighted"]:
+            r = r * s.sum(-1) / s.shape[-1]
+        return _nan_where(r, bad)
+
+
+@register
+class Focus(_Localisation):
+    """Focus: share of the positive relevance that falls in ``s``,
+    ``sum(relu(a) s) / (sum(relu(a)) + 1e-9)``.
+
+    Arias-Duart et al. 2022, "Focus! Rating XAI methods and finding biases", FUZZ-IEEE,
+    arXiv:2109.15035. The paper (and Quantus) evaluates mosaics of 2x2 images; ``s`` marks the
+    quadrants holding the target class (Quantus' ``c_batch`` turned into a mask).
+    Higher is better; 0 passes.
+    """
+
+    name = "focus"
+    reference = "Arias-Duart et al. 2022, FUZZ-IEEE, arXiv:2109.15035"
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        p = m.clamp_min(0)
+        return _nan_where((p * s).sum(-1) / (p.sum(-1) + 1e-9), empty)
+
+
+@register
+class AUROC(_Localisation):
+    """Area under the ROC curve of the map as a score for the mask pixels (ties count 1/2).
+
+    Fawcett 2006, "An introduction to ROC analysis", Pattern Recognition Letters 27:861.
+    Higher is better (0.5 = chance); 0 passes; NaN for an empty or full mask.
+    """
+
+    name = "auroc"
+    reference = "Fawcett 2006, Pattern Recognition Letters 27:861-874"
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _nan_where(stats.auroc(m, s), empty)
+
+
+@register
+class AveragePrecision(_Localisation):
+    """Average precision of the map as a score for the mask pixels,
+    ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds (scikit-learn's definition).
+
+    Zhu 2004, "Recall, precision and average precision", Univ. Waterloo. Higher is better;
+    0 passes; NaN for an empty mask.
+    """
+
+    name = "average_precision"
+    reference = "Zhu 2004, Recall, precision and average precision, Univ. Waterloo"
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _nan_where(stats.average_precision(m, s), empty)
+
+
+@register
+class EMDScore(_Localisation):
+    """Earth mover's score ``1 - EMD(|a| / sum|a|, s / |s|) / D``, Euclidean ground distance in
+    pixels; ``D`` = image diagonal ``sqrt(H^2 + W^2)`` (``diagonal="xai_tris"`` uses
+    ``sqrt(2 H W)`` as the XAI-TRIS code). The exact transport is solved by POT's network
+    simplex (``ot.emd2``) between the map's support and the mask, one image at a time on
+    the CPU (no model calls).
+
+    Clark et al. 2024, "XAI-TRIS", Machine Learning; Rubner et al. 2000, IJCV 40:99.
+    Higher is better; 0 passes; NaN for an empty mask or an all-zero map.
+    """
+
+    name = "emd_score"
+    reference = "Clark et al. 2024, XAI-TRIS; Rubner et al. 2000, IJCV 40:99-121"
+    params = {"diagonal": Param("image", str, "normaliser D", choices=("image", "xai_tris"))}
+
+    def _score(self, model, x, y, a, mask, explainer):
+        import numpy as np
+        import ot
+
+        n, h, w = mask.shape
+        m = (a.sum(1) if a.dim() == 4 else a).abs().flatten(1).double().cpu().numpy()
+        s = mask.flatten(1).cpu().numpy()
+        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        pts = np.stack([yy.ravel(), xx.ravel()], -1).astype(np.float64)
+        d = math.sqrt(h * h + w * w) if self.hparams["diagonal"] == "image" else math.sqrt(2 * h * w)
+        out = np.full(n, np.nan)
+        for i in range(n):
+            src, dst = m[i] > 0, s[i]
+            if not src.any() or not dst.any():
+                continue
+            p = m[i][src] / m[i][src].sum()
+            q = np.full(int(dst.sum()), 1.0 / dst.sum())
+            cost = ot.dist(pts[src], pts[dst], metric="euclidean")
+            out[i] = 1 - float(ot.emd2(p, q, cost, numItermax=1_000_000)) / d
+        return torch.as_tensor(out)

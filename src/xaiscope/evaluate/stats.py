@@ -1,0 +1,108 @@
+"""Batched statistics on rows: correlations, ranks, SSIM, trapezoid areas, AUC.
+
+Each function takes ``[N, K]`` tensors (one row per image) and returns ``[N]``. Rows
+with zero variance give NaN, as SciPy does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row pair (float64 inside; NaN for constant rows)."""
+    a = a.double() - a.double().mean(dim=-1, keepdim=True)
+    b = b.double() - b.double().mean(dim=-1, keepdim=True)
+    num = (a * b).sum(-1)
+    den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
+    r = num / den
+    r = torch.where(den > 0, r, torch.full_like(r, float("nan")))
+    return r.clamp(-1, 1)
+
+
+def rank(v: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last dim, ties get their average rank (1-based, like scipy.stats.rankdata)."""
+    v = v.double()
+    order = v.argsort(dim=-1, stable=True)
+    sv = v.gather(-1, order)
+    k = v.shape[-1]
+    pos = torch.arange(1, k + 1, device=v.device, dtype=torch.float64).expand_as(sv)
+    new = torch.ones_like(sv, dtype=torch.bool)
+    new[..., 1:] = sv[..., 1:] != sv[..., :-1]
+    gid = new.long().cumsum(-1) - 1
+    sums = torch.zeros_like(sv).scatter_add_(-1, gid, pos)
+    cnts = torch.zeros_like(sv).scatter_add_(-1, gid, torch.ones_like(pos))
+    avg = sums.gather(-1, gid) / cnts.gather(-1, gid)
+    return torch.empty_like(avg).scatter_(-1, order, avg)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation of each row pair."""
+    return pearson(rank(a), rank(b))
+
+
+def trapz(v: torch.Tensor, dx: float = 1.0) -> torch.Tensor:
+    """Trapezoid area of each row with spacing ``dx`` (``np.trapezoid(v, dx=dx, axis=-1)``)."""
+    v = v.double()
+    if v.shape[-1] < 2:
+        return torch.zeros(v.shape[:-1], dtype=v.dtype, device=v.device)
+    return dx * (v[..., 1:] + v[..., :-1]).sum(-1) / 2
+
+
+def auroc(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Area under the ROC curve of ``score`` for binary ``label`` per row (ties count 1/2); NaN
+    when a row has only one class."""
+    r = rank(score)
+    lab = label.bool()
+    pos = lab.sum(-1).double()
+    neg = (~lab).sum(-1).double()
+    u = (r * lab).sum(-1) - pos * (pos + 1) / 2
+    out = u / (pos * neg)
+    return torch.where((pos > 0) & (neg > 0), out, torch.full_like(out, float("nan")))
+
+
+def average_precision(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Average precision per row, as ``sklearn.metrics.average_precision_score`` (tied scores
+    form one threshold); NaN when a row has no positive."""
+    order = score.double().argsort(dim=-1, descending=True, stable=True)
+    s = score.double().gather(-1, order)
+    lab = label.gather(-1, order).double()
+    tp = lab.cumsum(-1)
+    k = torch.arange(1, s.shape[-1] + 1, device=s.device, dtype=torch.float64)
+    boundary = torch.ones_like(s, dtype=torch.bool)
+    boundary[..., :-1] = s[..., 1:] != s[..., :-1]
+    tp_b = torch.where(boundary, tp, torch.zeros_like(tp))
+    prev = torch.cummax(tp_b, dim=-1).values
+    prev = torch.cat([torch.zeros_like(prev[..., :1]), prev[..., :-1]], -1)
+    pos = lab.sum(-1)
+    ap = (boundary * (tp - prev) * (tp / k)).sum(-1) / pos
+    return torch.where(pos > 0, ap, torch.full_like(ap, float("nan")))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7) -> torch.Tensor:
+    """Mean structural similarity per pair, as ``skimage.metrics.structural_similarity`` with
+    ``data_range`` = range of both inputs together, uniform ``win_size`` window, sample
+    covariance and the border of (win_size-1)//2 cropped. ``a``, ``b``: ``[N, H, W]`` or
+    ``[N, L]`` (1-D signals, as Quantus passes flattened maps)."""
+    a, b = a.double(), b.double()
+    one_d = a.dim() == 2
+    x = torch.stack([a, b], 1)
+    if one_d:
+        x = x.unsqueeze(2)
+    dr = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).abs()
+    ndim = 1 if one_d else 2
+    np_ = win_size**ndim
+    cov_norm = np_ / (np_ - 1)
+    kh = 1 if one_d else win_size
+
+    def filt(t):
+        return F.avg_pool2d(t, (kh, win_size), stride=1)
+
+    ux, uy = filt(x[:, :1]), filt(x[:, 1:])
+    uxx, uyy, uxy = filt(x[:, :1] ** 2), filt(x[:, 1:] ** 2), filt(x[:, :1] * x[:, 1:])
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1 = ((0.01 * dr) ** 2).view(-1, 1, 1, 1)
+    c2 = ((0.03 * dr) ** 2).view(-1, 1, 1, 1)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
