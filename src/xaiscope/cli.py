@@ -109,6 +109,27 @@ def explain_cmd(
         console.print(f"wrote {p}")
 
 
+@app.command("benchmark")
+def benchmark_cmd(
+    out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
+    n_train: int = typer.Option(2000, help="Training images."),
+    n_test: int = typer.Option(500, help="Test images."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
+    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
+    lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
+    confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
+    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
+    seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
+    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+) -> None:
+    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
+    from xaiscope.pipeline.benchmark_job import run_benchmark
+
+    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
+                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
