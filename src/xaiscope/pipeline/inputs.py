@@ -51,7 +51,9 @@ def check_model_fits(model: torch.nn.Module, ds: xdata.Dataset, device: torch.de
         raise ModelError(
             f"The model cannot process images of shape {list(ds.shape)} from {ds.source}: {str(e).splitlines()[0]}"
         ) from None
-    models.forward.check_output(out, 1)
+    from xaiscope.models.forward import check_output  # models.forward is the function, not the module
+
+    check_output(out, 1)
     n_out = out.shape[1]
     top = int(ds.y.max())
     if top >= n_out:
