@@ -68,7 +68,7 @@ class Metric:
         if "model" in self.needs or "explainer" in self.needs:
             allowed["batch_size"] = BATCH
         if self.stochastic:
-            allowed["seed"] = SEED
+            allowed.setdefault("seed", SEED)
         for key in hparams:
             if key not in allowed:
                 raise MetricError(

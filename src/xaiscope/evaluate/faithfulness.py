@@ -454,7 +454,12 @@ class IROF(_Faithfulness):
         steps = P.RankSteps(units, rank, lo, hi)
         valid = torch.arange(steps.T, device=x.device).view(1, -1) < units.count.view(-1, 1)
         if hp["fill"] == "running_mean":
-            fill = P.scalar_fill(_running_means(x, steps))
+            mu = _running_means(x, steps)  # a superpixel keeps the value it got when it was removed
+            per_pix = mu.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype).view(x.shape[0], 1, *x.shape[2:])
+            base = per_pix.expand_as(x)
+
+            def fill(xb, mb, n_idx, t_idx):
+                return base[n_idx]
         else:
             fill = P.make_fill(hp["fill"], x, steps.T)
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
@@ -475,8 +480,10 @@ def _running_means(x: torch.Tensor, steps) -> torch.Tensor:
     for t in range(steps.T):
         mu = cur.flatten(1).mean(1)
         out[:, t] = mu.double()
-        m = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, h, w)
-        cur = torch.where(m, mu.view(-1, 1, 1, 1), cur)
+        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, h, w)
+        if t > 0:
+            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, h, w)
+        cur = torch.where(new, mu.view(-1, 1, 1, 1).to(cur.dtype), cur)
     return out
 
 

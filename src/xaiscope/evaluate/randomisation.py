@@ -144,7 +144,7 @@ class SmoothModelParameterRandomisation(_Randomisation):
               "noise_magnitude": Param(0.1, float, "noise std relative to the image range", low=0.0),
               "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
               "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
-              "abs": ABS_T}
+              "seed": Param(42, int, "seed of the re-initialisation and the noise", low=0), "abs": ABS_T}
     passes_formula = "(L + 1) * nr_samples * E"
 
     def _explains_itself(self):
