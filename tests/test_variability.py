@@ -170,6 +170,8 @@ def test_linear_fit_recovers_known_coefficients_exactly_without_noise():
 def test_fit_errors():
     with pytest.raises(DataError, match="at least 3 finite points"):
         quadratic([0.0, 1.0], [1.0, 2.0])
+    with pytest.raises(DataError, match="2 distinct x values; got 1"):
+        linear([0.5, 0.5, 0.5], [1.0, 2.0, 3.0])
     with pytest.raises(DataError, match="as many x as y"):
         linear([0.0, 1.0], [1.0])
     with pytest.raises(ConfigError, match="ci"):

@@ -8,7 +8,9 @@ Model: ``y = c_0 + c_1 x + ... + c_d x^d`` by least squares (``numpy.linalg.lsts
 ``R^2 = 1 - SS_res / SS_tot`` (NaN when ``y`` is constant). Confidence intervals:
 nonparametric pairs bootstrap, ``n_boot`` resamples of the ``n`` points with
 replacement drawn by ``numpy.random.default_rng(seed)``, percentile intervals at level
-``ci``. Non-finite pairs are dropped before fitting. No model passes.
+``ci`` (resamples with fewer than ``d + 1`` distinct x values are left out). Non-finite
+pairs are dropped before fitting; fewer than ``d + 1`` distinct x values is an error.
+No model passes.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ class Fit:
 
 def _lstsq(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, float]:
     v = np.vander(x, degree + 1, increasing=True)
-    coef = np.linalg.lstsq(v, y, rcond=None)[0]
+    coef, _, rank, _ = np.linalg.lstsq(v, y, rcond=None)
+    if rank < degree + 1:  # too few distinct x values: the coefficients are not identifiable
+        return np.full(degree + 1, np.nan), float("nan")
     resid = y - v @ coef
     ss_tot = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
@@ -87,6 +91,8 @@ def fit_polynomial(x, y, degree: int, *, n_boot: int = 1000, ci: float = 0.95, s
     x, y = x[ok], y[ok]
     if x.size < degree + 1:
         raise DataError(f"A degree-{degree} fit needs at least {degree + 1} finite points; got {x.size}.")
+    if np.unique(x).size < degree + 1:
+        raise DataError(f"A degree-{degree} fit needs at least {degree + 1} distinct x values; got {np.unique(x).size}.")
     coef, r2 = _lstsq(x, y, degree)
     lo = [float("nan")] * (degree + 1)
     hi = list(lo)
@@ -99,7 +105,9 @@ def fit_polynomial(x, y, degree: int, *, n_boot: int = 1000, ci: float = 0.95, s
         for b in range(n_boot):
             boots[b], r2s[b] = _lstsq(x[idx[b]], y[idx[b]], degree)
         q = [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100]
-        lo, hi = (np.percentile(boots, q, axis=0)).tolist()
+        ok = np.isfinite(boots).all(axis=1)  # resamples with too few distinct x values are left out
+        if ok.any():
+            lo, hi = (np.percentile(boots[ok], q, axis=0)).tolist()
         if np.isfinite(r2s).any():
             r2_lo, r2_hi = (float(v) for v in np.nanpercentile(r2s, q))
     return Fit(

@@ -175,12 +175,12 @@ class PepprResult:
         for order in self.orders:
             for curve in CURVES:
                 for metric in METRICS:
-                    for f, v in zip(self.fractions.tolist(), self.curves[order][curve][metric].tolist()):
+                    for f, v in zip([round(f, 10) for f in self.fractions.tolist()], self.curves[order][curve][metric].tolist()):
                         rows.append({"label": self.label, "order": order, "curve": curve, "metric": metric, "fraction": f, "value": v})
         for stat in ("mean", "sd"):
             for curve in CURVES:
                 for metric in METRICS:
-                    for f, v in zip(self.fractions.tolist(), self.random["curves"][stat][curve][metric].tolist()):
+                    for f, v in zip([round(f, 10) for f in self.fractions.tolist()], self.random["curves"][stat][curve][metric].tolist()):
                         rows.append({"label": self.label, "order": f"random_{stat}", "curve": curve, "metric": metric, "fraction": f, "value": v})
         return rows
 
