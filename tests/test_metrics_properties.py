@@ -1,0 +1,170 @@
+"""Closed-form cases, invariances, pass counts and user errors of the metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metrics_helpers import inputs
+from xaiscope import evaluate, explain, models
+from xaiscope.errors import MetricError
+
+
+class SumModel(nn.Module):
+    """f(x) = [sum(x), -sum(x)] (logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        s = x.flatten(1).sum(1) * self.w
+        return torch.stack([s, -s], 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return inputs(0)
+
+
+def test_faithfulness_correlation_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 8, 8, generator=g) + 0.5
+    y = torch.zeros(4, dtype=torch.long)
+    m = evaluate.get("faithfulness_correlation", nr_runs=30, subset_size=10, fill="zero", output="logit")
+    torch.testing.assert_close(m(SumModel(), x, y, x), torch.ones(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(m(SumModel(), x, y, -x), -torch.ones(4), atol=1e-5, rtol=0)
+
+
+def test_map_equal_to_mask_scores_one(data):
+    _, x, y, _, mask = data
+    a = mask.float()
+    for name in ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc", "average_precision",
+                 "precision_at_k", "attribution_localisation"):
+        torch.testing.assert_close(evaluate.get(name)(None, x, y, a, mask=mask), torch.ones(len(x)), msg=name)
+
+
+def test_empty_mask_gives_nan_not_error(data):
+    _, x, y, a, mask = data
+    mask = mask.clone()
+    mask[0] = False
+    for name in ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc", "top_k_intersection"):
+        s = evaluate.get(name)(None, x, y, a, mask=mask)
+        assert math.isnan(s[0]) and not torch.isnan(s[1:]).any(), name
+
+
+def test_constant_map_sparseness_zero_and_zero_map_nan(data):
+    _, x, y, _, _ = data
+    assert evaluate.get("sparseness")(None, x, y, torch.full((8, 16, 16), 0.3)).abs().max() < 1e-6
+    assert torch.isnan(evaluate.get("complexity")(None, x, y, torch.zeros(8, 16, 16))).all()
+
+
+def test_monotonicity_follows_paper_on_additive_model():
+    x = torch.rand(3, 1, 6, 6) + 0.1
+    y = torch.zeros(3, dtype=torch.long)
+    # adding positive pixels back only raises sum(x): monotone
+    out = evaluate.get("monotonicity", fill="zero", output="logit")(SumModel(), x, y, x)
+    assert out.tolist() == [1.0, 1.0, 1.0]
+    out = evaluate.get("monotonicity", fill="zero", output="logit")(SumModel(), -x, y, x)
+    assert out.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_completeness_gap_is_zero_for_exact_decomposition():
+    x = torch.rand(3, 1, 6, 6)
+    y = torch.zeros(3, dtype=torch.long)
+    out = evaluate.get("completeness", fill="zero")(SumModel(), x, y, x)
+    assert out.abs().max() < 1e-5
+
+
+def test_deletion_insertion_curves(data):
+    net, x, y, a, _ = data
+    m = evaluate.get("deletion", steps=10)
+    frac, curve = m.curves(net, x, y, a)
+    assert frac.shape == (11,) and curve.shape == (8, 11)
+    f0 = models.scores(net, x, y)
+    torch.testing.assert_close(curve[:, 0].float(), f0)
+    torch.testing.assert_close(m(net, x, y, a), torch.trapezoid(curve, frac.double()).float())
+    ins = evaluate.get("insertion", steps=10, fill="zero")
+    _, c2 = ins.curves(net, x, y, a)
+    torch.testing.assert_close(c2[:, -1].float(), f0)
+
+
+@pytest.mark.parametrize("name", ["model_parameter_randomisation", "smooth_model_parameter_randomisation"])
+@pytest.mark.parametrize("method", ["input", "sobel"])
+def test_model_independent_map_is_fully_similar(data, name, method):
+    net, x, y, _, _ = data
+    ex = explain.get(method)
+    a = ex(net, x, y)
+    hp = {"nr_samples": 2} if name.startswith("smooth") else {}
+    if name.startswith("smooth"):
+        hp["noise_magnitude"] = 0.0
+    s = evaluate.get(name, **hp)(net, x, y, a, explainer=ex)
+    torch.testing.assert_close(s, torch.ones(8), atol=1e-6, rtol=0)
+
+
+BATCH_CASES = {
+    "deletion": {}, "pixel_flipping": {"features_in_step": 16}, "region_perturbation": {"patch_size": 4},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 20}, "monotonicity_correlation": {"nr_samples": 2, "features_in_step": 32},
+    "road": {"percentage_step": 20}, "infidelity": {}, "irof": {"n_segments": 16},
+    "max_sensitivity": {"nr_samples": 5}, "relative_output_stability": {"nr_samples": 4},
+    "relative_representation_stability": {"nr_samples": 4}, "continuity": {"nr_steps": 4},
+    "model_parameter_randomisation": {}, "non_sensitivity": {"features_in_step": 1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BATCH_CASES))
+def test_batch_size_and_seed_invariance_and_pass_count(data, name):
+    net, x, y, a, mask = data
+    ex = explain.get("saliency")
+    hp = BATCH_CASES[name]
+    big = evaluate.get(name, batch_size=512, **hp)
+    with models.count_passes(net) as c:
+        s1 = big(net, x, y, a, mask=mask, explainer=ex)
+    s2 = evaluate.get(name, batch_size=7, **hp)(net, x, y, a, mask=mask, explainer=ex)
+    s3 = evaluate.get(name, batch_size=512, **hp)(net, x, y, a, mask=mask, explainer=ex)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5, equal_nan=True)
+    torch.testing.assert_close(s1, s3, equal_nan=True)
+    if name == "model_parameter_randomisation":
+        expected = big.passes((1, 16, 16), ex, net)
+    elif name == "irof":
+        expected = None  # depends on the superpixels found
+    else:
+        expected = big.passes((1, 16, 16), explainer=ex)
+    if expected is not None:
+        assert c.rows == expected * len(x), (c.rows, expected)
+
+
+def test_unknown_metric_and_setting_errors():
+    with pytest.raises(MetricError, match="Unknown metric 'delition'.*did you mean 'deletion'"):
+        evaluate.get("delition")
+    with pytest.raises(MetricError, match="has no setting 'step'.*did you mean 'steps'"):
+        evaluate.get("deletion", step=3)
+    with pytest.raises(MetricError, match="must be >= 1"):
+        evaluate.get("deletion", steps=0)
+    with pytest.raises(MetricError, match="must be one of"):
+        evaluate.get("deletion", fill="purple")
+
+
+def test_missing_inputs_errors(data):
+    net, x, y, a, _ = data
+    with pytest.raises(MetricError, match="needs masks"):
+        evaluate.get("pointing_game")(None, x, y, a)
+    with pytest.raises(MetricError, match="needs an explainer"):
+        evaluate.get("max_sensitivity")(net, x, y, a)
+    with pytest.raises(MetricError, match="attributions"):
+        evaluate.get("sparseness")(None, x, y, a[:, :, :4])
+
+
+def test_registry_metadata_complete():
+    assert len(evaluate.names()) == 42
+    for row in evaluate.table():
+        assert row["category"] in evaluate.CATEGORIES and row["direction"] in ("higher", "lower") and row["reference"]
+
+
+def test_emd_score_identical_distribution_is_one(data):
+    _, x, y, _, mask = data
+    s = evaluate.get("emd_score")(None, x, y, mask.float(), mask=mask)
+    torch.testing.assert_close(s, torch.ones(8), atol=1e-6, rtol=0)
