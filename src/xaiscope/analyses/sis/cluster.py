@@ -11,7 +11,9 @@ with ``|.|`` the Euclidean distance in pixels and the expectations taken over al
 ``D = sqrt(D^2)`` by default (``squared=False``) because ``D`` is a metric (it obeys the
 triangle inequality), which DBSCAN's density-reachability assumes; ``D^2`` is not.
 Scale: two single pixels ``d`` apart have ``D^2 = 2d`` and ``D = sqrt(2d)``, so
-``eps = 2`` joins single-pixel SIS up to 2 pixels apart.
+``eps = 2`` joins single-pixel SIS up to 2 pixels apart. SIS spread over an image are
+much closer than that (on 8x8 digits, pairwise ``D`` is mostly 0.5-1.2), so the default
+``eps="auto"`` takes the median distance at which a SIS becomes a core point.
 
 DBSCAN (scikit-learn, ``metric="precomputed"``) groups SIS with at least
 ``min_samples`` neighbours within ``eps``; label -1 is noise. Carter et al. 2019
@@ -73,6 +75,17 @@ def energy_distances(masks, *, squared: bool = False, algorithm: str = "auto") -
     d2 = (2 * cross - self_term.view(-1, 1) - self_term.view(1, -1)).clamp_min(0)
     d2.fill_diagonal_(0)
     return d2 if squared else d2.sqrt()
+
+
+def auto_eps(d: torch.Tensor, min_samples: int) -> float:
+    """The median ``min_samples``-distance: for each SIS the distance to its
+    ``min_samples``-th nearest SIS counting itself (the radius at which it would be a
+    DBSCAN core point), then the median over SIS, so about half the SIS are core points.
+    A scale-free default: energy distances shrink when SIS spread out or images are small."""
+    n = d.shape[0]
+    kth = d.sort(dim=1).values[:, min(min_samples, n) - 1]
+    eps = float(kth.median())
+    return eps if eps > 0 else float(d[d > 0].min()) if (d > 0).any() else 1.0
 
 
 @dataclass
@@ -145,9 +158,9 @@ def cluster(
     Parameters
     ----------
     sis_list : list of :class:`~xaiscope.analyses.sis.SISResult` or of BoolTensor ``[H, W]``
-    eps : float > 0
+    eps : float > 0 or ``"auto"``
         DBSCAN neighbourhood radius in the units of the distance (``D``, or ``D^2`` when
-        ``squared``).
+        ``squared``). ``"auto"`` (or None) uses :func:`auto_eps`.
     min_samples : int, default 3
         DBSCAN core-point threshold (the point itself included).
     sources : list of str, optional
@@ -163,14 +176,15 @@ def cluster(
     items = list(sis_list)
     if not items:
         raise ConfigError("There are no SIS to cluster.")
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise ConfigError(f"eps must be a positive number, got {eps!r}.") from None
-    if not eps > 0:
-        raise ConfigError(f"eps must be a positive number, got {eps!r}.")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise ConfigError(f"min_samples must be a positive integer, got {min_samples!r}.")
+    if eps is not None and eps != "auto":
+        try:
+            eps = float(eps)
+        except (TypeError, ValueError):
+            raise ConfigError(f"eps must be a positive number or 'auto', got {eps!r}.") from None
+        if not eps > 0:
+            raise ConfigError(f"eps must be a positive number or 'auto', got {eps!r}.")
     masks = _as_masks(items)
     n = len(items)
     if sources is None:
@@ -183,6 +197,8 @@ def cluster(
     if img is not None and img.shape[0] != n:
         raise ConfigError(f"{img.shape[0]} images were given for {n} SIS.")
     d = energy_distances(masks, squared=squared)
+    if eps is None or eps == "auto":
+        eps = auto_eps(d, min_samples)
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(d.numpy()).tolist()
     totals = {s: sources.count(s) for s in sorted(set(sources))}
     clusters = []

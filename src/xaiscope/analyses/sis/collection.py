@@ -19,8 +19,11 @@ arXiv:1810.03805.
 Passes (``U`` units available): :func:`find_sis` costs ``U (U + 1) / 2 + 3`` with exact
 backward selection (``f`` of the fully masked input, of ``x``, the candidates, and one
 re-evaluation of the SIS alone) or ``ceil(U / k) + 4`` with the gradient variant;
-:func:`sis_collection` costs the sum over its SIS searches (each on the units left by
-the previous ones), plus one final ``f(x_remaining)`` that falls below ``tau``.
+:func:`sis_collection` costs ``2 + sum_i (U_i (U_i + 1) / 2 + 2)`` (exact) where ``U_i``
+is the number of units left when SIS ``i`` is searched: ``f`` of the fully masked input
+once, and per SIS ``f(x_remaining)``, the candidates and the re-evaluation; the final
+``+1`` is the ``f(x_remaining) < tau`` that ends it (one more re-evaluation per step
+back when batching noise puts a SIS just below ``tau``, which is rare).
 """
 
 from __future__ import annotations
