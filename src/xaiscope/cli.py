@@ -130,6 +130,44 @@ def benchmark_cmd(
                   confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
 
 
+@app.command("metrics")
+def metrics_cmd() -> None:
+    """List the evaluation metrics with category, direction, needs and pass counts."""
+    from xaiscope import evaluate
+
+    table = Table(title="Evaluation metrics")
+    for col in ("metric", "category", "better", "needs", "passes / image", "reference"):
+        table.add_column(col)
+    for row in evaluate.table():
+        table.add_row(row["name"], row["category"], row["direction"], row["needs"], row["passes"], row["reference"])
+    console.print(table)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
+    metrics: str = typer.Option(..., help="Comma-separated metric names (see 'xaiscope metrics')."),
+    out: Path = typer.Option(..., help="Output Parquet file."),
+    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."),
+    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Score attribution methods with evaluation metrics; write one row per image, method and metric."""
+    from xaiscope.pipeline.evaluate_job import run_evaluate
+
+    path, n = run_evaluate(
+        model=model, data=data, methods=parse_list(methods), metrics=parse_list(metrics), out=out, weights=weights,
+        params=parse_params(param), batch_size=batch_size, device=device, target=parse_target(target),
+        trust_model=trust_model, console=console,
+    )
+    console.print(f"wrote {path} ({n} rows)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)
