@@ -140,10 +140,18 @@ class Explainer:
 
 @contextlib.contextmanager
 def _fork_seed(seed: int, device: torch.device):
+    """Seed torch and NumPy (Captum's GradientShap draws from NumPy) and restore both afterwards."""
+    import numpy as np
+
     devices = [device] if device.type == "cuda" else []
+    np_state = np.random.get_state()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        yield
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
 
 
 @contextlib.contextmanager

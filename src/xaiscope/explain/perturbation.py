@@ -148,12 +148,22 @@ class _SurrogateExplainer(Explainer):
 
 @register
 class LimeExplainer(_SurrogateExplainer):
-    """LIME: a sparse linear surrogate fitted on superpixel on/off samples (Ribeiro et al. 2016, arXiv:1602.04938)."""
+    """LIME: a weighted linear surrogate fitted on superpixel on/off samples (Ribeiro et al. 2016,
+    arXiv:1602.04938). The surrogate is ridge regression with ``alpha`` (as in the reference
+    ``lime_image`` implementation, alpha 1) or Captum's default lasso."""
 
     name = "lime"
+    params = {
+        **_SurrogateExplainer.params,
+        "surrogate": Param("ridge", str, "interpretable model", choices=("ridge", "lasso")),
+        "alpha": Param(1.0, float, "regularisation strength of the surrogate", low=0.0),
+    }
 
     def make(self, model):
-        return ca.Lime(model)
+        from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
+
+        cls = SkLearnRidge if self.hparams["surrogate"] == "ridge" else SkLearnLasso
+        return ca.Lime(model, interpretable_model=cls(alpha=self.hparams["alpha"]))
 
 
 @register
