@@ -1,0 +1,180 @@
+"""Speed of xaiscope's metrics against Quantus 0.6 on the same inputs, in one process.
+
+Prints per metric: our time, Quantus' time, the speed-up (Quantus / ours), our time over
+the model-pass floor (passes per image x time of one batched forward of the N images;
+explainer passes counted as forward passes), and the geometric mean of the speed-ups.
+
+Settings: ``tiny`` (a 2-conv CNN on 1x16x16 images, N=64: framework overhead dominates)
+and ``small`` (``small_cnn`` at 1x64x64, N=256; ``--quick`` uses N=64).
+
+    python benchmarks/bench_metrics.py [--quick] [--setting tiny|small|both] [--only a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+
+if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz (removed in NumPy 2.4)
+    np.trapz = np.trapezoid
+
+import quantus  # noqa: E402
+
+from xaiscope import evaluate, explain, models  # noqa: E402
+from xaiscope.evaluate.base import normalise_max  # noqa: E402
+
+SAL = explain.get("saliency", batch_size=4096)
+
+
+def qexplain(model, inputs, targets, **kw):
+    xb = torch.as_tensor(np.asarray(inputs)).float()
+    yb = torch.as_tensor(np.asarray(targets)).long()
+    return explain.pool(SAL(model, xb, yb), "sum").unsqueeze(1).numpy()
+
+
+def cases(hw: int):
+    """(our name, our settings, Quantus class, Quantus init kwargs, Quantus call kwargs)."""
+    big = hw >= 64
+    k_pf = 64 if big else 4
+    fc = dict(nr_runs=50, subset_size=min(224, hw * hw // 4))
+    ex = {"explain_func": qexplain}
+    return [
+        ("relevance_mass_accuracy", {}, "RelevanceMassAccuracy", {}, {"mask": True}),
+        ("relevance_rank_accuracy", {}, "RelevanceRankAccuracy", {}, {"mask": True}),
+        ("pointing_game", {}, "PointingGame", {}, {"mask": True}),
+        ("top_k_intersection", {"k": hw * hw // 4}, "TopKIntersection", {"k": hw * hw // 4}, {"mask": True}),
+        ("attribution_localisation", {}, "AttributionLocalisation", {}, {"mask": True}),
+        ("auroc", {}, "AUC", {}, {"mask": True}),
+        ("sparseness", {}, "Sparseness", {}, {}),
+        ("complexity", {}, "Complexity", {}, {}),
+        ("effective_complexity", {}, "EffectiveComplexity", {}, {}),
+        ("pixel_flipping", {"features_in_step": k_pf}, "PixelFlipping", {"features_in_step": k_pf, "return_auc_per_sample": True}, {}),
+        ("region_perturbation", {"patch_size": 8 if big else 4}, "RegionPerturbation", {"patch_size": 8 if big else 4}, {}),
+        ("selectivity", {"patch_size": 8 if big else 4}, "Selectivity", {"patch_size": 8 if big else 4}, {}),
+        ("faithfulness_correlation", fc, "FaithfulnessCorrelation", {**fc, "return_aggregate": False}, {}),
+        ("faithfulness_estimate", {"features_in_step": k_pf}, "FaithfulnessEstimate", {"features_in_step": k_pf}, {}),
+        ("monotonicity", {"features_in_step": k_pf}, "Monotonicity", {"features_in_step": k_pf}, {}),
+        ("monotonicity_correlation", {"features_in_step": k_pf * 4, "nr_samples": 5}, "MonotonicityCorrelation",
+         {"features_in_step": k_pf * 4, "nr_samples": 5}, {}),
+        ("sensitivity_n", {"features_in_step": k_pf}, "SensitivityN", {"features_in_step": k_pf, "return_aggregate": False}, {}),
+        ("irof", {}, "IROF", {"return_aggregate": False}, {}),
+        ("road", {"percentage_step": 10}, "ROAD", {"percentages": list(range(1, 100, 10))}, {}),
+        ("infidelity", {"patch_size": 8 if big else 4}, "Infidelity", {"perturb_patch_sizes": [8 if big else 4], "n_perturb_samples": 1}, {}),
+        ("sufficiency", {}, "Sufficiency", {}, {}),
+        ("consistency", {}, "Consistency", {}, {}),
+        ("non_sensitivity", {}, "NonSensitivity", {}, {}) if not big else None,
+        ("completeness", {"output": "equal", "normalise": True}, "Completeness", {}, {}),
+        ("max_sensitivity", {"nr_samples": 10}, "MaxSensitivity", {"nr_samples": 10}, ex),
+        ("avg_sensitivity", {"nr_samples": 10}, "AvgSensitivity", {"nr_samples": 10}, ex),
+        ("local_lipschitz", {"nr_samples": 10}, "LocalLipschitzEstimate", {"nr_samples": 10}, ex),
+        ("relative_input_stability", {"nr_samples": 10}, "RelativeInputStability", {"nr_samples": 10}, ex),
+        ("relative_output_stability", {"nr_samples": 10}, "RelativeOutputStability", {"nr_samples": 10}, ex),
+        ("relative_representation_stability", {"nr_samples": 10}, "RelativeRepresentationStability", {"nr_samples": 10}, ex),
+        ("continuity", {"nr_steps": 10}, "Continuity", {"nr_steps": 10}, ex),
+        ("model_parameter_randomisation", {"summary": "quantus_average"}, "MPRT", {"return_average_correlation": True}, ex),
+        ("smooth_model_parameter_randomisation", {"nr_samples": 5, "summary": "quantus_average"}, "SmoothMPRT",
+         {"nr_samples": 5, "return_average_correlation": True}, {"explain_func": quantus.explain,
+                                                                 "explain_func_kwargs": {"method": "Saliency"}, "a_none": True}),
+        ("efficient_model_parameter_randomisation", {}, "EfficientMPRT", {}, ex),
+        ("random_logit", {"similarity": "ssim_flat", "num_classes": 2}, "RandomLogit", {"num_classes": 2}, ex),
+        ("input_invariance", {}, "InputInvariance", {}, ex),
+    ]
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 2)).eval()
+
+
+def small_net():
+    torch.manual_seed(0)
+    net = models.build("small_cnn", in_channels=1, num_classes=2)
+    # Quantus' input invariance shifts the bias of the first named module: put the first conv first
+    return torch.nn.Sequential(*net.features, net.pool, net.flatten, net.classifier).eval()
+
+
+def timed(fn, repeat: int = 3):
+    """Best of ``repeat`` runs for calls under half a second (the machine is shared), else one run."""
+    best, out = math.inf, None
+    for i in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+        if best > 0.5:
+            break
+    return best, out
+
+
+def run(setting: str, n: int, hw: int, only: set[str] | None):
+    net = tiny_net() if setting == "tiny" else small_net()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, hw, hw, generator=g)
+    y = torch.arange(n) % 2
+    a = normalise_max(explain.pool(SAL(net, x, y), "sum") + 1e-6 * torch.rand(n, hw, hw, generator=g))
+    mask = torch.zeros(n, hw, hw, dtype=torch.bool)
+    mask[:, hw // 4 : hw // 2, hw // 3 : 2 * hw // 3] = True
+    models.forward(net, x, batch_size=n)
+    t_fwd = timed(lambda: models.forward(net, x, batch_size=n), 5)[0]
+    print(f"\n== {setting}: N={n}, 1x{hw}x{hw}; one batched forward of N images = {t_fwd * 1e3:.2f} ms")
+    print(f"{'metric':40s} {'ours s':>9s} {'quantus s':>10s} {'speed-up':>9s} {'passes':>8s} {'ours/floor':>10s}")
+    ratios = []
+    for case in cases(hw):
+        if case is None:
+            continue
+        name, hp, qname, qinit, qcall = case
+        if only and name not in only:
+            continue
+        qcall = dict(qcall)
+        use_mask, a_none = qcall.pop("mask", False), qcall.pop("a_none", False)
+        metric = evaluate.get(name, **hp, **({"batch_size": 4096} if "batch_size" in evaluate.get(name).hparams else {}))
+        t_ours, _ = timed(lambda: metric(net, x, y, a, mask=mask, explainer=SAL))
+        qm = getattr(quantus, qname)(disable_warnings=True, **qinit)
+        kw = dict(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None if a_none else a.unsqueeze(1).numpy(),
+                  device="cpu", batch_size=n, **qcall)
+        if use_mask:
+            kw["s_batch"] = mask.unsqueeze(1).numpy()
+        if name == "focus":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t_q, _ = timed(lambda: qm(**kw))
+        try:
+            p = metric.passes((1, hw, hw), SAL, net)
+        except TypeError:
+            p = metric.passes((1, hw, hw), explainer=SAL)
+        if name == "irof":
+            p = float("nan")
+        floor = p * t_fwd
+        r = t_q / t_ours
+        ratios.append(r)
+        fl = f"{t_ours / floor:10.2f}" if p and p == p else f"{'-':>10s}"
+        print(f"{name:40s} {t_ours:9.4f} {t_q:10.4f} {r:8.1f}x {p if p == p else float('nan'):8.0f} {fl}", flush=True)
+    gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    print(f"{'geometric mean speed-up':40s} {gm:.1f}x over {len(ratios)} metrics; slowest ratio {min(ratios):.2f}x")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="N=64 for the small_cnn setting")
+    ap.add_argument("--setting", default="both", choices=("tiny", "small", "both"))
+    ap.add_argument("--only", default="", help="comma-separated metric names")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings on a shared machine)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    only = set(filter(None, args.only.split(","))) or None
+    if args.setting in ("tiny", "both"):
+        run("tiny", 64, 16, only)
+    if args.setting in ("small", "both"):
+        run("small", 64 if args.quick else 256, 64, only)
+
+
+if __name__ == "__main__":
+    main()
