@@ -168,6 +168,80 @@ def evaluate_cmd(
     console.print(f"wrote {path} ({n} rows)")
 
 
+@app.command("sis")
+def sis_cmd(
+    model: list[str] = typer.Option(..., help="Model spec (repeat --model to cluster the SIS of several models together)."),
+    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    target: int = typer.Option(..., "--class", help="Class index K of the decision 'softmax probability of K >= tau'."),
+    out: Path = typer.Option(..., help="Output folder."),
+    tau: float = typer.Option(0.7, help="Decision threshold on the class probability, in (0, 1]."),
+    unit: str = typer.Option("pixel", help="Selection unit: pixel or patch:K."),
+    max_images: int = typer.Option(50, help="Explain at most this many images where the decision holds (data order)."),
+    batch_size: int = typer.Option(256, help="Most masked candidates per model call."),
+    eps: str = typer.Option("auto", help="DBSCAN radius on the energy distance D between SIS pixel sets, or 'auto' (median min_samples-distance)."),
+    min_samples: int = typer.Option(3, help="DBSCAN core-point threshold."),
+    method: str = typer.Option("backselect", help="backselect (exact) or gradient (k units per step, for large images)."),
+    k: int = typer.Option(1, help="Units removed per step by --method gradient."),
+    weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
+    from xaiscope.pipeline.sis_job import run_sis
+
+    summary = run_sis(
+        model=model, data=data, target=target, tau=tau, unit=unit, out=out, max_images=max_images,
+        batch_size=batch_size, eps=eps, min_samples=min_samples, method=method, k=k, weights=weights,
+        device=device, trust_model=trust_model, console=console,
+    )
+    for m in summary["models"]:
+        size = m["sis_size_units"]
+        console.print(
+            f"{m['source']}: {m['n_decision']} of {m['n_images']} images reach tau; {m['n_explained']} explained, "
+            f"{m['n_sis']} SIS" + (f" (median {size['median']:g} units)" if size else "")
+        )
+    console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise; wrote {out}")
+
+
+
+@app.command("actmax")
+def actmax_cmd(
+    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    target: Optional[int] = typer.Option(None, "--class", help="Class index K whose score is maximised."),
+    out: Path = typer.Option(..., help="Output folder."),
+    shape: Optional[str] = typer.Option(None, help="Input shape C,H,W (default: from the model's sidecar)."),
+    clip_range: Optional[str] = typer.Option(None, "--range", help="Valid input range LOW,HIGH (default: sidecar normalisation of [0,1], else 0,1)."),
+    layer: Optional[str] = typer.Option(None, help="Maximise a channel of this layer (module name) instead of a class."),
+    channel: int = typer.Option(0, help="Channel of --layer."),
+    steps: int = typer.Option(200, help="Gradient-ascent steps."),
+    lr: float = typer.Option(0.05, help="Mean absolute pixel change per step."),
+    l2_decay: float = typer.Option(0.01, help="L2 decay towards the blank value per step, in [0, 1)."),
+    blur_every: int = typer.Option(4, help="Gaussian blur every N steps (0 = never)."),
+    blur_sigma: float = typer.Option(0.5, help="Blur standard deviation in pixels."),
+    norm_clip_pct: float = typer.Option(0.0, help="Blank pixels whose norm is below this percentile (0 = off)."),
+    contrib_clip_pct: float = typer.Option(0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."),
+    seed: int = typer.Option(0, help="Seed of the random start."),
+    output: str = typer.Option("logit", help="Class score maximised: logit, softmax or log_softmax."),
+    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    num_classes: Optional[int] = typer.Option(None, help="Outputs of a zoo/torchvision model without a sidecar."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Activation maximisation (Yosinski et al. 2015): an input that maximises a class score."""
+    from xaiscope.pipeline.actmax_job import run_actmax
+
+    if target is None and layer is None:
+        raise ConfigError("Give --class K (or --layer NAME with --channel C).")
+    rec = run_actmax(
+        model=model, target=target, out=out, shape=shape, clip_range=clip_range, weights=weights,
+        num_classes=num_classes, layer=layer, channel=channel, steps=steps, lr=lr, l2_decay=l2_decay,
+        blur_every=blur_every, blur_sigma=blur_sigma, norm_clip_pct=norm_clip_pct,
+        contrib_clip_pct=contrib_clip_pct, seed=seed, output=output, device=device, trust_model=trust_model,
+    )
+    console.print(f"{rec['objective_name']}: {rec['start']:.3f} -> {rec['final']:.3f} in {len(rec['objective']) - 1} steps; wrote {out}")
+
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -8,7 +8,8 @@ Spec forms
     A torchvision architecture with random weights, ``num_classes`` outputs and its
     first convolution adapted to ``in_channels``.
 ``package.module:factory``
-    ``factory(**kwargs)`` is called. **This imports and runs the user's code.**
+    ``factory(**kwargs)`` is called, with ``num_classes`` and ``in_channels`` when its
+    signature takes them. **This imports and runs the user's code.**
 ``path/model.pt`` with ``path/model.json`` beside it
     Weights written by ``xaiscope train``: the sidecar names the architecture; the
     weights are read with ``torch.load(weights_only=True)``.
@@ -109,6 +110,14 @@ def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ModelError(f"The module {module_name!r} has no callable {attr!r} (model spec {spec!r}).")
+    import inspect
+
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        accepted = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    kwargs = {k: v for k, v in kwargs.items() if takes_any or k in accepted}
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"The factory {spec!r} returned a {type(model).__name__}, not a torch.nn.Module.")
@@ -172,7 +181,7 @@ def load(
     elif spec.startswith("zoo:") or spec in zoo.ZOO:
         model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
     elif ":" in spec and all(part.isidentifier() for part in spec.split(":", 1)[0].split(".")):
-        model = _factory(spec, kwargs)
+        model = _factory(spec, {"num_classes": num_classes, "in_channels": in_channels, **kwargs})
     else:
         raise ModelError(
             f"The model spec {spec!r} is not a file, a zoo name ({', '.join(zoo.ZOO)}), "

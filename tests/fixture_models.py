@@ -1,0 +1,51 @@
+"""Model factories used as ``package.module:factory`` specs in tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xaiscope.models import build
+
+
+def rgb_only(num_classes: int = 2) -> nn.Module:
+    """A small CNN that always expects 3 channels, whatever the data has."""
+    return build("small_cnn", in_channels=3, num_classes=num_classes, width=4)
+
+
+class _TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = build("small_cnn", width=4)
+
+    def forward(self, x):
+        out = self.net(x)
+        return out, out
+
+
+def tuple_output() -> nn.Module:
+    return _TupleOut()
+
+
+def scalar_output() -> nn.Module:
+    net = build("small_cnn", width=4)
+    return nn.Sequential(net, nn.Flatten(0))
+
+
+def single_output() -> nn.Module:
+    """One output unit: labels >= 1 are out of range."""
+    return build("small_cnn", width=4, num_classes=1)
+
+
+def nan_for_bright_images() -> nn.Module:
+    class NanModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = build("small_cnn", width=4)
+
+        def forward(self, x):
+            out = self.net(x)
+            bright = x.flatten(1).mean(1) > 0.6
+            return torch.where(bright[:, None], torch.full_like(out, float("nan")), out)
+
+    return NanModel()
