@@ -109,6 +109,76 @@ def explain_cmd(
         console.print(f"wrote {p}")
 
 
+@app.command("global")
+def global_cmd(
+    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    data: Path = typer.Option(..., help="Aligned images: image folder or .npz file."),
+    method: str = typer.Option(..., help="Attribution method (see 'xaiscope methods')."),
+    out: Path = typer.Option(..., help="Output folder."),
+    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
+    by: str = typer.Option("true", help="Group images by their 'true' or 'pred'icted label."),
+    normalise: str = typer.Option("sum_to_one", help="Per-image normalisation: sum_to_one, max or none."),
+    signed: bool = typer.Option(False, help="Aggregate signed maps instead of |a|."),
+    fill: str = typer.Option("black", help="PEPPR fill: black, mean or blur."),
+    unit: str = typer.Option("pixel", help="PEPPR unit: pixel or patch:K."),
+    step: float = typer.Option(0.05, help="PEPPR fraction step (0, step, ..., 1)."),
+    random_orders: int = typer.Option(5, min=0, help="Random orders (seeds seed..seed+R-1)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random orders."),
+    no_peppr: bool = typer.Option(False, "--no-peppr", help="Only write the global maps."),
+    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
+    from xaiscope.pipeline.global_job import run_global
+
+    summary = run_global(
+        model=model, data=data, method=method, out=out, weights=weights, params=parse_params(param), by=by,
+        normalise=normalise, signed=signed, fill=fill, unit=unit, step=step, random_orders=random_orders, seed=seed,
+        batch_size=batch_size, device=device, trust_model=trust_model, peppr_enabled=not no_peppr,
+    )
+    for name, info in summary["peppr"].items():
+        if "score_auroc" in info:
+            console.print(f"{name}: PEPPR score (AUROC) {info['score_auroc']:.3f}, (accuracy) {info['score_accuracy']:.3f}")
+    console.print(f"wrote {out}")
+
+
+@app.command("sis")
+def sis_cmd(
+    model: list[str] = typer.Option(..., help="Model spec (repeat --model to cluster the SIS of several models together)."),
+    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    target: int = typer.Option(..., "--class", help="Class index K of the decision 'softmax probability of K >= tau'."),
+    out: Path = typer.Option(..., help="Output folder."),
+    tau: float = typer.Option(0.7, help="Decision threshold on the class probability, in (0, 1]."),
+    unit: str = typer.Option("pixel", help="Selection unit: pixel or patch:K."),
+    max_images: int = typer.Option(50, help="Explain at most this many images where the decision holds (data order)."),
+    batch_size: int = typer.Option(256, help="Most masked candidates per model call."),
+    eps: str = typer.Option("auto", help="DBSCAN radius on the energy distance D between SIS pixel sets, or 'auto' (median min_samples-distance)."),
+    min_samples: int = typer.Option(3, help="DBSCAN core-point threshold."),
+    method: str = typer.Option("backselect", help="backselect (exact) or gradient (k units per step, for large images)."),
+    k: int = typer.Option(1, help="Units removed per step by --method gradient."),
+    weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+) -> None:
+    """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
+    from xaiscope.pipeline.sis_job import run_sis
+
+    summary = run_sis(
+        model=model, data=data, target=target, tau=tau, unit=unit, out=out, max_images=max_images,
+        batch_size=batch_size, eps=eps, min_samples=min_samples, method=method, k=k, weights=weights,
+        device=device, trust_model=trust_model, console=console,
+    )
+    for m in summary["models"]:
+        size = m["sis_size_units"]
+        console.print(
+            f"{m['source']}: {m['n_decision']} of {m['n_images']} images reach tau; {m['n_explained']} explained, "
+            f"{m['n_sis']} SIS" + (f" (median {size['median']:g} units)" if size else "")
+        )
+    console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise; wrote {out}")
+
+
 @app.command("benchmark")
 def benchmark_cmd(
     out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
@@ -128,6 +198,81 @@ def benchmark_cmd(
 
     run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
                   confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
+    out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
+    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
+    epochs: int = typer.Option(15, help="Epochs."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(64, help="Images per step."),
+    seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
+    width: int = typer.Option(16, help="Channels of the first layer."),
+    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
+    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
+    from xaiscope.pipeline.train_job import run_train
+
+    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
+
+
+@app.command("collection")
+def collection_cmd(
+    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
+    out: Path = typer.Option(..., help="Collection folder (weights, sidecars, manifest.json)."),
+    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    seeds: str = typer.Option("10", help="A count (10: seeds 0..9), a list (3,7,11) or a range (0-9)."),
+    epochs: int = typer.Option(15, min=1, help="Epochs per model."),
+    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy stored in the manifest)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(64, min=1, help="Images per step."),
+    width: int = typer.Option(16, min=1, help="Channels of the first layer."),
+    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
+    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Train models that differ only by seed (resumable: finished models are kept)."""
+    from xaiscope.pipeline.collection_job import run_collection
+
+    manifest = run_collection(data=data, out=out, arch=arch, seeds=seeds, epochs=epochs, test=test, lr=lr,
+                              batch_size=batch_size, width=width, weight_decay=weight_decay, augment=augment,
+                              device=device, console=console)
+    console.print(f"wrote {len(manifest['models'])} models and {out / 'manifest.json'}")
+
+
+@app.command("variability")
+def variability_cmd(
+    collection: Path = typer.Option(..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."),
+    data: Path = typer.Option(..., help="Test images: folder or .npz file."),
+    methods: str = typer.Option("gradcam,lrp_epsilon_plus_flat", help="Comma-separated method names."),
+    out: Path = typer.Option(..., help="Output folder."),
+    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
+    normalise: str = typer.Option("sum_to_one", help="Per-map normalisation: sum_to_one, max or none."),
+    signed: bool = typer.Option(False, help="Keep signs instead of |a|."),
+    foreground: str = typer.Option("none", help="'masks': also aggregate the SD inside the data's masks."),
+    pair_images: int = typer.Option(64, min=0, help="Images used for pairwise Spearman (memory M x K x H x W)."),
+    bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the fits' confidence intervals."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap."),
+    top: int = typer.Option(3, min=0, help="PNG maps for the K most and K least stable images."),
+    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    trust_model: bool = typer.Option(False, help="Allow loading pickled whole models (runs their code)."),
+) -> None:
+    """How explanations vary across the models of a collection, per image and method."""
+    from xaiscope.pipeline.variability_job import run_variability
+
+    summary = run_variability(
+        collection=collection, data=data, methods=parse_list(methods), out=out, params=parse_params(param),
+        normalise=normalise, signed=signed, foreground=foreground, pair_images=pair_images, n_boot=bootstrap,
+        seed=seed, top=top, batch_size=batch_size, device=device, trust_model=trust_model,
+    )
+    console.print(f"{len(summary['models'])} models, {summary['n_images']} images; wrote {out}")
 
 
 @app.command("metrics")
@@ -168,42 +313,6 @@ def evaluate_cmd(
     console.print(f"wrote {path} ({n} rows)")
 
 
-@app.command("sis")
-def sis_cmd(
-    model: list[str] = typer.Option(..., help="Model spec (repeat --model to cluster the SIS of several models together)."),
-    data: Path = typer.Option(..., help="Image folder or .npz file."),
-    target: int = typer.Option(..., "--class", help="Class index K of the decision 'softmax probability of K >= tau'."),
-    out: Path = typer.Option(..., help="Output folder."),
-    tau: float = typer.Option(0.7, help="Decision threshold on the class probability, in (0, 1]."),
-    unit: str = typer.Option("pixel", help="Selection unit: pixel or patch:K."),
-    max_images: int = typer.Option(50, help="Explain at most this many images where the decision holds (data order)."),
-    batch_size: int = typer.Option(256, help="Most masked candidates per model call."),
-    eps: str = typer.Option("auto", help="DBSCAN radius on the energy distance D between SIS pixel sets, or 'auto' (median min_samples-distance)."),
-    min_samples: int = typer.Option(3, help="DBSCAN core-point threshold."),
-    method: str = typer.Option("backselect", help="backselect (exact) or gradient (k units per step, for large images)."),
-    k: int = typer.Option(1, help="Units removed per step by --method gradient."),
-    weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
-) -> None:
-    """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
-    from xaiscope.pipeline.sis_job import run_sis
-
-    summary = run_sis(
-        model=model, data=data, target=target, tau=tau, unit=unit, out=out, max_images=max_images,
-        batch_size=batch_size, eps=eps, min_samples=min_samples, method=method, k=k, weights=weights,
-        device=device, trust_model=trust_model, console=console,
-    )
-    for m in summary["models"]:
-        size = m["sis_size_units"]
-        console.print(
-            f"{m['source']}: {m['n_decision']} of {m['n_images']} images reach tau; {m['n_explained']} explained, "
-            f"{m['n_sis']} SIS" + (f" (median {size['median']:g} units)" if size else "")
-        )
-    console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise; wrote {out}")
-
-
-
 @app.command("actmax")
 def actmax_cmd(
     model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
@@ -240,6 +349,36 @@ def actmax_cmd(
     )
     console.print(f"{rec['objective_name']}: {rec['start']:.3f} -> {rec['final']:.3f} in {len(rec['objective']) - 1} steps; wrote {out}")
 
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="YAML run configuration."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: the config's 'out')."),
+    force: bool = typer.Option(False, "--force", help="Recompute everything instead of resuming."),
+    backend: Optional[str] = typer.Option(None, help="local or ray (default: the config's 'backend')."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address: auto or HOST:PORT."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
+) -> None:
+    """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
+    from xaiscope.pipeline.config import load_config
+    from xaiscope.pipeline.runner import run
+
+    if backend not in (None, "local", "ray"):
+        raise ConfigError(f"--backend must be 'local' or 'ray', got {backend!r}.")
+    root = run(load_config(config), out=out, force=force, console=console, backend=backend, address=address)
+    console.print(f"results: {root / 'results.parquet'}")
+    if report:
+        from xaiscope.report.html import write_report
+
+        console.print(f"report: {write_report(root)}")
+
+
+@app.command("report")
+def report_cmd(run_dir: Path = typer.Argument(..., help="A run folder written by 'xaiscope run'.")) -> None:
+    """Write RUN_DIR/report.html: one self-contained HTML file that opens offline."""
+    from xaiscope.report.html import write_report
+
+    console.print(f"report: {write_report(run_dir)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,94 @@
+"""Analyses of a run, written under ``RUN/analyses/``: ranking, sensitivity, and (when
+configured) global maps + PEPPR, model-collection variability and SIS."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+
+from xaiscope import evaluate
+from xaiscope.analyses.ranking import rank_methods
+from xaiscope.analyses.sensitivity import map_sensitivity, score_sensitivity
+from xaiscope.io import atomic_path, write_json
+from xaiscope.pipeline.config import setting_id
+
+if TYPE_CHECKING:
+    from xaiscope.pipeline.runner import RunContext
+    from xaiscope.pipeline.store import RunStore
+
+
+def _write_parquet(df: pd.DataFrame, path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def default_settings(ctx: "RunContext") -> dict[str, str]:
+    """Each method's first (default) setting id."""
+    out: dict[str, str] = {}
+    for m in ctx.cfg.methods:
+        out[m.name] = setting_id(m.settings()[0])
+    return out
+
+
+def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    cfg = ctx.cfg.analyses.ranking
+    defaults = default_settings(ctx)
+    scored = results[results["metric"] != "none"]
+    scored = scored[scored["setting"] == scored["method"].map(defaults)]
+    directions = {n: evaluate.get_class(n).direction for n in scored["metric"].unique()}
+    tables = []
+    for model, df in scored.groupby("model"):
+        r = rank_methods(df, directions, draws=cfg.draws, seed=ctx.cfg.seed, baselines=tuple(cfg.baselines))
+        t = r.table.copy()
+        t.insert(0, "model", model)
+        tables.append(t)
+        means = r.metric_means.reset_index()
+        means.insert(0, "model", model)
+        _write_parquet(means, store.analyses / f"metric_means_{model}.parquet")
+    if tables:
+        _write_parquet(pd.concat(tables, ignore_index=True), store.analyses / "ranking.parquet")
+        write_json(store.analyses / "ranking.json", {"draws": cfg.draws, "seed": ctx.cfg.seed, "baselines": cfg.baselines,
+                                                      "directions": directions})
+
+
+def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    cfg = ctx.cfg.analyses.sensitivity
+    maps_rows, score_rows = [], []
+    ids = ctx.dataset.ids
+    for m in ctx.cfg.methods:
+        settings = [setting_id(s) for s in m.settings()]
+        if len(settings) < 2:
+            continue
+        for model in ctx.models:
+            maps = {s: torch.from_numpy(store.attributions(model, m.name, s)) for s in settings}
+            df = map_sensitivity(maps, settings[0], ids, top_k=cfg.top_k)
+            df.insert(0, "method", m.name)
+            df.insert(0, "model", model)
+            maps_rows.append(df)
+            sub = results[(results["model"] == model) & (results["method"] == m.name) & (results["metric"] != "none")]
+            if len(sub):
+                sc = score_sensitivity(sub, settings[0])
+                sc.insert(0, "method", m.name)
+                sc.insert(0, "model", model)
+                score_rows.append(sc)
+    if maps_rows:
+        _write_parquet(pd.concat(maps_rows, ignore_index=True), store.analyses / "sensitivity_maps.parquet")
+    if score_rows:
+        _write_parquet(pd.concat(score_rows, ignore_index=True), store.analyses / "sensitivity_scores.parquet")
+
+
+def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:
+    """Run the configured analyses; return their timings in seconds."""
+    timings: dict[str, float] = {}
+    a = ctx.cfg.analyses
+    jobs = [("ranking", a.ranking, ranking_job), ("sensitivity", a.sensitivity, sensitivity_job)]
+    for name, cfg, job in jobs:
+        if cfg is None:
+            continue
+        t = time.time()
+        job(store, ctx, results)
+        timings[f"{name}_s"] = round(time.time() - t, 3)
+    return timings

@@ -1,0 +1,237 @@
+"""The run configuration: a YAML file validated by pydantic.
+
+Unknown keys and bad values are reported with their path in the file, e.g.
+``methods.1.hparams.n_steps: Input should be a valid integer``. YAML is parsed with
+``yaml.safe_load`` (no object construction).
+
+Example::
+
+    out: runs/lesions
+    seed: 0
+    device: cpu
+    batch_size: 64
+    data: {path: bench/test, max_images: 64}
+    models:
+      - {name: cnn, spec: model.pt}
+    methods:
+      - saliency
+      - name: integrated_gradients
+        grid: {n_steps: [8, 32]}        # swept; the default setting is always included
+    metrics:
+      - relevance_mass_accuracy
+      - {name: deletion, hparams: {steps: 10}}
+    analyses:
+      ranking: {draws: 10000}
+      sensitivity: {}
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xaiscope.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    path: str
+    normalise: Union[Literal["none", "dataset"], dict[str, list[float]], None] = None
+    resize: Optional[tuple[int, int]] = None
+    masks: Literal["auto", "required", "none"] = "auto"
+    max_images: Optional[int] = Field(None, ge=1)
+    target: Union[Literal["true", "pred"], int] = "true"
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    spec: str
+    weights: Optional[str] = None
+    trust_model: bool = False
+
+
+class MethodConfig(_Strict):
+    name: str
+    hparams: dict[str, Any] = {}
+    grid: dict[str, list[Any]] = {}
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The default setting first, then every combination of the grid (without repeats)."""
+        out = [dict(self.hparams)]
+        if self.grid:
+            keys = list(self.grid)
+            for combo in itertools.product(*(self.grid[k] for k in keys)):
+                s = {**self.hparams, **dict(zip(keys, combo))}
+                if s not in out:
+                    out.append(s)
+        return out
+
+
+class MetricConfig(_Strict):
+    name: str
+    hparams: dict[str, Any] = {}
+
+
+class RankingConfig(_Strict):
+    draws: int = Field(10_000, ge=1)
+    baselines: list[str] = ["random", "sobel", "input"]
+
+
+class SensitivityConfig(_Strict):
+    top_k: float = Field(0.1, gt=0, le=1)
+
+
+class GlobalConfig(_Strict):
+    method: str = "gradcam"
+    hparams: dict[str, Any] = {}
+    fill: Literal["black", "mean", "blur"] = "mean"
+    random_orders: int = Field(5, ge=1)
+    step: float = Field(0.05, gt=0, le=1)
+
+
+class VariabilityConfig(_Strict):
+    methods: list[str] = ["gradcam"]
+
+
+class SISConfig(_Strict):
+    images: int = Field(4, ge=1)
+    tau: float = Field(0.7, gt=0, le=1)
+    unit: str = "patch:4"
+
+
+class AnalysesConfig(_Strict):
+    ranking: Optional[RankingConfig] = RankingConfig()
+    sensitivity: Optional[SensitivityConfig] = SensitivityConfig()
+    global_maps: Optional[GlobalConfig] = Field(None, alias="global")
+    variability: Optional[VariabilityConfig] = None
+    sis: Optional[SISConfig] = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ReportConfig(_Strict):
+    examples: int = Field(6, ge=0)
+    title: str = "xaiscope report"
+
+
+class RunConfig(_Strict):
+    out: Optional[str] = None
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    batch_size: int = Field(64, ge=1)
+    unit_images: int = Field(32, ge=1, description="images per work unit")
+    backend: Literal["local", "ray"] = "local"
+    ray_address: Optional[str] = None
+    ray_max_retries: int = Field(3, ge=0)
+    data: DataConfig
+    models: list[ModelConfig] = Field(min_length=1)
+    methods: list[MethodConfig] = Field(min_length=1)
+    metrics: list[MetricConfig] = []
+    analyses: AnalysesConfig = AnalysesConfig()
+    report: ReportConfig = ReportConfig()
+
+    @field_validator("methods", "metrics", mode="before")
+    @classmethod
+    def _names_as_strings(cls, v):
+        if isinstance(v, list):
+            return [{"name": item} if isinstance(item, str) else item for item in v]
+        return v
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v):
+        if isinstance(v, (str, dict)):
+            v = [v]
+        if isinstance(v, list):
+            out = []
+            for i, item in enumerate(v):
+                if isinstance(item, str):
+                    item = {"name": Path(item).stem or f"model{i}", "spec": item}
+                out.append(item)
+            return out
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        for kind, items in (("model", self.models), ("method", self.methods), ("metric", self.metrics)):
+            names = [i.name for i in items]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"{kind} name {sorted(dup)[0]!r} appears twice")
+        return self
+
+    def check_names(self) -> None:
+        """Unknown methods, metrics or hyperparameters, as ConfigError naming the place in the file."""
+        from xaiscope import evaluate, explain
+        from xaiscope.errors import XaiscopeError
+
+        for i, m in enumerate(self.methods):
+            for s in m.settings():
+                try:
+                    explain.get(m.name, **s)
+                except XaiscopeError as e:
+                    raise ConfigError(f"methods.{i} ({m.name}): {e}") from None
+        for i, m in enumerate(self.metrics):
+            try:
+                evaluate.get(m.name, **m.hparams)
+            except XaiscopeError as e:
+                raise ConfigError(f"metrics.{i} ({m.name}): {e}") from None
+
+
+def setting_id(hparams: dict[str, Any]) -> str:
+    """A stable, readable id of a hyperparameter setting: ``default`` or ``n_steps=8,baseline=mean``."""
+    if not hparams:
+        return "default"
+    return ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(hparams.items()))
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{source}: {loc}: {msg}."
+
+
+def parse_config(obj: Any, source: str = "config") -> RunConfig:
+    """Validate a dict into a :class:`RunConfig` (ConfigError with the key path on failure)."""
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping of keys to values.")
+    try:
+        cfg = RunConfig.model_validate(obj)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+    cfg.check_names()
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"The config file {path} does not exist.")
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"The config file {path} is not valid YAML{where}.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"The config file {path} cannot be read ({e}).") from None
+    return parse_config(obj, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what the run directory keeps)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

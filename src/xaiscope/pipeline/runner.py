@@ -1,0 +1,200 @@
+"""``xaiscope run``: plan the grid, compute missing work units, commit them, analyse.
+
+Steps: validate and record the config; open data and models; drop images whose model
+outputs are not finite (reported by id); plan units (model x method x setting x image
+batch); compute each unit not yet committed (locally or on Ray) and commit it from this
+process; consolidate the tidy tables; run the analyses (ranking, sensitivity, global
+maps + PEPPR, variability, SIS); write the manifest. Running the same command again
+skips committed units; ``force=True`` recomputes everything.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import xaiscope
+from xaiscope import evaluate, models
+from xaiscope.errors import ConfigError
+from xaiscope.pipeline.config import RunConfig, dump_config, setting_id
+from xaiscope.pipeline.inputs import check_model_fits, open_data, resolve_device
+from xaiscope.pipeline.store import RunStore
+from xaiscope.pipeline.units import Unit, UnitInputs, compute_unit, plan
+
+
+class RunContext:
+    """What every unit of a run shares: the data, the models, targets and metric settings."""
+
+    def __init__(self, cfg: RunConfig, console=None):
+        self.cfg = cfg
+        self.console = console
+        self.device = resolve_device(cfg.device)
+        first = cfg.models[0]
+        norm = cfg.data.normalise
+        if isinstance(norm, dict):
+            norm = (norm.get("mean"), norm.get("std"))
+        ds = open_data(cfg.data.path, model_spec=first.spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks)
+        if cfg.data.max_images is not None and cfg.data.max_images < len(ds):
+            ds = ds.subset(_stratified(ds.y, cfg.data.max_images))
+        need_masks = [m.name for m in cfg.metrics if "mask" in evaluate.get_class(m.name).needs]
+        if need_masks and ds.masks is None:
+            raise ConfigError(f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none.")
+        self.models: dict[str, torch.nn.Module] = {}
+        for m in cfg.models:
+            net = models.load(m.spec, m.weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0],
+                              trust_model=m.trust_model).to(self.device)
+            check_model_fits(net, ds, self.device)
+            self.models[m.name] = net
+        self.dataset, self.skipped = self._drop_non_finite(ds)
+        self.targets = {name: self._targets(net) for name, net in self.models.items()}
+        self.metrics = [(m.name, dict(m.hparams)) for m in cfg.metrics]
+        self.methods = [(m.name, s) for m in cfg.methods for s in m.settings()]
+
+    def _drop_non_finite(self, ds):
+        bad = torch.zeros(len(ds), dtype=torch.bool)
+        skipped: dict[str, list[str]] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        for name, net in self.models.items():
+            out = models.forward(net, ds.x.to(self.device), batch_size=self.cfg.batch_size).cpu()
+            nf = ~torch.isfinite(out).all(dim=1)
+            if nf.any():
+                skipped[name] = [ds.ids[i] for i in nf.nonzero().flatten().tolist()]
+            bad |= nf
+            self.outputs[name] = out
+        if bad.all():
+            raise ConfigError(f"Every image gives non-finite model outputs; nothing can be explained ({ds.source}).")
+        if bad.any():
+            keep = (~bad).nonzero().flatten()
+            self.outputs = {k: v[keep] for k, v in self.outputs.items()}
+            ds = ds.subset(keep)
+        return ds, skipped
+
+    def _targets(self, net) -> torch.Tensor:
+        t = self.cfg.data.target
+        name = next(k for k, v in self.models.items() if v is net)
+        if t == "true":
+            return self.dataset.y.clone()
+        if t == "pred":
+            return self.outputs[name].argmax(dim=1)
+        n_out = self.outputs[name].shape[1]
+        if not 0 <= int(t) < n_out:
+            raise ConfigError(f"data.target: class {t} is not an output of model {name!r} ({n_out} outputs).")
+        return torch.full_like(self.dataset.y, int(t))
+
+    def inputs(self, unit: Unit) -> UnitInputs:
+        sl = slice(unit.start, unit.stop)
+        ds = self.dataset
+        return UnitInputs(
+            x=ds.x[sl].to(self.device), y=ds.y[sl], targets=self.targets[unit.model][sl].to(self.device),
+            ids=ds.ids[sl], masks=None if ds.masks is None else ds.masks[sl].to(self.device),
+            metrics=self.metrics, batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+        )
+
+    def units(self) -> list[Unit]:
+        return plan(list(self.models), self.methods, len(self.dataset), self.cfg.unit_images)
+
+
+def _stratified(y: torch.Tensor, n: int) -> list[int]:
+    """The first ``n`` images taken round-robin over classes (deterministic)."""
+    per_class = [(y == c).nonzero().flatten().tolist() for c in sorted(set(y.tolist()))]
+    out: list[int] = []
+    i = 0
+    while len(out) < n:
+        for idx in per_class:
+            if i < len(idx) and len(out) < n:
+                out.append(idx[i])
+        i += 1
+    return sorted(out)
+
+
+def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
+    a, rows, curves = result
+    ds = ctx.dataset
+    store.commit_unit(
+        unit.id, key=unit.key, shape=(len(ds), *ds.shape), chunk=ctx.cfg.unit_images, start=unit.start,
+        attributions=a, rows=rows, curves=curves,
+        attrs={"model": unit.model, "method": unit.method, "setting": unit.setting, "hparams": dict(unit.hparams)},
+    )
+
+
+def local_backend(ctx: RunContext, units: list[Unit], on_result: Callable[[Unit, Any], None]) -> None:
+    """Compute units one after the other in this process."""
+    for unit in units:
+        on_result(unit, compute_unit(ctx.models[unit.model], unit, ctx.inputs(unit)))
+
+
+def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, console=None,
+        backend: str | None = None, address: str | None = None) -> Path:
+    """Run (or resume) the configured grid; return the run folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    root = Path(out or cfg.out or "xaiscope-run")
+    store = RunStore(root, create=True)
+    resolved = dump_config(cfg.model_copy(update={"out": str(root)}))
+    previous = store.read_config_text()
+    if force:
+        store.clear()
+    elif previous is not None and previous != resolved:
+        raise ConfigError(f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out.")
+    store.write_config(resolved)
+    t0 = time.time()
+    ctx = RunContext(cfg, console)
+    units = ctx.units()
+    todo = [u for u in units if not store.is_done(u.id)]
+    if ctx.skipped and console is not None:
+        for name, ids in ctx.skipped.items():
+            console.print(f"[yellow]model {name}: {len(ids)} image(s) give non-finite outputs and are skipped: {', '.join(ids[:10])}[/]")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=console is None) as progress:
+        task = progress.add_task(f"work units ({len(units) - len(todo)} already done)", total=len(units), completed=len(units) - len(todo))
+
+        def on_result(unit, result):
+            commit(store, ctx, unit, result)
+            progress.advance(task)
+
+        which = backend or cfg.backend
+        if which == "ray":
+            from xaiscope.pipeline.ray_backend import ray_backend
+
+            ray_backend(ctx, todo, on_result, address=address or cfg.ray_address, max_retries=cfg.ray_max_retries)
+        else:
+            local_backend(ctx, todo, on_result)
+    t_units = time.time() - t0
+    results = store.consolidate()
+    from xaiscope.pipeline.analyses_job import run_analyses
+
+    timings = run_analyses(store, ctx, results, console=console)
+    store.write_manifest(manifest(ctx, units, todo, {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)}))
+    return root
+
+
+def manifest(ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict[str, float]) -> dict[str, Any]:
+    """Versions, seeds, device, dataset fingerprint, timings and skipped images."""
+    import captum
+    import zennit
+
+    ds = ctx.dataset
+    return {
+        "xaiscope": xaiscope.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "zennit": getattr(zennit, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "seed": ctx.cfg.seed,
+        "device": str(ctx.device),
+        "dataset": {"source": ds.source, "images": len(ds), "classes": ds.classes, "shape": list(ds.shape),
+                    "fingerprint": ds.fingerprint(), "masks": ds.masks is not None},
+        "models": {m.name: m.spec for m in ctx.cfg.models},
+        "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
+        "metrics": [{"metric": n, "hparams": h} for n, h in ctx.metrics],
+        "units": {"total": len(units), "computed_this_time": len(todo)},
+        "skipped_images": ctx.skipped,
+        "timings_s": timings,
+    }

@@ -1,0 +1,125 @@
+"""Work units: a batch of images for one model, method and setting, and how to compute one.
+
+:func:`compute_unit` is a pure function of its inputs (model, images, method, metrics):
+the local backend calls it in-process and the Ray backend in a worker; either way the
+driver commits the result, so resume and ``--force`` behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xaiscope import evaluate, explain
+from xaiscope.io import safe_name
+from xaiscope.pipeline.config import setting_id
+from xaiscope.pipeline.store import CURVE_COLUMNS, RESULT_COLUMNS, setting_key
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One work unit: images ``[start, stop)`` for (model, method, setting)."""
+
+    model: str
+    method: str
+    hparams: tuple  # sorted (key, value) pairs
+    start: int
+    stop: int
+
+    @property
+    def setting(self) -> str:
+        return setting_id(dict(self.hparams))
+
+    @property
+    def key(self) -> str:
+        return setting_key(self.model, self.method, self.setting)
+
+    @property
+    def id(self) -> str:
+        digest = self.key.rsplit("/s", 1)[-1]
+        return f"{safe_name(self.model)}__{self.method}__{digest}__{self.start:07d}"
+
+
+def plan(model_names: list[str], methods: list[tuple[str, dict[str, Any]]], n: int, unit_images: int) -> list[Unit]:
+    """All units of the grid models x (method, setting) x image batches."""
+    units = []
+    for model in model_names:
+        for name, hp in methods:
+            frozen = tuple(sorted(hp.items(), key=lambda kv: kv[0]))
+            for start in range(0, n, unit_images):
+                units.append(Unit(model, name, frozen, start, min(n, start + unit_images)))
+    return units
+
+
+@dataclass
+class UnitInputs:
+    """Everything a unit needs besides the model (tensors on the compute device)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    targets: torch.Tensor
+    ids: list[str]
+    masks: torch.Tensor | None = None
+    metrics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    batch_size: int = 64
+    seed: int = 0
+
+
+def metric_instance(name: str, hp: dict[str, Any], batch_size: int, seed: int):
+    """The metric with the run's batch size and seed unless its settings give their own."""
+    cls = evaluate.get_class(name)
+    extra: dict[str, Any] = {}
+    if "model" in cls.needs or "explainer" in cls.needs:
+        extra["batch_size"] = batch_size
+    if cls.stochastic:
+        extra["seed"] = seed
+    return evaluate.get(name, **{**extra, **hp})
+
+
+def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Attributions ``[B, C, H, W]``, score rows and curve rows of one unit.
+
+    The attributions are computed once and shared by all metrics; metrics that need the
+    explainer (robustness, randomisation) get the same explainer object.
+    """
+    hp = dict(unit.hparams)
+    ex = explain.get(unit.method, **{"batch_size": inp.batch_size, **hp})
+    a = ex(model, inp.x, inp.targets)
+    rows: list[dict[str, Any]] = []
+    curve_rows: list[dict[str, Any]] = []
+    base = {"model": unit.model, "method": unit.method, "setting": unit.setting}
+    labels = inp.y.tolist()
+    targets = inp.targets.tolist()
+    for name, mhp in inp.metrics:
+        metric = metric_instance(name, mhp, inp.batch_size, inp.seed)
+        mask = inp.masks if "mask" in metric.needs else None
+        both = getattr(metric, "score_and_curves", None)
+        if both is not None:
+            scores, fractions, values = both(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
+            fr = fractions.tolist()
+            vals = values.detach().cpu().numpy()
+            for i, id_ in enumerate(inp.ids):
+                for step, f in enumerate(fr):
+                    curve_rows.append({"image_id": id_, **base, "metric": name, "step": step, "fraction": float(f),
+                                       "value": float(vals[i, step])})
+        else:
+            scores = metric(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
+        for i, (id_, s) in enumerate(zip(inp.ids, scores.detach().cpu().tolist())):
+            rows.append({"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)})
+    if not inp.metrics:  # keep a row per image so the unit is visible in the results
+        for i, id_ in enumerate(inp.ids):
+            rows.append({"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": "none", "value": float("nan")})
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    results["label"] = results["label"].astype("int64")
+    results["target"] = results["target"].astype("int64")
+    curves = pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
+    return a.detach().cpu().numpy(), results, curves
+
+
+def settings_json(hparams: tuple) -> str:
+    return json.dumps(dict(hparams), sort_keys=True)
