@@ -176,7 +176,10 @@ def sis_cmd(
             f"{m['source']}: {m['n_decision']} of {m['n_images']} images reach tau; {m['n_explained']} explained, "
             f"{m['n_sis']} SIS" + (f" (median {size['median']:g} units)" if size else "")
         )
-    console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise; wrote {out}")
+    if summary["n_clusters"] is None:
+        console.print(f"No image reaches tau={summary['tau']:g} for class {summary['target']}; nothing to cluster. Wrote {out}")
+    else:
+        console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise (eps={summary['eps']:.3g}); wrote {out}")
 
 
 @app.command("benchmark")

@@ -45,10 +45,13 @@ def _write_npz(path: Path, **arrays) -> None:
             np.savez_compressed(f, **arrays)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+SIS_COLUMNS = ["model", "image_id", "label", "probability", "sis_index", "n_units", "n_pixels", "value", "cluster"]
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
     import pandas as pd
 
-    write_text(path, pd.DataFrame(rows).to_csv(index=False))
+    write_text(path, pd.DataFrame(rows, columns=columns if not rows else None).to_csv(index=False))
 
 
 def _source_names(specs: list[str]) -> list[str]:
@@ -201,13 +204,13 @@ def run_sis(
              "mean_sis_pixels": float(np.mean([all_sis[m].n_pixels for m in c.members])),
              **{f"share_{s}": v for s, v in c.shares.items()}, **{f"fraction_of_{s}": v for s, v in c.source_fraction.items()}}
             for c in result.clusters
-        ] or [{"cluster": None, "size": 0}])
+        ], ["cluster", "size", "medoid_image", "mean_sis_pixels"])
         _write_npz(out / "cluster_means.npz",
                    labels=np.array([c.label for c in result.clusters], dtype=np.int64),
                    mean_images=np.stack([c.mean_image.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape), np.float32),
                    mean_masks=np.stack([c.mean_mask.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape[1:])))
         _cluster_figure(result, out / "cluster_means.png", f"SIS clusters for class {target} (tau={tau:g})")
-    _write_csv(out / "sis.csv", rows or [{"model": None, "image_id": None}])
+    _write_csv(out / "sis.csv", rows, SIS_COLUMNS)
     summary = {
         "target": target, "tau": tau, "unit": unit, "method": method, "k": k, "batch_size": batch_size,
         "eps": eps if result is None else result.eps, "eps_setting": eps, "min_samples": min_samples, "distance": "energy distance D = sqrt(D^2) between SIS pixel sets",
