@@ -49,3 +49,32 @@ def nan_for_bright_images() -> nn.Module:
             return torch.where(bright[:, None], torch.full_like(out, float("nan")), out)
 
     return NanModel()
+
+
+class _CrashOnce(nn.Module):
+    """Kills its own process the first time it runs inside a Ray worker (marker file in
+    ``XAISCOPE_CRASH_MARKER``); the driver (``XAISCOPE_DRIVER_PID``) is never killed."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = build("small_cnn", width=4)
+
+    def forward(self, x):
+        import os
+        from pathlib import Path
+
+        marker = os.environ.get("XAISCOPE_CRASH_MARKER")
+        if marker and str(os.getpid()) != os.environ.get("XAISCOPE_DRIVER_PID") and not Path(marker).exists():
+            Path(marker).write_text("crashed")
+            os._exit(1)
+        return self.net(x)
+
+
+def crash_once() -> nn.Module:
+    return _CrashOnce()
+
+
+def seeded_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return build("small_cnn", width=4)
