@@ -34,13 +34,7 @@ class RunContext:
         self.cfg = cfg
         self.console = console
         self.device = resolve_device(cfg.device)
-        first = cfg.models[0]
-        norm = cfg.data.normalise
-        if isinstance(norm, dict):
-            norm = (norm.get("mean"), norm.get("std"))
-        ds = open_data(cfg.data.path, model_spec=first.spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks)
-        if cfg.data.max_images is not None and cfg.data.max_images < len(ds):
-            ds = ds.subset(_stratified(ds.y, cfg.data.max_images))
+        ds = open_run_data(cfg)
         need_masks = [m.name for m in cfg.metrics if "mask" in evaluate.get_class(m.name).needs]
         if need_masks and ds.masks is None:
             raise ConfigError(f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none.")
@@ -99,6 +93,18 @@ class RunContext:
         return plan(list(self.models), self.methods, len(self.dataset), self.cfg.unit_images)
 
 
+def open_run_data(cfg: RunConfig):
+    """The run's images as configured (``data`` section), before images with non-finite model
+    outputs are dropped; the report reuses it for its example panels."""
+    norm = cfg.data.normalise
+    if isinstance(norm, dict):
+        norm = (norm.get("mean"), norm.get("std"))
+    ds = open_data(cfg.data.path, model_spec=cfg.models[0].spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks)
+    if cfg.data.max_images is not None and cfg.data.max_images < len(ds):
+        ds = ds.subset(_stratified(ds.y, cfg.data.max_images))
+    return ds
+
+
 def _stratified(y: torch.Tensor, n: int) -> list[int]:
     """The first ``n`` images taken round-robin over classes (deterministic)."""
     per_class = [(y == c).nonzero().flatten().tolist() for c in sorted(set(y.tolist()))]
@@ -128,14 +134,29 @@ def local_backend(ctx: RunContext, units: list[Unit], on_result: Callable[[Unit,
         on_result(unit, compute_unit(ctx.models[unit.model], unit, ctx.inputs(unit)))
 
 
+def run_folder(cfg: RunConfig, out: str | Path | None = None) -> Path:
+    return Path(out or cfg.out or "xaiscope-run")
+
+
+def resolved_config(cfg: RunConfig, root: Path) -> str:
+    """The config text a run folder keeps (its ``out`` set to the folder)."""
+    return dump_config(cfg.model_copy(update={"out": str(root)}))
+
+
+def config_changed(cfg: RunConfig, out: str | Path | None = None) -> bool:
+    """True when the run folder holds a run of a different configuration."""
+    p = run_folder(cfg, out) / "config.yaml"
+    return p.exists() and p.read_text() != resolved_config(cfg, run_folder(cfg, out))
+
+
 def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, console=None,
         backend: str | None = None, address: str | None = None) -> Path:
     """Run (or resume) the configured grid; return the run folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    root = Path(out or cfg.out or "xaiscope-run")
+    root = run_folder(cfg, out)
     store = RunStore(root, create=True)
-    resolved = dump_config(cfg.model_copy(update={"out": str(root)}))
+    resolved = resolved_config(cfg, root)
     previous = store.read_config_text()
     if force:
         store.clear()
