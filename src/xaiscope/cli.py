@@ -384,6 +384,21 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="A run folder written by
     console.print(f"report: {write_report(run_dir)}")
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("xaiscope-demo"), help="Folder for the data, models, run and report."),
+    quick: bool = typer.Option(False, "--quick", help="A sub-minute version with tiny sizes."),
+) -> None:
+    """Run everything on built-in data: benchmark, training, all methods and metrics, analyses, report."""
+    import time
+
+    from xaiscope.pipeline.demo_job import run_demo
+
+    t = time.time()
+    path = run_demo(out, quick=quick, console=console)
+    console.print(f"demo finished in {time.time() - t:.0f} s; open the report: {path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -4,6 +4,7 @@ configured) global maps + PEPPR, model-collection variability and SIS."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -80,14 +81,55 @@ def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
         _write_parquet(pd.concat(score_rows, ignore_index=True), store.analyses / "sensitivity_scores.parquet")
 
 
+def _first_model(ctx: "RunContext", spec: str | None) -> tuple[str, str | None]:
+    if spec is not None:
+        return spec, None
+    m = ctx.cfg.models[0]
+    return m.spec, m.weights
+
+
+def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    from xaiscope.pipeline.global_job import run_global
+
+    g = ctx.cfg.analyses.global_maps
+    spec, weights = _first_model(ctx, g.model)
+    run_global(model=spec, weights=weights, data=Path(g.data or ctx.cfg.data.path), method=g.method,
+               params={g.method: g.hparams} if g.hparams else None, by=g.by, fill=g.fill, unit=g.unit, step=g.step,
+               random_orders=g.random_orders, seed=ctx.cfg.seed, batch_size=ctx.cfg.batch_size,
+               device=ctx.cfg.device, out=store.analyses / "global")
+
+
+def variability_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    from xaiscope.pipeline.variability_job import run_variability
+
+    v = ctx.cfg.analyses.variability
+    run_variability(collection=Path(v.collection), data=Path(v.data or ctx.cfg.data.path), methods=v.methods,
+                    pair_images=v.pair_images, n_boot=v.n_boot, seed=ctx.cfg.seed, batch_size=ctx.cfg.batch_size,
+                    device=ctx.cfg.device, out=store.analyses / "variability")
+
+
+def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    from xaiscope.pipeline.sis_job import run_sis
+
+    s = ctx.cfg.analyses.sis
+    spec, weights = _first_model(ctx, s.model)
+    run_sis(model=spec, weights=[weights] if weights else None, data=Path(s.data or ctx.cfg.data.path), target=s.target,
+            tau=s.tau, unit=s.unit, max_images=s.images, batch_size=max(ctx.cfg.batch_size, 256),
+            device=ctx.cfg.device, out=store.analyses / "sis")
+
+
 def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:
     """Run the configured analyses; return their timings in seconds."""
     timings: dict[str, float] = {}
     a = ctx.cfg.analyses
-    jobs = [("ranking", a.ranking, ranking_job), ("sensitivity", a.sensitivity, sensitivity_job)]
+    jobs = [("ranking", a.ranking, ranking_job), ("sensitivity", a.sensitivity, sensitivity_job),
+            ("global", a.global_maps, global_job), ("variability", a.variability, variability_job),
+            ("sis", a.sis, sis_job)]
     for name, cfg, job in jobs:
         if cfg is None:
             continue
+        if console is not None:
+            console.print(f"analysis: {name}")
         t = time.time()
         job(store, ctx, results)
         timings[f"{name}_s"] = round(time.time() - t, 3)

@@ -90,21 +90,38 @@ class SensitivityConfig(_Strict):
 
 
 class GlobalConfig(_Strict):
+    """Global label-wise maps + PEPPR (aligned images only); model/data default to the run's first."""
+
     method: str = "gradcam"
     hparams: dict[str, Any] = {}
-    fill: Literal["black", "mean", "blur"] = "mean"
+    model: Optional[str] = None
+    data: Optional[str] = None
+    by: Literal["true", "pred"] = "true"
+    fill: Literal["black", "mean", "blur"] = "black"
+    unit: str = "pixel"
     random_orders: int = Field(5, ge=1)
     step: float = Field(0.05, gt=0, le=1)
 
 
 class VariabilityConfig(_Strict):
+    """Explanation variability over a collection of models (a folder of trained models)."""
+
+    collection: str
     methods: list[str] = ["gradcam"]
+    data: Optional[str] = None
+    pair_images: int = Field(64, ge=2)
+    n_boot: int = Field(1000, ge=10)
 
 
 class SISConfig(_Strict):
+    """Sufficient input subsets for the decision "class ``target`` with probability >= ``tau``"."""
+
+    target: int = Field(1, ge=0)
     images: int = Field(4, ge=1)
     tau: float = Field(0.7, gt=0, le=1)
     unit: str = "patch:4"
+    model: Optional[str] = None
+    data: Optional[str] = None
 
 
 class AnalysesConfig(_Strict):
