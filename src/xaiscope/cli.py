@@ -399,6 +399,28 @@ def demo_cmd(
     console.print(f"demo finished in {time.time() - t:.0f} s; open the report: {path}")
 
 
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
+    out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
+    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
+    epochs: int = typer.Option(15, help="Epochs."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(32, help="Images per step."),
+    seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
+    width: int = typer.Option(16, help="Channels of the first layer."),
+    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
+    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
+    from xaiscope.pipeline.train_job import run_train
+
+    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -38,8 +38,8 @@ def read_pair(data: Path, test: Path | None, *, masks: str = "none") -> tuple[xd
 
 
 def run_train(
-    *, data: Path, out: Path, arch: str = "small_cnn", test: Path | None = None, epochs: int = 15, lr: float = 1e-3,
-    batch_size: int = 64, seed: int = 0, width: int = 16, weight_decay: float = 0.0, augment: bool = False,
+    *, data: Path, out: Path, arch: str = "small_cnn", test: Path | None = None, epochs: int = 15, lr: float = 3e-3,
+    batch_size: int = 32, seed: int = 0, width: int = 16, weight_decay: float = 0.0, augment: bool = False,
     device: str = "cpu", progress: bool = True, console=None,
 ):
     """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""

@@ -247,11 +247,10 @@ def sample(source: Source | None, n: int, size: int, rng: np.random.Generator, *
         pos = source.valid[j][np.minimum((u[sel] * source.valid[j].size).astype(np.int64), source.valid[j].size - 1)]
         ys, xs = pos // w, pos % w
         cy[sel], cx[sel] = ys, xs
-        rows = ys[:, None, None] + np.arange(size)[None, :, None]
-        cols = xs[:, None, None] + np.arange(size)[None, None, :]
-        image[sel] = source.images[j][rows, cols]
-        fg[sel] = source.foreground[j][rows, cols]
-        dist[sel] = np.minimum(source.dist[j][rows, cols], bd)
+        win = lambda a: np.lib.stride_tricks.sliding_window_view(a, (size, size))[ys, xs]  # noqa: E731
+        image[sel] = win(source.images[j])
+        fg[sel] = win(source.foreground[j])
+        dist[sel] = np.minimum(win(source.dist[j]), bd)
     flips = rng.random((n, 2)) < 0.5
     if aligned:
         flips[:] = False

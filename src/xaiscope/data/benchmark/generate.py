@@ -19,6 +19,7 @@ import csv
 import io
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -211,17 +212,26 @@ def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> 
         for c in classes:
             (root / sub / c).mkdir(parents=True, exist_ok=True)
     rows = []
+    jobs = []
     for i, stem in enumerate(stems):
         c = classes[arr["y"][i]]
         for sub, key in folders:
-            a = arr[key][i]
-            (root / sub / c / f"{stem}.png").write_bytes(_png(a if a.dtype == np.uint8 else a.astype(np.uint8) * 255))
+            jobs.append((root / sub / c / f"{stem}.png", arr[key][i]))
         rows.append({
             "id": f"{c}/{stem}", "label": int(arr["y"][i]), "class": c, "n_lesions": int(arr["n_lesions"][i]),
             "lesion_area": int(arr["lesion_area"][i]), "confounder": int(arr["confounded"][i]),
             "source_index": int(arr["source_index"][i]), "crop_y": int(arr["crop_y"][i]), "crop_x": int(arr["crop_x"][i]),
             "flip_h": int(arr["flip_h"][i]), "flip_v": int(arr["flip_v"][i]),
         })
+
+    def write(job) -> None:
+        path, a = job
+        path.write_bytes(_png(a if a.dtype == np.uint8 else a.astype(np.uint8) * 255))
+
+    # zlib and file writes release the GIL: a few threads overlap encoding and I/O
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(write, jobs, chunksize=64):
+            pass
     return rows
 
 

@@ -63,7 +63,7 @@ def profiles(kind: np.ndarray, rng: np.random.Generator, *, irregularity: float 
 
 
 def place(dist: np.ndarray, radius: np.ndarray, present: np.ndarray, rng: np.random.Generator, *,
-          gap: float = 2.0, forbid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+          gap: float = 2.0, forbid: np.ndarray | None = None, candidates: int = 48) -> tuple[np.ndarray, np.ndarray]:
     """Choose lesion centres so every lesion lies on tissue and none overlap.
 
     Parameters
@@ -73,40 +73,57 @@ def place(dist: np.ndarray, radius: np.ndarray, present: np.ndarray, rng: np.ran
     present : ``[n, K]`` bool, which lesion slots are used.
     gap : least free distance between two lesions, in pixels.
     forbid : ``[n, H, W]`` bool or None, pixels no lesion may touch (a confounder zone).
+    candidates : pixels tried per lesion before falling back to a scan of all pixels.
 
     Returns
     -------
     centres ``[n, K, 2]`` (y, x) float32 and ``ok`` ``[n]`` bool (False where a lesion did
     not fit; such images must be redrawn). A centre is a uniformly drawn pixel where
-    ``dist >= R + 1`` and far enough from earlier lesions, plus a sub-pixel offset.
+    ``dist >= R + 1`` and far enough from earlier lesions, plus a sub-pixel offset in
+    ``[-0.5, 0.5)``: the first fitting one of ``candidates`` uniform pixels, or, when none
+    fits, a uniform draw among all fitting pixels (both are uniform over fitting pixels).
     """
     n, h, w = dist.shape
     k = radius.shape[1]
-    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-    room = dist.copy()
+    room = dist.reshape(n, -1).copy()
     if forbid is not None and forbid.any():
         from scipy import ndimage
 
         for i in np.flatnonzero(forbid.reshape(n, -1).any(axis=1)):
-            room[i] = np.minimum(room[i], ndimage.distance_transform_edt(~forbid[i]).astype(np.float32))
+            room[i] = np.minimum(room[i], ndimage.distance_transform_edt(~forbid[i]).astype(np.float32).ravel())
     centres = np.zeros((n, k, 2), dtype=np.float32)
     ok = np.ones(n, dtype=bool)
     offsets = rng.uniform(-0.5, 0.5, size=(n, k, 2)).astype(np.float32)
-    for j in range(k):
-        r = radius[:, j].reshape(n, 1, 1)
-        allowed = room >= r + 1.0
+    rows = np.arange(n)[:, None]
+
+    def fits(flat: np.ndarray, j: int, sel: np.ndarray) -> np.ndarray:
+        """Which flat pixel indices ``[m, c]`` of images ``sel`` can take lesion ``j``."""
+        r = radius[sel, j][:, None]
+        good = room[sel[:, None], flat] >= r + 1.0
+        py, px = (flat // w).astype(np.float32), (flat % w).astype(np.float32)
         for i in range(j):
-            dy = yy[None] - centres[:, i, 0].reshape(n, 1, 1)
-            dx = xx[None] - centres[:, i, 1].reshape(n, 1, 1)
-            far = np.sqrt(dy**2 + dx**2) >= radius[:, i].reshape(n, 1, 1) + r + gap + 1.0
-            allowed &= far | ~present[:, i].reshape(n, 1, 1)
-        score = rng.random((n, h * w), dtype=np.float32)
-        score[~allowed.reshape(n, -1)] = -1.0
-        best = score.argmax(axis=1)
-        fits = score[np.arange(n), best] >= 0
-        ok &= fits | ~present[:, j]
+            d = np.sqrt((py - centres[sel, i, 0, None]) ** 2 + (px - centres[sel, i, 1, None]) ** 2)
+            good &= (d >= radius[sel, i, None] + r + gap + 1.0) | ~present[sel, i, None]
+        return good
+
+    for j in range(k):
+        cand = rng.integers(0, h * w, size=(n, candidates))
+        good = fits(cand, j, np.arange(n))
+        first = good.argmax(axis=1)
+        found = good[np.arange(n), first]
+        best = cand[np.arange(n), first]
+        miss = np.flatnonzero(~found & present[:, j])
+        if miss.size:  # scan every pixel of the images where no candidate fitted
+            allpix = np.broadcast_to(np.arange(h * w), (miss.size, h * w))
+            score = rng.random((miss.size, h * w), dtype=np.float32)
+            score[~fits(allpix, j, miss)] = -1.0
+            pick = score.argmax(axis=1)
+            best[miss] = pick
+            found[miss] = score[np.arange(miss.size), pick] >= 0
+        ok &= found | ~present[:, j]
         centres[:, j, 0] = best // w + offsets[:, j, 0]
         centres[:, j, 1] = best % w + offsets[:, j, 1]
+    del rows
     return centres, ok
 
 
@@ -129,8 +146,9 @@ def render(centres: np.ndarray, prof: np.ndarray, scale: np.ndarray, present: np
     n, k, t = prof.shape
     half = int(np.ceil(float((prof.max(axis=-1) * scale * present).max(initial=0.0)))) + 2
     w = 2 * half + 1
-    pad = np.zeros((n, size + 2 * w, size + 2 * w), dtype=np.float32)
-    pad_v = np.zeros_like(pad)
+    o = half + 1  # padding: a window never reaches further than ``half`` pixels past the image
+    pad = np.zeros((n, size + 2 * o, size + 2 * o), dtype=np.float32)
+    pad_v = np.zeros_like(pad) if values is not None else None
     rows = np.arange(n)[:, None, None]
     win = np.arange(w)
     for j in range(k):
@@ -149,13 +167,13 @@ def render(centres: np.ndarray, prof: np.ndarray, scale: np.ndarray, present: np
         r = ((1 - frac) * p[rows, i0] + frac * p[rows, (i0 + 1) % t]) * scale[:, j, None, None]
         s = np.clip((r - d) / np.float32(edge), 0.0, 1.0)
         s = s * s * (3 - 2 * s) * present[:, j, None, None]
-        iy = top[:, 0, None, None] + w + win[None, :, None]
-        ix = top[:, 1, None, None] + w + win[None, None, :]
+        iy = top[:, 0, None, None] + o + win[None, :, None]
+        ix = top[:, 1, None, None] + o + win[None, None, :]
         pad[rows, iy, ix] += s
         if values is not None:
             pad_v[rows, iy, ix] += s * values[:, j, None, None]
-    m = np.ascontiguousarray(pad[:, w : w + size, w : w + size])
-    mv = np.ascontiguousarray(pad_v[:, w : w + size, w : w + size])
+    m = np.ascontiguousarray(pad[:, o : o + size, o : o + size])
+    mv = np.zeros_like(m) if pad_v is None else np.ascontiguousarray(pad_v[:, o : o + size, o : o + size])
     return m, mv
 
 
