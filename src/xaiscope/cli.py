@@ -182,49 +182,6 @@ def sis_cmd(
         console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise (eps={summary['eps']:.3g}); wrote {out}")
 
 
-@app.command("benchmark")
-def benchmark_cmd(
-    out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
-    n_train: int = typer.Option(2000, help="Training images."),
-    n_test: int = typer.Option(500, help="Test images."),
-    size: int = typer.Option(64, help="Image side in pixels."),
-    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
-    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
-    lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
-    confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
-    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
-    seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
-    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
-) -> None:
-    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
-    from xaiscope.pipeline.benchmark_job import run_benchmark
-
-    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
-                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
-
-
-@app.command("train")
-def train_cmd(
-    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
-    out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
-    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
-    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
-    epochs: int = typer.Option(15, help="Epochs."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    batch_size: int = typer.Option(64, help="Images per step."),
-    seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
-    width: int = typer.Option(16, help="Channels of the first layer."),
-    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
-    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-) -> None:
-    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
-    from xaiscope.pipeline.train_job import run_train
-
-    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
-
-
 @app.command("collection")
 def collection_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
@@ -397,6 +354,27 @@ def demo_cmd(
     t = time.time()
     path = run_demo(out, quick=quick, console=console)
     console.print(f"demo finished in {time.time() - t:.0f} s; open the report: {path}")
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
+    n_train: int = typer.Option(2000, help="Training images."),
+    n_test: int = typer.Option(500, help="Test images."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
+    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
+    lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
+    confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
+    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
+    seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
+    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+) -> None:
+    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
+    from xaiscope.pipeline.benchmark_job import run_benchmark
+
+    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
+                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
 
 
 @app.command("train")
