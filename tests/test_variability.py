@@ -11,7 +11,8 @@ import torch
 from scipy.stats import spearmanr
 
 from xaiscope import explain, models
-from xaiscope.analyses.fits import average_ranks, linear, quadratic
+from xaiscope.analyses.fits import linear, quadratic
+from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.analyses.variability import RunningStats, variability
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError

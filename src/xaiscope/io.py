@@ -66,6 +66,22 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_npz(path: str | Path, **arrays) -> None:
+    """A compressed ``.npz`` of ``arrays``, written atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """A CSV of ``rows`` (a header from ``columns`` when there are no rows), written atomically."""
+    import pandas as pd
+
+    write_text(path, pd.DataFrame(rows, columns=columns if not rows else None).to_csv(index=False))
+
+
 def safe_name(s: str) -> str:
     """A file-name-safe version of an id or label (``/`` and odd characters become ``_``)."""
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))

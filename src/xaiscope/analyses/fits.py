@@ -18,18 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from xaiscope.errors import ConfigError, DataError
-
-
-def average_ranks(v: torch.Tensor) -> torch.Tensor:
-    """1-based ranks along the last dim, ties given their average rank (as ``scipy.stats.rankdata``), float64."""
-    v = v.double().contiguous()
-    srt = v.sort(dim=-1).values
-    left = torch.searchsorted(srt, v, right=False)
-    right = torch.searchsorted(srt, v, right=True)
-    return (left + right + 1).double() / 2
 
 
 @dataclass

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 import torch
 
 from xaiscope import models
-from xaiscope.analyses.fits import average_ranks
+from xaiscope.analyses.units import parse_unit
+from xaiscope.evaluate import stats
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.explain.references import gaussian_blur
@@ -61,20 +62,6 @@ def default_fractions(step: float = 0.05) -> torch.Tensor:
     if n < 1 or abs(n * step - 1.0) > 1e-9:
         raise ConfigError(f"The fraction step must divide 1 (e.g. 0.05, 0.1), got {step}.")
     return torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64)
-
-
-def parse_unit(unit: str) -> int:
-    """``"pixel"`` -> 1, ``"patch:K"`` -> K."""
-    if unit == "pixel":
-        return 1
-    if isinstance(unit, str) and unit.startswith("patch:"):
-        try:
-            k = int(unit.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k >= 1:
-            return k
-    raise ConfigError(f"unit must be 'pixel' or 'patch:K' with K >= 1, got {unit!r}.")
 
 
 def fill_images(ds: Dataset, fill: str = "black", *, sigma: float = 4.0) -> torch.Tensor:
@@ -135,11 +122,7 @@ def descending_order(scores: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Row-wise AUROC of ``scores`` ``[T, N]`` for the bool labels ``positive`` ``[N]`` (average ranks for ties)."""
-    ranks = average_ranks(scores)
-    pos = positive.to(ranks.device)
-    n_pos = int(pos.sum())
-    n_neg = pos.numel() - n_pos
-    return (ranks[:, pos].sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return stats.auroc(scores, positive.to(scores.device).expand_as(scores))
 
 
 def area(curve: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ from typing import Iterable
 import torch
 
 from xaiscope import models as xmodels
-from xaiscope.analyses.fits import average_ranks
+from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.explain.postprocess import normalise as _normalise

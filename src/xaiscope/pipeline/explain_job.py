@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from xaiscope import explain, models
-from xaiscope.io import atomic_path, ensure_dir, safe_name
+from xaiscope.io import ensure_dir, safe_name, write_npz
 from xaiscope.pipeline.inputs import open_inputs
 
 
@@ -58,10 +58,8 @@ def run_explain(
                 progress.advance(task, xb.shape[0])
             a = torch.cat(parts)
             path = out / f"{ex.name}.npz"
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, attributions=a.numpy(), ids=np.array(ds.ids), targets=t.cpu().numpy(),
-                                        labels=ds.y.numpy(), hparams=np.array(repr(ex.hparams)))
+            write_npz(path, attributions=a.numpy(), ids=np.array(ds.ids), targets=t.cpu().numpy(),
+                      labels=ds.y.numpy(), hparams=np.array(repr(ex.hparams)))
             written.append(path)
             maps = explain.postprocess(a[:overlays], pool="sum", normalise="max")
             for i in range(min(overlays, len(ds))):

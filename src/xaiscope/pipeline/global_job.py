@@ -26,22 +26,13 @@ import torch
 
 from xaiscope import explain, models
 from xaiscope.analyses.global_maps import global_maps
-from xaiscope.analyses.peppr import default_fractions, parse_unit, peppr
+from xaiscope.analyses.peppr import default_fractions, peppr
+from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
-from xaiscope.io import atomic_path, ensure_dir, safe_name, write_json, write_text
+from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.pipeline.inputs import open_inputs
 
 
-def _write_npz(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import pandas as pd
-
-    write_text(path, pd.DataFrame(rows).to_csv(index=False))
 
 
 def _map_figure(mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool) -> None:
@@ -123,7 +114,7 @@ def run_global(
     settings = {"model": model, "data": str(data), "method": method, "hparams": explainer.hparams, "by": by,
                 "normalise": normalise, "signed": signed, "fill": fill, "unit": unit, "step": step,
                 "random_orders": random_orders, "seed": seed, "blur_sigma": blur_sigma, "batch_size": batch_size}
-    _write_npz(out / "global_maps.npz", label_maps=g.label_maps.numpy(), label_sd=g.label_sd.numpy(),
+    write_npz(out / "global_maps.npz", label_maps=g.label_maps.numpy(), label_sd=g.label_sd.numpy(),
                overall=g.overall.numpy(), overall_sd=g.overall_sd.numpy(), counts=g.counts.numpy(),
                classes=np.array(classes), method=np.array(method), settings=np.array(repr(settings)))
     for lab, name in enumerate(classes):
@@ -155,8 +146,8 @@ def run_global(
             per_label[name] = {"score_auroc": r.score["auroc"], "score_accuracy": r.score["accuracy"],
                                "areas": r.areas, "random_areas": r.random["areas"], "passes": r.passes}
             _peppr_figure(r, classes, out / f"peppr_{safe_name(name)}.png")
-        _write_csv(out / "peppr_curves.csv", curves)
-        _write_csv(out / "summary.csv", table)
+        write_csv(out / "peppr_curves.csv", curves)
+        write_csv(out / "summary.csv", table)
     summary = {"settings": settings, "classes": classes, "counts": g.counts.tolist(),
                "passes": {"explain_and_predict": explain_passes, "peppr": peppr_passes}, "peppr": per_label,
                "table": table}

@@ -35,23 +35,13 @@ from xaiscope import models
 from xaiscope.analyses.sis import check_probability_tau, class_score, cluster, make_units, parse_unit, sis_collection
 from xaiscope.analyses.sis.collection import METHODS
 from xaiscope.errors import ConfigError
-from xaiscope.io import atomic_path, ensure_dir, safe_name, write_json, write_text
+from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.pipeline.inputs import open_inputs
 
-
-def _write_npz(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
 
 
 SIS_COLUMNS = ["model", "image_id", "label", "probability", "sis_index", "n_units", "n_pixels", "value", "cluster"]
 
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
-    import pandas as pd
-
-    write_text(path, pd.DataFrame(rows, columns=columns if not rows else None).to_csv(index=False))
 
 
 def _source_names(specs: list[str]) -> list[str]:
@@ -171,7 +161,7 @@ def run_sis(
                     rows.append({"model": source, "image_id": image_id, "label": int(ds.y[i]), "probability": float(probs[i]),
                                  "sis_index": j, "n_units": s.size, "n_pixels": s.n_pixels, "value": s.value})
                 bs = col[0].backselect if col else None
-                _write_npz(
+                write_npz(
                     sis_dir / f"{safe_name(image_id)}.npz", image=x.cpu().numpy(),
                     masks=np.stack([s.mask.cpu().numpy() for s in col]) if col else np.zeros((0, *ds.shape[1:]), bool),
                     sis_images=np.stack([s.image.cpu().numpy() for s in col]) if col else np.zeros((0, *ds.shape), np.float32),
@@ -199,18 +189,18 @@ def run_sis(
         summary["members"] = [{"model": s.source, "image_id": s.image_id, "sis_index": r["sis_index"]}
                               for s, r in zip(all_sis, rows)]
         write_json(out / "clusters.json", summary)
-        _write_csv(out / "clusters.csv", [
+        write_csv(out / "clusters.csv", [
             {"cluster": c.label, "size": c.size, "medoid_image": all_sis[c.medoid].image_id,
              "mean_sis_pixels": float(np.mean([all_sis[m].n_pixels for m in c.members])),
              **{f"share_{s}": v for s, v in c.shares.items()}, **{f"fraction_of_{s}": v for s, v in c.source_fraction.items()}}
             for c in result.clusters
         ], ["cluster", "size", "medoid_image", "mean_sis_pixels"])
-        _write_npz(out / "cluster_means.npz",
+        write_npz(out / "cluster_means.npz",
                    labels=np.array([c.label for c in result.clusters], dtype=np.int64),
                    mean_images=np.stack([c.mean_image.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape), np.float32),
                    mean_masks=np.stack([c.mean_mask.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape[1:])))
         _cluster_figure(result, out / "cluster_means.png", f"SIS clusters for class {target} (tau={tau:g})")
-    _write_csv(out / "sis.csv", rows, SIS_COLUMNS)
+    write_csv(out / "sis.csv", rows, SIS_COLUMNS)
     summary = {
         "target": target, "tau": tau, "unit": unit, "method": method, "k": k, "batch_size": batch_size,
         "eps": eps if result is None else result.eps, "eps_setting": eps, "min_samples": min_samples, "distance": "energy distance D = sqrt(D^2) between SIS pixel sets",

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from xaiscope.analyses.sis.units import Units, as_image, as_mask_value, make_units, masked
+from xaiscope.analyses.units import Units, as_image, as_mask_value, make_units, masked
 from xaiscope.errors import ConfigError, ModelError, NumericalError
 from xaiscope.models.forward import iter_chunks
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from xaiscope.analyses.sis.backselect import BackselectResult, backselect, evaluate, gradient_backselect
-from xaiscope.analyses.sis.units import as_image, as_mask_value, make_units, masked
+from xaiscope.analyses.units import as_image, as_mask_value, make_units, masked
 from xaiscope.errors import ConfigError
 
 METHODS = ("backselect", "gradient")
