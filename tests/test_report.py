@@ -1,0 +1,244 @@
+"""The HTML report: sections, self-containment, escaping, numbers, normalisations, errors."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from report_helpers import XSS_CLASS, XSS_FILE, XSS_ID, XSS_SKIPPED, runs
+from xaiscope import explain
+from xaiscope.errors import OutputError
+from xaiscope.report.html import mean_ci, write_report
+from xaiscope.report.examples import NORMALISATIONS, normalised_maps
+
+SECTIONS = ["summary", "metrics", "nan", "examples", "distributions", "curves", "sensitivity",
+            "global", "peppr", "variability", "sis", "environment"]
+
+
+class Page(HTMLParser):
+    """Collects section ids, <img> attributes, <script>/<link> tags and the tables' cells."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections: list[str] = []
+        self.imgs: list[dict[str, str]] = []
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.tables: dict[str, list[list[tuple[str, str]]]] = {}
+        self._table: str | None = None
+        self._cell: list | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self.tags.append((tag, a))
+        if tag == "section":
+            self.sections.append(a.get("id", ""))
+        elif tag == "img":
+            self.imgs.append(a)
+        elif tag == "table":
+            self._table = a.get("id", f"table{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table:
+            self._cell = [a.get("data-sort", ""), ""]
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[1] += data
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None and self._table:
+            self.tables[self._table][-1].append((self._cell[0], self._cell[1].strip()))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    base, rich = runs(tmp_path_factory)
+    return write_report(base), write_report(rich)
+
+
+@pytest.fixture(scope="module")
+def rich_html(reports) -> str:
+    return reports[1].read_text()
+
+
+def test_report_written_with_every_section(reports, rich_html):
+    base, rich = reports
+    assert base.name == "report.html" and base.parent.name == "run" and rich.exists()
+    page = Page(rich_html)
+    assert [s for s in SECTIONS if s not in page.sections] == []
+    # the plain run has no curves and no optional analyses: those sections are left out
+    base_page = Page(base.read_text())
+    for s in ("summary", "metrics", "nan", "examples", "distributions", "sensitivity", "environment"):
+        assert s in base_page.sections
+    for s in ("curves", "global", "peppr", "variability", "sis"):
+        assert s not in base_page.sections
+
+
+def test_self_contained_no_external_references(rich_html):
+    assert "http://" not in rich_html and "https://" not in rich_html
+    page = Page(rich_html)
+    assert not [t for t, _ in page.tags if t in ("link", "iframe", "object", "embed")]
+    assert [a for t, a in page.tags if t == "script" and "src" in a] == []
+    assert len(page.imgs) >= 10
+    for img in page.imgs:
+        for key, value in img.items():
+            if key == "src" or key.startswith("data-src-"):
+                assert value.startswith("data:image/png;base64,")
+                assert base64.b64decode(value.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_every_data_string_is_escaped(rich_html):
+    # raw payloads never appear; their escaped forms do
+    for payload in (XSS_CLASS, XSS_ID, XSS_SKIPPED, XSS_FILE):
+        assert payload not in rich_html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rich_html
+    assert "&lt;img src=x onerror=&#34;window.__xss=1&#34;&gt;" in rich_html
+    assert "&lt;b&gt;gone&lt;/b&gt;" in rich_html
+    assert "peppr_&lt;i id=xssfile&gt;q.png" in rich_html
+    assert rich_html.count("<script") == 1  # only the report's own inline script
+    assert "onerror=" not in re.sub(r"&lt;.*?&gt;", "", rich_html)
+
+
+def test_metric_table_mean_and_ci_match_the_results(tmp_path_factory, rich_html):
+    _, rich = runs(tmp_path_factory)
+    res = pd.read_parquet(rich / "results.parquet")
+    table = Page(rich_html).tables["metric-table"]
+    header = [t for _, t in table[0]]
+    metrics = [h.split(" ")[0] for h in header[3:]]
+    assert set(metrics) == set(res["metric"])
+    assert header[header.index("deletion \u2193")] and "relevance_mass_accuracy \u2191" in header
+    seen = 0
+    for row in table[1:]:
+        model, method, setting = (row[0][1], row[1][1].replace("baseline", "").strip(), row[2][1].replace(" (default)", ""))
+        for (sort, text), metric in zip(row[3:], metrics):
+            v = res[(res.model == model) & (res.method == method) & (res.setting == setting) & (res.metric == metric)]["value"]
+            v = v.dropna().to_numpy()
+            assert float(sort) == pytest.approx(v.mean(), rel=1e-12)
+            from scipy import stats
+
+            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+            assert text == f"{v.mean():.4g} \u00b1 {half:.2g}"
+            seen += 1
+    assert seen == 6 * 3  # 6 (method, setting) rows x 3 metrics
+
+
+def test_mean_ci_counts_nan_and_matches_scipy():
+    from scipy import stats
+
+    v = np.array([0.1, 0.4, np.nan, 0.35, 0.2, np.nan])
+    mean, half, n, n_nan = mean_ci(v)
+    lo, hi = stats.t.interval(0.95, 3, loc=np.nanmean(v), scale=stats.sem(v[~np.isnan(v)]))
+    assert (n, n_nan) == (4, 2)
+    assert mean == pytest.approx(np.nanmean(v)) and half == pytest.approx((hi - lo) / 2)
+    assert mean_ci(np.array([np.nan]))[2:] == (0, 1) and math.isnan(mean_ci(np.array([np.nan]))[0])
+    assert math.isnan(mean_ci(np.array([0.3]))[1])  # one image: no interval
+
+
+def test_nan_counts_and_skipped_images_are_listed(tmp_path_factory, rich_html):
+    _, rich = runs(tmp_path_factory)
+    res = pd.read_parquet(rich / "results.parquet")
+    want = res[res.value.isna()].groupby(["method", "metric"]).size()
+    assert len(want) >= 1  # the constant image makes a flat sobel map
+    rows = [[t for _, t in r] for r in Page(rich_html).tables["nan-table"][1:]]
+    got = {(r[1], r[3]): int(r[4]) for r in rows}
+    assert got == {k: int(v) for k, v in want.items()}
+    assert "Model small_cnn: 2 image(s)" in rich_html and "gone-1" in rich_html
+
+
+def test_ranking_marks_baselines(rich_html):
+    table = Page(rich_html).tables["ranking-1"]
+    marked = {r[0][1].replace("baseline", "").strip() for r in table[1:] if r[0][1].endswith("baseline")}
+    assert marked == {"random", "sobel", "input"}
+    ranks = [float(r[1][0]) for r in table[1:]]
+    assert ranks == sorted(ranks)
+
+
+def test_example_images_have_four_distinct_normalisations(rich_html):
+    imgs = [a for a in Page(rich_html).imgs if "norm-switch" in a.get("class", "")]
+    assert len(imgs) == 1
+    srcs = [imgs[0][f"data-src-{k}"] for k in NORMALISATIONS]
+    assert len(set(srcs)) == 4 and imgs[0]["src"] == imgs[0]["data-src-max"]
+
+
+def _reader(a: np.ndarray):
+    return lambda idx: a[idx]
+
+
+@pytest.mark.parametrize("budget", [2**24, 3 * 8 * 8])
+def test_normalised_maps_closed_form(budget):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(10, 2, 8, 8, generator=g).numpy()
+    a[3] = 0.0  # an all-zero map stays zero
+    picks = [0, 3, 7]
+    out = normalised_maps(_reader(a), 10, picks, budget=budget, chunk_values=2 * 64 * 3)
+    pooled = np.abs(a.sum(axis=1))
+    assert set(out) == set(NORMALISATIONS)
+    np.testing.assert_allclose(out["max"][0], pooled[0] / pooled[0].max(), rtol=1e-6)
+    np.testing.assert_allclose(out["dataset_max"], pooled[picks] / pooled.max(), rtol=1e-6)  # exact in both cases
+    np.testing.assert_array_equal(out["max"][1], 0.0)
+    assert out["max"][[0, 2]].max(axis=(1, 2)).tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(out["p99"], explain.postprocess(torch.from_numpy(a[picks]), normalise="p99").numpy(), rtol=1e-6)
+    if budget == 2**24:  # exact dataset percentile
+        full = explain.postprocess(torch.from_numpy(a), normalise="dataset_p99").numpy()[picks]
+        np.testing.assert_allclose(out["dataset_p99"], full, rtol=1e-6)
+    else:  # percentile over evenly spaced images plus the picks: 0, 4, 8 and 3, 7
+        sample = [0, 3, 4, 7, 8]
+        sub = explain.postprocess(torch.from_numpy(a[sample]), normalise="dataset_p99").numpy()
+        np.testing.assert_allclose(out["dataset_p99"], sub[[0, 1, 3]], rtol=1e-6)
+    for v in out.values():
+        assert v.min() >= 0 and v.max() <= 1
+
+
+def test_missing_or_invalid_run_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(OutputError, match=r"The run folder .*nowhere does not exist\."):
+        write_report(tmp_path / "nowhere")
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(OutputError, match=r"The run folder .*file\.txt is a file, not a folder\."):
+        write_report(f)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(OutputError, match=r"half is not a finished xaiscope run: results\.parquet is missing"):
+        write_report(tmp_path / "half")
+    (tmp_path / "bad").mkdir()
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "bad" / "results.parquet")
+    with pytest.raises(OutputError, match=r"results\.parquet is not an xaiscope results table \(no column 'method'\)"):
+        write_report(tmp_path / "bad")
+
+
+def test_moved_data_gives_a_note_not_a_crash(tmp_path_factory, tmp_path):
+    base, _ = runs(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    cfg = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(cfg.replace(str(base.parent / "d.npz"), str(tmp_path / "gone.npz")))
+    html = write_report(run).read_text()
+    sections = Page(html).sections
+    assert "examples" not in sections and "metrics" in sections and "notes" in sections
+    assert "Example images are not shown: The data file" in html and "gone.npz does not exist." in html
+
+
+def test_cli_report_command(tmp_path_factory, tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    base, _ = runs(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    (run / "report.html").unlink(missing_ok=True)
+    r = run_cli(capsys, "report", run)
+    assert r.code == 0 and (run / "report.html").exists() and "report.html" in r.out
+    r = run_cli(capsys, "report", tmp_path / "missing")
+    assert r.code == 2 and "does not exist" in r.err and "Traceback" not in r.err
