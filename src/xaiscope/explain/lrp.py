@@ -49,10 +49,11 @@ class _ZennitExplainer(Explainer):
         composite = self.composite(model, x)
 
         def run(xb, yb):
+            def logit_relevance(out: torch.Tensor) -> torch.Tensor:
+                return torch.zeros_like(out).scatter_(1, yb.view(-1, 1), 1.0) * out.detach()
+
             with Gradient(model=model, composite=composite) as attributor:
-                out = model(xb.detach())
-                relevance = torch.zeros_like(out).scatter_(1, yb.view(-1, 1), 1.0) * out.detach()
-                _, attr = attributor(xb.detach(), relevance)
+                _, attr = attributor(xb.detach(), logit_relevance)  # one forward and one backward
             return attr
 
         return per_chunk(run, x, y, self.batch_size)

@@ -2,7 +2,7 @@
 
 Pass counts per image: occlusion ``1 + windows`` where windows =
 ``(floor((H - w)/s) + 1) * (floor((W - w)/s) + 1)``; feature_ablation ``1 + (H/p)(W/p)``
-patches; lime and kernel_shap ``n_samples`` (+1 for the unperturbed input).
+patches; lime and kernel_shap ``n_samples``.
 LIME and KernelSHAP work on SLIC superpixels (Achanta et al. 2012) whose number and
 compactness are hyperparameters.
 """
@@ -129,7 +129,7 @@ class _SurrogateExplainer(Explainer):
     }
 
     def _passes(self, shape):
-        return self.hparams["n_samples"] + 1
+        return self.hparams["n_samples"]
 
     def make(self, model):  # pragma: no cover - abstract
         raise NotImplementedError
