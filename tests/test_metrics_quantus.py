@@ -69,6 +69,7 @@ def test_complexity_matches_quantus(data, ours, theirs):
     np.testing.assert_allclose(_ours(ours, data), q, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pixel_flipping_matches_quantus(data):
     q = _q(quantus.PixelFlipping(disable_warnings=True, return_auc_per_sample=True), data)
     np.testing.assert_allclose(_ours("pixel_flipping", data), q, atol=1e-5 * 256)
@@ -185,6 +186,7 @@ def test_consistency_first_n_sign_matches_quantus(data):
     np.testing.assert_allclose(_ours("consistency", data, discretise="first_n_sign"), q, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_non_sensitivity_matches_quantus(data):
     q = _q(quantus.NonSensitivity(disable_warnings=True), data)
     np.testing.assert_allclose(_ours("non_sensitivity", data), q, atol=1e-5)

@@ -38,7 +38,7 @@ _REGISTRY: dict[str, type["Metric"]] = {}
 CATEGORIES = ("localisation", "faithfulness", "robustness", "randomisation", "complexity", "axiomatic")
 NEEDS = frozenset({"model", "mask", "explainer"})
 
-BATCH = Param(256, int, "most images (incl. perturbed copies) per model call", low=1)
+BATCH = Param(64, int, "most images (incl. perturbed copies) per model call", low=1)
 SEED = Param(0, int, "seed of the random draws", low=0)
 ABS = Param(False, bool, "take |a| before scoring")
 ABS_T = Param(True, bool, "take |a| before scoring")

@@ -270,9 +270,18 @@ class RelativeRepresentationStability(_Relative):
     forward_kind = "hidden"
 
     def _den(self, x0, xp, base, extra, kk):
-        l0 = base[1].double()
-        lk = extra[1].double().view(kk, *l0.shape)
-        return self._rel(l0.unsqueeze(0), lk).norm(dim=2)
+        l0 = base[1]  # float32: these are large (every layer's activations)
+        if getattr(self, "_inv0", None) is None or self._inv0.shape != l0.shape:
+            self._inv0 = 1.0 / torch.where(l0 == 0, torch.full_like(l0, self.hparams["eps_min"]), l0)
+        lk = extra[1].view(kk, *l0.shape)
+        return ((l0.unsqueeze(0) - lk) * self._inv0.unsqueeze(0)).norm(dim=2).double()
+
+    def _score(self, model, x, y, a, mask, explainer):
+        self._inv0 = None
+        try:
+            return super()._score(model, x, y, a, mask, explainer)
+        finally:
+            self._inv0 = None
 
 
 @register
