@@ -404,7 +404,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into Exit(130), which standalone_mode=False returns
+            raise KeyboardInterrupt
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except XaiscopeError as e:
         if debug:
             raise
