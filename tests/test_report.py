@@ -7,18 +7,17 @@ import math
 import re
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from report_helpers import XSS_CLASS, XSS_FILE, XSS_ID, XSS_SKIPPED, runs
+
 from xaiscope import explain
 from xaiscope.errors import OutputError
-from xaiscope.report.html import mean_ci, write_report
 from xaiscope.report.examples import NORMALISATIONS, normalised_maps
+from xaiscope.report.html import mean_ci, write_report
 
 SECTIONS = ["summary", "metrics", "nan", "examples", "distributions", "curves", "sensitivity",
             "global", "peppr", "variability", "sis", "environment"]
@@ -178,29 +177,34 @@ def _reader(a: np.ndarray):
     return lambda idx: a[idx]
 
 
-@pytest.mark.parametrize("budget", [2**24, 3 * 8 * 8])
+@pytest.mark.parametrize("budget", [2**24, 2 * 2 * 8 * 8])
 def test_normalised_maps_closed_form(budget):
     g = torch.Generator().manual_seed(0)
     a = torch.randn(10, 2, 8, 8, generator=g).numpy()
     a[3] = 0.0  # an all-zero map stays zero
     picks = [0, 3, 7]
-    out = normalised_maps(_reader(a), 10, picks, budget=budget, chunk_values=2 * 64 * 3)
+    out = normalised_maps(_reader(a), 10, picks, budget=budget, block=2, chunk_values=2 * 64 * 3)
     pooled = np.abs(a.sum(axis=1))
     assert set(out) == set(NORMALISATIONS)
     np.testing.assert_allclose(out["max"][0], pooled[0] / pooled[0].max(), rtol=1e-6)
-    np.testing.assert_allclose(out["dataset_max"], pooled[picks] / pooled.max(), rtol=1e-6)  # exact in both cases
     np.testing.assert_array_equal(out["max"][1], 0.0)
     assert out["max"][[0, 2]].max(axis=(1, 2)).tolist() == [1.0, 1.0]
     np.testing.assert_allclose(out["p99"], explain.postprocess(torch.from_numpy(a[picks]), normalise="p99").numpy(), rtol=1e-6)
-    if budget == 2**24:  # exact dataset percentile
-        full = explain.postprocess(torch.from_numpy(a), normalise="dataset_p99").numpy()[picks]
-        np.testing.assert_allclose(out["dataset_p99"], full, rtol=1e-6)
-    else:  # percentile over evenly spaced images plus the picks: 0, 4, 8 and 3, 7
-        sample = [0, 3, 4, 7, 8]
-        sub = explain.postprocess(torch.from_numpy(a[sample]), normalise="dataset_p99").numpy()
-        np.testing.assert_allclose(out["dataset_p99"], sub[[0, 1, 3]], rtol=1e-6)
+    # exact dataset scales, or over two evenly spaced blocks of 2 rows (0-1 and 8-9) plus the picks
+    sample = list(range(10)) if budget == 2**24 else [0, 1, 3, 7, 8, 9]
+    for how in ("dataset_max", "dataset_p99"):
+        want = explain.postprocess(torch.from_numpy(a[sample]), normalise=how).numpy()[[sample.index(p) for p in picks]]
+        np.testing.assert_allclose(out[how], want, rtol=1e-6)
     for v in out.values():
         assert v.min() >= 0 and v.max() <= 1
+
+
+def test_scale_rows_reads_whole_blocks_within_budget():
+    from xaiscope.report.examples import scale_rows
+
+    assert scale_rows(10, 4, [3], budget=40, block=4) == list(range(10))
+    rows = scale_rows(1000, 100, [5, 999], budget=100 * 96, block=32)  # room for 3 of the 32 blocks: 0, 16, 31
+    assert rows == sorted({*range(32), *range(512, 544), *range(992, 1000), 5, 999})
 
 
 def test_missing_or_invalid_run_folder_is_a_clear_error(tmp_path):

@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from report_helpers import runs
+
 from xaiscope.report.html import write_report
 
 CHROMIUM = "/usr/bin/chromium"

@@ -16,6 +16,7 @@ maps + PEPPR, variability and SIS outputs (rendered generically); run environmen
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,9 @@ def table_from_df(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, source: str 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, int, int]:
     """``(mean, half width of the t-interval, n finite, n NaN)`` of one method's scores."""
-    from scipy.special import stdtrit  # Student t quantile (lighter to import than scipy.stats)
+    from scipy.special import (
+        stdtrit,  # Student t quantile (lighter to import than scipy.stats)
+    )
 
     v = np.asarray(values, float)
     finite = v[np.isfinite(v)]
@@ -116,7 +119,7 @@ class RunView:
             raise OutputError(f"The results tables in {root} cannot be read ({e}).") from None
         missing = {"model", "method", "setting", "metric", "value"} - set(self.results.columns)
         if missing:
-            raise OutputError(f"{root / 'results.parquet'} is not an xaiscope results table (no column {sorted(missing)[0]!r}).")
+            raise OutputError(f"{root / 'results.parquet'} is not an xaiscope results table (no column {min(missing)!r}).")
         self.results = self.results[self.results["metric"] != "none"]
         self.manifest = self._manifest()
         self.config_text = self.store.read_config_text()
@@ -133,9 +136,12 @@ class RunView:
 
     def _manifest(self) -> dict[str, Any]:
         try:
-            return self.store.read_manifest()
+            manifest = self.store.read_manifest()
         except (OSError, ValueError) as e:
             raise OutputError(f"{self.root / 'manifest.json'} cannot be read ({e}).") from None
+        if not isinstance(manifest, dict):
+            raise OutputError(f"{self.root / 'manifest.json'} is not an xaiscope manifest (not a JSON object).")
+        return manifest
 
     def _json(self, name: str) -> Any:
         import json
@@ -247,7 +253,7 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
     for model, method, setting in keys:
         g = groups.get_group((model, method, setting))
         base = method in run.baselines
-        cells = [cell(model), cell(method, badge=base), cell(setting + (" (default)" if setting == run.defaults.get(method) else ""))]
+        cells = [cell(model), cell(method, badge=base), cell(setting + (" (default)" if setting == run.defaults.get(method) and setting != "default" else ""))]
         for m in metrics:
             mean, half, n, n_nan = mean_ci(g.loc[g["metric"] == m, "value"].to_numpy())
             if n == 0:
@@ -302,7 +308,8 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
         for method in run.methods:
             setting = run.defaults.get(method)
             try:
-                per_norm = normalised_maps(lambda idx: run.store.attributions(model, method, setting, idx), len(ds), picks)
+                per_norm = normalised_maps(functools.partial(run.store.attributions, model, method, setting), len(ds), picks,
+                                           block=cfg.unit_images)
             except (KeyError, FileNotFoundError, ValueError) as e:  # no stored array for this triple
                 run.notes.append(f"No stored attributions for {model} / {method} / {setting} ({type(e).__name__}).")
                 continue
@@ -409,7 +416,7 @@ def build_context(run: RunView) -> dict[str, Any]:
         "version": str(run.manifest.get("xaiscope", "")),
         "dataset": run.manifest.get("dataset") or {},
         "models": run.models, "methods": run.methods, "baselines": list(run.baselines),
-        "n_results": int(len(run.results)),
+        "n_results": len(run.results),
         "ranking": ranking_section(run),
         "metric_table": metric_table(run),
         "nan": nan_section(run),

@@ -9,7 +9,7 @@ shown literally instead of being parsed as mathtext.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
