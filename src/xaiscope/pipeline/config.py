@@ -185,7 +185,7 @@ class RunConfig(_Strict):
                 raise ValueError(f"{kind} name {sorted(dup)[0]!r} appears twice")
         return self
 
-    def check_names(self) -> None:
+    def check_names(self, source: str = "config") -> None:
         """Unknown methods, metrics or hyperparameters, as ConfigError naming the place in the file."""
         from xaiscope import evaluate, explain
         from xaiscope.errors import XaiscopeError
@@ -195,12 +195,12 @@ class RunConfig(_Strict):
                 try:
                     explain.get(m.name, **s)
                 except XaiscopeError as e:
-                    raise ConfigError(f"methods.{i} ({m.name}): {e}") from None
+                    raise ConfigError(f"{source}: methods.{i} ({m.name}): {e}") from None
         for i, m in enumerate(self.metrics):
             try:
                 evaluate.get(m.name, **m.hparams)
             except XaiscopeError as e:
-                raise ConfigError(f"metrics.{i} ({m.name}): {e}") from None
+                raise ConfigError(f"{source}: metrics.{i} ({m.name}): {e}") from None
 
 
 def setting_id(hparams: dict[str, Any]) -> str:
@@ -229,7 +229,7 @@ def parse_config(obj: Any, source: str = "config") -> RunConfig:
         cfg = RunConfig.model_validate(obj)
     except ValidationError as e:
         raise ConfigError(_format_error(e, source)) from None
-    cfg.check_names()
+    cfg.check_names(source)
     return cfg
 
 
