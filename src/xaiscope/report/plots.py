@@ -160,10 +160,11 @@ def mean_curves(curves: pd.DataFrame, metric: str, baselines: Sequence[str] = ()
     ``curves`` has columns method, fraction, value for one model, setting per method and metric.
     """
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    dashes = iter(["--", ":", "-.", (0, (5, 1, 1, 1, 1, 1))] * 100)
     for method, sub in curves.groupby("method", sort=True):
         g = sub.groupby("fraction")["value"]
         mean, se = g.mean(), g.sem().fillna(0.0)
-        style = {"color": BASELINE_COLOUR, "linestyle": "--"} if method in baselines else {}
+        style = {"color": BASELINE_COLOUR, "linestyle": next(dashes)} if method in baselines else {}
         line, = ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), label=mpl_text(method), lw=1.4, **style)
         ax.fill_between(mean.index.to_numpy(float), (mean - se).to_numpy(float), (mean + se).to_numpy(float),
                         color=line.get_color(), alpha=0.15)
