@@ -168,3 +168,23 @@ def test_emd_score_identical_distribution_is_one(data):
     _, x, y, _, mask = data
     s = evaluate.get("emd_score")(None, x, y, mask.float(), mask=mask)
     torch.testing.assert_close(s, torch.ones(8), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["deletion", "insertion"])
+def test_score_and_curves_share_one_set_of_passes(name):
+    import torch
+
+    from xaiscope import evaluate, explain, models
+
+    net = models.build("small_cnn", width=4).eval()
+    x = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 0, 1, 0])
+    a = explain.get("saliency")(net, x, y)
+    m = evaluate.get(name, steps=4)
+    with models.count_passes(net) as count:
+        scores, fractions, values = m.score_and_curves(net, x, y, a)
+    assert count.rows == m.passes((1, 16, 16)) * 5
+    torch.testing.assert_close(scores, m(net, x, y, a))
+    f2, v2 = m.curves(net, x, y, a)
+    torch.testing.assert_close(fractions, f2)
+    torch.testing.assert_close(values, v2)

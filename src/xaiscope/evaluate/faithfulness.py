@@ -63,6 +63,15 @@ class _Curve(_Faithfulness):
         with models.eval_mode(model):
             return self._curves(model, x, y, a)
 
+    def score_and_curves(self, model, x, y, a, mask=None, explainer=None):
+        """``(scores [N], fractions [T+1], values [N, T+1])`` from one set of model passes
+        (what ``__call__`` and :meth:`curves` give, without computing the curve twice)."""
+        x, y, a, _ = self._check(model, x, y, a, None, None)
+        with models.eval_mode(model):
+            frac, vals = self._curves(model, x, y, a)
+        scores = stats.trapz(vals, dx=1.0 / self.hparams["steps"])
+        return scores.to(device=x.device, dtype=torch.float32), frac, vals
+
     def _curves(self, model, x, y, a):
         hp = self.hparams
         m = self.map(a)

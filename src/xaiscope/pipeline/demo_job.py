@@ -58,7 +58,7 @@ DEMO_METHODS: list[Any] = [
 
 #: at least one metric per category
 DEMO_METRICS: list[Any] = [
-    "relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc", "emd_score",
+    "relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc",
     {"name": "deletion", "hparams": {"steps": 10}}, {"name": "insertion", "hparams": {"steps": 10}},
     {"name": "faithfulness_correlation", "hparams": {"nr_runs": 20, "subset_size": 64}},
     {"name": "max_sensitivity", "hparams": {"nr_samples": 3}},
