@@ -17,6 +17,15 @@ from typing import Any, Iterator
 from xaiscope.errors import OutputError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def ensure_dir(path: str | Path) -> Path:
     """Create folder ``path`` (and parents); a clear error when it is a file or not writable."""
     path = Path(path)
@@ -41,6 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
