@@ -182,6 +182,49 @@ def sis_cmd(
         console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise (eps={summary['eps']:.3g}); wrote {out}")
 
 
+@app.command("benchmark")
+def benchmark_cmd(
+    out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
+    n_train: int = typer.Option(2000, help="Training images."),
+    n_test: int = typer.Option(500, help="Test images."),
+    size: int = typer.Option(64, help="Image side in pixels."),
+    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
+    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
+    lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
+    confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
+    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
+    seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
+    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+) -> None:
+    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
+    from xaiscope.pipeline.benchmark_job import run_benchmark
+
+    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
+                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
+
+
+@app.command("train")
+def train_cmd(
+    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
+    out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
+    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
+    epochs: int = typer.Option(15, help="Epochs."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(32, help="Images per step."),
+    seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
+    width: int = typer.Option(16, help="Channels of the first layer."),
+    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
+    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+) -> None:
+    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
+    from xaiscope.pipeline.train_job import run_train
+
+    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
+
+
 @app.command("collection")
 def collection_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
@@ -350,53 +393,44 @@ def demo_cmd(
     import time
 
     from xaiscope.pipeline.demo_job import run_demo
+    from xaiscope.report.html import write_report
 
     t = time.time()
-    path = run_demo(out, quick=quick, console=console)
+    run_dir = run_demo(out, quick=quick, console=console)
+    console.print("[bold]4/4[/] writing the report")
+    path = write_report(run_dir)
     console.print(f"demo finished in {time.time() - t:.0f} s; open the report: {path}")
 
 
-@app.command("benchmark")
-def benchmark_cmd(
-    out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
-    n_train: int = typer.Option(2000, help="Training images."),
-    n_test: int = typer.Option(500, help="Test images."),
-    size: int = typer.Option(64, help="Image side in pixels."),
-    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
-    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
-    lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
-    confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
-    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
-    seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
-    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
-) -> None:
-    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
-    from xaiscope.pipeline.benchmark_job import run_benchmark
-
-    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
-                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
-
-
-@app.command("train")
-def train_cmd(
-    data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
-    out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
-    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
-    test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
-    epochs: int = typer.Option(15, help="Epochs."),
+@app.command("transfer")
+def transfer_cmd(
+    data: Path = typer.Option(..., help="Target data: a benchmark folder (train/ + test/ with masks) or a training folder with --test."),
+    out: Path = typer.Option(..., help="Output folder (runs/effects tables, transfer.png, summary.json)."),
+    pretrain_data: Optional[list[str]] = typer.Option(None, help="Pre-training data DIR or NAME=DIR, repeatable; default: two generated tasks."),
+    arch: str = typer.Option("small_vgg", help="Zoo architecture with a 'features' sequence of blocks."),
+    freeze: str = typer.Option("0,1,2,3", help="Numbers L of frozen pre-trained blocks (features.0..L-1)."),
+    seeds: int = typer.Option(3, help="Seeds per setting."),
+    methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated attribution methods."),
+    metrics: str = typer.Option("relevance_rank_accuracy,relevance_mass_accuracy,emd_score", help="Localisation metrics."),
+    epochs: int = typer.Option(10, help="Fine-tuning epochs."),
+    pretrain_epochs: int = typer.Option(10, help="Pre-training epochs."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
     batch_size: int = typer.Option(32, help="Images per step."),
-    seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
     width: int = typer.Option(16, help="Channels of the first layer."),
-    weight_decay: float = typer.Option(0.0, help="L2 penalty."),
-    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    max_images: int = typer.Option(100, help="Correctly classified test images explained per run."),
+    test: Optional[Path] = typer.Option(None, help="Test folder with masks (default: DATA/test of a benchmark)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
-    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
-    from xaiscope.pipeline.train_job import run_train
+    """Pre-training study: localisation of explanations vs source and frozen blocks, with accuracy regressed out."""
+    from xaiscope.pipeline.transfer_job import run_transfer
 
-    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
+    try:
+        levels = [int(v) for v in parse_list(freeze)]
+    except ValueError:
+        raise ConfigError(f"--freeze must be comma-separated integers, got {freeze!r}.") from None
+    run_transfer(data=data, out=out, pretrain_data=pretrain_data, arch=arch, freeze=levels, seeds=seeds,
+                 methods=parse_list(methods), metrics=parse_list(metrics), epochs=epochs, pretrain_epochs=pretrain_epochs,
+                 lr=lr, batch_size=batch_size, width=width, max_images=max_images, test=test, device=device, console=console)
 
 
 def main(argv: list[str] | None = None) -> None:

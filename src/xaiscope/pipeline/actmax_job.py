@@ -51,7 +51,7 @@ def parse_range(text: str) -> tuple[float, float]:
 def _figures(image: torch.Tensor, objective: list[float], title: str, base: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import display_image, save_figure
+    from xaiscope.plotting import display_image, save_figure
 
     fig, ax = plt.subplots(figsize=(2.6, 2.6))
     img = display_image(image)

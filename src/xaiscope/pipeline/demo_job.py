@@ -8,7 +8,7 @@
    category, hyperparameter grids for the sensitivity study, the ranking, global maps +
    PEPPR on the aligned variant, the variability study over the three seeds and SIS on
    a few images;
-4. write the report and print its path.
+4. (the CLI) write the report and print its path.
 
 ``quick=True`` shrinks every size so the whole demo takes well under a minute.
 """
@@ -108,7 +108,8 @@ def _model_exists(path: Path) -> bool:
 
 
 def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
-    """Run the demo into ``out``; return the path of the report. Finished steps are kept."""
+    """Run the demo into ``out``; return the run folder (the CLI then writes its report).
+    Finished steps are kept."""
     from xaiscope.pipeline.benchmark_job import run_benchmark
     from xaiscope.pipeline.collection_job import run_collection
     from xaiscope.pipeline.config import parse_config
@@ -136,7 +137,4 @@ def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
     write_text(root / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     cfg = parse_config(cfg_dict, str(root / "config.yaml"))
     run_dir = run(cfg, console=console, force=config_changed(cfg))
-    say("[bold]4/4[/] writing the report")
-    from xaiscope.report.html import write_report
-
-    return write_report(run_dir)
+    return run_dir

@@ -36,7 +36,7 @@ def run_explain(
     from rich.progress import Progress
 
     from xaiscope.errors import ConfigError
-    from xaiscope.report.figures import save_overlay
+    from xaiscope.plotting import save_overlay
 
     params = params or {}
     unknown = [m for m in params if m not in methods]

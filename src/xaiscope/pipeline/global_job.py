@@ -38,7 +38,7 @@ from xaiscope.pipeline.inputs import open_inputs
 def _map_figure(mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool) -> None:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import overlay, save_figure
+    from xaiscope.plotting import overlay, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.6))
     overlay(axes[0], mean_image, g, signed=signed, title=f"{title}: global map")
@@ -52,7 +52,7 @@ def _map_figure(mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, tit
 def _peppr_figure(result, class_names: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import save_figure
+    from xaiscope.plotting import save_figure
 
     fr = result.fractions.numpy()
     fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)

@@ -54,7 +54,7 @@ def _source_names(specs: list[str]) -> list[str]:
 def _image_figure(image: torch.Tensor, sis_list, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import display_image, overlay, save_figure
+    from xaiscope.plotting import display_image, overlay, save_figure
 
     n = len(sis_list)
     fig, axes = plt.subplots(1, n + 1, figsize=(2.0 * (n + 1), 2.3), squeeze=False)
@@ -71,7 +71,7 @@ def _image_figure(image: torch.Tensor, sis_list, title: str, path: Path) -> None
 def _cluster_figure(res, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import display_image, save_figure
+    from xaiscope.plotting import display_image, save_figure
 
     k = len(res.clusters)
     if k == 0:

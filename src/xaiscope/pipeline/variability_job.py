@@ -51,7 +51,7 @@ def _plot_fits(res, fits: dict, method: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from xaiscope.analyses.fits import Fit
-    from xaiscope.report.figures import save_figure
+    from xaiscope.plotting import save_figure
 
     y = res.attention_sd.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
@@ -73,7 +73,7 @@ def _plot_fits(res, fits: dict, method: str, path: Path) -> None:
 def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    from xaiscope.report.figures import display_image, overlay, save_figure
+    from xaiscope.plotting import display_image, overlay, save_figure
 
     order = torch.argsort(res.attention_sd, stable=True)
     picks = [("most_stable", k, i) for k, i in enumerate(order[:top].tolist())]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from xaiscope.report.figures import display_image, plt  # Agg backend is selected there
+from xaiscope.plotting import display_image, plt  # Agg backend is selected there
 
 BASELINE_COLOUR = "#9e9e9e"
 METHOD_COLOUR = "#3b6ea8"

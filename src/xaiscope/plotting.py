@@ -1,4 +1,8 @@
-"""Figures written as PNG files (matplotlib, Agg backend: no display needed)."""
+"""Figures written as PNG files (matplotlib, Agg backend: no display needed).
+
+A base-level utility like ``io``: the pipeline jobs draw their PNGs with it and the report
+embeds figures made with it, so neither layer imports the other for plotting.
+"""
 
 from __future__ import annotations
 
