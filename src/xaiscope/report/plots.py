@@ -104,7 +104,7 @@ def example_grid(
     ax = fig.add_axes((1.2 / fig_w, 0.1 / fig_h, mosaic.shape[1] / dpi / fig_w, mosaic.shape[0] / dpi / fig_h))
     ax.imshow(mosaic, interpolation="nearest", aspect="equal")
     ax.set_xticks([tw * (i + 0.5) - gap / 2 for i in range(1 + len(names))])
-    ax.set_xticklabels(["input"] + [mpl_text(n) for n in names], fontsize=8, rotation=30, ha="left")
+    ax.set_xticklabels(["image"] + [mpl_text(n) for n in names], fontsize=8, rotation=30, ha="left")
     ax.xaxis.tick_top()
     ax.set_yticks([(size + gap) * (i + 0.5) - gap / 2 for i in range(len(row_labels))])
     ax.set_yticklabels([mpl_text(s) for s in row_labels], fontsize=7)
