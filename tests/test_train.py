@@ -127,3 +127,37 @@ def test_save_fills_default_arch_kwargs(tmp_path):
     models.load(str(path))
     with pytest.raises(ModelError, match="Unknown architecture 'small_cn'"):
         save(model, tmp_path / "x.pt", arch="small_cn", arch_kwargs={}, classes=["a"], input_size=[1, 8, 8], normalisation=None)
+
+
+def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
+    from xaiscope.cli import main
+    from xaiscope.data import load_folder
+    from xaiscope.data.benchmark import generate
+    from xaiscope.pipeline.inputs import open_inputs
+
+    generate(tmp_path / "bm", n_train=16, n_test=8, size=32, radius=(0.08, 0.14))
+    main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "m" / "model.pt"), "--epochs", "2",
+          "--width", "4", "--seed", "1"])
+    printed = capsys.readouterr().out
+    assert "train accuracy" in printed and "test accuracy" in printed and "(8 images)" in printed
+    side = json.loads((tmp_path / "m" / "model.json").read_text())
+    raw = load_folder(tmp_path / "bm" / "train")
+    assert side["classes"] == ["0_regular", "1_irregular"] and side["input_size"] == [1, 32, 32]
+    assert side["arch_kwargs"] == {"in_channels": 1, "num_classes": 2, "width": 4}
+    assert side["normalisation"]["mean"][0] == pytest.approx(float(raw.x.mean()), abs=1e-5)
+    assert side["normalisation"]["std"][0] == pytest.approx(float(raw.x.std()), abs=1e-5)
+    assert len(side["extra"]["history"]) == 2 and side["extra"]["settings"]["lr"] == 3e-3
+    model, ds, _ = open_inputs(str(tmp_path / "m" / "model.pt"), tmp_path / "bm" / "test")  # sidecar normalisation applied
+    assert ds.mean == side["normalisation"]["mean"]
+    acc = float((model(ds.x).argmax(1) == ds.y).float().mean())
+    assert acc == pytest.approx(side["extra"]["test_acc"])
+    # same seed again: identical weights
+    main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "m2.pt"), "--epochs", "2", "--width", "4", "--seed", "1"])
+    a = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "m2.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x.pt")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "x.json")])
