@@ -158,13 +158,13 @@ def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, c
     store = RunStore(root, create=True)
     resolved = resolved_config(cfg, root)
     previous = store.read_config_text()
+    if not force and previous is not None and previous != resolved:
+        raise ConfigError(f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out.")
+    t0 = time.time()
+    ctx = RunContext(cfg, console)  # bad data or models fail here, before anything is cleared or written
     if force:
         store.clear()
-    elif previous is not None and previous != resolved:
-        raise ConfigError(f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out.")
     store.write_config(resolved)
-    t0 = time.time()
-    ctx = RunContext(cfg, console)
     units = ctx.units()
     todo = [u for u in units if not store.is_done(u.id)]
     if ctx.skipped and console is not None:
