@@ -1,0 +1,155 @@
+"""Killed and interrupted ``xaiscope run``: resuming gives exactly the uninterrupted results.
+
+The SIGKILL test starts ``xaiscope run`` in a real child process (forked from a fork
+server that imported xaiscope once, see ``reliability_helpers``), kills it with SIGKILL at
+10 seeded points, restarts it each time, and compares the final tables and the Zarr
+store with an uninterrupted run of the same config made the same way. A kill point is
+"after K committed work units, plus a delay of D seconds" with K and D drawn from a
+seeded RNG; progress-based points land in the same phases on a fast or a loaded machine.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from reliability_helpers import make_npz, start_forked, temp_files
+from xaiscope.pipeline.store import RunStore
+
+METHODS = ["saliency", "input_x_gradient", "gradcam", "sobel", "random", "input"]
+N_IMAGES, UNIT_IMAGES = 12, 3
+N_UNITS = len(METHODS) * N_IMAGES // UNIT_IMAGES  # 24
+METRICS = ["sparseness", "relevance_mass_accuracy", "pointing_game", {"name": "deletion", "hparams": {"steps": 4}}]
+
+
+def _config(tmp: Path, data: Path, out: Path) -> Path:
+    cfg = {
+        "out": str(out), "seed": 0, "batch_size": 16, "unit_images": UNIT_IMAGES,
+        "data": {"path": str(data)},
+        "models": [{"name": "cnn", "spec": "fixture_models:seeded_cnn"}],
+        "methods": METHODS, "metrics": METRICS,
+        "analyses": {"ranking": None, "sensitivity": None},
+    }
+    path = tmp / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _units(out: Path) -> int:
+    d = out / "units"
+    return sum(1 for p in d.glob("*.parquet") if not p.name.endswith(".curves.parquet")) if d.exists() else 0
+
+
+def _wait(proc, timeout: float = 240) -> int:
+    proc.join(timeout)
+    assert proc.exitcode is not None, "xaiscope run did not finish"
+    return proc.exitcode
+
+
+def _check_store(out: Path, reference: Path) -> None:
+    """Tables identical to the reference, one row per (image, method, metric), valid Zarr."""
+    got, ref = pd.read_parquet(out / "results.parquet"), pd.read_parquet(reference / "results.parquet")
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
+    key = ["image_id", "model", "method", "setting", "metric"]
+    assert not got.duplicated(key).any()
+    assert len(got) == N_IMAGES * len(METHODS) * len(METRICS)
+    assert set(got["image_id"]) == {f"img{i:02d}" for i in range(N_IMAGES)}
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), pd.read_parquet(reference / "curves.parquet"),
+                                  check_exact=True)
+    units = [p for p in (out / "units").glob("*.parquet") if not p.name.endswith(".curves.parquet")]
+    assert len(units) == N_UNITS
+    for p in units:  # every committed unit file is complete
+        assert len(pd.read_parquet(p)) == UNIT_IMAGES * len(METRICS)
+    import zarr
+
+    store, ref_store = RunStore(out), RunStore(reference)
+    group = zarr.open_group(str(out / "attributions.zarr"), mode="r")
+    n_arrays = 0
+    for method in METHODS:
+        a = store.attributions("cnn", method, "default")
+        assert a.shape == (N_IMAGES, 1, 16, 16)
+        assert np.isfinite(a.reshape(N_IMAGES, -1)).all(axis=1).all(), method  # no NaN row: every unit finished
+        np.testing.assert_array_equal(a, ref_store.attributions("cnn", method, "default"))
+        n_arrays += 1
+    assert n_arrays == len(METHODS) and len(list(group["cnn"].group_keys())) == len(METHODS)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("interrupt")
+    data = make_npz(tmp / "d.npz", n=N_IMAGES)
+    ref = tmp / "reference"
+    p = start_forked(["run", _config(tmp, data, ref), "--no-report"], tmp / "reference.log")
+    assert _wait(p) == 0, (tmp / "reference.log").read_text()
+    return tmp, data, ref
+
+
+def test_sigkill_at_ten_seeded_points_then_resume_gives_identical_results(setup):
+    tmp, data, ref = setup
+    out = tmp / "killed"
+    cfg = _config(tmp, data, out)
+    rng = random.Random(20240610)
+    # kill points: after K committed units (K = 0 .. N_UNITS; N_UNITS = while consolidating) plus a small delay
+    points = sorted(rng.sample(range(0, N_UNITS + 1), 10))
+    points = [(k, rng.uniform(0.0, 0.25)) for k in points]
+    killed, seen = 0, []
+    for i, (k, delay) in enumerate(points):
+        log = tmp / f"kill{i}.log"
+        proc = start_forked(["run", cfg, "--no-report"], log)
+        deadline = time.time() + 240
+        while proc.is_alive() and _units(out) < k and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(delay)
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGKILL)
+        code = _wait(proc)
+        assert code in (0, -signal.SIGKILL), log.read_text()
+        killed += code == -signal.SIGKILL
+        seen.append(_units(out))
+        # whatever was committed so far is readable and complete
+        for p in (out / "units").glob("*.parquet") if (out / "units").exists() else []:
+            rows = UNIT_IMAGES * (5 if p.name.endswith(".curves.parquet") else len(METRICS))  # deletion: 4 steps + start
+            assert len(pd.read_parquet(p)) == rows, p
+    assert killed >= 8, (killed, seen)  # almost every point must really interrupt the run
+    assert seen == sorted(seen)  # committed work is never lost
+    proc = start_forked(["run", cfg, "--no-report"], tmp / "final.log")
+    assert _wait(proc) == 0, (tmp / "final.log").read_text()
+    assert "already done" in (tmp / "final.log").read_text()
+    _check_store(out, ref)
+    # a leftover temporary file of a killed writer is never taken for a result
+    assert all(Path(t).name.startswith(".") or t.endswith(".partial") for t in temp_files(out))
+
+
+def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_completes(setup, tmp_path):
+    _, data, ref = setup
+    out = tmp_path / "interrupted"
+    cfg = _config(tmp_path, data, out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "xaiscope.cli", "run", str(cfg), "--no-report"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and _units(out) < 2 and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.communicate()  # still running: the interrupt lands mid-run
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr
+    assert "Interrupted. Finished work is kept; run the same command again to resume." in " ".join(stderr.split())
+    done = _units(out)
+    assert 2 <= done < N_UNITS
+    p = start_forked(["run", cfg, "--no-report"], tmp_path / "resume.log")
+    assert _wait(p) == 0, (tmp_path / "resume.log").read_text()
+    assert f"({done} already done)" in (tmp_path / "resume.log").read_text()
+    _check_store(out, ref)
