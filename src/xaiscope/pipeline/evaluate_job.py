@@ -13,7 +13,7 @@ from typing import Any
 
 from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
-from xaiscope.io import atomic_path
+from xaiscope.io import atomic_path, ensure_dir
 from xaiscope.pipeline.explain_job import choose_targets
 from xaiscope.pipeline.inputs import open_inputs
 
@@ -51,6 +51,7 @@ def run_evaluate(
     explainers = [explain.get(m, batch_size=batch_size, **params.get(m, {})) for m in methods]
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
+    ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
     needs_mask = [m.name for m in mets if "mask" in m.needs]
     if needs_mask and ds.masks is None:
