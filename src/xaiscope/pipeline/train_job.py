@@ -49,6 +49,9 @@ def run_train(
     out = Path(out)
     if out.suffix.lower() == ".json":
         raise ConfigError(f"--out {out} must be the weights file (e.g. model.pt); the .json sidecar is written beside it.")
+    from xaiscope.io import ensure_dir
+
+    ensure_dir(out.parent)  # an unwritable output fails now, not after training
     dev = resolve_device(device)
     train_ds, test_ds = read_pair(data, test)
     kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
