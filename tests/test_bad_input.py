@@ -360,3 +360,15 @@ def test_user_error_in_a_real_process_and_debug_traceback(ws):
 def test_debug_reraises_in_process(ws, capsys):
     with pytest.raises(ConfigError, match="nope.yaml does not exist"):
         run_cli(capsys, "--debug", "run", "nope.yaml")
+
+
+@pytest.mark.parametrize("command, stage", [(EVALUATE, "xaiscope.pipeline.evaluate_job.open_inputs"),
+                                            (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"],
+                                             "xaiscope.pipeline.train_job.read_pair")])
+def test_unwritable_output_fails_before_any_work(ws, monkeypatch, capsys, command, stage):
+    def never(*a, **k):
+        raise AssertionError("the work started although the output cannot be written")
+
+    monkeypatch.setattr(stage, never)
+    _read_only(monkeypatch, "out")
+    assert_user_error(run_cli(capsys, *command), r"The output folder out is not writable\.")
