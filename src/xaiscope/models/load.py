@@ -61,7 +61,8 @@ def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused or corrupt file
         raise ModelError(
-            f"The weights file {weights} is not a plain state dict that loads with weights_only=True ({type(e).__name__})."
+            f"The weights file {weights} is not a plain state dict that loads with weights_only=True ({type(e).__name__}); "
+            "a pickled whole model is loaded only as --model with --trust-model."
         ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
