@@ -1,7 +1,9 @@
 """Localisation metrics: how much of a map falls on the annotated region ``s``.
 
 All need a mask ``s`` ``[N, H, W]``; none calls the model (0 passes). Maps are pooled
-over channels by sum. Images with an empty mask score NaN.
+over channels by sum. Images with an empty mask score NaN, and so do constant maps
+(all-zero included): they rank no pixel above another, so any score would be an artefact
+of tie-breaking (a constant map used to win the pointing game).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class _Localisation(Metric):
     def _flat(self, a, mask):
         m = self.map(a).flatten(1).double()
         s = mask.flatten(1)
-        return m, s, s.sum(-1) == 0
+        return m, s, (s.sum(-1) == 0) | (m.amax(-1) == m.amin(-1))
 
 
 @register
@@ -116,7 +118,7 @@ class PointingGame(_Localisation):
             disc = (((yy - r) ** 2 + (xx - r) ** 2) <= r * r).float().to(mask.device).view(1, 1, k, k)
             s_img = torch.nn.functional.conv2d(mask.float().unsqueeze(1), disc, padding=r).squeeze(1) > 0
         m, s, empty = self._flat(a, s_img)
-        empty = mask.flatten(1).sum(-1) == 0
+        empty = empty | (mask.flatten(1).sum(-1) == 0)
         top = m == m.amax(-1, keepdim=True)
         hit = (top & s).any(-1).double()
         if self.hparams["weighted"]:
