@@ -15,7 +15,8 @@ class _Complexity(Metric):
 @register
 class Sparseness(_Complexity):
     """Gini index of the (absolute) map: with ``v`` sorted ascending (plus 1e-7),
-    ``sum_i (2i - n - 1) v_i / (n sum v)``. A constant map gives 0, a single peak ~1.
+    ``sum_i (2i - n - 1) v_i / (n sum v)``. A constant map gives 0, a single peak ~1;
+    an all-zero map gives NaN (no relevance to be sparse or spread, as for complexity).
 
     Chalasani et al. 2020, "Concise explanations of neural networks using adversarial
     training", ICML. Higher is better; 0 passes.
@@ -25,11 +26,12 @@ class Sparseness(_Complexity):
     reference = "Chalasani et al. 2020, ICML, arXiv:1810.06583"
 
     def _score(self, model, x, y, a, mask, explainer):
-        v = self.map(a).flatten(1).double() + 1e-7
-        v = v.sort(dim=-1).values
+        m = self.map(a).flatten(1).double()
+        v = (m + 1e-7).sort(dim=-1).values
         n = v.shape[-1]
         i = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
-        return ((2 * i - n - 1) * v).sum(-1) / (n * v.sum(-1))
+        gini = ((2 * i - n - 1) * v).sum(-1) / (n * v.sum(-1))
+        return torch.where(m.abs().amax(-1) == 0, torch.full_like(gini, float("nan")), gini)
 
 
 @register
