@@ -104,6 +104,7 @@ class _Sensitivity(_Robustness):
     def _score(self, model, x, y, a, mask, explainer):
         a0 = _flat(self.map(a))
         den = a0.norm(dim=1)
+        den = torch.where(den > 0, den, torch.full_like(den, NAN))  # relative change of an all-zero map: undefined, not inf
 
         def compare(xp, ap, extra, kk):
             return (a0.unsqueeze(0) - ap.flatten(2).double()).norm(dim=2) / den
