@@ -147,6 +147,7 @@ def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
     assert side["normalisation"]["mean"][0] == pytest.approx(float(raw.x.mean()), abs=1e-5)
     assert side["normalisation"]["std"][0] == pytest.approx(float(raw.x.std()), abs=1e-5)
     assert len(side["extra"]["history"]) == 2 and side["extra"]["settings"]["lr"] == 3e-3
+    assert side["extra"]["settings"]["schedule"] == "cosine"
     model, ds, _ = open_inputs(str(tmp_path / "m" / "model.pt"), tmp_path / "bm" / "test")  # sidecar normalisation applied
     assert ds.mean == side["normalisation"]["mean"]
     acc = float((model(ds.x).argmax(1) == ds.y).float().mean())
@@ -161,3 +162,15 @@ def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "x.json")])
+
+
+def test_cosine_schedule_anneals_to_zero_and_is_validated():
+    model = init_model("small_cnn", seed=0, in_channels=1, num_classes=2, width=4)
+    res = train(model, _toy(), epochs=2, schedule="cosine", progress=False)
+    assert res.settings["schedule"] == "cosine"
+    a = _fit(seed=2, epochs=2)
+    b = train(init_model("small_cnn", seed=2, in_channels=1, num_classes=2, width=4), _toy(), test=_toy(seed=1),
+              epochs=2, seed=2, progress=False, schedule="cosine")
+    assert not torch.equal(a.model.classifier.weight, b.model.classifier.weight)
+    with pytest.raises(ConfigError, match="schedule must be"):
+        train(model, _toy(), schedule="step", progress=False)

@@ -216,13 +216,14 @@ def train_cmd(
     width: int = typer.Option(16, help="Channels of the first layer."),
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    schedule: str = typer.Option("cosine", help="Learning rate: cosine (annealed per step) or constant."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
     from xaiscope.pipeline.train_job import run_train
 
     run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-              width=width, weight_decay=weight_decay, augment=augment, device=device, console=console)
+              width=width, weight_decay=weight_decay, augment=augment, schedule=schedule, device=device, console=console)
 
 
 @app.command("collection")

@@ -4,7 +4,8 @@ Design. For each pre-training source ``s`` (``none`` = from scratch, or a datase
 different task: another background family, another lesion rule), each seed and - for
 pre-trained sources - each number ``L`` of frozen pre-trained blocks:
 
-1. pre-train the architecture on ``s`` (once per source and seed, ``pretrain_epochs``);
+1. pre-train the architecture on ``s`` (once per source and seed, ``pretrain_epochs``;
+   Adam with a cosine-annealed learning rate, as in every training run here);
 2. build a fresh model (seeded), copy the pre-trained ``features`` weights, freeze
    ``features.0`` .. ``features.{L-1}`` (parameters and BatchNorm statistics) and
    fine-tune on the target data (``epochs``);
@@ -147,7 +148,8 @@ def transfer_study(
                 raise DataError(f"The pre-training data {name!r} has {ds.shape[0]} channel(s) but the target data has {train_ds.shape[0]}.")
             tick(f"pre-train on {name}, seed {seed}")
             pre = init_model(arch, seed=seed, num_classes=ds.num_classes, **kw)
-            train(pre, ds, epochs=pretrain_epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev, progress=False)
+            train(pre, ds, epochs=pretrain_epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev, progress=False,
+                  schedule="cosine")
             pretrained[name] = {k: v.detach().cpu().clone() for k, v in pre.state_dict().items() if k.startswith("features.")}
         for name, _, L in plan:
             tick(f"fine-tune from {name}, L={L}, seed {seed}")
@@ -155,7 +157,7 @@ def transfer_study(
             if name != "none":
                 model.load_state_dict({**model.state_dict(), **copy.deepcopy(pretrained[name])})
             res = train(model, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
-                        freeze=[f"features.{i}" for i in range(L)], progress=False)
+                        freeze=[f"features.{i}" for i in range(L)], progress=False, schedule="cosine")
             acc, scores = _explain_scores(res.model, test_ds, explainers, scorers, max_images=max_images,
                                           batch_size=batch_size, device=dev)
             base = {"source": name, "pretrained": name != "none", "frozen_blocks": L, "seed": seed,

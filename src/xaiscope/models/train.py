@@ -7,7 +7,8 @@ global generator (dropout, anything the model draws during training), a dedicate
 weights it has (so pre-trained weights survive); build it with :func:`init_model` (or
 under ``torch.manual_seed``) to make its initialisation part of the seed too.
 
-Loss: cross-entropy; optimiser: Adam (``lr``, ``weight_decay`` as L2 penalty).
+Loss: cross-entropy; optimiser: Adam (``lr``, ``weight_decay`` as L2 penalty); learning
+rate constant or cosine-annealed per step.
 Cost: ``epochs * N_train`` forward+backward passes, plus one forward pass per test
 image per epoch and one per training image at the end (final train accuracy).
 """
@@ -15,6 +16,7 @@ image per epoch and one per training image at the end (final train accuracy).
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +131,7 @@ def train(
     freeze: Sequence[str] = (),
     augment: bool = False,
     progress: bool = True,
+    schedule: str = "constant",
 ) -> TrainResult:
     """Train ``model`` on ``train`` with Adam and cross-entropy; seeded and reproducible.
 
@@ -136,15 +139,19 @@ def train(
     ----------
     model : nn.Module, trained in place (moved to ``device``).
     train, test : datasets (already normalised as the model expects).
-    epochs, lr, batch_size, weight_decay : the schedule (constant learning rate).
+    epochs, lr, batch_size, weight_decay : the optimisation settings.
     seed : int, fixes shuffling, augmentation and torch's global generator.
     device : where to train.
     freeze : module names (``features.0``) whose parameters stay fixed; frozen modules
         are also kept in eval mode, so BatchNorm running statistics stay fixed too.
     augment : random flips / 90-degree turns per image and epoch.
     progress : show a Rich progress bar.
+    schedule : ``"constant"`` learning rate, or ``"cosine"``: per step
+        ``lr * (1 + cos(pi * t / T)) / 2`` over the ``T`` steps (settles the last epochs).
     """
     _check(model, train, epochs, lr, batch_size)
+    if schedule not in ("constant", "cosine"):
+        raise ConfigError(f"schedule must be 'constant' or 'cosine', got {schedule!r}.")
     dev = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -159,6 +166,10 @@ def train(
     history: list[dict] = []
     n = len(train)
     steps = (n + batch_size - 1) // batch_size
+    total_steps = epochs * steps
+    sched = None
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps)))
     start = time.perf_counter()
     bar = _progress(progress)
     with bar:
@@ -183,6 +194,8 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((out.detach().argmax(1) == yb).sum())
                 if task is not None:
@@ -197,7 +210,7 @@ def train(
     model.eval()
     settings = {
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "weight_decay": weight_decay,
-        "freeze": list(freeze), "augment": augment, "device": str(dev), "optimizer": "adam",
+        "freeze": list(freeze), "augment": augment, "device": str(dev), "optimizer": "adam", "schedule": schedule,
         "loss": "cross_entropy", "n_train": n, "n_test": None if test is None else len(test),
     }
     return TrainResult(

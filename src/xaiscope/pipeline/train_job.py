@@ -40,7 +40,7 @@ def read_pair(data: Path, test: Path | None, *, masks: str = "none") -> tuple[xd
 def run_train(
     *, data: Path, out: Path, arch: str = "small_cnn", test: Path | None = None, epochs: int = 15, lr: float = 3e-3,
     batch_size: int = 32, seed: int = 0, width: int = 16, weight_decay: float = 0.0, augment: bool = False,
-    device: str = "cpu", progress: bool = True, console=None,
+    device: str = "cpu", progress: bool = True, schedule: str = "cosine", console=None,
 ):
     """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""
     from xaiscope.models.train import init_model, save, train
@@ -57,7 +57,7 @@ def run_train(
     kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
     model = init_model(arch, seed=seed, **kwargs)
     res = train(model, train_ds, test=test_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                weight_decay=weight_decay, device=dev, augment=augment, progress=progress)
+                weight_decay=weight_decay, device=dev, augment=augment, progress=progress, schedule=schedule)
     extra = {
         "train_acc": res.train_acc, "test_acc": res.test_acc, "seconds": round(res.seconds, 3), "history": res.history,
         "settings": res.settings, "data": str(train_ds.source), "test_data": None if test_ds is None else str(test_ds.source),
