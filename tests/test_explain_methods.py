@@ -16,7 +16,7 @@ CHEAP = {
     "vargrad": {"n_samples": 3},
     "deeplift_shap": {"n_baselines": 2},
     "gradient_shap": {"n_samples": 3, "n_baselines": 2},
-    "occlusion": {"window": 16, "stride": 16},
+    "occlusion": {"window": 16, "stride": 16},  # 4 windows at 32x32
     "feature_ablation": {"patch": 16},
     "lime": {"n_samples": 8, "n_segments": 8},
     "kernel_shap": {"n_samples": 8, "n_segments": 8},
@@ -50,7 +50,7 @@ def test_every_method_on_zoo_models(model_name, method):
 def test_every_method_on_torchvision_models(arch):
     torch.manual_seed(0)
     model = load(f"torchvision:{arch}", num_classes=3, in_channels=3)
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # the smallest DenseNet input
     y = torch.tensor([2])
     for method in explain.names():
         if method == "cam" and arch == "vgg11_bn":
