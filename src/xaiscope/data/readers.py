@@ -244,6 +244,8 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
         raise DataError(f"The array 'x' in {path} has shape {list(arrays['x'].shape)}; expected [N, C, H, W] or [N, H, W].")
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise DataError(f"The array 'x' in {path} has unsupported type {x.dtype}.")
+    if x.size == 0:
+        raise DataError(f"The array 'x' in {path} has shape {list(arrays['x'].shape)}; it holds no image pixels.")
     x = x.astype(np.float32)
     bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
     ids = [str(i) for i in arrays["ids"]] if "ids" in arrays else [str(i) for i in range(len(x))]
