@@ -111,7 +111,7 @@ def normalise_dataset(ds: Dataset, normalise: str | tuple[Sequence[float], Seque
         return ds
     if normalise == "dataset":
         mean = ds.x.mean(dim=(0, 2, 3))
-        std = ds.x.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        std = ds.x.std(dim=(0, 2, 3)).nan_to_num(1.0).clamp_min(1e-6)  # one pixel per channel: no spread, keep scale
     elif isinstance(normalise, (tuple, list)) and len(normalise) == 2:
         mean = torch.as_tensor(normalise[0], dtype=torch.float32).flatten()
         std = torch.as_tensor(normalise[1], dtype=torch.float32).flatten()
