@@ -80,6 +80,8 @@ def normalise(m: torch.Tensor, how: str = "none") -> torch.Tensor:
 def postprocess(a: torch.Tensor, pool: str = "sum", normalise: str = "none", signed: bool = False) -> torch.Tensor:
     """Maps ``[N, H, W]`` from raw attributions: pool channels, take ``|.|`` unless signed, normalise."""
     m = globals()["pool"](a, pool)
+    if m.numel() == 0:
+        raise MethodError(f"Attributions of shape {list(a.shape)} are empty; there is nothing to post-process.")
     if not signed:
         m = m.abs()
     return globals()["normalise"](m, normalise)
