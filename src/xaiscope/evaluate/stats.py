@@ -84,9 +84,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7) -> torch.Tensor:
     """Mean structural similarity per pair, as ``skimage.metrics.structural_similarity`` with
     ``data_range`` = range of both inputs together, uniform ``win_size`` window, sample
     covariance and the border of (win_size-1)//2 cropped. ``a``, ``b``: ``[N, H, W]`` or
-    ``[N, L]`` (1-D signals, as Quantus passes flattened maps)."""
+    ``[N, L]`` (1-D signals, as Quantus passes flattened maps). NaN for maps smaller than
+    the window (skimage refuses them)."""
     a, b = a.double(), b.double()
     one_d = a.dim() == 2
+    if a.shape[-1] < win_size or (not one_d and a.shape[-2] < win_size):
+        return torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device)
     x = torch.stack([a, b], 1)
     if one_d:
         x = x.unsqueeze(2)
