@@ -265,6 +265,11 @@ CASES = [
          r"The output folder out is not writable\."),
     Case("out-read-only-train", lambda ws, mp: (_read_only(mp, "out"), ["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"])[1],
          r"The output folder out is not writable\."),
+    Case("out-read-only-run", lambda ws, mp: (_read_only(mp, "out/run"), ["run", "config.yaml", "--no-report"])[1],
+         r"The output folder out/run is not writable\."),
+    Case("out-read-only-benchmark", lambda ws, mp: (_read_only(mp, "out"),  # the benchmark is built beside out/bench, then renamed
+                                                    ["benchmark", "--out", "out/bench", "--n-train", "4", "--n-test", "2", "--size", "32"])[1],
+         r"The output folder out is not writable\."),
     Case("evaluate-out-not-parquet", lambda ws, mp: [*EVALUATE[:-1], "out/scores.csv"],
          r"--out out/scores\.csv must end in \.parquet\."),
     Case("train-out-is-sidecar", lambda ws, mp: ["train", "--data", "data", "--out", "out/m.json", "--epochs", "1"],
@@ -372,3 +377,28 @@ def test_unwritable_output_fails_before_any_work(ws, monkeypatch, capsys, comman
     monkeypatch.setattr(stage, never)
     _read_only(monkeypatch, "out")
     assert_user_error(run_cli(capsys, *command), r"The output folder out is not writable\.")
+
+
+def test_disk_full_while_writing_attributions_keeps_committed_units(ws, monkeypatch, capsys):
+    """ENOSPC inside the Zarr chunk write of the 2nd unit: one clear sentence, unit 1 kept, resume completes."""
+    import zarr
+
+    write_config(ws, "fresh.yaml", out="fresh", unit_images=2)
+    real = zarr.Array.__setitem__
+    calls = {"n": 0}
+
+    def flaky(self, key, value):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", flaky)
+    r = run_cli(capsys, "run", "fresh.yaml", "--no-report")
+    assert_user_error(r, r"Writing attributions to fresh/attributions\.zarr failed \(No space left on device\); finished units are kept\.")
+    assert len(list((ws / "fresh" / "units").glob("*.parquet"))) == 1
+    monkeypatch.setattr(zarr.Array, "__setitem__", real)
+    r = run_cli(capsys, "run", "fresh.yaml", "--no-report")
+    assert r.code == 0, r.err
+    assert "(1 already done)" in " ".join(r.out.split())
+    assert len(pd.read_parquet(ws / "fresh" / "results.parquet")) == 6 * 2
