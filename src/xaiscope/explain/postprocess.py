@@ -80,8 +80,10 @@ def normalise(m: torch.Tensor, how: str = "none") -> torch.Tensor:
 def postprocess(a: torch.Tensor, pool: str = "sum", normalise: str = "none", signed: bool = False) -> torch.Tensor:
     """Maps ``[N, H, W]`` from raw attributions: pool channels, take ``|.|`` unless signed, normalise."""
     m = globals()["pool"](a, pool)
-    if m.numel() == 0:
-        raise MethodError(f"Attributions of shape {list(a.shape)} are empty; there is nothing to post-process.")
+    if m.shape[-2] * m.shape[-1] == 0:
+        raise MethodError(f"Attributions of shape {list(a.shape)} have no pixels; there is nothing to post-process.")
+    if m.shape[0] == 0:  # no images (e.g. no overlays asked for)
+        return m.clone()
     if not signed:
         m = m.abs()
     return globals()["normalise"](m, normalise)
