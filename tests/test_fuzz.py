@@ -405,3 +405,13 @@ def test_metrics_survive_one_bad_map(inp, name):
     if x.shape[0] > 1 and not metric.stochastic and not metric.set_level:
         rest = metric(net, x[1:], y[1:], a[1:], mask=mask[1:], explainer=ex)
         torch.testing.assert_close(s[1:], rest, equal_nan=True, atol=1e-5, rtol=1e-5)
+
+
+def test_postprocess_edge_shapes():
+    """Zero images give zero maps (e.g. no overlays asked for); zero pixels is a MethodError."""
+    for norm in NORMALISATIONS:
+        assert explain.postprocess(torch.zeros(0, 2, 5, 4), normalise=norm).shape == (0, 5, 4)
+        with pytest.raises(XaiscopeError, match=r"Attributions of shape \[2, 1, 0, 4\] have no pixels"):
+            explain.postprocess(torch.zeros(2, 1, 0, 4), normalise=norm)
+    one = explain.postprocess(torch.full((1, 1, 1, 1), -2.0), normalise="max")
+    assert one.tolist() == [[[1.0]]]
