@@ -33,7 +33,7 @@ def ellipse_profiles(n: int, rng: np.random.Generator, *, max_aspect: float = 1.
     return unit_area(a * b / np.sqrt((b * np.cos(t)) ** 2 + (a * np.sin(t)) ** 2))
 
 
-def irregular_profiles(n: int, rng: np.random.Generator, *, irregularity: float = 0.45,
+def irregular_profiles(n: int, rng: np.random.Generator, *, irregularity: float = 0.6,
                        harmonics: tuple[int, int] = (3, 6)) -> np.ndarray:
     """``[n, T]`` unit-area noisy radius profiles (sum of harmonics ``k`` in ``harmonics``)."""
     ks = np.arange(harmonics[0], harmonics[1] + 1)
@@ -50,7 +50,7 @@ def unit_area(g: np.ndarray) -> np.ndarray:
     return (g / np.sqrt(np.pi * (g**2).mean(axis=1, keepdims=True))).astype(np.float32)
 
 
-def profiles(kind: np.ndarray, rng: np.random.Generator, *, irregularity: float = 0.45) -> np.ndarray:
+def profiles(kind: np.ndarray, rng: np.random.Generator, *, irregularity: float = 0.6) -> np.ndarray:
     """Unit-area profiles ``[n, T]``: ellipses where ``kind == 0``, irregular where ``kind == 1``.
 
     Both kinds are drawn for every lesion (so the random stream does not depend on the

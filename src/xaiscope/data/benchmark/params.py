@@ -65,7 +65,7 @@ class BenchmarkParams:
     radius: tuple[float, float] = (0.06, 0.11)
     intensity: tuple[float, float] = (0.75, 0.95)
     edge: float = 1.5
-    irregularity: float = 0.45
+    irregularity: float = 0.6
     jitter: float = 0.2
     noise: float = 0.01
     zoom: float | None = None
