@@ -234,8 +234,9 @@ def collection_cmd(
     seeds: str = typer.Option("10", help="A count (10: seeds 0..9), a list (3,7,11) or a range (0-9)."),
     epochs: int = typer.Option(15, min=1, help="Epochs per model."),
     test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy stored in the manifest)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    batch_size: int = typer.Option(64, min=1, help="Images per step."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(32, min=1, help="Images per step."),
+    schedule: str = typer.Option("cosine", help="Learning-rate schedule: cosine or constant."),
     width: int = typer.Option(16, min=1, help="Channels of the first layer."),
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
@@ -245,7 +246,7 @@ def collection_cmd(
     from xaiscope.pipeline.collection_job import run_collection
 
     manifest = run_collection(data=data, out=out, arch=arch, seeds=seeds, epochs=epochs, test=test, lr=lr,
-                              batch_size=batch_size, width=width, weight_decay=weight_decay, augment=augment,
+                              batch_size=batch_size, width=width, weight_decay=weight_decay, augment=augment, schedule=schedule,
                               device=device, console=console)
     console.print(f"wrote {len(manifest['models'])} models and {out / 'manifest.json'}")
 

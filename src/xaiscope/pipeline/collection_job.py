@@ -73,8 +73,8 @@ def _read_manifest(out: Path) -> dict | None:
 
 def run_collection(
     *, data: Path, out: Path, arch: str = "small_cnn", seeds: str | int | list[int] = 10, epochs: int = 15,
-    test: Path | None = None, lr: float = 1e-3, batch_size: int = 64, width: int = 16, weight_decay: float = 0.0,
-    augment: bool = False, device: str = "cpu", progress: bool = True, console=None,
+    test: Path | None = None, lr: float = 3e-3, batch_size: int = 32, width: int = 16, weight_decay: float = 0.0,
+    augment: bool = False, schedule: str = "cosine", device: str = "cpu", progress: bool = True, console=None,
 ) -> dict:
     """Train (or keep) one model per seed and write the manifest; return the manifest dict."""
     from xaiscope.models.train import init_model, save, train
@@ -91,7 +91,7 @@ def run_collection(
     train_ds, test_ds = read_pair(Path(data), Path(test) if test else None)
     arch_kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
     training = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-                "augment": augment, "optimizer": "adam", "loss": "cross_entropy"}
+                "augment": augment, "schedule": schedule, "optimizer": "adam", "loss": "cross_entropy"}
     identity = {"arch": arch, "arch_kwargs": arch_kwargs, "fingerprint": train_ds.fingerprint(),
                 "test_fingerprint": None if test_ds is None else test_ds.fingerprint(), "training": training}
     old = _read_manifest(out)
@@ -121,7 +121,7 @@ def run_collection(
         else:
             model = init_model(arch, seed=seed, **arch_kwargs)
             res = train(model, train_ds, test=test_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                        weight_decay=weight_decay, device=dev, augment=augment, progress=progress)
+                        weight_decay=weight_decay, device=dev, augment=augment, schedule=schedule, progress=progress)
             extra = {"train_acc": res.train_acc, "test_acc": res.test_acc, "seconds": round(res.seconds, 3),
                      "history": res.history, "settings": res.settings, "collection": str(out)}
             save(res.model.cpu(), path, arch=arch, arch_kwargs=arch_kwargs, classes=train_ds.classes,
