@@ -26,18 +26,22 @@ from xaiscope.io import ensure_dir, write_text
 
 @dataclass(frozen=True)
 class DemoSize:
-    size: int
+    size: int  # image side
     n_train: int
     n_test: int
-    epochs: int
-    images: int
+    epochs: int  # per seed of the collection (seed 0 is the main model)
+    aligned_epochs: int
+    images: int  # test images explained and scored
     seeds: int
     sis_images: int
-    draws: int
+    sis_unit: str
+    draws: int  # Dirichlet weightings of the ranking
 
 
-FULL = DemoSize(size=64, n_train=1200, n_test=200, epochs=10, images=48, seeds=3, sis_images=3, draws=10_000)
-QUICK = DemoSize(size=32, n_train=400, n_test=40, epochs=6, images=8, seeds=2, sis_images=1, draws=1_000)
+FULL = DemoSize(size=64, n_train=2000, n_test=150, epochs=15, aligned_epochs=8, images=32, seeds=3,
+                sis_images=2, sis_unit="patch:8", draws=10_000)
+QUICK = DemoSize(size=32, n_train=400, n_test=40, epochs=6, aligned_epochs=4, images=8, seeds=2,
+                 sis_images=1, sis_unit="patch:8", draws=1_000)
 
 #: small but meaningful settings per method; the first setting is the default of the grid
 DEMO_METHODS: list[Any] = [
@@ -85,7 +89,7 @@ def demo_config(root: Path, size: DemoSize, quick: bool = False) -> dict[str, An
         "seed": 0,
         "device": "cpu",
         "batch_size": 128,
-        "unit_images": max(8, size.images // 2),
+        "unit_images": 16,
         "data": {"path": str(root / "data" / "test"), "max_images": size.images},
         "models": [{"name": "small_cnn_seed0", "spec": model}],
         "methods": DEMO_METHODS,
@@ -94,10 +98,10 @@ def demo_config(root: Path, size: DemoSize, quick: bool = False) -> dict[str, An
             "ranking": {"draws": size.draws},
             "sensitivity": {"top_k": 0.1},
             "global": {"method": "gradcam", "model": str(root / "aligned-model.pt"), "data": str(root / "data-aligned" / "test"),
-                       "fill": "black", "random_orders": 3},
-            "variability": {"collection": str(root / "collection"), "methods": ["gradcam", "integrated_gradients"],
+                       "fill": "black", "random_orders": 3, "step": 0.1},
+            "variability": {"collection": str(root / "collection"), "methods": ["gradcam", "lrp_epsilon_plus_flat"],
                             "n_boot": 200, "pair_images": 32},
-            "sis": {"target": 1, "images": size.sis_images, "tau": 0.7, "unit": "patch:4"},
+            "sis": {"target": 1, "images": size.sis_images, "tau": 0.7, "unit": size.sis_unit},
         },
         "report": {"examples": 6, "title": "xaiscope demo: lesion shape benchmark on a retina background"},
     }
@@ -131,7 +135,7 @@ def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
     aligned_model = root / "aligned-model.pt"
     if not _model_exists(aligned_model):
         run_train(data=root / "data-aligned" / "train", test=root / "data-aligned" / "test", out=aligned_model,
-                  arch="small_cnn", epochs=size.epochs, console=console)
+                  arch="small_cnn", epochs=size.aligned_epochs, console=console)
     say("[bold]3/4[/] explaining, scoring and analysing")
     cfg_dict = demo_config(root, size, quick)
     write_text(root / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
