@@ -34,6 +34,7 @@ import torch
 from xaiscope import models
 from xaiscope.analyses.sis import check_probability_tau, class_score, cluster, make_units, parse_unit, sis_collection
 from xaiscope.analyses.sis.collection import METHODS
+from xaiscope.analyses.sis.cluster import check_eps
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.pipeline.inputs import open_inputs
@@ -117,13 +118,7 @@ def run_sis(
     for name, v in (("--max-images", max_images), ("--batch-size", batch_size), ("--min-samples", min_samples), ("--k", k)):
         if v < 1:
             raise ConfigError(f"{name} must be at least 1, got {v}.")
-    if eps != "auto":
-        try:
-            eps = float(eps)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--eps must be a positive number or 'auto', got {eps!r}.") from None
-        if not eps > 0:
-            raise ConfigError(f"--eps must be a positive number or 'auto', got {eps!r}.")
+    eps = check_eps(eps, "--eps")
     if target < 0:
         raise ConfigError(f"--class must be a class index >= 0, got {target}.")
     sources = _source_names(specs)

@@ -144,6 +144,19 @@ class ClusterResult:
         }
 
 
+def check_eps(eps, name: str = "eps") -> float | str:
+    """``"auto"`` or a positive float; a :class:`ConfigError` naming ``name`` otherwise."""
+    if eps == "auto":
+        return eps
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a positive number or 'auto', got {eps!r}.") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number or 'auto', got {eps!r}.")
+    return value
+
+
 def cluster(
     sis_list,
     eps: float,
@@ -178,13 +191,8 @@ def cluster(
         raise ConfigError("There are no SIS to cluster.")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
         raise ConfigError(f"min_samples must be a positive integer, got {min_samples!r}.")
-    if eps is not None and eps != "auto":
-        try:
-            eps = float(eps)
-        except (TypeError, ValueError):
-            raise ConfigError(f"eps must be a positive number or 'auto', got {eps!r}.") from None
-        if not eps > 0:
-            raise ConfigError(f"eps must be a positive number or 'auto', got {eps!r}.")
+    if eps is not None:
+        eps = check_eps(eps)
     masks = _as_masks(items)
     n = len(items)
     if sources is None:
