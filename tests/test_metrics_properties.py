@@ -188,3 +188,15 @@ def test_score_and_curves_share_one_set_of_passes(name):
     f2, v2 = m.curves(net, x, y, a)
     torch.testing.assert_close(fractions, f2)
     torch.testing.assert_close(values, v2)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("descending", [False, True])
+def test_fast_cpu_argsort_equals_torch_stable_argsort(ties, descending):
+    from xaiscope.evaluate.stats import argsort_rows, sort_rows
+
+    v = torch.rand(6, 257, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if ties:
+        v = (v * 5).floor()
+    assert torch.equal(argsort_rows(v, descending=descending), v.argsort(dim=-1, descending=descending, stable=True))
+    torch.testing.assert_close(sort_rows(v), v.sort(dim=-1).values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from xaiscope.evaluate import stats
 from xaiscope.evaluate.base import ABS_T, NORM, Metric, Param, register
 
 
@@ -27,7 +28,7 @@ class Sparseness(_Complexity):
 
     def _score(self, model, x, y, a, mask, explainer):
         m = self.map(a).flatten(1).double()
-        v = (m + 1e-7).sort(dim=-1).values
+        v = stats.sort_rows(m + 1e-7)
         n = v.shape[-1]
         i = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
         gini = ((2 * i - n - 1) * v).sum(-1) / (n * v.sum(-1))

@@ -66,7 +66,7 @@ class RelevanceRankAccuracy(_Localisation):
 
 
 def _rank_hits(m: torch.Tensor, s: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
-    order = m.argsort(dim=-1, descending=True, stable=True)
+    order = stats.argsort_rows(m, descending=True)
     k = s.sum(-1, keepdim=True)
     pos = torch.arange(m.shape[-1], device=m.device).expand_as(m)
     hits = (s.gather(-1, order) & (pos < k)).sum(-1).double()
@@ -146,7 +146,7 @@ class TopKIntersection(_Localisation):
     def _score(self, model, x, y, a, mask, explainer):
         m, s, empty = self._flat(a, mask)
         k = min(self.hparams["k"], m.shape[-1])
-        idx = m.argsort(dim=-1, descending=True, stable=True)[:, :k]
+        idx = stats.argsort_rows(m, descending=True)[:, :k]
         tki = s.gather(-1, idx).double().mean(-1)
         if self.hparams["concept_influence"]:
             tki = tki * m.shape[-1] / s.sum(-1).clamp_min(1)

@@ -6,8 +6,37 @@ with zero variance give NaN, as SciPy does.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def argsort_rows(v: torch.Tensor, *, descending: bool = False, stable: bool = True) -> torch.Tensor:
+    """Argsort along the last dim, as ``v.argsort(dim=-1, descending=..., stable=...)``.
+
+    On the CPU NumPy sorts: for the small rows of per-image maps its unstable sort is about
+    ten times faster than torch's (0.07 ms vs 0.7 ms for 64 x 256 values). Rows with NaN,
+    and other devices, use torch (NaN order differs between the two when descending).
+    """
+    if v.device.type != "cpu" or v.requires_grad or v.dim() == 0:
+        return v.argsort(dim=-1, descending=descending, stable=stable)
+    a = v.detach().numpy()
+    if descending and np.isnan(a).any():
+        return v.argsort(dim=-1, descending=True, stable=stable)
+    key = -a if descending else a
+    idx = np.argsort(key, axis=-1, kind="quicksort")
+    if stable:  # without ties every order is the stable one; with ties sort again, stably
+        sv = np.take_along_axis(key, idx, axis=-1)
+        if (sv[..., 1:] == sv[..., :-1]).any():
+            idx = np.argsort(key, axis=-1, kind="stable")
+    return torch.from_numpy(idx)
+
+
+def sort_rows(v: torch.Tensor) -> torch.Tensor:
+    """Values sorted ascending along the last dim (NumPy on the CPU, see :func:`argsort_rows`)."""
+    if v.device.type != "cpu" or v.requires_grad:
+        return v.sort(dim=-1).values
+    return torch.from_numpy(np.sort(v.detach().numpy(), axis=-1))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -24,7 +53,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def rank(v: torch.Tensor) -> torch.Tensor:
     """Ranks along the last dim, ties get their average rank (1-based, like scipy.stats.rankdata)."""
     v = v.double()
-    order = v.argsort(dim=-1, stable=True)
+    order = argsort_rows(v, stable=False)  # ties get their average rank whatever their order
     sv = v.gather(-1, order)
     k = v.shape[-1]
     pos = torch.arange(1, k + 1, device=v.device, dtype=torch.float64).expand_as(sv)
@@ -65,7 +94,7 @@ def auroc(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 def average_precision(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Average precision per row, as ``sklearn.metrics.average_precision_score`` (tied scores
     form one threshold); NaN when a row has no positive."""
-    order = score.double().argsort(dim=-1, descending=True, stable=True)
+    order = argsort_rows(score.double(), descending=True)
     s = score.double().gather(-1, order)
     lab = label.gather(-1, order).double()
     tp = lab.cumsum(-1)
