@@ -30,6 +30,15 @@ def run_cli(capsys, *args: str) -> Result:
     return Result(code, captured.out, captured.err)
 
 
+def exit_code(args: list[str]) -> int:
+    """Run ``xaiscope ARGS`` in this process and return its exit code (output not captured)."""
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
 def run_cli_subprocess(*args: str, timeout: int = 300) -> Result:
     """Run ``xaiscope ARGS`` as a separate process (what a user's shell does)."""
     proc = subprocess.run([sys.executable, "-m", "xaiscope.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
@@ -45,4 +54,4 @@ def assert_user_error(result: Result, pattern: str) -> None:
     assert re.search(pattern, " ".join(result.err.split())), result.err
 
 
-__all__ = ["Result", "assert_user_error", "pytest", "run_cli", "run_cli_subprocess"]
+__all__ = ["Result", "assert_user_error", "exit_code", "pytest", "run_cli", "run_cli_subprocess"]

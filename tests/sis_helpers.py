@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from xaiscope.data import Dataset
@@ -40,3 +41,13 @@ def digits_model():
     for p in model.parameters():
         p.requires_grad_(False)
     return model, train_ds, test_ds, res.test_acc
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Pin torch to one thread per module: tiny convolutions run ~10x faster on one thread
+    when the 2 cores are shared. Import it into a test module to use it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

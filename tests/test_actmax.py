@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sis_helpers import digits_model
+from sis_helpers import digits_model, one_thread  # noqa: F401  (autouse fixture)
 from xaiscope.analyses.actmax import visualize
 from xaiscope.cli import main
 from xaiscope.errors import ConfigError
 from xaiscope.models import count_passes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

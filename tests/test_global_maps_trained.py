@@ -11,7 +11,7 @@ import torch
 
 from xaiscope import models
 from xaiscope.analyses.global_maps import GlobalMaps, global_maps
-from xaiscope.cli import main
+from cli_helpers import exit_code
 from xaiscope.data.benchmark import generate
 from xaiscope.pipeline.inputs import open_inputs
 
@@ -22,22 +22,16 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("aligned")
     generate(root / "bench", n_train=400, n_test=120, size=32, aligned=True, alpha=0.8, seed=0)
-    code = run_cli(["train", "--data", str(root / "bench"), "--out", str(root / "model.pt"), "--epochs", "6",
+    code = exit_code(["train", "--data", str(root / "bench"), "--out", str(root / "model.pt"), "--epochs", "6",
                     "--arch", "small_vgg", "--width", "4", "--lr", "0.001", "--seed", "0"])
     assert code == 0
-    code = run_cli(["global", "--model", str(root / "model.pt"), "--data", str(root / "bench" / "test"),
+    code = exit_code(["global", "--model", str(root / "model.pt"), "--data", str(root / "bench" / "test"),
                     "--method", "integrated_gradients", "--param", "integrated_gradients.n_steps=16",
                     "--out", str(root / "global"), "--random-orders", "3", "--step", "0.1"])
     assert code == 0
     return root
 
 
-def run_cli(args):
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 def test_integrated_gradients_global_map_puts_more_mass_in_lesion_regions_than_random(trained):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sis_helpers import digits_model
+from sis_helpers import digits_model, one_thread  # noqa: F401  (autouse fixture)
 from xaiscope.analyses.sis import class_score, cluster, sis_collection
 from xaiscope.cli import main
 from xaiscope.models import count_passes
@@ -20,13 +20,6 @@ from xaiscope.models import count_passes
 TAU = 0.7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions run ~10x faster on one thread when the 2 cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

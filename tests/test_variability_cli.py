@@ -8,18 +8,12 @@ import shutil
 import pandas as pd
 import pytest
 
-from xaiscope.cli import main
+from cli_helpers import exit_code
 from xaiscope.data.benchmark import generate
 from xaiscope.pipeline.collection_job import model_files, parse_seeds
 from xaiscope.errors import ConfigError
 
 
-def run_cli(args):
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code or 0
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def collection(tmp_path_factory):
     root = tmp_path_factory.mktemp("coll")
     generate(root / "bench", n_train=120, n_test=24, size=32, aligned=True, alpha=0.8, seed=1)
     args = ["collection", "--data", str(root / "bench"), "--out", str(root / "coll"), "--epochs", "1", "--width", "4"]
-    assert run_cli([*args, "--seeds", "2"]) == 0
+    assert exit_code([*args, "--seeds", "2"]) == 0
     return root, args
 
 
@@ -37,7 +31,7 @@ def test_collection_is_resumable_and_refuses_other_settings(collection, capsys):
     coll = root / "coll"
     before = {p.name: p.stat().st_mtime_ns for p in coll.glob("seed_*.pt")}
     assert sorted(before) == ["seed_0000.pt", "seed_0001.pt"]
-    assert run_cli([*args, "--seeds", "3"]) == 0
+    assert exit_code([*args, "--seeds", "3"]) == 0
     manifest = json.loads((coll / "manifest.json").read_text())
     assert [m["seed"] for m in manifest["models"]] == [0, 1, 2]
     assert [m["status"] for m in manifest["models"]] == ["kept", "kept", "trained"]
@@ -45,7 +39,7 @@ def test_collection_is_resumable_and_refuses_other_settings(collection, capsys):
     assert manifest["training"]["epochs"] == 1 and manifest["arch"] == "small_cnn"
     assert all(0 <= m["test_acc"] <= 1 for m in manifest["models"])
     capsys.readouterr()
-    assert run_cli([*args[:-4], "--epochs", "2", "--width", "4", "--seeds", "3"]) == 2
+    assert exit_code([*args[:-4], "--epochs", "2", "--width", "4", "--seeds", "3"]) == 2
     assert "different training" in capsys.readouterr().err
 
 
@@ -53,7 +47,7 @@ def test_collection_is_resumable_and_refuses_other_settings(collection, capsys):
 def test_variability_command_writes_table_maps_fits_and_plots(collection):
     root, _ = collection
     out = root / "var"
-    code = run_cli(["variability", "--collection", str(root / "coll"), "--data", str(root / "bench" / "test"),
+    code = exit_code(["variability", "--collection", str(root / "coll"), "--data", str(root / "bench" / "test"),
                     "--methods", "gradcam,saliency", "--out", str(out), "--foreground", "masks", "--bootstrap", "50",
                     "--top", "2"])
     assert code == 0
@@ -81,27 +75,27 @@ def test_a_folder_of_own_models_without_manifest(collection, tmp_path):
     for p in sorted((root / "coll").glob("seed_000[01].*")):
         shutil.copy(p, own / p.name.replace("seed_", "mine_"))
     assert [p.name for p in model_files(own)] == ["mine_0000.pt", "mine_0001.pt"]
-    code = run_cli(["variability", "--collection", str(own), "--data", str(root / "bench" / "test"),
+    code = exit_code(["variability", "--collection", str(own), "--data", str(root / "bench" / "test"),
                     "--methods", "saliency", "--out", str(tmp_path / "v"), "--bootstrap", "0", "--top", "1"])
     assert code == 0
     assert len(pd.read_parquet(tmp_path / "v" / "variability.parquet")) == 24
 
 
 def test_user_errors(tmp_path, capsys):
-    assert run_cli(["variability", "--collection", str(tmp_path / "nope"), "--data", str(tmp_path),
+    assert exit_code(["variability", "--collection", str(tmp_path / "nope"), "--data", str(tmp_path),
                     "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert run_cli(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
+    assert exit_code(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
                     "--out", str(tmp_path / "o")]) == 2
     assert "holds no models" in capsys.readouterr().err
-    assert run_cli(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
+    assert exit_code(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
                     "--methods", "gradcamm", "--out", str(tmp_path / "o")]) == 2
     assert "did you mean 'gradcam'" in capsys.readouterr().err
-    assert run_cli(["global", "--model", "small_cnn", "--data", str(tmp_path), "--method", "saliency",
+    assert exit_code(["global", "--model", "small_cnn", "--data", str(tmp_path), "--method", "saliency",
                     "--by", "both", "--out", str(tmp_path / "o")]) == 2
     assert "--by must be" in capsys.readouterr().err
-    assert run_cli(["collection", "--data", str(tmp_path), "--out", str(tmp_path / "c"), "--seeds", "x"]) == 2
+    assert exit_code(["collection", "--data", str(tmp_path), "--out", str(tmp_path / "c"), "--seeds", "x"]) == 2
     assert "--seeds must be" in capsys.readouterr().err
 
 
