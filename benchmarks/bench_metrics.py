@@ -1,13 +1,24 @@
 """Speed of xaiscope's metrics against Quantus 0.6 on the same inputs, in one process.
 
 Prints per metric: our time, Quantus' time, the speed-up (Quantus / ours), our time over
-the model-pass floor (passes per image x time of one batched forward of the N images;
-explainer passes counted as forward passes), and the geometric mean of the speed-ups.
+the model-pass floor, and the geometric mean of the speed-ups.
+
+The floor of a metric is its forward passes per image x the time of one chunked forward
+of the N images, plus its explainer passes per image x the time of one chunked
+explanation (saliency: forward + backward) of the N images; both are measured in the
+same run, with the same images per model call as the metric.
+
+Images per model call (``--batch-size``): ours and Quantus' model calls get the same
+number (Quantus' ``batch_size``, which is also the images per model call of its step
+loops; metrics that call no model get the whole set). The default per setting is the
+size with the best throughput of one forward on this CPU: per-image cost grows once a
+call's activations leave the caches (small_cnn at 64x64: ~0.8 ms/image at 8-16 images
+per call, ~2 ms/image at 256).
 
 Settings: ``tiny`` (a 2-conv CNN on 1x16x16 images, N=64: framework overhead dominates)
 and ``small`` (``small_cnn`` at 1x64x64, N=256; ``--quick`` uses N=64).
 
-    python benchmarks/bench_metrics.py [--quick] [--setting tiny|small|both] [--only a,b]
+    python benchmarks/bench_metrics.py [--quick] [--setting tiny|small|both] [--only a,b] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -113,10 +124,26 @@ def timed(fn, repeat: int = 3):
     return best, out
 
 
-def run(setting: str, n: int, hw: int, only: set[str] | None):
+class _ExplainerCost:
+    """Stands in for the explainer when counting passes: one explainer pass = ``e`` forwards."""
+
+    def __init__(self, e: float):
+        self.e = e
+
+    def passes(self, shape):
+        return self.e
+
+
+def passes(metric, shape, explainer, net) -> float:
+    """Model passes per image; randomisation metrics also need the model (to count layers)."""
+    try:
+        return metric.passes(shape, explainer, net)
+    except TypeError:
+        return metric.passes(shape, explainer=explainer)
+
+
+def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
     net = tiny_net() if setting == "tiny" else small_net()
-    # images per model call: large for the tiny CNN (per-call overhead), moderate for 64x64 (memory traffic)
-    bs = 2048 if setting == "tiny" else 64
     SAL.hparams["batch_size"] = bs
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 1, hw, hw, generator=g)
@@ -124,11 +151,14 @@ def run(setting: str, n: int, hw: int, only: set[str] | None):
     a = normalise_max(explain.pool(SAL(net, x, y), "sum") + 1e-6 * torch.rand(n, hw, hw, generator=g))
     mask = torch.zeros(n, hw, hw, dtype=torch.bool)
     mask[:, hw // 4 : hw // 2, hw // 3 : 2 * hw // 3] = True
-    models.forward(net, x, batch_size=n)
+    models.forward(net, x, batch_size=bs)
     t_fwd = timed(lambda: models.forward(net, x, batch_size=bs), 5)[0]
-    print(f"\n== {setting}: N={n}, 1x{hw}x{hw}; one batched forward of N images = {t_fwd * 1e3:.2f} ms")
+    t_expl = timed(lambda: SAL(net, x, y), 5)[0]
+    e_fwd = t_expl / t_fwd  # one explainer pass in forward-pass units
+    print(f"\n== {setting}: N={n}, 1x{hw}x{hw}, {bs} images per model call; one forward of the N images = "
+          f"{t_fwd * 1e3:.2f} ms, one saliency explanation = {t_expl * 1e3:.2f} ms ({e_fwd:.1f} forwards)")
     print(f"{'metric':40s} {'ours s':>9s} {'quantus s':>10s} {'speed-up':>9s} {'passes':>8s} {'ours/floor':>10s}")
-    ratios = []
+    ratios, floors = [], []
     for case in cases(hw):
         if case is None:
             continue
@@ -139,29 +169,30 @@ def run(setting: str, n: int, hw: int, only: set[str] | None):
         use_mask, a_none = qcall.pop("mask", False), qcall.pop("a_none", False)
         metric = evaluate.get(name, **hp, **({"batch_size": bs} if "batch_size" in evaluate.get(name).hparams else {}))
         t_ours, _ = timed(lambda: metric(net, x, y, a, mask=mask, explainer=SAL))
+        p = passes(metric, (1, hw, hw), SAL, net)
+        if name == "irof":  # superpixel count varies per image
+            p = float("nan")
         qm = getattr(quantus, qname)(disable_warnings=True, **qinit)
+        q_bs = n if p == 0 else min(n, bs)
         kw = dict(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None if a_none else a.unsqueeze(1).numpy(),
-                  device="cpu", batch_size=n, **qcall)
+                  device="cpu", batch_size=q_bs, **qcall)
         if use_mask:
             kw["s_batch"] = mask.unsqueeze(1).numpy()
-        if name == "focus":
-            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             t_q, _ = timed(lambda: qm(**kw))
-        try:
-            p = metric.passes((1, hw, hw), SAL, net)
-        except TypeError:
-            p = metric.passes((1, hw, hw), explainer=SAL)
-        if name == "irof":
-            p = float("nan")
-        floor = p * t_fwd
+        floor = passes(metric, (1, hw, hw), _ExplainerCost(e_fwd), net) * t_fwd
         r = t_q / t_ours
         ratios.append(r)
         fl = f"{t_ours / floor:10.2f}" if p and p == p else f"{'-':>10s}"
+        if p and p == p:
+            floors.append(t_ours / floor)
         print(f"{name:40s} {t_ours:9.4f} {t_q:10.4f} {r:8.1f}x {p if p == p else float('nan'):8.0f} {fl}", flush=True)
     gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print(f"{'geometric mean speed-up':40s} {gm:.1f}x over {len(ratios)} metrics; slowest ratio {min(ratios):.2f}x")
+    if floors:
+        print(f"{'ours / floor (model-bound metrics)':40s} largest {max(floors):.2f}, "
+              f"{sum(f <= 1.3 for f in floors)} of {len(floors)} within 1.3x")
 
 
 def main():
@@ -170,13 +201,14 @@ def main():
     ap.add_argument("--setting", default="both", choices=("tiny", "small", "both"))
     ap.add_argument("--only", default="", help="comma-separated metric names")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings on a shared machine)")
+    ap.add_argument("--batch-size", type=int, default=0, help="images per model call (default: 1024 tiny, 16 small)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(filter(None, args.only.split(","))) or None
     if args.setting in ("tiny", "both"):
-        run("tiny", 64, 16, only)
+        run("tiny", 64, 16, only, args.batch_size or 1024)
     if args.setting in ("small", "both"):
-        run("small", 64 if args.quick else 256, 64, only)
+        run("small", 64 if args.quick else 256, 64, only, args.batch_size or 16)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,32 @@ def test_monotonicity_follows_paper_on_additive_model():
     assert out.tolist() == [0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 512])
+def test_monotonicity_early_stop_equals_whole_curve(data, batch_size):
+    from xaiscope.evaluate import perturbation as P
+
+    net, x, y, a, _ = data
+    m = evaluate.get("monotonicity", features_in_step=8, batch_size=batch_size)
+    with models.count_passes(net) as c:
+        got = m(net, x, y, a)
+    # the whole curve of every image, then the paper's test
+    units = P.pixel_units(m.map(a))
+    lo, hi = P.cumulative(8, units.size)
+    steps = P.RankSteps(units, P.ranks(units, "lerf"), lo, hi)
+    v = P.run(net, x, y, steps, P.make_fill("black", x, steps.T), batch_size=512, insertion=True)
+    want = (v.diff(dim=1) >= 0).all(dim=1).float()
+    torch.testing.assert_close(got, want)
+    full = m.passes((1, 16, 16)) * len(x)
+    # a random-weight model's curves fail early: far fewer images reach the model
+    # (unless one model call holds every step of every image)
+    assert want.sum() < len(x)
+    assert c.rows < full / 2 if batch_size < full else c.rows == full, (c.rows, full)
+    # monotone curves still see every step: f = sum(x) with a = x is monotone for every image
+    with models.count_passes(SumNet := SumModel()) as c2:
+        assert m(SumNet, x + 0.1, y * 0, x + 0.1).tolist() == [1.0] * len(x)
+    assert c2.rows == full
+
+
 def test_completeness_gap_is_zero_for_exact_decomposition():
     x = torch.rand(3, 1, 6, 6)
     y = torch.zeros(3, dtype=torch.long)

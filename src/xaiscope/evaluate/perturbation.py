@@ -231,7 +231,13 @@ def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int 
     """ROAD's noisy linear imputation (Rong et al. 2022): every removed pixel becomes the
     weighted mean of its 8 neighbours (weights 1/6 for the 4 direct and 1/12 for the diagonal
     neighbours), solved jointly as a sparse linear system by batched conjugate gradients,
-    plus Gaussian noise of standard deviation ``noise``."""
+    plus Gaussian noise of standard deviation ``noise``.
+
+    The system of image ``i`` is ``M (D - K * M) v = M K * (x (1 - M))`` (``K`` the 3x3
+    stencil, ``D = K * 1`` its row sums, ``M`` the removed pixels): symmetric positive
+    definite on the removed pixels. CG stops per system at ``|r| <= tol |r_0|``; converged
+    systems leave the active set, so small holes do not wait for large ones.
+    """
 
     def fill(xb, mb, n_idx, t_idx):
         b, c, h, w = xb.shape
@@ -243,31 +249,40 @@ def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int 
             return torch.nn.functional.conv2d(t, k, padding=1)
 
         deg = conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=xb.device))
-
-        def op(v):
-            return (deg * v - conv(v * m)) * m
-
-        rhs = conv(x * (1 - m)) * m
-        v = torch.zeros_like(x)
-        r = rhs.clone()
-        p = r.clone()
-        rs = (r * r).flatten(1).sum(1)
-        stop = tol * tol * rs.clamp_min(1e-300)
-        for _ in range(max_iter):
-            if bool((rs <= stop).all()):
-                break
-            ap = op(p)
-            alpha = rs / (p * ap).flatten(1).sum(1).clamp_min(1e-300)
-            v = v + alpha.view(-1, 1, 1, 1) * p
-            r = r - alpha.view(-1, 1, 1, 1) * ap
-            rs_new = (r * r).flatten(1).sum(1)
-            p = r + (rs_new / rs.clamp_min(1e-300)).view(-1, 1, 1, 1) * p
-            rs = rs_new
+        out = _conjugate_gradients(lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(x * (1 - m)) * m, m,
+                                   tol, max_iter)
         g = draws.generator(seed, xb.device, stream=int(n_idx[0]) * 1_000_003 + int(t_idx[0]))
-        v = v + noise * draws.normal(g, v.shape, 0.0, 1.0, xb.device).double()
-        return v.reshape(b, c, h, w).to(xb.dtype)
+        out = out + noise * draws.normal(g, out.shape, 0.0, 1.0, xb.device).double()
+        return out.reshape(b, c, h, w).to(xb.dtype)
 
     return fill
+
+
+def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
+    """Solve ``op(v, m) = rhs`` for a batch of SPD systems ``[B, 1, H, W]`` (``m`` the unknowns);
+    each system stops at ``|r| <= tol |rhs|`` and is then dropped from the batch."""
+    out = torch.zeros_like(rhs)
+    idx = torch.arange(rhs.shape[0], device=rhs.device)
+    v, r, p = torch.zeros_like(rhs), rhs.clone(), rhs.clone()
+    rs = (r * r).flatten(1).sum(1)
+    stop = tol * tol * rs
+    for _ in range(max_iter):
+        done = rs <= stop
+        if bool(done.any()):
+            out[idx[done]] = v[done]
+            keep = ~done
+            if not bool(keep.any()):
+                return out
+            idx, v, r, p, m, rs, stop = idx[keep], v[keep], r[keep], p[keep], m[keep], rs[keep], stop[keep]
+        ap = op(p, m)
+        alpha = (rs / (p * ap).flatten(1).sum(1)).view(-1, 1, 1, 1)
+        v = v + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).flatten(1).sum(1)
+        p = r + (rs_new / rs).view(-1, 1, 1, 1) * p
+        rs = rs_new
+    out[idx] = v
+    return out
 
 
 # ------------------------------------------------------------------------------ run

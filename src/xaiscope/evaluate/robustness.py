@@ -11,7 +11,6 @@ and get the metric's ``abs``/``normalise`` settings, like the given map ``a``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable
 
@@ -30,17 +29,76 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).double()
 
 
-@contextlib.contextmanager
-def hidden_outputs(model: torch.nn.Module):
-    """Collect the outputs of every leaf module (flattened per image) during forward calls."""
-    store: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda _m, _i, o: store.append(o.flatten(1)))
-               for m in model.modules() if not list(m.children()) and m is not model]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+def leaf_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Modules without children (the model itself excluded): the layers whose outputs
+    form the representation ``L(x)`` of representation stability."""
+    return [m for m in model.modules() if not list(m.children()) and m is not model]
+
+
+class LayerDistance:
+    """Relative distance of every leaf module's output to a reference, accumulated in hooks.
+
+    :meth:`reference` runs the model on ``x`` and keeps each layer output ``L_l(x)``
+    (flattened per image; a module called twice gives two outputs) and ``1 / L_l(x)``
+    (zeros replaced by ``eps``). :meth:`distance` runs the model on perturbed copies
+    ``x'`` (draw-major rows: row ``j N + i`` is a copy of image ``i``) and returns, per
+    row, ``sqrt(sum_l ||(L_l(x') - L_l(x_i)) / L_l(x_i)||^2)`` with the logits. Each chunk
+    is compared layer by layer while its activations are in cache; nothing is
+    concatenated across layers.
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, eps: float):
+        self.model, self.batch_size, self.eps = model, batch_size, eps
+        self.ref: list[torch.Tensor] = []
+        self.inv: list[torch.Tensor] = []
+
+    def _forward(self, x: torch.Tensor, on_output) -> torch.Tensor:
+        """Chunked forward of ``x`` calling ``on_output(position, output)`` for every leaf output;
+        positions count leaf outputs within one call, from 0."""
+        pos = [0]
+
+        def hook(_m, _i, o):
+            on_output(pos[0], o.detach().flatten(1))
+            pos[0] += 1
+
+        handles = [m.register_forward_hook(hook) for m in leaf_modules(self.model)]
+        outs = []
+        try:
+            for sl in iter_chunks(x.shape[0], self.batch_size):
+                pos[0] = 0
+                self.rows = sl
+                outs.append(models.forward(self.model, x[sl], batch_size=self.batch_size))
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.cat(outs)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``; keeps the layer outputs of ``x`` as the reference."""
+        parts: dict[int, list[torch.Tensor]] = {}
+        out = self._forward(x, lambda k, o: parts.setdefault(k, []).append(o.clone()))
+        self.ref = [torch.cat(parts[k]) for k in sorted(parts)]
+        self.inv = [1.0 / torch.where(r == 0, torch.full_like(r, self.eps), r) for r in self.ref]
+        return out
+
+    def distance(self, xp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [R, classes], distance [R])`` for perturbed rows ``xp`` ``[R, ...]``."""
+        n = self.ref[0].shape[0]
+        sq = torch.zeros(xp.shape[0], dtype=torch.float64, device=xp.device)
+        draw = [0]
+
+        def on_output(k, o):
+            im = slice(self.rows.start, self.rows.stop)  # images of this chunk within the draw
+            d = o - self.ref[k][im]
+            d.mul_(self.inv[k][im])
+            sq[draw[0] * n + im.start : draw[0] * n + im.stop] += torch.linalg.vector_norm(d, dim=1).double().square()
+
+        # one draw at a time, so a chunk's reference is a slice (a view), never a gather
+        outs = []
+        for j in range(xp.shape[0] // n):
+            draw[0] = j
+            outs.append(self._forward(xp[j * n : (j + 1) * n], on_output))
+        return torch.cat(outs), sq.sqrt()
 
 
 class _Robustness(Metric):
@@ -75,15 +133,6 @@ class _Robustness(Metric):
     def _forward(self, model, xp):
         if self.forward_kind is None:
             return None
-        if self.forward_kind == "hidden":
-            with torch.no_grad(), hidden_outputs(model) as store:
-                outs = []
-                hid = []
-                for sl in iter_chunks(xp.shape[0], self.batch_size):
-                    store.clear()
-                    outs.append(models.forward(model, xp[sl], batch_size=self.batch_size))
-                    hid.append(torch.cat(store, 1))
-            return torch.cat(outs), torch.cat(hid)
         return models.forward(model, xp, batch_size=self.batch_size)
 
 
@@ -270,19 +319,21 @@ class RelativeRepresentationStability(_Relative):
     reference = "Agarwal et al. 2022, arXiv:2203.06877"
     forward_kind = "hidden"
 
+    def _forward(self, model, xp):
+        if self._layers is None:  # the unperturbed images come first
+            self._layers = LayerDistance(model, self.batch_size, self.hparams["eps_min"])
+            return self._layers.reference(xp), None
+        return self._layers.distance(xp)
+
     def _den(self, x0, xp, base, extra, kk):
-        l0 = base[1]  # float32: these are large (every layer's activations)
-        if getattr(self, "_inv0", None) is None or self._inv0.shape != l0.shape:
-            self._inv0 = 1.0 / torch.where(l0 == 0, torch.full_like(l0, self.hparams["eps_min"]), l0)
-        lk = extra[1].view(kk, *l0.shape)
-        return ((l0.unsqueeze(0) - lk) * self._inv0.unsqueeze(0)).norm(dim=2).double()
+        return extra[1].view(kk, -1)
 
     def _score(self, model, x, y, a, mask, explainer):
-        self._inv0 = None
+        self._layers = None
         try:
             return super()._score(model, x, y, a, mask, explainer)
         finally:
-            self._inv0 = None
+            self._layers = None
 
 
 @register
