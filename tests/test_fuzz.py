@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import io
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

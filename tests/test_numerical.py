@@ -20,7 +20,6 @@ import pytest
 import torch
 import yaml
 
-from cli_helpers import run_cli
 from reliability_helpers import make_npz
 from xaiscope import evaluate, explain, models
 
