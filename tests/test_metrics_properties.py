@@ -226,3 +226,11 @@ def test_fast_cpu_argsort_equals_torch_stable_argsort(ties, descending):
         v = (v * 5).floor()
     assert torch.equal(argsort_rows(v, descending=descending), v.argsort(dim=-1, descending=descending, stable=True))
     torch.testing.assert_close(sort_rows(v), v.sort(dim=-1).values)
+
+
+def test_road_stencil_equals_its_convolution():
+    from xaiscope.evaluate.perturbation import neighbour_mean
+
+    k = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float64).view(1, 1, 3, 3) / 12
+    v = torch.rand(3, 1, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(neighbour_mean(v), torch.nn.functional.conv2d(v, k, padding=1), atol=1e-15, rtol=0)

@@ -630,7 +630,9 @@ class Sufficiency(_Faithfulness):
 def _close_pairs(m: torch.Tensor, threshold: float) -> torch.Tensor:
     """Pairs (i != j) whose standardised Euclidean distance / max distance <= threshold."""
     n = m.shape[0]
-    var = torch.cat([m, m]).var(0, unbiased=True)
+    # Quantus standardises by the variance of the set stacked twice (2n rows, unbiased):
+    # the same mean, so var = 2 sum (m - mean)^2 / (2n - 1)
+    var = 2 * (m - m.mean(0)).square().sum(0) / (2 * n - 1)
     z = m / var.sqrt()
     d = torch.cdist(z, z)
     d = torch.nan_to_num(d, nan=float("inf"))

@@ -224,7 +224,13 @@ def make_fill(kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float =
     return image_fill(kind, x, sigma=sigma)
 
 
-_NLI_KERNEL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64)
+def neighbour_mean(v: torch.Tensor) -> torch.Tensor:
+    """``K * v`` (zero padding) for ROAD's 3x3 stencil ``K = [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12``,
+    computed separably as ``([1, 2, 1]^T [1, 2, 1] * v - 4 v) / 12`` (four times faster than
+    ``conv2d`` in float64 on the CPU)."""
+    p = torch.nn.functional.pad(v, (1, 1, 1, 1))
+    rows = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]
+    return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :] - 4 * v) / 12
 
 
 def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int = 2000) -> Fill:
@@ -241,13 +247,9 @@ def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int 
 
     def fill(xb, mb, n_idx, t_idx):
         b, c, h, w = xb.shape
-        k = _NLI_KERNEL.to(xb.device).view(1, 1, 3, 3)
         x = xb.double().reshape(b * c, 1, h, w)
         m = mb.double().expand(b, c, h, w).reshape(b * c, 1, h, w)
-
-        def conv(t):
-            return torch.nn.functional.conv2d(t, k, padding=1)
-
+        conv = neighbour_mean
         deg = conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=xb.device))
         out = _conjugate_gradients(lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(x * (1 - m)) * m, m,
                                    tol, max_iter)
