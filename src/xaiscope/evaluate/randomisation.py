@@ -10,7 +10,7 @@ state. Maps are compared with a batched similarity (Spearman by default).
 from __future__ import annotations
 
 import copy
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,13 +26,19 @@ SIMILARITIES = ("spearman", "pearson", "ssim", "ssim_flat")
 def similarity(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row similarity of maps ``[N, H, W]``: Spearman, Pearson, 2-D SSIM or SSIM of the
     flattened maps (what Quantus 0.6 computes)."""
-    if kind == "spearman":
-        return stats.spearman(a.flatten(1), b.flatten(1))
-    if kind == "pearson":
-        return stats.pearson(a.flatten(1), b.flatten(1))
+    return similarity_to(kind, a)(b)
+
+
+def similarity_to(kind: str, ref: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``b -> similarity(kind, ref, b)``, with ``ref``'s ranks (Spearman) or centring
+    (Pearson) computed once for the many maps it is compared with."""
+    if kind in ("spearman", "pearson"):
+        prep = stats.rank if kind == "spearman" else stats.centred
+        r = stats.centred(prep(ref.flatten(1)))
+        return lambda b: stats.pearson(r, prep(b.flatten(1)))
     if kind == "ssim":
-        return stats.ssim(a, b)
-    return stats.ssim(a.flatten(1), b.flatten(1))
+        return lambda b: stats.ssim(ref, b)
+    return lambda b: stats.ssim(ref.flatten(1), b.flatten(1))
 
 
 def randomised_models(model: torch.nn.Module, order: str, seed: int) -> Iterator[tuple[str, torch.nn.Module]]:
@@ -109,11 +115,12 @@ class ModelParameterRandomisation(_Randomisation):
         hp = self.hparams
         a0 = self.map(a)
         out = {}
+        sim = similarity_to(hp["similarity"], a0)
         if hp["summary"] == "quantus_average":
-            out["original"] = similarity(hp["similarity"], a0, self._explain(explainer, model, x, y))
+            out["original"] = sim(self._explain(explainer, model, x, y))
         for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
             with models.eval_mode(rnd):
-                out[name] = similarity(hp["similarity"], a0, self._explain(explainer, rnd, x, y))
+                out[name] = sim(self._explain(explainer, rnd, x, y))
         return out
 
     def _score(self, model, x, y, a, mask, explainer):
@@ -170,11 +177,12 @@ class SmoothModelParameterRandomisation(_Randomisation):
         hp = self.hparams
         a0 = self._smooth(explainer, model, x, y)
         per = []
+        sim = similarity_to(hp["similarity"], a0)
         if hp["summary"] == "quantus_average":
-            per.append(similarity(hp["similarity"], a0, a0))
+            per.append(sim(a0))
         for _, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
             with models.eval_mode(rnd):
-                per.append(similarity(hp["similarity"], a0, self._smooth(explainer, rnd, x, y)))
+                per.append(sim(self._smooth(explainer, rnd, x, y)))
         return per[-1] if hp["summary"] == "last" else torch.stack(per).mean(0)
 
 

@@ -41,8 +41,7 @@ def sort_rows(v: torch.Tensor) -> torch.Tensor:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each row pair (float64 inside; NaN for constant rows)."""
-    a = a.double() - a.double().mean(dim=-1, keepdim=True)
-    b = b.double() - b.double().mean(dim=-1, keepdim=True)
+    a, b = centred(a), centred(b)
     num = (a * b).sum(-1)
     den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
     r = num / den
@@ -59,6 +58,8 @@ def rank(v: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(1, k + 1, device=v.device, dtype=torch.float64).expand_as(sv)
     new = torch.ones_like(sv, dtype=torch.bool)
     new[..., 1:] = sv[..., 1:] != sv[..., :-1]
+    if bool(new.all()):  # no ties (the usual case for real-valued maps): ranks are positions
+        return torch.empty_like(sv).scatter_(-1, order, pos)
     gid = new.long().cumsum(-1) - 1
     sums = torch.zeros_like(sv).scatter_add_(-1, gid, pos)
     cnts = torch.zeros_like(sv).scatter_add_(-1, gid, torch.ones_like(pos))
@@ -69,6 +70,12 @@ def rank(v: torch.Tensor) -> torch.Tensor:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each row pair."""
     return pearson(rank(a), rank(b))
+
+
+def centred(v: torch.Tensor) -> torch.Tensor:
+    """Rows minus their mean, in float64 (the reusable half of :func:`pearson`)."""
+    v = v.double()
+    return v - v.mean(dim=-1, keepdim=True)
 
 
 def trapz(v: torch.Tensor, dx: float = 1.0) -> torch.Tensor:
