@@ -108,7 +108,7 @@ class Metric:
                  explainer=None) -> torch.Tensor:
         """Scores ``[N]`` (float32, on ``x.device``); NaN where undefined."""
         x, y, a, mask = self._check(model, x, y, a, mask, explainer)
-        if model is None:
+        if model is None or not self.needs & {"model", "explainer"}:
             out = self._score(None, x, y, a, mask, explainer)
         else:
             with eval_mode(model):

@@ -15,18 +15,20 @@ def eval_mode(model: torch.nn.Module, requires_grad: bool = False) -> Iterator[t
     Train/eval mode of every submodule and every parameter's ``requires_grad`` flag are
     restored on exit, also when an exception is raised.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    # only what changes is touched (and restored): cheap for a model already in eval mode
+    training = [m for m in model.modules() if m.training]
+    flags = [p for p in model.parameters() if p.requires_grad != requires_grad]
     try:
-        model.eval()
-        for p, _ in flags:
+        if training:
+            model.eval()
+        for p in flags:
             p.requires_grad_(requires_grad)
         yield model
     finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
+        for m in training:
+            m.training = True
+        for p in flags:
+            p.requires_grad_(not requires_grad)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
