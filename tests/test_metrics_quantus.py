@@ -166,7 +166,7 @@ def test_road_imputation_without_noise_is_quantus_solve():
     q = noisy_linear_imputation(x[0].double().numpy(), idx.numpy(), noise=0.0)
     m = torch.zeros(1, 99, dtype=torch.bool)
     m[0, idx] = True
-    ours = P.noisy_linear_fill(0.0, 0)(x, m.view(1, 1, 9, 11), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    ours = P.noisy_linear_fill(x, 0.0, 0)(x, m.view(1, 1, 9, 11), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
     got = torch.where(m.view(1, 1, 9, 11), ours, x)
     np.testing.assert_allclose(got[0].numpy(), q, atol=1e-5)
 

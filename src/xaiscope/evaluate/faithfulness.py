@@ -545,7 +545,7 @@ class ROAD(_Faithfulness):
         units = P.pixel_units(self.map(a))
         hi = (units.size * pct.double() / 100).long()
         steps = P.RankSteps(units, P.ranks(units, "morf"), torch.zeros_like(hi), hi)
-        fill = P.noisy_linear_fill(self.hparams["noise"], self.hparams["seed"])
+        fill = P.noisy_linear_fill(x, self.hparams["noise"], self.hparams["seed"])
         v = P.run(model, x, y, steps, fill, batch_size=self.batch_size,
                   reduce=lambda out, yb: (out.argmax(1) == yb).double())
         return pct.to(x.device), v

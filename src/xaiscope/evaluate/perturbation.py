@@ -233,11 +233,13 @@ def neighbour_mean(v: torch.Tensor) -> torch.Tensor:
     return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :] - 4 * v) / 12
 
 
-def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int = 2000) -> Fill:
-    """ROAD's noisy linear imputation (Rong et al. 2022): every removed pixel becomes the
-    weighted mean of its 8 neighbours (weights 1/6 for the 4 direct and 1/12 for the diagonal
-    neighbours), solved jointly as a sparse linear system by batched conjugate gradients,
-    plus Gaussian noise of standard deviation ``noise``.
+def noisy_linear_fill(x: torch.Tensor, noise: float, seed: int, tol: float = 1e-7, max_iter: int = 2000) -> Fill:
+    """ROAD's noisy linear imputation (Rong et al. 2022) for the images ``x``: every removed
+    pixel becomes the weighted mean of its 8 neighbours (weights 1/6 for the 4 direct and
+    1/12 for the diagonal neighbours), solved jointly as a sparse linear system by batched
+    conjugate gradients, plus Gaussian noise of standard deviation ``noise``. The noise is
+    one field per image drawn from ``seed`` up front and shared by that image's steps, so
+    scores do not depend on how (image, step) pairs are chunked.
 
     The system of image ``i`` is ``M (D - K * M) v = M K * (x (1 - M))`` (``K`` the 3x3
     stencil, ``D = K * 1`` its row sums, ``M`` the removed pixels): symmetric positive
@@ -247,15 +249,20 @@ def noisy_linear_fill(noise: float, seed: int, tol: float = 1e-7, max_iter: int 
 
     def fill(xb, mb, n_idx, t_idx):
         b, c, h, w = xb.shape
-        x = xb.double().reshape(b * c, 1, h, w)
+        xd = xb.double().reshape(b * c, 1, h, w)
         m = mb.double().expand(b, c, h, w).reshape(b * c, 1, h, w)
         conv = neighbour_mean
         deg = conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=xb.device))
-        out = _conjugate_gradients(lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(x * (1 - m)) * m, m,
+        out = _conjugate_gradients(lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(xd * (1 - m)) * m, m,
                                    tol, max_iter)
-        g = draws.generator(seed, xb.device, stream=int(n_idx[0]) * 1_000_003 + int(t_idx[0]))
-        out = out + noise * draws.normal(g, out.shape, 0.0, 1.0, xb.device).double()
-        return out.reshape(b, c, h, w).to(xb.dtype)
+        out = out.reshape(b, c, h, w)
+        if field is not None:
+            out = out + noise * field[n_idx]
+        return out.to(xb.dtype)
+
+    field = None
+    if noise > 0:
+        field = draws.normal(draws.generator(seed, x.device, stream=12), x.shape, 0.0, 1.0, x.device).double()
 
     return fill
 
