@@ -123,7 +123,7 @@ def test_model_state_is_restored_after_success_and_failure(gray_batch):
     assert [p.requires_grad for p in model.parameters()] == before_flags
     with pytest.raises(XaiscopeError):
         explain.get("gradcam", layer="no.such.layer")(model, x, y)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ModelError, match="Target class 5"):
         explain.get("saliency")(model, x, torch.tensor([0, 1, 5, 0]))  # out-of-range target
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == before_flags
@@ -156,6 +156,21 @@ def test_wrong_channel_count_is_a_clear_error(small_cnn):
     x = torch.rand(2, 3, 32, 32)
     with pytest.raises(ModelError, match="does not accept images with 3 channel"):
         explain.get("saliency")(small_cnn, x, torch.tensor([0, 1]))
+
+
+MODEL_METHODS = [m for m in explain.names() if m not in ("random", "sobel", "laplace", "input")]
+
+
+@pytest.mark.parametrize("method", MODEL_METHODS)
+def test_target_beyond_the_outputs_is_a_clear_error(small_cnn, method):
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    hp = {"n_samples": 8} if method in ("lime", "kernel_shap") else {}
+    with pytest.raises(ModelError, match=r"Target class 7 is beyond the model's outputs"):
+        explain.get(method, **hp)(small_cnn, x, torch.tensor([0, 7]))
+    # a negative target would silently index from the end: refused before any model call
+    with count_passes(small_cnn) as c, pytest.raises(ModelError, match="Targets must be class indices 0, 1, ...; got -1"):
+        explain.get(method, **hp)(small_cnn, x, torch.tensor([-1, 0]))
+    assert c.rows == 0
 
 
 def test_gradcam_layer_override(small_cnn, gray_batch):

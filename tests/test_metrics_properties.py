@@ -163,6 +163,23 @@ def test_batch_size_and_seed_invariance_and_pass_count(data, name):
         assert c.rows == expected * len(x), (c.rows, expected)
 
 
+@pytest.mark.parametrize("name", ["deletion", "road", "monotonicity", "max_sensitivity", "model_parameter_randomisation",
+                                  "random_logit", "completeness"])
+def test_bad_targets_are_clear_errors(data, name):
+    from xaiscope.errors import ModelError
+
+    net, x, y, a, _ = data
+    hp = {"nr_samples": 2} if name == "max_sensitivity" else {}
+    m = evaluate.get(name, **hp)
+    bad = y.clone()
+    bad[3] = 9
+    with pytest.raises(ModelError, match="Target class 9 is beyond the model's outputs"):
+        m(net, x, bad, a, explainer=explain.get("saliency"))
+    bad[3] = -2
+    with pytest.raises(ModelError, match="got -2"):
+        m(net, x, bad, a, explainer=explain.get("saliency"))
+
+
 def test_unknown_metric_and_setting_errors():
     with pytest.raises(MetricError, match="Unknown metric 'delition'.*did you mean 'deletion'"):
         evaluate.get("delition")

@@ -31,6 +31,7 @@ import torch
 from xaiscope.errors import MethodError, MetricError, did_you_mean
 from xaiscope.explain.base import Param
 from xaiscope.explain.postprocess import pool
+from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
 
 _REGISTRY: dict[str, type["Metric"]] = {}
@@ -111,7 +112,7 @@ class Metric:
         if model is None or not self.needs & {"model", "explainer"}:
             out = self._score(None, x, y, a, mask, explainer)
         else:
-            with eval_mode(model):
+            with eval_mode(model), friendly_model_errors(x, y):
                 out = self._score(model, x, y, a, mask, explainer)
         return out.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
 
@@ -123,6 +124,7 @@ class Metric:
         y = torch.as_tensor(y, device=x.device).long().view(-1)
         if y.shape[0] != n:
             raise MetricError(f"{self.name} got {n} images but {y.shape[0]} targets.")
+        check_targets(y)
         if a is not None:
             a = torch.as_tensor(a).detach().to(x.device).float()
             if a.dim() not in (3, 4) or a.shape[0] != n or tuple(a.shape[-2:]) != (h, w):

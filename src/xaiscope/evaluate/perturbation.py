@@ -33,7 +33,7 @@ import torch
 
 from xaiscope import models
 from xaiscope.evaluate import draws
-from xaiscope.models.forward import iter_chunks
+from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
 
@@ -326,6 +326,7 @@ def run(model, x: torch.Tensor, y: torch.Tensor, steps: Steps, fill: Fill, *, ba
         fb = fill(xb, mb, n_idx, t_idx)
         xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
         out = models.forward(model, xp, batch_size=batch_size)
+        check_target_range(y, out.shape[1])
         vals[p] = red(out, y[n_idx]).double()
     return vals.view(n, T)
 

@@ -19,6 +19,7 @@ from xaiscope import models
 from xaiscope.evaluate import stats
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
 from xaiscope.explain.postprocess import pool
+from xaiscope.models.forward import check_target_range
 
 SIMILARITIES = ("spearman", "pearson", "ssim", "ssim_flat")
 
@@ -261,6 +262,7 @@ class RandomLogit(_Randomisation):
 
     def _score(self, model, x, y, a, mask, explainer):
         k = self.hparams["num_classes"] or models.forward(model, x[:1]).shape[1]
+        check_target_range(y, k)
         r = np.random.RandomState(self.hparams["seed"]).randint(0, k - 1, x.shape[0])
         r = torch.as_tensor(r, device=y.device).long()
         y_off = r + (r >= y).long()

@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from xaiscope.errors import MethodError, ModelError, did_you_mean
+from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
 
 _REGISTRY: dict[str, type["Explainer"]] = {}
@@ -119,8 +120,9 @@ class Explainer:
         y = torch.as_tensor(y, device=x.device).long().view(-1)
         if y.shape[0] != x.shape[0]:
             raise MethodError(f"{self.name} got {x.shape[0]} images but {y.shape[0]} targets.")
+        check_targets(y)
         x = x.detach().float()
-        with eval_mode(model), self._seeded(x.device), _friendly_model_errors(x), warnings.catch_warnings():
+        with eval_mode(model), self._seeded(x.device), friendly_model_errors(x, y), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Captum's notes on hooks and requires_grad
             a = self._attribute(model, x, y)
         if a.dim() == 3:
@@ -152,25 +154,6 @@ def _fork_seed(seed: int, device: torch.device):
             yield
         finally:
             np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def _friendly_model_errors(x: torch.Tensor):
-    """Turn the usual shape mismatches inside a model into one clear sentence."""
-    try:
-        yield
-    except RuntimeError as e:
-        msg = str(e)
-        if "channels" in msg and ("expected input" in msg or "Given groups" in msg):
-            raise ModelError(
-                f"The model does not accept images with {x.shape[1]} channel(s) of size {x.shape[2]}x{x.shape[3]}: "
-                f"{msg.splitlines()[0]}"
-            ) from None
-        if "mat1 and mat2 shapes cannot be multiplied" in msg:
-            raise ModelError(
-                f"The model does not accept images of size {x.shape[2]}x{x.shape[3]}: {msg.splitlines()[0]}"
-            ) from None
-        raise
 
 
 def register(cls: type[Explainer]) -> type[Explainer]:

@@ -31,6 +31,39 @@ def check_output(out, n: int) -> torch.Tensor:
     return out
 
 
+def check_targets(y: torch.Tensor) -> None:
+    """Targets must be class indices >= 0 (the upper bound is checked by :func:`friendly_model_errors`)."""
+    if y.numel() and int(y.min()) < 0:
+        raise ModelError(f"Targets must be class indices 0, 1, ...; got {int(y.min())}.")
+
+
+def check_target_range(y: torch.Tensor, n_classes: int) -> None:
+    """Raise the same sentence as :func:`friendly_model_errors` for targets ``>= n_classes``
+    (for code that compares predictions with targets instead of indexing the outputs)."""
+    if y.numel() and int(y.max()) >= n_classes:
+        raise ModelError(f"Target class {int(y.max())} is beyond the model's outputs ({n_classes} classes).")
+
+
+@contextlib.contextmanager
+def friendly_model_errors(x: torch.Tensor, y: torch.Tensor | None = None) -> Iterator[None]:
+    """Turn the usual mismatches between a model and its inputs into one clear sentence:
+    images of the wrong channel count or size, and target classes beyond the outputs."""
+    try:
+        yield
+    except (RuntimeError, IndexError) as e:
+        msg = str(e)
+        first = msg.splitlines()[0] if msg else type(e).__name__
+        if "channels" in msg and ("expected input" in msg or "Given groups" in msg):
+            raise ModelError(
+                f"The model does not accept images with {x.shape[1]} channel(s) of size {x.shape[2]}x{x.shape[3]}: {first}"
+            ) from None
+        if "mat1 and mat2 shapes cannot be multiplied" in msg:
+            raise ModelError(f"The model does not accept images of size {x.shape[2]}x{x.shape[3]}: {first}") from None
+        if y is not None and y.numel() and ("out of bounds" in msg or "out of range" in msg):
+            raise ModelError(f"Target class {int(y.max())} is beyond the model's outputs ({first}).") from None
+        raise
+
+
 def forward(
     model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
