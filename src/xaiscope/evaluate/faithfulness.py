@@ -148,9 +148,7 @@ class PixelFlipping(_Faithfulness):
         return torch.arange(1, v.shape[1] + 1, device=x.device), v
 
     def _values(self, model, x, y, a):
-        units = P.pixel_units(self.map(a))
-        lo, hi = P.cumulative(self.hparams["features_in_step"], units.size)
-        steps = P.RankSteps(units, P.ranks(units, "morf"), lo, hi)
+        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "morf")
         fill = P.make_fill(self.hparams["fill"], x, steps.T)
         return P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output())
 
@@ -291,24 +289,11 @@ class FaithfulnessEstimate(_Faithfulness):
         return 1 + math.ceil(_hw(shape) / self.hparams["features_in_step"])
 
     def _score(self, model, x, y, a, mask, explainer):
-        units = P.pixel_units(self.map(a))
-        lo, hi = P.windows(self.hparams["features_in_step"], units.size)
-        rank = P.ranks(units, "morf")
-        steps = P.RankSteps(units, rank, lo, hi)
+        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "morf", cumulative_steps=False)
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
         v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
                   output=self.output())
-        att = _window_sums(units.scores.double(), rank, lo, hi)
-        return stats.pearson(att, f0.unsqueeze(1) - v)
-
-
-def _window_sums(scores: torch.Tensor, rank: torch.Tensor, lo, hi) -> torch.Tensor:
-    """Sum of unit scores with ``lo_t <= rank < hi_t`` for each step: ``[N, T]``."""
-    order = rank.argsort(dim=1)
-    cs = torch.cat([torch.zeros_like(scores[:, :1]), scores.gather(1, order).cumsum(1)], 1)
-    lo = torch.as_tensor(lo, device=scores.device).long().expand(scores.shape[0], -1)
-    hi = torch.as_tensor(hi, device=scores.device).long().expand(scores.shape[0], -1)
-    return cs.gather(1, hi) - cs.gather(1, lo)
+        return stats.pearson(steps.unit_sums(), f0.unsqueeze(1) - v)
 
 
 @register
@@ -335,9 +320,7 @@ class Monotonicity(_Faithfulness):
         return math.ceil(_hw(shape) / self.hparams["features_in_step"])
 
     def _score(self, model, x, y, a, mask, explainer):
-        units = P.pixel_units(self.map(a))
-        lo, hi = P.cumulative(self.hparams["features_in_step"], units.size)
-        steps = P.RankSteps(units, P.ranks(units, "lerf"), lo, hi)
+        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "lerf")
         fill = P.make_fill(self.hparams["fill"], x, steps.T)
         n, T = x.shape[0], steps.T
         # Steps are evaluated in blocks, in order; an image whose curve has already decreased
@@ -392,7 +375,7 @@ class MonotonicityCorrelation(_Faithfulness):
                   output=self.output()).view(-1, t, r)
         inv = torch.where(f0.abs() >= hp["eps"], 1.0 / f0.abs(), torch.ones_like(f0)) ** 2
         var = ((v - f0.view(-1, 1, 1)) ** 2).mean(-1) * inv.unsqueeze(1)
-        att = _window_sums(units.scores.double(), rank, lo, hi)
+        att = steps.unit_sums(lo, hi)
         return stats.spearman(att, var)
 
 
@@ -423,16 +406,12 @@ class SensitivityN(_Faithfulness):
         return 1 + self._limit(_hw(shape))
 
     def _parts(self, model, x, y, a):
-        units = P.pixel_units(self.map(a))
-        rank = P.ranks(units, "morf")
-        lo, hi = P.cumulative(self.hparams["features_in_step"], units.size, self._limit(units.size))
-        steps = P.RankSteps(units, rank, lo, hi)
+        m, k = self.map(a), self.hparams["features_in_step"]
+        steps = P.pixel_steps(m, k, "morf", limit=self._limit(m[0].numel()))
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
         v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
                   output=self.output())
-        k = self.hparams["features_in_step"]
-        return f0.unsqueeze(1) - v, _window_sums(units.scores.double(), rank, lo, hi), _window_sums(
-            units.scores.double(), rank, hi - k, hi)
+        return f0.unsqueeze(1) - v, steps.unit_sums(), steps.unit_sums(steps.hi - k, steps.hi)
 
     def _score(self, model, x, y, a, mask, explainer):
         deltas, cum, _ = self._parts(model, x, y, a)

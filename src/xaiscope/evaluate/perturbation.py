@@ -141,6 +141,7 @@ class RankSteps(Steps):
     """Units with ``lo[n, t] <= rank < hi[n, t]`` are changed at step t (``lo``/``hi``: ``[T]`` or ``[N, T]``)."""
 
     def __init__(self, units: Units, rank: torch.Tensor, lo, hi):
+        self.units, self.rank = units, rank
         self.pix_rank = rank.gather(1, units.ids)  # [N, HW]
         dev = rank.device
         n = rank.shape[0]
@@ -151,6 +152,16 @@ class RankSteps(Steps):
     def mask(self, n_idx, t_idx):
         r = self.pix_rank[n_idx]
         return (r >= self.lo[n_idx, t_idx].unsqueeze(1)) & (r < self.hi[n_idx, t_idx].unsqueeze(1))
+
+    def unit_sums(self, lo=None, hi=None) -> torch.Tensor:
+        """Sum of the unit scores with ``lo_t <= rank < hi_t`` for each step ``[N, T]``
+        (default: the changed units of each step), by prefix sums over the unit order."""
+        scores = self.units.scores.double()
+        n = scores.shape[0]
+        cs = torch.cat([torch.zeros_like(scores[:, :1]), scores.gather(1, self.rank.argsort(dim=1)).cumsum(1)], 1)
+        lo = self.lo if lo is None else torch.as_tensor(lo, device=scores.device).long().expand(n, -1)
+        hi = self.hi if hi is None else torch.as_tensor(hi, device=scores.device).long().expand(n, -1)
+        return cs.gather(1, hi) - cs.gather(1, lo)
 
 
 class SubsetSteps(Steps):
@@ -176,6 +187,15 @@ def windows(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor,
     """``(lo, hi)`` for steps changing the next ``k`` units only (not cumulative)."""
     lo, hi = cumulative(k, total, limit)
     return hi - k, hi
+
+
+def pixel_steps(m: torch.Tensor, k: int, order: str = "morf", *, cumulative_steps: bool = True,
+                limit: int | None = None) -> RankSteps:
+    """Steps over the pixels of maps ``m`` ``[N, H, W]`` in ``order`` (``morf`` / ``lerf``):
+    ``k`` pixels per step, cumulatively (prefixes of the order) or one window at a time."""
+    units = pixel_units(m)
+    lo, hi = (cumulative if cumulative_steps else windows)(k, units.size, limit)
+    return RankSteps(units, ranks(units, order), lo, hi)
 
 
 # ----------------------------------------------------------------------------- fills
