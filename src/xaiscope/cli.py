@@ -26,6 +26,17 @@ err_console = Console(stderr=True)
 _STATE = {"debug": False}
 
 
+# Options shared by several commands (one definition each).
+DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto.")
+TRUST_MODEL = typer.Option(False, help="Allow loading a pickled whole model (runs its code).")
+OUT_DIR = typer.Option(..., help="Output folder.")
+WEIGHTS = typer.Option(None, help="State-dict weights (loaded with weights_only=True).")
+BATCH_SIZE = typer.Option(64, min=1, help="Most images per model call.")
+MODEL = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory.")
+PARAMS = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable.")
+DATA = typer.Option(..., help="Image folder or .npz file.")
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _STATE["debug"] = debug
@@ -85,17 +96,17 @@ def _passes_text(inst) -> str:
 
 @app.command("explain")
 def explain_cmd(
-    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
-    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    model: str = MODEL,
+    data: Path = DATA,
     methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
-    out: Path = typer.Option(..., help="Output folder."),
-    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
-    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    out: Path = OUT_DIR,
+    weights: Optional[str] = WEIGHTS,
+    param: Optional[list[str]] = PARAMS,
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
     overlays: int = typer.Option(8, min=0, help="PNG overlays for the first K images per method."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Compute raw attributions per method; write one .npz per method and PNG overlays."""
     from xaiscope.pipeline.explain_job import run_explain
@@ -111,12 +122,12 @@ def explain_cmd(
 
 @app.command("global")
 def global_cmd(
-    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    model: str = MODEL,
     data: Path = typer.Option(..., help="Aligned images: image folder or .npz file."),
     method: str = typer.Option(..., help="Attribution method (see 'xaiscope methods')."),
-    out: Path = typer.Option(..., help="Output folder."),
-    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
+    out: Path = OUT_DIR,
+    weights: Optional[str] = WEIGHTS,
+    param: Optional[list[str]] = PARAMS,
     by: str = typer.Option("true", help="Group images by their 'true' or 'pred'icted label."),
     normalise: str = typer.Option("sum_to_one", help="Per-image normalisation: sum_to_one, max or none."),
     signed: bool = typer.Option(False, help="Aggregate signed maps instead of |a|."),
@@ -126,9 +137,9 @@ def global_cmd(
     random_orders: int = typer.Option(5, min=0, help="Random orders (seeds seed..seed+R-1)."),
     seed: int = typer.Option(0, min=0, help="Seed of the random orders."),
     no_peppr: bool = typer.Option(False, "--no-peppr", help="Only write the global maps."),
-    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
     from xaiscope.pipeline.global_job import run_global
@@ -147,9 +158,9 @@ def global_cmd(
 @app.command("sis")
 def sis_cmd(
     model: list[str] = typer.Option(..., help="Model spec (repeat --model to cluster the SIS of several models together)."),
-    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    data: Path = DATA,
     target: int = typer.Option(..., "--class", help="Class index K of the decision 'softmax probability of K >= tau'."),
-    out: Path = typer.Option(..., help="Output folder."),
+    out: Path = OUT_DIR,
     tau: float = typer.Option(0.7, help="Decision threshold on the class probability, in (0, 1]."),
     unit: str = typer.Option("pixel", help="Selection unit: pixel or patch:K."),
     max_images: int = typer.Option(50, help="Explain at most this many images where the decision holds (data order)."),
@@ -159,8 +170,8 @@ def sis_cmd(
     method: str = typer.Option("backselect", help="backselect (exact) or gradient (k units per step, for large images)."),
     k: int = typer.Option(1, help="Units removed per step by --method gradient."),
     weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+    device: str = DEVICE,
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
     from xaiscope.pipeline.sis_job import run_sis
@@ -217,7 +228,7 @@ def train_cmd(
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
     schedule: str = typer.Option("cosine", help="Learning rate: cosine (annealed per step) or constant."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = DEVICE,
 ) -> None:
     """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
     from xaiscope.pipeline.train_job import run_train
@@ -240,7 +251,7 @@ def collection_cmd(
     width: int = typer.Option(16, min=1, help="Channels of the first layer."),
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = DEVICE,
 ) -> None:
     """Train models that differ only by seed (resumable: finished models are kept)."""
     from xaiscope.pipeline.collection_job import run_collection
@@ -256,8 +267,8 @@ def variability_cmd(
     collection: Path = typer.Option(..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."),
     data: Path = typer.Option(..., help="Test images: folder or .npz file."),
     methods: str = typer.Option("gradcam,lrp_epsilon_plus_flat", help="Comma-separated method names."),
-    out: Path = typer.Option(..., help="Output folder."),
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable."),
+    out: Path = OUT_DIR,
+    param: Optional[list[str]] = PARAMS,
     normalise: str = typer.Option("sum_to_one", help="Per-map normalisation: sum_to_one, max or none."),
     signed: bool = typer.Option(False, help="Keep signs instead of |a|."),
     foreground: str = typer.Option("none", help="'masks': also aggregate the SD inside the data's masks."),
@@ -265,8 +276,8 @@ def variability_cmd(
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the fits' confidence intervals."),
     seed: int = typer.Option(0, min=0, help="Seed of the bootstrap."),
     top: int = typer.Option(3, min=0, help="PNG maps for the K most and K least stable images."),
-    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
     trust_model: bool = typer.Option(False, help="Allow loading pickled whole models (runs their code)."),
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
@@ -295,17 +306,17 @@ def metrics_cmd() -> None:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
-    data: Path = typer.Option(..., help="Image folder or .npz file."),
+    model: str = MODEL,
+    data: Path = DATA,
     methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
     metrics: str = typer.Option(..., help="Comma-separated metric names (see 'xaiscope metrics')."),
     out: Path = typer.Option(..., help="Output Parquet file."),
-    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    weights: Optional[str] = WEIGHTS,
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."),
-    batch_size: int = typer.Option(64, min=1, help="Most images per model call."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    batch_size: int = BATCH_SIZE,
+    device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric."""
     from xaiscope.pipeline.evaluate_job import run_evaluate
@@ -320,9 +331,9 @@ def evaluate_cmd(
 
 @app.command("actmax")
 def actmax_cmd(
-    model: str = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory."),
+    model: str = MODEL,
     target: Optional[int] = typer.Option(None, "--class", help="Class index K whose score is maximised."),
-    out: Path = typer.Option(..., help="Output folder."),
+    out: Path = OUT_DIR,
     shape: Optional[str] = typer.Option(None, help="Input shape C,H,W (default: from the model's sidecar)."),
     clip_range: Optional[str] = typer.Option(None, "--range", help="Valid input range LOW,HIGH (default: sidecar normalisation of [0,1], else 0,1)."),
     layer: Optional[str] = typer.Option(None, help="Maximise a channel of this layer (module name) instead of a class."),
@@ -336,10 +347,10 @@ def actmax_cmd(
     contrib_clip_pct: float = typer.Option(0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."),
     seed: int = typer.Option(0, help="Seed of the random start."),
     output: str = typer.Option("logit", help="Class score maximised: logit, softmax or log_softmax."),
-    weights: Optional[str] = typer.Option(None, help="State-dict weights (loaded with weights_only=True)."),
+    weights: Optional[str] = WEIGHTS,
     num_classes: Optional[int] = typer.Option(None, help="Outputs of a zoo/torchvision model without a sidecar."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
-    trust_model: bool = typer.Option(False, help="Allow loading a pickled whole model (runs its code)."),
+    device: str = DEVICE,
+    trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Activation maximisation (Yosinski et al. 2015): an input that maximises a class score."""
     from xaiscope.pipeline.actmax_job import run_actmax
@@ -421,7 +432,7 @@ def transfer_cmd(
     width: int = typer.Option(16, help="Channels of the first layer."),
     max_images: int = typer.Option(100, help="Correctly classified test images explained per run."),
     test: Optional[Path] = typer.Option(None, help="Test folder with masks (default: DATA/test of a benchmark)."),
-    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    device: str = DEVICE,
 ) -> None:
     """Pre-training study: localisation of explanations vs source and frozen blocks, with accuracy regressed out."""
     from xaiscope.pipeline.transfer_job import run_transfer
