@@ -33,8 +33,8 @@ from xaiscope.explain.base import Param
 from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
+from xaiscope.registry import Registry
 
-_REGISTRY: dict[str, type["Metric"]] = {}
 
 CATEGORIES = ("localisation", "faithfulness", "robustness", "randomisation", "complexity", "axiomatic")
 NEEDS = frozenset({"model", "mask", "explainer"})
@@ -172,28 +172,11 @@ def normalise_max(m: torch.Tensor) -> torch.Tensor:
     return torch.where(d > 0, m / torch.where(d > 0, d, torch.ones_like(d)), m)
 
 
-def register(cls: type[Metric]) -> type[Metric]:
-    """Class decorator adding a metric to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY:
-        raise RuntimeError(f"duplicate metric name {cls.name}")
+def _check_declaration(cls: type[Metric]) -> None:
     assert cls.category in CATEGORIES, cls.category
     assert cls.direction in ("higher", "lower"), cls.direction
     assert set(cls.needs) <= NEEDS, cls.needs
-    _REGISTRY[cls.name] = cls
-    return cls
 
 
-def names() -> list[str]:
-    """Registered metric names, in registration order."""
-    return list(_REGISTRY)
-
-
-def get_class(name: str) -> type[Metric]:
-    if name not in _REGISTRY:
-        raise MetricError(f"Unknown metric {name!r}{did_you_mean(name, _REGISTRY)}; run 'xaiscope metrics' to list them.")
-    return _REGISTRY[name]
-
-
-def get(name: str, **hparams: Any) -> Metric:
-    """The metric ``name`` with settings ``hparams`` (validated)."""
-    return get_class(name)(**hparams)
+_METRICS: Registry[Metric] = Registry("metric", MetricError, "xaiscope metrics", _check_declaration)
+register, names, get_class, get = _METRICS.register, _METRICS.names, _METRICS.get_class, _METRICS.get

@@ -21,11 +21,11 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from xaiscope.errors import MethodError, ModelError, did_you_mean
+from xaiscope.errors import MethodError, did_you_mean
 from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
+from xaiscope.registry import Registry
 
-_REGISTRY: dict[str, type["Explainer"]] = {}
 
 
 @dataclass(frozen=True)
@@ -156,28 +156,8 @@ def _fork_seed(seed: int, device: torch.device):
             np.random.set_state(np_state)
 
 
-def register(cls: type[Explainer]) -> type[Explainer]:
-    """Class decorator adding an explainer to the registry under ``cls.name``."""
-    if cls.name in _REGISTRY:
-        raise RuntimeError(f"duplicate explainer name {cls.name}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def names() -> list[str]:
-    """Registered method names, in registration order."""
-    return list(_REGISTRY)
-
-
-def get_class(name: str) -> type[Explainer]:
-    if name not in _REGISTRY:
-        raise MethodError(f"Unknown method {name!r}{did_you_mean(name, _REGISTRY)}; run 'xaiscope methods' to list them.")
-    return _REGISTRY[name]
-
-
-def get(name: str, **hparams: Any) -> Explainer:
-    """The explainer ``name`` with hyperparameters ``hparams`` (validated)."""
-    return get_class(name)(**hparams)
+_METHODS: Registry[Explainer] = Registry("method", MethodError, "xaiscope methods")
+register, names, get_class, get = _METHODS.register, _METHODS.names, _METHODS.get_class, _METHODS.get
 
 
 def target_score(model: Callable, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
