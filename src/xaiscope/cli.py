@@ -31,7 +31,7 @@ DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto.")
 TRUST_MODEL = typer.Option(False, help="Allow loading a pickled whole model (runs its code).")
 OUT_DIR = typer.Option(..., help="Output folder.")
 WEIGHTS = typer.Option(None, help="State-dict weights (loaded with weights_only=True).")
-BATCH_SIZE = typer.Option(64, min=1, help="Most images per model call.")
+BATCH_SIZE = typer.Option("64", help="Most images per model call, or 'auto': timed on the data at the start.")
 MODEL = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory.")
 PARAMS = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable.")
 DATA = typer.Option(..., help="Image folder or .npz file.")
@@ -40,6 +40,16 @@ DATA = typer.Option(..., help="Image folder or .npz file.")
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
     _STATE["debug"] = debug
+
+
+def parse_batch_size(text: str) -> int | str:
+    """``--batch-size``: a whole number >= 1, or ``auto``."""
+    t = str(text).strip()
+    if t == "auto":
+        return t
+    if t.isdigit() and int(t) >= 1:
+        return int(t)
+    raise ConfigError(f"--batch-size must be a whole number >= 1 or 'auto'; got {text!r}.")
 
 
 def parse_list(text: str) -> list[str]:
@@ -102,7 +112,7 @@ def explain_cmd(
     out: Path = OUT_DIR,
     weights: Optional[str] = WEIGHTS,
     param: Optional[list[str]] = PARAMS,
-    batch_size: int = BATCH_SIZE,
+    batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
     overlays: int = typer.Option(8, min=0, help="PNG overlays for the first K images per method."),
@@ -113,7 +123,7 @@ def explain_cmd(
 
     written = run_explain(
         model=model, data=data, methods=parse_list(methods), out=out, weights=weights, params=parse_params(param),
-        batch_size=batch_size, device=device, target=parse_target(target), overlays=overlays, trust_model=trust_model,
+        batch_size=parse_batch_size(batch_size), device=device, target=parse_target(target), overlays=overlays, trust_model=trust_model,
         console=console,
     )
     for p in written:
@@ -137,7 +147,7 @@ def global_cmd(
     random_orders: int = typer.Option(5, min=0, help="Random orders (seeds seed..seed+R-1)."),
     seed: int = typer.Option(0, min=0, help="Seed of the random orders."),
     no_peppr: bool = typer.Option(False, "--no-peppr", help="Only write the global maps."),
-    batch_size: int = BATCH_SIZE,
+    batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     trust_model: bool = TRUST_MODEL,
 ) -> None:
@@ -147,7 +157,7 @@ def global_cmd(
     summary = run_global(
         model=model, data=data, method=method, out=out, weights=weights, params=parse_params(param), by=by,
         normalise=normalise, signed=signed, fill=fill, unit=unit, step=step, random_orders=random_orders, seed=seed,
-        batch_size=batch_size, device=device, trust_model=trust_model, peppr_enabled=not no_peppr,
+        batch_size=parse_batch_size(batch_size), device=device, trust_model=trust_model, peppr_enabled=not no_peppr,
     )
     for name, info in summary["peppr"].items():
         if "score_auroc" in info:
@@ -276,7 +286,7 @@ def variability_cmd(
     bootstrap: int = typer.Option(1000, min=0, help="Bootstrap resamples for the fits' confidence intervals."),
     seed: int = typer.Option(0, min=0, help="Seed of the bootstrap."),
     top: int = typer.Option(3, min=0, help="PNG maps for the K most and K least stable images."),
-    batch_size: int = BATCH_SIZE,
+    batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     trust_model: bool = typer.Option(False, help="Allow loading pickled whole models (runs their code)."),
 ) -> None:
@@ -286,7 +296,7 @@ def variability_cmd(
     summary = run_variability(
         collection=collection, data=data, methods=parse_list(methods), out=out, params=parse_params(param),
         normalise=normalise, signed=signed, foreground=foreground, pair_images=pair_images, n_boot=bootstrap,
-        seed=seed, top=top, batch_size=batch_size, device=device, trust_model=trust_model,
+        seed=seed, top=top, batch_size=parse_batch_size(batch_size), device=device, trust_model=trust_model,
     )
     console.print(f"{len(summary['models'])} models, {summary['n_images']} images; wrote {out}")
 
@@ -313,7 +323,7 @@ def evaluate_cmd(
     out: Path = typer.Option(..., help="Output Parquet file."),
     weights: Optional[str] = WEIGHTS,
     param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."),
-    batch_size: int = BATCH_SIZE,
+    batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
     trust_model: bool = TRUST_MODEL,
@@ -323,7 +333,7 @@ def evaluate_cmd(
 
     path, n = run_evaluate(
         model=model, data=data, methods=parse_list(methods), metrics=parse_list(metrics), out=out, weights=weights,
-        params=parse_params(param), batch_size=batch_size, device=device, target=parse_target(target),
+        params=parse_params(param), batch_size=parse_batch_size(batch_size), device=device, target=parse_target(target),
         trust_model=trust_model, console=console,
     )
     console.print(f"wrote {path} ({n} rows)")

@@ -15,7 +15,7 @@ from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import atomic_path, ensure_dir
 from xaiscope.pipeline.explain_job import choose_targets
-from xaiscope.pipeline.inputs import open_inputs
+from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, rebatch, resolve_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -34,7 +34,7 @@ def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_siz
 
 def run_evaluate(
     *, model: str, data: Path, methods: list[str], metrics: list[str], out: Path, weights: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None, batch_size: int = 64, device: str = "cpu",
+    params: dict[str, dict[str, Any]] | None = None, batch_size: int | str = 64, device: str = "cpu",
     target: str | int = "true", trust_model: bool = False, console=None,
 ) -> tuple[Path, int]:
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows)."""
@@ -47,12 +47,16 @@ def run_evaluate(
     unknown = [k for k in params if k not in methods and k not in metrics]
     if unknown:
         raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
-    mets = build_metrics(metrics, params, batch_size)
-    explainers = [explain.get(m, batch_size=batch_size, **params.get(m, {})) for m in methods]
+    mets = build_metrics(metrics, params, provisional_batch_size(batch_size))
+    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    if batch_size == "auto":  # settings given per metric with -p keep their own batch_size
+        batch_size = resolve_batch_size(batch_size, net, ds, dev)
+        explainers = [ex if "batch_size" in params.get(ex.name, {}) else rebatch([ex], batch_size)[0] for ex in explainers]
+        mets = [m if "batch_size" in params.get(m.name, {}) else rebatch([m], batch_size)[0] for m in mets]
     needs_mask = [m.name for m in mets if "mask" in m.needs]
     if needs_mask and ds.masks is None:
         raise MetricError(f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none.")

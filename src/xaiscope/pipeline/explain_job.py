@@ -10,7 +10,7 @@ import torch
 
 from xaiscope import explain, models
 from xaiscope.io import ensure_dir, safe_name, write_npz
-from xaiscope.pipeline.inputs import open_inputs
+from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, rebatch, resolve_batch_size
 
 
 def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int, num_outputs: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, b
 
 def run_explain(
     *, model: str, data: Path, methods: list[str], out: Path, weights: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None, batch_size: int = 64, device: str = "cpu",
+    params: dict[str, dict[str, Any]] | None = None, batch_size: int | str = 64, device: str = "cpu",
     target: str | int = "true", overlays: int = 8, trust_model: bool = False, console=None,
 ) -> list[Path]:
     """Compute and write ``out/<method>.npz`` (attributions, ids, targets, labels) and overlays."""
@@ -42,8 +42,11 @@ def run_explain(
     unknown = [m for m in params if m not in methods]
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")
-    explainers = [explain.get(m, batch_size=batch_size, **params.get(m, {})) for m in methods]
+    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    if batch_size == "auto":
+        batch_size = resolve_batch_size(batch_size, net, ds, dev)
+        explainers = rebatch(explainers, batch_size)
     ensure_dir(out)
     n_out = net(ds.x[:1].to(dev)).shape[1]
     x = ds.x.to(dev)

@@ -30,7 +30,7 @@ from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.pipeline.inputs import open_inputs
+from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, rebatch, resolve_batch_size
 
 
 
@@ -84,7 +84,7 @@ def run_global(
     *, model: str, data: Path, method: str, out: Path, weights: str | None = None,
     params: dict[str, dict[str, Any]] | None = None, by: str = "true", normalise: str = "sum_to_one",
     signed: bool = False, fill: str = "black", unit: str = "pixel", step: float = 0.05, random_orders: int = 5,
-    seed: int = 0, blur_sigma: float = 4.0, batch_size: int = 64, device: str = "cpu", trust_model: bool = False,
+    seed: int = 0, blur_sigma: float = 4.0, batch_size: int | str = 64, device: str = "cpu", trust_model: bool = False,
     peppr_enabled: bool = True,
 ) -> dict[str, Any]:
     """Compute and write global maps and PEPPR results (module docstring); return the summary dict."""
@@ -96,8 +96,11 @@ def run_global(
         raise ConfigError(f"--by must be 'true' or 'pred', got {by!r}.")
     fractions = default_fractions(step)
     parse_unit(unit)
-    explainer = explain.get(method, batch_size=batch_size, **params.get(method, {}))
+    explainer = explain.get(method, batch_size=provisional_batch_size(batch_size), **params.get(method, {}))
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    if batch_size == "auto":
+        batch_size = resolve_batch_size(batch_size, net, ds, dev)
+        explainer = rebatch([explainer], batch_size)[0]
     ensure_dir(out)
     x, y = ds.x.to(dev), ds.y.to(dev)
     with models.count_passes(net) as count:

@@ -81,3 +81,24 @@ def open_inputs(
     model = model.to(dev)
     check_model_fits(model, ds, dev)
     return model, ds, dev
+
+
+def resolve_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Dataset, device: torch.device) -> int:
+    """``value`` if it is a number; for ``"auto"`` the images per call with the best forward
+    throughput of ``model`` on (up to 64 of) the dataset's images (see
+    :func:`xaiscope.models.tune.best_batch_size`)."""
+    if value != "auto":
+        return int(value)
+    from xaiscope.models.tune import best_batch_size
+
+    return best_batch_size(model, ds.x[:64].to(device))
+
+
+def provisional_batch_size(value: int | str) -> int:
+    """A number to validate settings with before ``"auto"`` is resolved (see :func:`rebatch`)."""
+    return 64 if value == "auto" else int(value)
+
+
+def rebatch(objs: list, batch_size: int) -> list:
+    """Explainers or metrics rebuilt with ``batch_size`` (those without the setting unchanged)."""
+    return [type(o)(**{**o.hparams, "batch_size": batch_size}) if "batch_size" in o.hparams else o for o in objs]

@@ -32,7 +32,14 @@ from xaiscope.analyses.variability import VariabilityAccumulator
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.io import atomic_path, ensure_dir, safe_name, write_bytes, write_json
 from xaiscope.pipeline.collection_job import iter_models, model_files
-from xaiscope.pipeline.inputs import check_model_fits, open_data, resolve_device
+from xaiscope.pipeline.inputs import (
+    check_model_fits,
+    open_data,
+    provisional_batch_size,
+    rebatch,
+    resolve_batch_size,
+    resolve_device,
+)
 
 
 def _fits(res, n_boot: int, seed: int) -> dict[str, Any]:
@@ -98,7 +105,7 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
 def run_variability(
     *, collection: Path, data: Path, methods: list[str], out: Path, params: dict[str, dict[str, Any]] | None = None,
     normalise: str = "sum_to_one", signed: bool = False, foreground: str = "none", pair_images: int | None = 64,
-    n_boot: int = 1000, seed: int = 0, top: int = 3, batch_size: int = 64, device: str = "cpu",
+    n_boot: int = 1000, seed: int = 0, top: int = 3, batch_size: int | str = 64, device: str = "cpu",
     trust_model: bool = False,
 ) -> dict[str, Any]:
     """Run the variability analysis for every method over the collection (module docstring)."""
@@ -112,7 +119,7 @@ def run_variability(
         raise ConfigError("--methods is empty; name at least one attribution method.")
     if foreground not in ("none", "masks"):
         raise ConfigError(f"--foreground must be 'none' or 'masks', got {foreground!r}.")
-    explainers = [explain.get(m, batch_size=batch_size, **params.get(m, {})) for m in methods]
+    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
     files = model_files(collection)
     dev = resolve_device(device)
     ds = open_data(data, model_spec=str(files[0]))
@@ -122,6 +129,12 @@ def run_variability(
             raise DataError(f"--foreground masks needs expert masks, but {data} has none.")
         fg = ds.masks
     ensure_dir(out)
+    if batch_size == "auto":  # timed on the collection's first model
+        first = next(iter_models(files[:1], dev, trust_model=trust_model, num_classes=max(2, ds.num_classes),
+                                 in_channels=ds.shape[0]))
+        check_model_fits(first, ds, dev)
+        batch_size = resolve_batch_size(batch_size, first, ds, dev)
+        explainers = rebatch(explainers, batch_size)
     accs = {ex.name: VariabilityAccumulator(ds, ex, normalise=normalise, signed=signed, foreground=fg,
                                             batch_size=batch_size, pair_images=pair_images) for ex in explainers}
     n_cls = max(2, ds.num_classes)
