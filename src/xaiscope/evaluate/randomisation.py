@@ -31,12 +31,13 @@ def similarity(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def similarity_to(kind: str, ref: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``b -> similarity(kind, ref, b)``, with ``ref``'s ranks (Spearman) or centring
-    (Pearson) computed once for the many maps it is compared with."""
-    if kind in ("spearman", "pearson"):
-        prep = stats.rank if kind == "spearman" else stats.centred
-        r = stats.centred(prep(ref.flatten(1)))
-        return lambda b: stats.pearson(r, prep(b.flatten(1)))
+    """``b -> similarity(kind, ref, b)``; for Spearman ``ref``'s ranks are computed once for
+    the many maps it is compared with."""
+    if kind == "spearman":
+        r = stats.rank(ref.flatten(1))
+        return lambda b: stats.pearson(r, stats.rank(b.flatten(1)))
+    if kind == "pearson":
+        return lambda b: stats.pearson(ref.flatten(1), b.flatten(1))
     if kind == "ssim":
         return lambda b: stats.ssim(ref, b)
     return lambda b: stats.ssim(ref.flatten(1), b.flatten(1))

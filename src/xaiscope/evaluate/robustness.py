@@ -53,20 +53,20 @@ class LayerDistance:
         self.inv: list[torch.Tensor] = []
 
     def _forward(self, x: torch.Tensor, on_output) -> torch.Tensor:
-        """Chunked forward of ``x`` calling ``on_output(position, output)`` for every leaf output;
-        positions count leaf outputs within one call, from 0."""
-        pos = [0]
+        """Chunked forward of ``x`` calling ``on_output(position, output, rows)`` for every leaf
+        output; positions count leaf outputs within one call, from 0; ``rows`` is the chunk's
+        slice of ``x``."""
+        pos, rows = [0], [slice(0, 0)]
 
         def hook(_m, _i, o):
-            on_output(pos[0], o.detach().flatten(1))
+            on_output(pos[0], o.detach().flatten(1), rows[0])
             pos[0] += 1
 
         handles = [m.register_forward_hook(hook) for m in leaf_modules(self.model)]
         outs = []
         try:
             for sl in iter_chunks(x.shape[0], self.batch_size):
-                pos[0] = 0
-                self.rows = sl
+                pos[0], rows[0] = 0, sl
                 outs.append(models.forward(self.model, x[sl], batch_size=self.batch_size))
         finally:
             for h in handles:
@@ -76,7 +76,7 @@ class LayerDistance:
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x``; keeps the layer outputs of ``x`` as the reference."""
         parts: dict[int, list[torch.Tensor]] = {}
-        out = self._forward(x, lambda k, o: parts.setdefault(k, []).append(o.clone()))
+        out = self._forward(x, lambda k, o, _rows: parts.setdefault(k, []).append(o.clone()))
         self.ref = [torch.cat(parts[k]) for k in sorted(parts)]
         self.inv = [1.0 / torch.where(r == 0, torch.full_like(r, self.eps), r) for r in self.ref]
         return out
@@ -87,8 +87,7 @@ class LayerDistance:
         sq = torch.zeros(xp.shape[0], dtype=torch.float64, device=xp.device)
         draw = [0]
 
-        def on_output(k, o):
-            im = slice(self.rows.start, self.rows.stop)  # images of this chunk within the draw
+        def on_output(k, o, im):  # im: the chunk's images within the draw
             d = o - self.ref[k][im]
             d.mul_(self.inv[k][im])
             sq[draw[0] * n + im.start : draw[0] * n + im.stop] += torch.linalg.vector_norm(d, dim=1).double().square()
@@ -317,7 +316,6 @@ class RelativeRepresentationStability(_Relative):
 
     name = "relative_representation_stability"
     reference = "Agarwal et al. 2022, arXiv:2203.06877"
-    forward_kind = "hidden"
 
     def _forward(self, model, xp):
         if self._layers is None:  # the unperturbed images come first

@@ -41,7 +41,8 @@ def sort_rows(v: torch.Tensor) -> torch.Tensor:
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of each row pair (float64 inside; NaN for constant rows)."""
-    a, b = centred(a), centred(b)
+    a = a.double() - a.double().mean(dim=-1, keepdim=True)
+    b = b.double() - b.double().mean(dim=-1, keepdim=True)
     num = (a * b).sum(-1)
     den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
     r = num / den
@@ -70,12 +71,6 @@ def rank(v: torch.Tensor) -> torch.Tensor:
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of each row pair."""
     return pearson(rank(a), rank(b))
-
-
-def centred(v: torch.Tensor) -> torch.Tensor:
-    """Rows minus their mean, in float64 (the reusable half of :func:`pearson`)."""
-    v = v.double()
-    return v - v.mean(dim=-1, keepdim=True)
 
 
 def trapz(v: torch.Tensor, dx: float = 1.0) -> torch.Tensor:

@@ -59,7 +59,7 @@ def friendly_model_errors(x: torch.Tensor, y: torch.Tensor | None = None) -> Ite
             ) from None
         if "mat1 and mat2 shapes cannot be multiplied" in msg:
             raise ModelError(f"The model does not accept images of size {x.shape[2]}x{x.shape[3]}: {first}") from None
-        if y is not None and y.numel() and ("out of bounds" in msg or "out of range" in msg):
+        if y is not None and y.numel() and f"index {int(y.max())} is out of bounds" in msg:
             raise ModelError(f"Target class {int(y.max())} is beyond the model's outputs ({first}).") from None
         raise
 

@@ -14,6 +14,7 @@ import time
 import torch
 
 from xaiscope.models.forward import forward
+from xaiscope.models.state import eval_mode
 
 CANDIDATES = (4, 8, 16, 32, 64, 128, 256)
 
@@ -36,10 +37,8 @@ def best_batch_size(model: torch.nn.Module, x: torch.Tensor, candidates: tuple[i
         raise ValueError("best_batch_size needs at least one candidate.")
     dev = x.device
     pool = x.repeat(math.ceil(max(images, max(candidates)) / x.shape[0]), 1, 1, 1)
-    best, best_rate, worse = candidates[0], 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    best, best_rate, worse = min(candidates), 0.0, 0
+    with eval_mode(model):
         for bs in sorted(candidates):
             n = max(bs, images // bs * bs)
             try:
@@ -57,6 +56,4 @@ def best_batch_size(model: torch.nn.Module, x: torch.Tensor, candidates: tuple[i
                 worse += 1
                 if worse == 2:
                     break
-    finally:
-        model.train(was_training)
     return best

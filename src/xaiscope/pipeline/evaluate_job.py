@@ -15,7 +15,7 @@ from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import atomic_path, ensure_dir
 from xaiscope.pipeline.explain_job import choose_targets
-from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, rebatch, resolve_batch_size
+from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, settle_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -53,10 +53,8 @@ def run_evaluate(
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
-    if batch_size == "auto":  # settings given per metric with -p keep their own batch_size
-        batch_size = resolve_batch_size(batch_size, net, ds, dev)
-        explainers = [ex if "batch_size" in params.get(ex.name, {}) else rebatch([ex], batch_size)[0] for ex in explainers]
-        mets = [m if "batch_size" in params.get(m.name, {}) else rebatch([m], batch_size)[0] for m in mets]
+    batch_size, objs = settle_batch_size(batch_size, net, ds, dev, explainers + mets, params)
+    explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
     needs_mask = [m.name for m in mets if "mask" in m.needs]
     if needs_mask and ds.masks is None:
         raise MetricError(f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none.")

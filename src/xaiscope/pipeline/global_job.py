@@ -30,7 +30,7 @@ from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, rebatch, resolve_batch_size
+from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, settle_batch_size
 
 
 
@@ -98,9 +98,7 @@ def run_global(
     parse_unit(unit)
     explainer = explain.get(method, batch_size=provisional_batch_size(batch_size), **params.get(method, {}))
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
-    if batch_size == "auto":
-        batch_size = resolve_batch_size(batch_size, net, ds, dev)
-        explainer = rebatch([explainer], batch_size)[0]
+    batch_size, (explainer,) = settle_batch_size(batch_size, net, ds, dev, [explainer])
     ensure_dir(out)
     x, y = ds.x.to(dev), ds.y.to(dev)
     with models.count_passes(net) as count:

@@ -83,22 +83,22 @@ def open_inputs(
     return model, ds, dev
 
 
-def resolve_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Dataset, device: torch.device) -> int:
-    """``value`` if it is a number; for ``"auto"`` the images per call with the best forward
-    throughput of ``model`` on (up to 64 of) the dataset's images (see
-    :func:`xaiscope.models.tune.best_batch_size`)."""
-    if value != "auto":
-        return int(value)
-    from xaiscope.models.tune import best_batch_size
-
-    return best_batch_size(model, ds.x[:64].to(device))
-
-
 def provisional_batch_size(value: int | str) -> int:
-    """A number to validate settings with before ``"auto"`` is resolved (see :func:`rebatch`)."""
+    """A number to validate settings with before ``"auto"`` is settled (see :func:`settle_batch_size`)."""
     return 64 if value == "auto" else int(value)
 
 
-def rebatch(objs: list, batch_size: int) -> list:
-    """Explainers or metrics rebuilt with ``batch_size`` (those without the setting unchanged)."""
-    return [type(o)(**{**o.hparams, "batch_size": batch_size}) if "batch_size" in o.hparams else o for o in objs]
+def settle_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Dataset, device: torch.device,
+                      objs: list, params: dict[str, dict[str, Any]] | None = None) -> tuple[int, list]:
+    """``(batch size, objs)``. A number is kept as it is. For ``"auto"`` the images per call
+    with the best forward throughput of ``model`` on (up to 64 of) the dataset's images
+    (:func:`xaiscope.models.tune.best_batch_size`), and the explainers or metrics ``objs``
+    rebuilt with it, except those given their own ``batch_size`` in ``params``."""
+    if value != "auto":
+        return int(value), objs
+    from xaiscope.models.tune import best_batch_size
+
+    bs = best_batch_size(model, ds.x[:64].to(device))
+    params = params or {}
+    return bs, [type(o)(**{**o.hparams, "batch_size": bs})
+                if "batch_size" in o.hparams and "batch_size" not in params.get(o.name, {}) else o for o in objs]

@@ -36,8 +36,7 @@ from xaiscope.pipeline.inputs import (
     check_model_fits,
     open_data,
     provisional_batch_size,
-    rebatch,
-    resolve_batch_size,
+    settle_batch_size,
     resolve_device,
 )
 
@@ -129,15 +128,13 @@ def run_variability(
             raise DataError(f"--foreground masks needs expert masks, but {data} has none.")
         fg = ds.masks
     ensure_dir(out)
+    n_cls = max(2, ds.num_classes)
     if batch_size == "auto":  # timed on the collection's first model
-        first = next(iter_models(files[:1], dev, trust_model=trust_model, num_classes=max(2, ds.num_classes),
-                                 in_channels=ds.shape[0]))
+        first = next(iter_models(files[:1], dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]))
         check_model_fits(first, ds, dev)
-        batch_size = resolve_batch_size(batch_size, first, ds, dev)
-        explainers = rebatch(explainers, batch_size)
+        batch_size, explainers = settle_batch_size(batch_size, first, ds, dev, explainers)
     accs = {ex.name: VariabilityAccumulator(ds, ex, normalise=normalise, signed=signed, foreground=fg,
                                             batch_size=batch_size, pair_images=pair_images) for ex in explainers}
-    n_cls = max(2, ds.num_classes)
     for model in iter_models(files, dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]):
         check_model_fits(model, ds, dev)
         for acc in accs.values():
