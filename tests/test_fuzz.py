@@ -120,6 +120,17 @@ NPZ_DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.uint64, np.float16, np.f
               np.dtype("U3"), np.dtype("S2")]
 
 
+def _load_npz(arrays: dict, normalise):
+    """``data.load`` of ``arrays`` saved as an NPZ file; None when it refuses them with a user error."""
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "d.npz"
+        np.savez(p, **arrays)
+        try:
+            return data.load(p, normalise=normalise)
+        except XaiscopeError:
+            return None
+
+
 def _any_array(max_dims=5):
     return st.sampled_from(NPZ_DTYPES).flatmap(
         lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=4)))
@@ -134,14 +145,9 @@ def test_load_npz_on_random_arrays(x, y, masks, ids, classes, normalise):
     for k, v in (("y", y), ("masks", masks), ("ids", ids), ("classes", classes)):
         if v is not None:
             arrays[k] = v
-    d = tempfile.TemporaryDirectory()
-    with d:
-        p = Path(d.name) / "d.npz"
-        np.savez(p, **arrays)
-        try:
-            ds = data.load(p, normalise=normalise)
-        except XaiscopeError:
-            return
+    ds = _load_npz(arrays, normalise)
+    if ds is None:
+        return
     assert ds.x.dtype == torch.float32 and ds.x.dim() == 4 and torch.isfinite(ds.x).all()
     assert ds.y.dtype == torch.int64 and len(ds.y) == len(ds.ids) == ds.x.shape[0]
     assert len(ds) == 0 or (int(ds.y.min()) >= 0 and int(ds.y.max()) < len(ds.classes))
@@ -169,14 +175,9 @@ def near_valid_npz(draw):
 @given(near_valid_npz())
 def test_load_npz_on_near_valid_arrays(case):
     arrays, normalise = case
-    d = tempfile.TemporaryDirectory()
-    with d:
-        p = Path(d.name) / "d.npz"
-        np.savez(p, **arrays)
-        try:
-            ds = data.load(p, normalise=normalise)
-        except XaiscopeError:
-            return
+    ds = _load_npz(arrays, normalise)
+    if ds is None:
+        return
     assert ds.x.dtype == torch.float32 and ds.x.dim() == 4 and ds.x.numel() > 0 and torch.isfinite(ds.x).all()
     assert int(ds.y.min()) >= 0 and int(ds.y.max()) < len(ds.classes)
     assert ds.masks is None or ds.masks.shape == (len(ds), *ds.x.shape[2:])
