@@ -112,19 +112,18 @@ def small_net():
     return torch.nn.Sequential(*net.features, net.pool, net.flatten, net.classifier).eval()
 
 
-def timed(fn, repeat: int = 3, budget: float = 3.0):
-    """Best of up to ``repeat`` runs (the machine is shared); stops repeating once the runs
-    so far took ``budget`` seconds."""
-    best, out, spent, runs = math.inf, None, 0.0, 0
+def timed(fn, repeat: int = 3, budget: float = 3.0) -> tuple[float, int]:
+    """``(best time, runs)`` over up to ``repeat`` runs of ``fn`` (the machine is shared);
+    stops repeating once the runs so far took ``budget`` seconds."""
+    best, spent, runs = math.inf, 0.0, 0
     for _ in range(repeat):
         t = time.perf_counter()
-        out = fn()
+        fn()
         dt = time.perf_counter() - t
         best, spent, runs = min(best, dt), spent + dt, runs + 1
         if spent > budget:
             break
-    timed.runs = runs
-    return best, out
+    return best, runs
 
 
 class _ExplainerCost:
@@ -172,12 +171,12 @@ def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
         use_mask, a_none = qcall.pop("mask", False), qcall.pop("a_none", False)
         metric = evaluate.get(name, **hp, **({"batch_size": bs} if "batch_size" in evaluate.get(name).hparams else {}))
         with models.count_passes(net) as counted:
-            t_ours, _ = timed(lambda: metric(net, x, y, a, mask=mask, explainer=SAL))
+            t_ours, runs = timed(lambda: metric(net, x, y, a, mask=mask, explainer=SAL))
         p = passes(metric, (1, hw, hw), SAL, net)
         if "explainer" not in metric.needs and p:
             # forward passes only: the floor counts the passes actually made (IROF's depend on
             # the superpixels found, monotonicity stops images early), not the formula's bound
-            p = counted.rows / timed.runs / n
+            p = counted.rows / runs / n
         qm = getattr(quantus, qname)(disable_warnings=True, **qinit)
         q_bs = n if p == 0 else min(n, bs)
         kw = dict(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None if a_none else a.unsqueeze(1).numpy(),
