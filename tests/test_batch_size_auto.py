@@ -78,3 +78,20 @@ def test_bad_batch_size_is_one_sentence(tmp_path, capsys, value):
                 "--out", tmp_path / "o", "--batch-size", value)
     assert_user_error(r, r"--batch-size must be a whole number >= 1 or 'auto'")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("batch_size", ["5", "auto"])
+def test_batch_size_given_per_method_wins(tmp_path, capsys, batch_size):
+    import numpy as np
+
+    data = _folder(tmp_path / "data")
+    out = tmp_path / "out"
+    r = run_cli(capsys, "explain", "--model", "small_cnn", "--data", data, "--methods", "saliency,input_x_gradient",
+                "--out", out, "--overlays", "0", "--batch-size", batch_size, "-p", "saliency.batch_size=2")
+    assert r.code == 0, r.err
+    with np.load(out / "saliency.npz") as z:
+        assert "'batch_size': 2" in str(z["hparams"])
+    with np.load(out / "input_x_gradient.npz") as z:
+        assert "'batch_size': 2" not in str(z["hparams"])
+        if batch_size == "5":
+            assert "'batch_size': 5" in str(z["hparams"])

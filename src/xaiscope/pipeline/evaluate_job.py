@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xaiscope import evaluate, explain
+from xaiscope import evaluate
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import atomic_path, ensure_dir
 from xaiscope.pipeline.explain_job import choose_targets
-from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, settle_batch_size
+from xaiscope.pipeline.inputs import build_explainers, open_inputs, provisional_batch_size, settle_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -48,7 +48,7 @@ def run_evaluate(
     if unknown:
         raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
     mets = build_metrics(metrics, params, provisional_batch_size(batch_size))
-    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
+    explainers = build_explainers(methods, params, batch_size)
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work

@@ -10,7 +10,7 @@ import torch
 
 from xaiscope import explain, models
 from xaiscope.io import ensure_dir, safe_name, write_npz
-from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, settle_batch_size
+from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
 
 
 def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int, num_outputs: int) -> torch.Tensor:
@@ -42,9 +42,9 @@ def run_explain(
     unknown = [m for m in params if m not in methods]
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")
-    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
+    explainers = build_explainers(methods, params, batch_size)
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
-    batch_size, explainers = settle_batch_size(batch_size, net, ds, dev, explainers)
+    batch_size, explainers = settle_batch_size(batch_size, net, ds, dev, explainers, params)
     ensure_dir(out)
     n_out = net(ds.x[:1].to(dev)).shape[1]
     x = ds.x.to(dev)

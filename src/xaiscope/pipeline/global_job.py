@@ -30,7 +30,7 @@ from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.pipeline.inputs import open_inputs, provisional_batch_size, settle_batch_size
+from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
 
 
 
@@ -96,9 +96,9 @@ def run_global(
         raise ConfigError(f"--by must be 'true' or 'pred', got {by!r}.")
     fractions = default_fractions(step)
     parse_unit(unit)
-    explainer = explain.get(method, batch_size=provisional_batch_size(batch_size), **params.get(method, {}))
+    (explainer,) = build_explainers([method], params, batch_size)
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
-    batch_size, (explainer,) = settle_batch_size(batch_size, net, ds, dev, [explainer])
+    batch_size, (explainer,) = settle_batch_size(batch_size, net, ds, dev, [explainer], params)
     ensure_dir(out)
     x, y = ds.x.to(dev), ds.y.to(dev)
     with models.count_passes(net) as count:

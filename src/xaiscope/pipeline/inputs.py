@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from xaiscope import data as xdata
-from xaiscope import models
+from xaiscope import explain, models
 from xaiscope.errors import DataError, ModelError
 
 
@@ -88,8 +88,14 @@ def provisional_batch_size(value: int | str) -> int:
     return 64 if value == "auto" else int(value)
 
 
+def build_explainers(methods: list[str], params: dict[str, dict[str, Any]], batch_size: int | str) -> list:
+    """Explainers by name with their ``-p`` settings; a ``batch_size`` given per method wins
+    over the command's (``"auto"`` is settled later by :func:`settle_batch_size`)."""
+    return [explain.get(m, **{"batch_size": provisional_batch_size(batch_size), **params.get(m, {})}) for m in methods]
+
+
 def settle_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Dataset, device: torch.device,
-                      objs: list, params: dict[str, dict[str, Any]] | None = None) -> tuple[int, list]:
+                      objs: list, params: dict[str, dict[str, Any]]) -> tuple[int, list]:
     """``(batch size, objs)``. A number is kept as it is. For ``"auto"`` the images per call
     with the best forward throughput of ``model`` on (up to 64 of) the dataset's images
     (:func:`xaiscope.models.tune.best_batch_size`), and the explainers or metrics ``objs``
@@ -99,6 +105,5 @@ def settle_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Datase
     from xaiscope.models.tune import best_batch_size
 
     bs = best_batch_size(model, ds.x[:64].to(device))
-    params = params or {}
     return bs, [type(o)(**{**o.hparams, "batch_size": bs})
                 if "batch_size" in o.hparams and "batch_size" not in params.get(o.name, {}) else o for o in objs]

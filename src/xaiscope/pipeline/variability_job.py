@@ -26,16 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from xaiscope import explain
 from xaiscope.analyses.fits import linear, quadratic
 from xaiscope.analyses.variability import VariabilityAccumulator
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.io import atomic_path, ensure_dir, safe_name, write_bytes, write_json
 from xaiscope.pipeline.collection_job import iter_models, model_files
 from xaiscope.pipeline.inputs import (
+    build_explainers,
     check_model_fits,
     open_data,
-    provisional_batch_size,
     settle_batch_size,
     resolve_device,
 )
@@ -118,7 +117,7 @@ def run_variability(
         raise ConfigError("--methods is empty; name at least one attribution method.")
     if foreground not in ("none", "masks"):
         raise ConfigError(f"--foreground must be 'none' or 'masks', got {foreground!r}.")
-    explainers = [explain.get(m, batch_size=provisional_batch_size(batch_size), **params.get(m, {})) for m in methods]
+    explainers = build_explainers(methods, params, batch_size)
     files = model_files(collection)
     dev = resolve_device(device)
     ds = open_data(data, model_spec=str(files[0]))
@@ -132,7 +131,7 @@ def run_variability(
     if batch_size == "auto":  # timed on the collection's first model
         first = next(iter_models(files[:1], dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]))
         check_model_fits(first, ds, dev)
-        batch_size, explainers = settle_batch_size(batch_size, first, ds, dev, explainers)
+        batch_size, explainers = settle_batch_size(batch_size, first, ds, dev, explainers, params)
     accs = {ex.name: VariabilityAccumulator(ds, ex, normalise=normalise, signed=signed, foreground=fg,
                                             batch_size=batch_size, pair_images=pair_images) for ex in explainers}
     for model in iter_models(files, dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]):
