@@ -61,8 +61,10 @@ def bench_training(epochs: int) -> None:
     normalise_dataset(train_ds, "dataset")
     normalise_dataset(test_ds, (train_ds.mean, train_ds.std))
     model = init_model("small_cnn", seed=0, in_channels=1, num_classes=2)
-    print(f"training small_cnn on the default benchmark ('xaiscope train' defaults: {epochs} epochs, lr 3e-3, batch 32, "
-          f"cosine), {torch.get_num_threads()} threads; {_load()}")
+    print(
+        f"training small_cnn on the default benchmark ('xaiscope train' defaults: {epochs} epochs, lr 3e-3, batch 32, "
+        f"cosine), {torch.get_num_threads()} threads; {_load()}"
+    )
     res = train(model, train_ds, test=test_ds, epochs=epochs, lr=3e-3, batch_size=32, schedule="cosine", progress=False)
     print(f"  {res.seconds:.1f} s, train accuracy {res.train_acc:.4f}, test accuracy {res.test_acc:.4f}; {_load()}")
     print("  test accuracy per epoch: " + " ".join(f"{h['test_acc']:.3f}" for h in res.history))

@@ -64,18 +64,47 @@ def cases(hw: int):
         ("sparseness", {}, "Sparseness", {}, {}),
         ("complexity", {}, "Complexity", {}, {}),
         ("effective_complexity", {}, "EffectiveComplexity", {}, {}),
-        ("pixel_flipping", {"features_in_step": k_pf}, "PixelFlipping", {"features_in_step": k_pf, "return_auc_per_sample": True}, {}),
-        ("region_perturbation", {"patch_size": 8 if big else 4}, "RegionPerturbation", {"patch_size": 8 if big else 4}, {}),
+        (
+            "pixel_flipping",
+            {"features_in_step": k_pf},
+            "PixelFlipping",
+            {"features_in_step": k_pf, "return_auc_per_sample": True},
+            {},
+        ),
+        (
+            "region_perturbation",
+            {"patch_size": 8 if big else 4},
+            "RegionPerturbation",
+            {"patch_size": 8 if big else 4},
+            {},
+        ),
         ("selectivity", {"patch_size": 8 if big else 4}, "Selectivity", {"patch_size": 8 if big else 4}, {}),
         ("faithfulness_correlation", fc, "FaithfulnessCorrelation", {**fc, "return_aggregate": False}, {}),
         ("faithfulness_estimate", {"features_in_step": k_pf}, "FaithfulnessEstimate", {"features_in_step": k_pf}, {}),
         ("monotonicity", {"features_in_step": k_pf}, "Monotonicity", {"features_in_step": k_pf}, {}),
-        ("monotonicity_correlation", {"features_in_step": k_pf * 4, "nr_samples": 5}, "MonotonicityCorrelation",
-         {"features_in_step": k_pf * 4, "nr_samples": 5}, {}),
-        ("sensitivity_n", {"features_in_step": k_pf}, "SensitivityN", {"features_in_step": k_pf, "return_aggregate": False}, {}),
+        (
+            "monotonicity_correlation",
+            {"features_in_step": k_pf * 4, "nr_samples": 5},
+            "MonotonicityCorrelation",
+            {"features_in_step": k_pf * 4, "nr_samples": 5},
+            {},
+        ),
+        (
+            "sensitivity_n",
+            {"features_in_step": k_pf},
+            "SensitivityN",
+            {"features_in_step": k_pf, "return_aggregate": False},
+            {},
+        ),
         ("irof", {}, "IROF", {"return_aggregate": False}, {}),
         ("road", {"percentage_step": 10}, "ROAD", {"percentages": list(range(1, 100, 10))}, {}),
-        ("infidelity", {"patch_size": 8 if big else 4}, "Infidelity", {"perturb_patch_sizes": [8 if big else 4], "n_perturb_samples": 1}, {}),
+        (
+            "infidelity",
+            {"patch_size": 8 if big else 4},
+            "Infidelity",
+            {"perturb_patch_sizes": [8 if big else 4], "n_perturb_samples": 1},
+            {},
+        ),
         ("sufficiency", {}, "Sufficiency", {}, {}),
         ("consistency", {}, "Consistency", {}, {}),
         ("non_sensitivity", {}, "NonSensitivity", {}, {}) if not big else None,
@@ -85,12 +114,28 @@ def cases(hw: int):
         ("local_lipschitz", {"nr_samples": 10}, "LocalLipschitzEstimate", {"nr_samples": 10}, ex),
         ("relative_input_stability", {"nr_samples": 10}, "RelativeInputStability", {"nr_samples": 10}, ex),
         ("relative_output_stability", {"nr_samples": 10}, "RelativeOutputStability", {"nr_samples": 10}, ex),
-        ("relative_representation_stability", {"nr_samples": 10}, "RelativeRepresentationStability", {"nr_samples": 10}, ex),
+        (
+            "relative_representation_stability",
+            {"nr_samples": 10},
+            "RelativeRepresentationStability",
+            {"nr_samples": 10},
+            ex,
+        ),
         ("continuity", {"nr_steps": 10}, "Continuity", {"nr_steps": 10}, ex),
-        ("model_parameter_randomisation", {"summary": "quantus_average"}, "MPRT", {"return_average_correlation": True}, ex),
-        ("smooth_model_parameter_randomisation", {"nr_samples": 5, "summary": "quantus_average"}, "SmoothMPRT",
-         {"nr_samples": 5, "return_average_correlation": True}, {"explain_func": quantus.explain,
-                                                                 "explain_func_kwargs": {"method": "Saliency"}, "a_none": True}),
+        (
+            "model_parameter_randomisation",
+            {"summary": "quantus_average"},
+            "MPRT",
+            {"return_average_correlation": True},
+            ex,
+        ),
+        (
+            "smooth_model_parameter_randomisation",
+            {"nr_samples": 5, "summary": "quantus_average"},
+            "SmoothMPRT",
+            {"nr_samples": 5, "return_average_correlation": True},
+            {"explain_func": quantus.explain, "explain_func_kwargs": {"method": "Saliency"}, "a_none": True},
+        ),
         ("efficient_model_parameter_randomisation", {}, "EfficientMPRT", {}, ex),
         ("random_logit", {"similarity": "ssim_flat", "num_classes": 2}, "RandomLogit", {"num_classes": 2}, ex),
         ("input_invariance", {}, "InputInvariance", {}, ex),
@@ -100,9 +145,15 @@ def cases(hw: int):
 def tiny_net():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-        torch.nn.Linear(8, 2)).eval()
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(4, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 2),
+    ).eval()
 
 
 def small_net():
@@ -157,8 +208,10 @@ def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
     t_fwd = timed(lambda: models.forward(net, x, batch_size=bs), 5)[0]
     t_expl = timed(lambda: SAL(net, x, y), 5)[0]
     e_fwd = t_expl / t_fwd  # one explainer pass in forward-pass units
-    print(f"\n== {setting}: N={n}, 1x{hw}x{hw}, {bs} images per model call; one forward of the N images = "
-          f"{t_fwd * 1e3:.2f} ms, one saliency explanation = {t_expl * 1e3:.2f} ms ({e_fwd:.1f} forwards)")
+    print(
+        f"\n== {setting}: N={n}, 1x{hw}x{hw}, {bs} images per model call; one forward of the N images = "
+        f"{t_fwd * 1e3:.2f} ms, one saliency explanation = {t_expl * 1e3:.2f} ms ({e_fwd:.1f} forwards)"
+    )
     print(f"{'metric':40s} {'ours s':>9s} {'quantus s':>10s} {'speed-up':>9s} {'passes':>8s} {'ours/floor':>10s}")
     ratios, floors = [], []
     for case in cases(hw):
@@ -171,7 +224,7 @@ def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
         use_mask, a_none = qcall.pop("mask", False), qcall.pop("a_none", False)
         metric = evaluate.get(name, **hp, **({"batch_size": bs} if "batch_size" in evaluate.get(name).hparams else {}))
         with models.count_passes(net) as counted:
-            t_ours, runs = timed(lambda: metric(net, x, y, a, mask=mask, explainer=SAL))
+            t_ours, runs = timed(lambda metric=metric: metric(net, x, y, a, mask=mask, explainer=SAL))
         p = passes(metric, (1, hw, hw), SAL, net)
         if "explainer" not in metric.needs and p:
             # forward passes only: the floor counts the passes actually made (IROF's depend on
@@ -179,13 +232,20 @@ def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
             p = counted.rows / runs / n
         qm = getattr(quantus, qname)(disable_warnings=True, **qinit)
         q_bs = n if p == 0 else min(n, bs)
-        kw = dict(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None if a_none else a.unsqueeze(1).numpy(),
-                  device="cpu", batch_size=q_bs, **qcall)
+        kw = dict(
+            model=net,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=None if a_none else a.unsqueeze(1).numpy(),
+            device="cpu",
+            batch_size=q_bs,
+            **qcall,
+        )
         if use_mask:
             kw["s_batch"] = mask.unsqueeze(1).numpy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t_q, _ = timed(lambda: qm(**kw))
+            t_q, _ = timed(lambda qm=qm, kw=kw: qm(**kw))
         floor = (passes(metric, (1, hw, hw), _ExplainerCost(e_fwd), net) if "explainer" in metric.needs else p) * t_fwd
         r = t_q / t_ours
         ratios.append(r)
@@ -196,8 +256,10 @@ def run(setting: str, n: int, hw: int, only: set[str] | None, bs: int):
     gm = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
     print(f"{'geometric mean speed-up':40s} {gm:.1f}x over {len(ratios)} metrics; slowest ratio {min(ratios):.2f}x")
     if floors:
-        print(f"{'ours / floor (model-bound metrics)':40s} largest {max(floors):.2f}, "
-              f"{sum(f <= 1.3 for f in floors)} of {len(floors)} within 1.3x")
+        print(
+            f"{'ours / floor (model-bound metrics)':40s} largest {max(floors):.2f}, "
+            f"{sum(f <= 1.3 for f in floors)} of {len(floors)} within 1.3x"
+        )
 
 
 def main():

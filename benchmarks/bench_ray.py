@@ -49,9 +49,14 @@ def main() -> None:
     x = rng.random((args.images, 1, 32, 32)).astype(np.float32)
     np.savez(tmp / "d.npz", x=x, y=np.arange(args.images) % 2)
     cfg = {
-        "data": {"path": str(tmp / "d.npz")}, "unit_images": args.unit_images, "batch_size": 64,
+        "data": {"path": str(tmp / "d.npz")},
+        "unit_images": args.unit_images,
+        "batch_size": 64,
         "models": [{"name": "cnn", "spec": "small_cnn"}],
-        "methods": [{"name": "integrated_gradients", "hparams": {"n_steps": 32}}, {"name": "smoothgrad", "hparams": {"n_samples": 16}}],
+        "methods": [
+            {"name": "integrated_gradients", "hparams": {"n_steps": 32}},
+            {"name": "smoothgrad", "hparams": {"n_samples": 16}},
+        ],
         "metrics": [{"name": "deletion", "hparams": {"steps": 16}}],
         "analyses": {"ranking": None, "sensitivity": None},
     }
@@ -59,8 +64,12 @@ def main() -> None:
     warm = ray.remote(num_cpus=1)(_warm_up)
     times, units = {}, {}
     for workers in (1, 2):
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
         ray.get([warm.remote() for _ in range(workers)])  # start every worker and import xaiscope there
         t = time.perf_counter()
         root = run(parse_config({**cfg, "out": str(tmp / f"run{workers}")}), backend="ray", force=True)
@@ -68,7 +77,9 @@ def main() -> None:
         ray.shutdown()
         units[workers] = json.loads((root / "manifest.json").read_text())["timings_s"]["units_s"]
         print(f"{workers} worker(s): work units {units[workers]:.1f} s, whole run {times[workers]:.1f} s  ({root})")
-    print(f"speed-up with 2 workers: work units {units[1] / units[2]:.2f}x, whole run {times[1] / times[2]:.2f}x (target >= 1.6x)")
+    print(
+        f"speed-up with 2 workers: work units {units[1] / units[2]:.2f}x, whole run {times[1] / times[2]:.2f}x (target >= 1.6x)"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def exit_code(args: list[str]) -> int:
 
 def run_cli_subprocess(*args: str, timeout: int = 300) -> Result:
     """Run ``xaiscope ARGS`` as a separate process (what a user's shell does)."""
-    proc = subprocess.run([sys.executable, "-m", "xaiscope.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "xaiscope.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 

@@ -42,8 +42,16 @@ def make_folder(root: Path, *, n: int = 3, size: int = 16, masks: bool = False, 
     return root
 
 
-def make_npz(path: Path, *, n: int = 12, size: int = 16, masks: bool = True, seed: int = 0, bright: tuple[int, ...] = (),
-             labels=None) -> Path:
+def make_npz(
+    path: Path,
+    *,
+    n: int = 12,
+    size: int = 16,
+    masks: bool = True,
+    seed: int = 0,
+    bright: tuple[int, ...] = (),
+    labels=None,
+) -> Path:
     """``n`` gray ``size x size`` images in ``[0, 0.5)`` (ids ``img00``...), labels 0/1 alternating,
     square masks; images listed in ``bright`` are lifted to ``[0.7, 1)``."""
     rng = np.random.default_rng(seed)
@@ -84,13 +92,26 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def temp_files(root: Path) -> list[str]:
     """Left-over temporary files of atomic writers (ours: ``.NAME.XXXX.tmp``; zarr: ``*.partial``)."""
-    return sorted(str(p) for p in Path(root).rglob("*") if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".partial")))
+    return sorted(
+        str(p)
+        for p in Path(root).rglob("*")
+        if p.is_file() and (p.name.endswith(".tmp") or p.name.endswith(".partial"))
+    )
 
 
 # ---------------------------------------------------------------------------- forked CLI runs
 
-PRELOAD = ["xaiscope.cli", "xaiscope.pipeline.runner", "xaiscope.pipeline.analyses_job", "xaiscope.explain",
-           "xaiscope.evaluate", "zarr", "pandas", "pyarrow.parquet", "fixture_models"]
+PRELOAD = [
+    "xaiscope.cli",
+    "xaiscope.pipeline.runner",
+    "xaiscope.pipeline.analyses_job",
+    "xaiscope.explain",
+    "xaiscope.evaluate",
+    "zarr",
+    "pandas",
+    "pyarrow.parquet",
+    "fixture_models",
+]
 
 
 def _child(args: list[str], log: str, threads: int) -> None:  # runs in the forked child

@@ -53,17 +53,24 @@ def build_base(root: Path) -> Path:
     masks[:, 4:10, 4:10] = True
     ids = np.array([f"img{i}" for i in range(7)] + [XSS_ID])
     np.savez(root / "d.npz", x=x, y=np.arange(8) % 2, masks=masks, ids=ids, classes=np.array(["healthy", XSS_CLASS]))
-    cfg = parse_config({
-        "out": str(root / "run"),
-        "data": {"path": str(root / "d.npz")},
-        "models": ["small_cnn"],
-        "unit_images": 8,
-        "methods": ["saliency", "random", "sobel", "input",
-                    {"name": "integrated_gradients", "hparams": {"n_steps": 4}, "grid": {"n_steps": [2]}}],
-        "metrics": ["relevance_mass_accuracy", {"name": "deletion", "hparams": {"steps": 4}}, "sparseness"],
-        "analyses": {"ranking": {"draws": 200}},
-        "report": {"examples": 4, "title": "report test"},
-    })
+    cfg = parse_config(
+        {
+            "out": str(root / "run"),
+            "data": {"path": str(root / "d.npz")},
+            "models": ["small_cnn"],
+            "unit_images": 8,
+            "methods": [
+                "saliency",
+                "random",
+                "sobel",
+                "input",
+                {"name": "integrated_gradients", "hparams": {"n_steps": 4}, "grid": {"n_steps": [2]}},
+            ],
+            "metrics": ["relevance_mass_accuracy", {"name": "deletion", "hparams": {"steps": 4}}, "sparseness"],
+            "analyses": {"ranking": {"draws": 200}},
+            "report": {"examples": 4, "title": "report test"},
+        }
+    )
     return run(cfg)
 
 
@@ -73,9 +80,18 @@ def add_analyses(run: Path) -> Path:
     rows = []
     for (model, method, setting, image_id), _ in res.groupby(["model", "method", "setting", "image_id"]):
         for step, frac in enumerate(np.linspace(0, 1, 5)):
-            rows.append({"image_id": image_id, "model": model, "method": method, "setting": setting,
-                         "metric": "deletion", "step": step, "fraction": frac,
-                         "value": float(np.exp(-3 * frac) + 0.01 * len(method))})
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "model": model,
+                    "method": method,
+                    "setting": setting,
+                    "metric": "deletion",
+                    "step": step,
+                    "fraction": frac,
+                    "value": float(np.exp(-3 * frac) + 0.01 * len(method)),
+                }
+            )
     pd.DataFrame(rows).to_parquet(run / "curves.parquet", index=False)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["skipped_images"] = {"small_cnn": ["gone-1", XSS_SKIPPED]}  # not in the data: skipped before
@@ -85,12 +101,17 @@ def add_analyses(run: Path) -> Path:
     (an / "global" / "maps" / "overall.png").write_bytes(_png((1, 0, 0)))
     (an / "global" / f"peppr_{XSS_FILE}.png").write_bytes(_png((0, 1, 0)))
     pd.DataFrame({"label": ["healthy", XSS_CLASS], "order": ["map", "map"], "area": [0.4, 0.6]}).to_csv(
-        an / "global" / "peppr_curves.csv", index=False)
-    (an / "global" / "summary.json").write_text(json.dumps({"score": {"healthy": 0.1, XSS_CLASS: 0.2}, "method": "saliency"}))
+        an / "global" / "peppr_curves.csv", index=False
+    )
+    (an / "global" / "summary.json").write_text(
+        json.dumps({"score": {"healthy": 0.1, XSS_CLASS: 0.2}, "method": "saliency"})
+    )
     fig.mkdir(exist_ok=True)
     (fig / "variability_saliency.png").write_bytes(_png((0, 0, 1)))
     (fig / "variability_broken.png").write_bytes(b"not a png")
-    (an / "variability_fits.json").write_text(json.dumps({"saliency": {"quadratic": {"r2": 0.5, "coefficients": [1, 2, 3]}}}))
+    (an / "variability_fits.json").write_text(
+        json.dumps({"saliency": {"quadratic": {"r2": 0.5, "coefficients": [1, 2, 3]}}})
+    )
     pd.DataFrame({"image_id": ["img0", XSS_ID], "sd": [0.1, 0.2]}).to_parquet(an / "variability.parquet", index=False)
     (an / "sis").mkdir()
     (an / "sis" / "cluster_means.png").write_bytes(_png((1, 1, 0)))

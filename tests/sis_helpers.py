@@ -22,7 +22,9 @@ def digits() -> tuple[Dataset, Dataset]:
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
-    ds = Dataset(x=x, y=y, ids=[f"d{i:04d}" for i in range(len(y))], classes=[str(c) for c in range(10)], source="sklearn-digits")
+    ds = Dataset(
+        x=x, y=y, ids=[f"d{i:04d}" for i in range(len(y))], classes=[str(c) for c in range(10)], source="sklearn-digits"
+    )
     n_train = 1400
     return ds.subset(range(n_train)), ds.subset(range(n_train, len(ds)))
 

@@ -15,8 +15,6 @@ from xaiscope.errors import ConfigError
 from xaiscope.models import count_passes
 
 
-
-
 @pytest.fixture(scope="module")
 def model():
     return digits_model()[0]
@@ -73,17 +71,20 @@ def test_regularisers(model):
     assert not model.training
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"target": 10}, "Class 10 is out of range: the model has 10 outputs"),
-    ({"target": -1}, "non-negative integer"),
-    ({"target": 1, "steps": 0}, "steps must be a positive integer"),
-    ({"target": 1, "l2_decay": 1.0}, "l2_decay must lie in [0, 1)"),
-    ({"target": 1, "norm_clip_pct": 100}, "norm_clip_pct must be a percentile"),
-    ({"target": 1, "clip_range": (1.0, 0.0)}, "low < high"),
-    ({"target": None, "layer": "features.66"}, "no layer 'features.66' (did you mean 'features.6'?)"),
-    ({"target": None, "layer": "features.6", "channel": 99}, "channel 99 is out of range"),
-    ({"target": 1, "shape": (1, 8)}, "shape must be three positive integers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target": 10}, "Class 10 is out of range: the model has 10 outputs"),
+        ({"target": -1}, "non-negative integer"),
+        ({"target": 1, "steps": 0}, "steps must be a positive integer"),
+        ({"target": 1, "l2_decay": 1.0}, "l2_decay must lie in [0, 1)"),
+        ({"target": 1, "norm_clip_pct": 100}, "norm_clip_pct must be a percentile"),
+        ({"target": 1, "clip_range": (1.0, 0.0)}, "low < high"),
+        ({"target": None, "layer": "features.66"}, "no layer 'features.66' (did you mean 'features.6'?)"),
+        ({"target": None, "layer": "features.6", "channel": 99}, "channel 99 is out of range"),
+        ({"target": 1, "shape": (1, 8)}, "shape must be three positive integers"),
+    ],
+)
 def test_bad_settings(model, kwargs, message):
     kw = {"shape": (1, 8, 8), "steps": 2, **kwargs}
     target = kw.pop("target")
@@ -97,8 +98,15 @@ def weights(model, tmp_path_factory):
     from xaiscope.models.train import save
 
     root = tmp_path_factory.mktemp("actmax")
-    save(model, root / "cnn.pt", arch="small_cnn", arch_kwargs={"width": 8, "num_classes": 10, "in_channels": 1},
-         classes=[str(i) for i in range(10)], input_size=[1, 8, 8], normalisation=None)
+    save(
+        model,
+        root / "cnn.pt",
+        arch="small_cnn",
+        arch_kwargs={"width": 8, "num_classes": 10, "in_channels": 1},
+        classes=[str(i) for i in range(10)],
+        input_size=[1, 8, 8],
+        normalisation=None,
+    )
     return root
 
 
@@ -112,18 +120,34 @@ def test_cli_actmax(weights):
     assert rec["params"]["shape"] == [1, 8, 8] and rec["params"]["seed"] == 0
     assert (out / "class_4.png").exists() and (out / "class_4_trajectory.png").exists()
     # --shape overrides the sidecar; same seed, same image.
-    main(["actmax", "--model", str(weights / "cnn.pt"), "--class", "4", "--out", str(weights / "out2"), "--steps", "80",
-          "--shape", "1,8,8"])
+    main(
+        [
+            "actmax",
+            "--model",
+            str(weights / "cnn.pt"),
+            "--class",
+            "4",
+            "--out",
+            str(weights / "out2"),
+            "--steps",
+            "80",
+            "--shape",
+            "1,8,8",
+        ]
+    )
     assert np.array_equal(np.load(weights / "out2" / "class_4.npy"), img)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--class", "10"], "--class 10 is out of range"),
-    (["--class", "1", "--shape", "1,8"], "--shape must be 3 comma-separated"),
-    (["--class", "1", "--range", "1,0"], "--range must have LOW < HIGH"),
-    (["--class", "1", "--norm-clip-pct", "150"], "norm_clip_pct must be a percentile"),
-    ([], "Give --class K"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--class", "10"], "--class 10 is out of range"),
+        (["--class", "1", "--shape", "1,8"], "--shape must be 3 comma-separated"),
+        (["--class", "1", "--range", "1,0"], "--range must have LOW < HIGH"),
+        (["--class", "1", "--norm-clip-pct", "150"], "norm_clip_pct must be a percentile"),
+        ([], "Give --class K"),
+    ],
+)
 def test_cli_actmax_bad_input_exits_2(weights, args, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(["actmax", "--model", str(weights / "cnn.pt"), "--out", str(weights / "bad"), "--steps", "2", *args])

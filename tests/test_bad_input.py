@@ -39,17 +39,42 @@ from reliability_helpers import make_folder, make_npz, snapshot, temp_files, wri
 from xaiscope.errors import ConfigError
 
 RUN_CONFIG = {
-    "out": "out/run", "seed": 0, "batch_size": 16, "unit_images": 6,
+    "out": "out/run",
+    "seed": 0,
+    "batch_size": 16,
+    "unit_images": 6,
     "data": {"path": "data"},
     "models": [{"name": "cnn", "spec": "fixture_models:seeded_cnn"}],
     "methods": ["saliency"],
     "metrics": ["sparseness", "relevance_mass_accuracy"],
     "analyses": {"ranking": None, "sensitivity": None},
 }
-EXPLAIN = ["explain", "--model", "fixture_models:seeded_cnn", "--data", "data", "--methods", "saliency", "--out", "out",
-           "--overlays", "1"]
-EVALUATE = ["evaluate", "--model", "fixture_models:seeded_cnn", "--data", "data", "--methods", "saliency",
-            "--metrics", "sparseness", "--out", "out/scores.parquet"]
+EXPLAIN = [
+    "explain",
+    "--model",
+    "fixture_models:seeded_cnn",
+    "--data",
+    "data",
+    "--methods",
+    "saliency",
+    "--out",
+    "out",
+    "--overlays",
+    "1",
+]
+EVALUATE = [
+    "evaluate",
+    "--model",
+    "fixture_models:seeded_cnn",
+    "--data",
+    "data",
+    "--methods",
+    "saliency",
+    "--metrics",
+    "sparseness",
+    "--out",
+    "out/scores.parquet",
+]
 
 
 def write_config(ws: Path, name: str = "config.yaml", **changes) -> str:
@@ -144,151 +169,376 @@ def _npz_value(ws: Path, name: str, index: int, value: float) -> str:
 
 CASES = [
     # ---------------------------------------------------------------- data
-    Case("missing-data-folder", lambda ws, mp: [*EVALUATE[:4], "missing", *EVALUATE[5:]],
-         r"The data folder missing does not exist\."),
-    Case("empty-data-folder", lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "empty"})],
-         r"The data folder empty contains no images \(expected empty/<class>/<id>\.png\)\."),
-    Case("data-path-is-a-file", lambda ws, mp: ((ws / "config.txt").write_text("x"), [*EXPLAIN[:4], "config.txt", *EXPLAIN[5:]])[1],
-         r"The data path config\.txt is not a folder\."),
-    Case("truncated-png", lambda ws, mp: (_truncate(ws / "data" / "a" / "1.png"), EXPLAIN)[1],
-         r"The image data/a/1\.png cannot be read; it is not a valid image or it is truncated"),
-    Case("garbage-png", lambda ws, mp: ((ws / "data" / "b" / "2.png").write_bytes(b"not a png at all"), EVALUATE)[1],
-         r"The image data/b/2\.png cannot be read; it is not a valid image or it is truncated"),
-    Case("tiff-uint32", lambda ws, mp: (tifffile.imwrite(ws / "data" / "a" / "9.tif", np.ones((16, 16), np.uint32)), EXPLAIN)[1],
-         r"The image data/a/9\.tif has unsupported pixel type uint32; use 8- or 16-bit unsigned integers or float32\."),
-    Case("mixed-sizes", lambda ws, mp: (write_png(ws / "data" / "b" / "9.png", np.zeros((12, 16), np.uint8)), EXPLAIN)[1],
-         r"The image data/b/9\.png is 16x12 but data/a/0\.png is 16x16; pass a resize option to use images of different sizes\."),
-    Case("mixed-channels", lambda ws, mp: (write_png(ws / "data" / "b" / "9.png", np.zeros((16, 16, 3), np.uint8)), EXPLAIN)[1],
-         r"The image data/b/9\.png has 3 channel\(s\) but data/a/0\.png has 1; convert them to one colour mode\."),
-    Case("mask-size-differs", lambda ws, mp: (write_png(ws / "data" / "masks" / "a" / "1.png", np.zeros((8, 8), np.uint8)),
-                                              ["run", "config.yaml"])[1],
-         r"The mask data/masks/a/1\.png is 8x8 but its image is 16x16\."),
-    Case("mask-without-image", lambda ws, mp: (write_png(ws / "data" / "masks" / "b" / "7.png", np.zeros((16, 16), np.uint8)),
-                                               EVALUATE)[1],
-         r"The mask data/masks/b/7\.png has no matching image data/b/7\.\*\."),
-    Case("image-without-mask", lambda ws, mp: ((ws / "data" / "masks" / "b" / "2.png").unlink(), ["run", "config.yaml"])[1],
-         r"The image data/b/2\.png has no mask in data/masks; every image needs one\."),
-    Case("masks-required-but-absent",
-         lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "nomask", "masks": "required"})],
-         r"Masks are required but nomask/masks does not exist\."),
-    Case("localisation-metric-without-masks-evaluate",
-         lambda ws, mp: [*EVALUATE[:4], "nomask", *EVALUATE[5:8], "relevance_mass_accuracy", *EVALUATE[9:]],
-         r"Metric relevance_mass_accuracy is a localisation metric and needs masks, but the data in nomask has none\."),
-    Case("localisation-metric-without-masks-run",
-         lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "nomask"})],
-         r"metrics: relevance_mass_accuracy is a localisation metric and needs masks, but nomask has none\."),
-    Case("non-binary-mask", lambda ws, mp: (write_png(ws / "data" / "masks" / "a" / "0.png",
-                                                      np.repeat(np.array([0, 128, 255], np.uint8), 86)[:256].reshape(16, 16)), EXPLAIN)[1],
-         r"The mask data/masks/a/0\.png is not binary; it has 3 distinct values\."),
-    Case("nan-in-npz", lambda ws, mp: [*EVALUATE[:4], _npz_value(ws, "nan.npz", 3, np.nan), *EVALUATE[5:]],
-         r"The image 'img03' in nan\.npz contains NaN or infinite values\."),
-    Case("inf-in-npz", lambda ws, mp: [*EXPLAIN[:4], _npz_value(ws, "inf.npz", 5, -np.inf), *EXPLAIN[5:]],
-         r"The image 'img05' in inf\.npz contains NaN or infinite values\."),
-    Case("npz-without-labels", lambda ws, mp: (np.savez(ws / "nolab.npz", x=np.zeros((2, 1, 4, 4), np.float32)),
-                                               [*EXPLAIN[:4], "nolab.npz", *EXPLAIN[5:]])[1],
-         r"The data file nolab\.npz has no array 'y'\."),
-    Case("npz-non-binary-masks", lambda ws, mp: [*EXPLAIN[:4], _npz_with(ws, "m.npz", masks=np.full((6, 16, 16), 3, np.uint8)), *EXPLAIN[5:]],
-         r"The array 'masks' in m\.npz is not binary\."),
-    Case("labels-out-of-range", lambda ws, mp: [*EVALUATE[:4], _npz_with(ws, "three.npz", y=np.array([0, 1, 2, 0, 1, 2])), *EVALUATE[5:]],
-         r"The data in three\.npz has label 2 \('2'\) but the model has only 2 outputs\."),
+    Case(
+        "missing-data-folder",
+        lambda ws, mp: [*EVALUATE[:4], "missing", *EVALUATE[5:]],
+        r"The data folder missing does not exist\.",
+    ),
+    Case(
+        "empty-data-folder",
+        lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "empty"})],
+        r"The data folder empty contains no images \(expected empty/<class>/<id>\.png\)\.",
+    ),
+    Case(
+        "data-path-is-a-file",
+        lambda ws, mp: ((ws / "config.txt").write_text("x"), [*EXPLAIN[:4], "config.txt", *EXPLAIN[5:]])[1],
+        r"The data path config\.txt is not a folder\.",
+    ),
+    Case(
+        "truncated-png",
+        lambda ws, mp: (_truncate(ws / "data" / "a" / "1.png"), EXPLAIN)[1],
+        r"The image data/a/1\.png cannot be read; it is not a valid image or it is truncated",
+    ),
+    Case(
+        "garbage-png",
+        lambda ws, mp: ((ws / "data" / "b" / "2.png").write_bytes(b"not a png at all"), EVALUATE)[1],
+        r"The image data/b/2\.png cannot be read; it is not a valid image or it is truncated",
+    ),
+    Case(
+        "tiff-uint32",
+        lambda ws, mp: (tifffile.imwrite(ws / "data" / "a" / "9.tif", np.ones((16, 16), np.uint32)), EXPLAIN)[1],
+        r"The image data/a/9\.tif has unsupported pixel type uint32; use 8- or 16-bit unsigned integers or float32\.",
+    ),
+    Case(
+        "mixed-sizes",
+        lambda ws, mp: (write_png(ws / "data" / "b" / "9.png", np.zeros((12, 16), np.uint8)), EXPLAIN)[1],
+        r"The image data/b/9\.png is 16x12 but data/a/0\.png is 16x16; pass a resize option to use images of different sizes\.",
+    ),
+    Case(
+        "mixed-channels",
+        lambda ws, mp: (write_png(ws / "data" / "b" / "9.png", np.zeros((16, 16, 3), np.uint8)), EXPLAIN)[1],
+        r"The image data/b/9\.png has 3 channel\(s\) but data/a/0\.png has 1; convert them to one colour mode\.",
+    ),
+    Case(
+        "mask-size-differs",
+        lambda ws, mp: (
+            write_png(ws / "data" / "masks" / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+            ["run", "config.yaml"],
+        )[1],
+        r"The mask data/masks/a/1\.png is 8x8 but its image is 16x16\.",
+    ),
+    Case(
+        "mask-without-image",
+        lambda ws, mp: (write_png(ws / "data" / "masks" / "b" / "7.png", np.zeros((16, 16), np.uint8)), EVALUATE)[1],
+        r"The mask data/masks/b/7\.png has no matching image data/b/7\.\*\.",
+    ),
+    Case(
+        "image-without-mask",
+        lambda ws, mp: ((ws / "data" / "masks" / "b" / "2.png").unlink(), ["run", "config.yaml"])[1],
+        r"The image data/b/2\.png has no mask in data/masks; every image needs one\.",
+    ),
+    Case(
+        "masks-required-but-absent",
+        lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "nomask", "masks": "required"})],
+        r"Masks are required but nomask/masks does not exist\.",
+    ),
+    Case(
+        "localisation-metric-without-masks-evaluate",
+        lambda ws, mp: [*EVALUATE[:4], "nomask", *EVALUATE[5:8], "relevance_mass_accuracy", *EVALUATE[9:]],
+        r"Metric relevance_mass_accuracy is a localisation metric and needs masks, but the data in nomask has none\.",
+    ),
+    Case(
+        "localisation-metric-without-masks-run",
+        lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "nomask"})],
+        r"metrics: relevance_mass_accuracy is a localisation metric and needs masks, but nomask has none\.",
+    ),
+    Case(
+        "non-binary-mask",
+        lambda ws, mp: (
+            write_png(
+                ws / "data" / "masks" / "a" / "0.png",
+                np.repeat(np.array([0, 128, 255], np.uint8), 86)[:256].reshape(16, 16),
+            ),
+            EXPLAIN,
+        )[1],
+        r"The mask data/masks/a/0\.png is not binary; it has 3 distinct values\.",
+    ),
+    Case(
+        "nan-in-npz",
+        lambda ws, mp: [*EVALUATE[:4], _npz_value(ws, "nan.npz", 3, np.nan), *EVALUATE[5:]],
+        r"The image 'img03' in nan\.npz contains NaN or infinite values\.",
+    ),
+    Case(
+        "inf-in-npz",
+        lambda ws, mp: [*EXPLAIN[:4], _npz_value(ws, "inf.npz", 5, -np.inf), *EXPLAIN[5:]],
+        r"The image 'img05' in inf\.npz contains NaN or infinite values\.",
+    ),
+    Case(
+        "npz-without-labels",
+        lambda ws, mp: (
+            np.savez(ws / "nolab.npz", x=np.zeros((2, 1, 4, 4), np.float32)),
+            [*EXPLAIN[:4], "nolab.npz", *EXPLAIN[5:]],
+        )[1],
+        r"The data file nolab\.npz has no array 'y'\.",
+    ),
+    Case(
+        "npz-non-binary-masks",
+        lambda ws, mp: [*EXPLAIN[:4], _npz_with(ws, "m.npz", masks=np.full((6, 16, 16), 3, np.uint8)), *EXPLAIN[5:]],
+        r"The array 'masks' in m\.npz is not binary\.",
+    ),
+    Case(
+        "labels-out-of-range",
+        lambda ws, mp: [*EVALUATE[:4], _npz_with(ws, "three.npz", y=np.array([0, 1, 2, 0, 1, 2])), *EVALUATE[5:]],
+        r"The data in three\.npz has label 2 \('2'\) but the model has only 2 outputs\.",
+    ),
     # ---------------------------------------------------------------- models
-    Case("model-returns-tuple", lambda ws, mp: ["run", write_config(ws, out="out/run2", models=[{"name": "t", "spec": "fixture_models:tuple_output"}])],
-         r"The model must return a tensor \[N, classes\], but it returned a tuple\."),
-    Case("model-output-wrong-rank", lambda ws, mp: [*EVALUATE[:2], "fixture_models:scalar_output", *EVALUATE[3:]],
-         r"The model must return a tensor \[N, classes\], but for 1 images it returned shape \[2\]\."),
-    Case("rgb-model-gray-images", lambda ws, mp: ["run", write_config(ws, out="out/run2", models=[{"name": "rgb", "spec": "fixture_models:rgb_only"}])],
-         r"The model cannot process images of shape \[1, 16, 16\] from data: "),
-    Case("cam-on-model-without-conv", lambda ws, mp: [*EXPLAIN[:2], "reliability_helpers:mlp", *EXPLAIN[3:6], "gradcam", *EXPLAIN[7:]],
-         r"gradcam needs a model with a Conv2d layer, and this model has none; pass layer=NAME to choose one\."),
-    Case("corrupt-weights", lambda ws, mp: ((ws / "junk.pt").write_bytes(os.urandom(300)), [*EXPLAIN, "--weights", "junk.pt"])[1],
-         r"The weights file junk\.pt is not a plain state dict that loads with weights_only=True"),
-    Case("unknown-zoo-architecture", lambda ws, mp: ["train", "--data", "data", "--out", "out/m.pt", "--arch", "small_vgq", "--epochs", "1"],
-         r"Unknown architecture 'small_vgq' \(did you mean 'small_vgg'\?\)"),
+    Case(
+        "model-returns-tuple",
+        lambda ws, mp: [
+            "run",
+            write_config(ws, out="out/run2", models=[{"name": "t", "spec": "fixture_models:tuple_output"}]),
+        ],
+        r"The model must return a tensor \[N, classes\], but it returned a tuple\.",
+    ),
+    Case(
+        "model-output-wrong-rank",
+        lambda ws, mp: [*EVALUATE[:2], "fixture_models:scalar_output", *EVALUATE[3:]],
+        r"The model must return a tensor \[N, classes\], but for 1 images it returned shape \[2\]\.",
+    ),
+    Case(
+        "rgb-model-gray-images",
+        lambda ws, mp: [
+            "run",
+            write_config(ws, out="out/run2", models=[{"name": "rgb", "spec": "fixture_models:rgb_only"}]),
+        ],
+        r"The model cannot process images of shape \[1, 16, 16\] from data: ",
+    ),
+    Case(
+        "cam-on-model-without-conv",
+        lambda ws, mp: [*EXPLAIN[:2], "reliability_helpers:mlp", *EXPLAIN[3:6], "gradcam", *EXPLAIN[7:]],
+        r"gradcam needs a model with a Conv2d layer, and this model has none; pass layer=NAME to choose one\.",
+    ),
+    Case(
+        "corrupt-weights",
+        lambda ws, mp: ((ws / "junk.pt").write_bytes(os.urandom(300)), [*EXPLAIN, "--weights", "junk.pt"])[1],
+        r"The weights file junk\.pt is not a plain state dict that loads with weights_only=True",
+    ),
+    Case(
+        "unknown-zoo-architecture",
+        lambda ws, mp: ["train", "--data", "data", "--out", "out/m.pt", "--arch", "small_vgq", "--epochs", "1"],
+        r"Unknown architecture 'small_vgq' \(did you mean 'small_vgg'\?\)",
+    ),
     # ---------------------------------------------------------------- methods, metrics, hyperparameters
-    Case("unknown-method", lambda ws, mp: [*EVALUATE[:6], "saliency,gradcm", *EVALUATE[7:]],
-         r"Unknown method 'gradcm' \(did you mean 'gradcam'\?\); run 'xaiscope methods' to list them\."),
-    Case("unknown-metric", lambda ws, mp: [*EVALUATE[:8], "sparseness,delition", *EVALUATE[9:]],
-         r"Unknown metric 'delition' \(did you mean 'deletion'\?\); run 'xaiscope metrics' to list them\."),
-    Case("unknown-hyperparameter", lambda ws, mp: [*EXPLAIN[:6], "integrated_gradients", *EXPLAIN[7:], "-p", "integrated_gradients.n_step=8"],
-         r"integrated_gradients has no hyperparameter 'n_step' \(did you mean 'n_steps'\?\)"),
-    Case("hyperparameter-wrong-type", lambda ws, mp: ["run", write_config(ws, methods=[{"name": "integrated_gradients", "hparams": {"n_steps": "many"}}])],
-         r"methods\.0 \(integrated_gradients\): Hyperparameter 'n_steps' of integrated_gradients must be int, got 'many'\."),
-    Case("hyperparameter-out-of-range", lambda ws, mp: [*EXPLAIN[:6], "integrated_gradients", *EXPLAIN[7:], "-p", "integrated_gradients.n_steps=0"],
-         r"Hyperparameter 'n_steps' of integrated_gradients must be >= 1, got 0\."),
-    Case("grid-value-out-of-range", lambda ws, mp: ["run", write_config(ws, methods=["saliency", {"name": "occlusion", "grid": {"window": [4, -2]}}])],
-         r"methods\.1 \(occlusion\): Hyperparameter 'window' of occlusion must be >= 1, got -2\."),
-    Case("metric-setting-out-of-range", lambda ws, mp: [*EVALUATE[:8], "deletion", *EVALUATE[9:], "-p", "deletion.steps=0"],
-         r"Setting 'steps' of deletion must be >= 1, got 0\."),
-    Case("metric-setting-unknown", lambda ws, mp: ["run", write_config(ws, metrics=[{"name": "deletion", "hparams": {"stepz": 4}}])],
-         r"metrics\.0 \(deletion\): Metric deletion has no setting 'stepz' \(did you mean 'steps'\?\)"),
-    Case("param-without-equals", lambda ws, mp: [*EXPLAIN, "-p", "saliency"],
-         r"The setting 'saliency' must look like METHOD\.NAME=VALUE\."),
-    Case("param-for-absent-method", lambda ws, mp: [*EXPLAIN, "-p", "gradcam.relu=false"],
-         r"--param names method 'gradcam', which is not in --methods\."),
-    Case("bad-target", lambda ws, mp: [*EXPLAIN, "--target", "best"],
-         r"--target must be 'true', 'pred' or a class index, got 'best'\."),
+    Case(
+        "unknown-method",
+        lambda ws, mp: [*EVALUATE[:6], "saliency,gradcm", *EVALUATE[7:]],
+        r"Unknown method 'gradcm' \(did you mean 'gradcam'\?\); run 'xaiscope methods' to list them\.",
+    ),
+    Case(
+        "unknown-metric",
+        lambda ws, mp: [*EVALUATE[:8], "sparseness,delition", *EVALUATE[9:]],
+        r"Unknown metric 'delition' \(did you mean 'deletion'\?\); run 'xaiscope metrics' to list them\.",
+    ),
+    Case(
+        "unknown-hyperparameter",
+        lambda ws, mp: [*EXPLAIN[:6], "integrated_gradients", *EXPLAIN[7:], "-p", "integrated_gradients.n_step=8"],
+        r"integrated_gradients has no hyperparameter 'n_step' \(did you mean 'n_steps'\?\)",
+    ),
+    Case(
+        "hyperparameter-wrong-type",
+        lambda ws, mp: [
+            "run",
+            write_config(ws, methods=[{"name": "integrated_gradients", "hparams": {"n_steps": "many"}}]),
+        ],
+        r"methods\.0 \(integrated_gradients\): Hyperparameter 'n_steps' of integrated_gradients must be int, got 'many'\.",
+    ),
+    Case(
+        "hyperparameter-out-of-range",
+        lambda ws, mp: [*EXPLAIN[:6], "integrated_gradients", *EXPLAIN[7:], "-p", "integrated_gradients.n_steps=0"],
+        r"Hyperparameter 'n_steps' of integrated_gradients must be >= 1, got 0\.",
+    ),
+    Case(
+        "grid-value-out-of-range",
+        lambda ws, mp: [
+            "run",
+            write_config(ws, methods=["saliency", {"name": "occlusion", "grid": {"window": [4, -2]}}]),
+        ],
+        r"methods\.1 \(occlusion\): Hyperparameter 'window' of occlusion must be >= 1, got -2\.",
+    ),
+    Case(
+        "metric-setting-out-of-range",
+        lambda ws, mp: [*EVALUATE[:8], "deletion", *EVALUATE[9:], "-p", "deletion.steps=0"],
+        r"Setting 'steps' of deletion must be >= 1, got 0\.",
+    ),
+    Case(
+        "metric-setting-unknown",
+        lambda ws, mp: ["run", write_config(ws, metrics=[{"name": "deletion", "hparams": {"stepz": 4}}])],
+        r"metrics\.0 \(deletion\): Metric deletion has no setting 'stepz' \(did you mean 'steps'\?\)",
+    ),
+    Case(
+        "param-without-equals",
+        lambda ws, mp: [*EXPLAIN, "-p", "saliency"],
+        r"The setting 'saliency' must look like METHOD\.NAME=VALUE\.",
+    ),
+    Case(
+        "param-for-absent-method",
+        lambda ws, mp: [*EXPLAIN, "-p", "gradcam.relu=false"],
+        r"--param names method 'gradcam', which is not in --methods\.",
+    ),
+    Case(
+        "bad-target",
+        lambda ws, mp: [*EXPLAIN, "--target", "best"],
+        r"--target must be 'true', 'pred' or a class index, got 'best'\.",
+    ),
     # ---------------------------------------------------------------- configs
     Case("config-missing", lambda ws, mp: ["run", "nope.yaml"], r"The config file nope\.yaml does not exist\."),
-    Case("config-invalid-yaml", lambda ws, mp: ((ws / "bad.yaml").write_text("seed: 0\ndata:\n  path: [data\nmethods: x\n"), ["run", "bad.yaml"])[1],
-         r"The config file bad\.yaml is not valid YAML at line 4, column 8\."),
-    Case("config-not-a-mapping", lambda ws, mp: ((ws / "list.yaml").write_text("- saliency\n- gradcam\n"), ["run", "list.yaml"])[1],
-         r"list\.yaml: the configuration must be a mapping of keys to values\."),
-    Case("config-unknown-top-level-key", lambda ws, mp: ["run", write_config(ws, metrix=["sparseness"])],
-         r"config\.yaml: metrix: unknown key\."),
-    Case("config-unknown-nested-key", lambda ws, mp: ["run", write_config(ws, data={"path": "data", "resise": [8, 8]})],
-         r"config\.yaml: data\.resise: unknown key\."),
-    Case("config-unknown-deep-key", lambda ws, mp: ["run", write_config(ws, analyses={"ranking": {"drawz": 10}})],
-         r"config\.yaml: analyses\.ranking\.drawz: unknown key\."),
-    Case("config-value-out-of-range", lambda ws, mp: ["run", write_config(ws, batch_size=0)],
-         r"config\.yaml: batch_size: Input should be greater than or equal to 1\."),
-    Case("config-required-key-missing", lambda ws, mp: ((ws / "nomodels.yaml").write_text(yaml.safe_dump({k: v for k, v in RUN_CONFIG.items() if k != "models"})),
-                                                        ["run", "nomodels.yaml"])[1],
-         r"nomodels\.yaml: models: required key is missing\."),
-    Case("config-duplicate-method", lambda ws, mp: ["run", write_config(ws, methods=["saliency", "saliency"])],
-         r"config\.yaml: \(top level\): Value error, method name 'saliency' appears twice\."),
-    Case("config-target-not-an-output", lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "data", "target": 5})],
-         r"data\.target: class 5 is not an output of model 'cnn' \(2 outputs\)\."),
-    Case("config-changed-for-existing-run", lambda ws, mp: ["run", write_config(ws, methods=["saliency", "sobel"])],
-         r"The run folder out/run holds a run with a different configuration; use --force to recompute or choose another --out\."),
-    Case("bad-backend", lambda ws, mp: ["run", "config.yaml", "--backend", "spark"],
-         r"--backend must be 'local' or 'ray', got 'spark'\."),
+    Case(
+        "config-invalid-yaml",
+        lambda ws, mp: (
+            (ws / "bad.yaml").write_text("seed: 0\ndata:\n  path: [data\nmethods: x\n"),
+            ["run", "bad.yaml"],
+        )[1],
+        r"The config file bad\.yaml is not valid YAML at line 4, column 8\.",
+    ),
+    Case(
+        "config-not-a-mapping",
+        lambda ws, mp: ((ws / "list.yaml").write_text("- saliency\n- gradcam\n"), ["run", "list.yaml"])[1],
+        r"list\.yaml: the configuration must be a mapping of keys to values\.",
+    ),
+    Case(
+        "config-unknown-top-level-key",
+        lambda ws, mp: ["run", write_config(ws, metrix=["sparseness"])],
+        r"config\.yaml: metrix: unknown key\.",
+    ),
+    Case(
+        "config-unknown-nested-key",
+        lambda ws, mp: ["run", write_config(ws, data={"path": "data", "resise": [8, 8]})],
+        r"config\.yaml: data\.resise: unknown key\.",
+    ),
+    Case(
+        "config-unknown-deep-key",
+        lambda ws, mp: ["run", write_config(ws, analyses={"ranking": {"drawz": 10}})],
+        r"config\.yaml: analyses\.ranking\.drawz: unknown key\.",
+    ),
+    Case(
+        "config-value-out-of-range",
+        lambda ws, mp: ["run", write_config(ws, batch_size=0)],
+        r"config\.yaml: batch_size: Input should be greater than or equal to 1\.",
+    ),
+    Case(
+        "config-required-key-missing",
+        lambda ws, mp: (
+            (ws / "nomodels.yaml").write_text(yaml.safe_dump({k: v for k, v in RUN_CONFIG.items() if k != "models"})),
+            ["run", "nomodels.yaml"],
+        )[1],
+        r"nomodels\.yaml: models: required key is missing\.",
+    ),
+    Case(
+        "config-duplicate-method",
+        lambda ws, mp: ["run", write_config(ws, methods=["saliency", "saliency"])],
+        r"config\.yaml: \(top level\): Value error, method name 'saliency' appears twice\.",
+    ),
+    Case(
+        "config-target-not-an-output",
+        lambda ws, mp: ["run", write_config(ws, out="out/run2", data={"path": "data", "target": 5})],
+        r"data\.target: class 5 is not an output of model 'cnn' \(2 outputs\)\.",
+    ),
+    Case(
+        "config-changed-for-existing-run",
+        lambda ws, mp: ["run", write_config(ws, methods=["saliency", "sobel"])],
+        r"The run folder out/run holds a run with a different configuration; use --force to recompute or choose another --out\.",
+    ),
+    Case(
+        "bad-backend",
+        lambda ws, mp: ["run", "config.yaml", "--backend", "spark"],
+        r"--backend must be 'local' or 'ray', got 'spark'\.",
+    ),
     # ---------------------------------------------------------------- outputs
-    Case("out-is-a-file", lambda ws, mp: [*EXPLAIN[:8], "out/scores.parquet", *EXPLAIN[9:]],
-         r"The output path out/scores\.parquet is a file, not a folder\."),
-    Case("out-inside-a-file", lambda ws, mp: [*EXPLAIN[:8], "out/scores.parquet/maps", *EXPLAIN[9:]],
-         r"The output folder out/scores\.parquet/maps cannot be created \(Not a directory\)\."),
-    Case("run-out-is-a-file", lambda ws, mp: ["run", write_config(ws, out="out/saliency.npz")],
-         r"The output path out/saliency\.npz is a file, not a folder\."),
-    Case("out-read-only-explain", lambda ws, mp: (_read_only(mp, "out"), EXPLAIN)[1],
-         r"The output folder out is not writable\."),
-    Case("out-read-only-evaluate", lambda ws, mp: (_read_only(mp, "out"), EVALUATE)[1],
-         r"The output folder out is not writable\."),
-    Case("out-read-only-train", lambda ws, mp: (_read_only(mp, "out"), ["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"])[1],
-         r"The output folder out is not writable\."),
-    Case("out-read-only-run", lambda ws, mp: (_read_only(mp, "out/run"), ["run", "config.yaml", "--no-report"])[1],
-         r"The output folder out/run is not writable\."),
-    Case("out-read-only-benchmark", lambda ws, mp: (_read_only(mp, "out"),  # the benchmark is built beside out/bench, then renamed
-                                                    ["benchmark", "--out", "out/bench", "--n-train", "4", "--n-test", "2", "--size", "32"])[1],
-         r"The output folder out is not writable\."),
-    Case("evaluate-out-not-parquet", lambda ws, mp: [*EVALUATE[:-1], "out/scores.csv"],
-         r"--out out/scores\.csv must end in \.parquet\."),
-    Case("train-out-is-sidecar", lambda ws, mp: ["train", "--data", "data", "--out", "out/m.json", "--epochs", "1"],
-         r"--out out/m\.json must be the weights file \(e\.g\. model\.pt\); the \.json sidecar is written beside it\."),
-    Case("disk-full-evaluate", lambda ws, mp: (mp.setattr(pd.DataFrame, "to_parquet", _disk_full_after(100)), EVALUATE)[1],
-         r"Writing out/scores\.parquet failed \(No space left on device\); earlier results are unchanged\."),
-    Case("disk-full-explain", lambda ws, mp: (mp.setattr(np, "savez_compressed", _disk_full_after(100)), EXPLAIN)[1],
-         r"Writing out/saliency\.npz failed \(No space left on device\); earlier results are unchanged\."),
-    Case("disk-full-run-consolidate", lambda ws, mp: (mp.setattr(pd.DataFrame, "to_parquet", _disk_full_after(100)), ["run", "config.yaml", "--no-report"])[1],
-         r"Writing out/run/results\.parquet failed \(No space left on device\); earlier results are unchanged\."),
+    Case(
+        "out-is-a-file",
+        lambda ws, mp: [*EXPLAIN[:8], "out/scores.parquet", *EXPLAIN[9:]],
+        r"The output path out/scores\.parquet is a file, not a folder\.",
+    ),
+    Case(
+        "out-inside-a-file",
+        lambda ws, mp: [*EXPLAIN[:8], "out/scores.parquet/maps", *EXPLAIN[9:]],
+        r"The output folder out/scores\.parquet/maps cannot be created \(Not a directory\)\.",
+    ),
+    Case(
+        "run-out-is-a-file",
+        lambda ws, mp: ["run", write_config(ws, out="out/saliency.npz")],
+        r"The output path out/saliency\.npz is a file, not a folder\.",
+    ),
+    Case(
+        "out-read-only-explain",
+        lambda ws, mp: (_read_only(mp, "out"), EXPLAIN)[1],
+        r"The output folder out is not writable\.",
+    ),
+    Case(
+        "out-read-only-evaluate",
+        lambda ws, mp: (_read_only(mp, "out"), EVALUATE)[1],
+        r"The output folder out is not writable\.",
+    ),
+    Case(
+        "out-read-only-train",
+        lambda ws, mp: (_read_only(mp, "out"), ["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"])[1],
+        r"The output folder out is not writable\.",
+    ),
+    Case(
+        "out-read-only-run",
+        lambda ws, mp: (_read_only(mp, "out/run"), ["run", "config.yaml", "--no-report"])[1],
+        r"The output folder out/run is not writable\.",
+    ),
+    Case(
+        "out-read-only-benchmark",
+        lambda ws, mp: (
+            _read_only(mp, "out"),  # the benchmark is built beside out/bench, then renamed
+            ["benchmark", "--out", "out/bench", "--n-train", "4", "--n-test", "2", "--size", "32"],
+        )[1],
+        r"The output folder out is not writable\.",
+    ),
+    Case(
+        "evaluate-out-not-parquet",
+        lambda ws, mp: [*EVALUATE[:-1], "out/scores.csv"],
+        r"--out out/scores\.csv must end in \.parquet\.",
+    ),
+    Case(
+        "train-out-is-sidecar",
+        lambda ws, mp: ["train", "--data", "data", "--out", "out/m.json", "--epochs", "1"],
+        r"--out out/m\.json must be the weights file \(e\.g\. model\.pt\); the \.json sidecar is written beside it\.",
+    ),
+    Case(
+        "disk-full-evaluate",
+        lambda ws, mp: (mp.setattr(pd.DataFrame, "to_parquet", _disk_full_after(100)), EVALUATE)[1],
+        r"Writing out/scores\.parquet failed \(No space left on device\); earlier results are unchanged\.",
+    ),
+    Case(
+        "disk-full-explain",
+        lambda ws, mp: (mp.setattr(np, "savez_compressed", _disk_full_after(100)), EXPLAIN)[1],
+        r"Writing out/saliency\.npz failed \(No space left on device\); earlier results are unchanged\.",
+    ),
+    Case(
+        "disk-full-run-consolidate",
+        lambda ws, mp: (
+            mp.setattr(pd.DataFrame, "to_parquet", _disk_full_after(100)),
+            ["run", "config.yaml", "--no-report"],
+        )[1],
+        r"Writing out/run/results\.parquet failed \(No space left on device\); earlier results are unchanged\.",
+    ),
     # ---------------------------------------------------------------- train and benchmark
-    Case("train-one-class", lambda ws, mp: (shutil.rmtree(ws / "nomask" / "b"), ["train", "--data", "nomask", "--out", "out/m.pt", "--epochs", "1"])[1],
-         r"The training data nomask has 1 class; training needs at least 2\."),
-    Case("benchmark-unknown-background", lambda ws, mp: ["benchmark", "--out", "bench", "--background", "retna", "--n-train", "4", "--n-test", "2"],
-         r"Unknown background 'retna'"),
-    Case("benchmark-bad-lesions", lambda ws, mp: ["benchmark", "--out", "bench", "--lesions", "three", "--n-train", "4", "--n-test", "2"],
-         r"--lesions must look like 1-3 or 2, got 'three'\."),
-    Case("benchmark-out-not-empty", lambda ws, mp: ["benchmark", "--out", "out", "--n-train", "4", "--n-test", "2", "--size", "32"],
-         r"The output folder out is not empty and holds no benchmark; choose a new folder\."),
+    Case(
+        "train-one-class",
+        lambda ws, mp: (
+            shutil.rmtree(ws / "nomask" / "b"),
+            ["train", "--data", "nomask", "--out", "out/m.pt", "--epochs", "1"],
+        )[1],
+        r"The training data nomask has 1 class; training needs at least 2\.",
+    ),
+    Case(
+        "benchmark-unknown-background",
+        lambda ws, mp: ["benchmark", "--out", "bench", "--background", "retna", "--n-train", "4", "--n-test", "2"],
+        r"Unknown background 'retna'",
+    ),
+    Case(
+        "benchmark-bad-lesions",
+        lambda ws, mp: ["benchmark", "--out", "bench", "--lesions", "three", "--n-train", "4", "--n-test", "2"],
+        r"--lesions must look like 1-3 or 2, got 'three'\.",
+    ),
+    Case(
+        "benchmark-out-not-empty",
+        lambda ws, mp: ["benchmark", "--out", "out", "--n-train", "4", "--n-test", "2", "--size", "32"],
+        r"The output folder out is not empty and holds no benchmark; choose a new folder\.",
+    ),
 ]
 
 
@@ -322,7 +572,10 @@ def test_disk_full_while_committing_a_unit_keeps_committed_units_and_resume_comp
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", flaky)
     r = run_cli(capsys, "run", "fresh.yaml", "--no-report")
-    assert_user_error(r, r"Writing fresh/units/cnn__saliency__\w+__0000004\.parquet failed \(No space left on device\); earlier results are unchanged\.")
+    assert_user_error(
+        r,
+        r"Writing fresh/units/cnn__saliency__\w+__0000004\.parquet failed \(No space left on device\); earlier results are unchanged\.",
+    )
     committed = sorted(p.name for p in (ws / "fresh" / "units").iterdir())
     assert len(committed) == 2 and temp_files(ws / "fresh" / "units") == []
     kept = snapshot(ws / "fresh" / "units")
@@ -332,8 +585,11 @@ def test_disk_full_while_committing_a_unit_keeps_committed_units_and_resume_comp
     assert {k: v for k, v in snapshot(ws / "fresh" / "units").items() if k in kept} == kept
     write_config(ws, "whole.yaml", out="whole", unit_images=2)
     assert run_cli(capsys, "run", "whole.yaml", "--no-report").code == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(ws / "fresh" / "results.parquet"),
-                                  pd.read_parquet(ws / "whole" / "results.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(ws / "fresh" / "results.parquet"),
+        pd.read_parquet(ws / "whole" / "results.parquet"),
+        check_exact=True,
+    )
 
 
 def test_force_with_bad_data_keeps_the_earlier_run(ws, capsys):
@@ -367,9 +623,13 @@ def test_debug_reraises_in_process(ws, capsys):
         run_cli(capsys, "--debug", "run", "nope.yaml")
 
 
-@pytest.mark.parametrize("command, stage", [(EVALUATE, "xaiscope.pipeline.evaluate_job.open_inputs"),
-                                            (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"],
-                                             "xaiscope.pipeline.train_job.read_pair")])
+@pytest.mark.parametrize(
+    "command, stage",
+    [
+        (EVALUATE, "xaiscope.pipeline.evaluate_job.open_inputs"),
+        (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"], "xaiscope.pipeline.train_job.read_pair"),
+    ],
+)
 def test_unwritable_output_fails_before_any_work(ws, monkeypatch, capsys, command, stage):
     def never(*a, **k):
         raise AssertionError("the work started although the output cannot be written")
@@ -395,7 +655,10 @@ def test_disk_full_while_writing_attributions_keeps_committed_units(ws, monkeypa
 
     monkeypatch.setattr(zarr.Array, "__setitem__", flaky)
     r = run_cli(capsys, "run", "fresh.yaml", "--no-report")
-    assert_user_error(r, r"Writing attributions to fresh/attributions\.zarr failed \(No space left on device\); finished units are kept\.")
+    assert_user_error(
+        r,
+        r"Writing attributions to fresh/attributions\.zarr failed \(No space left on device\); finished units are kept\.",
+    )
     assert len(list((ws / "fresh" / "units").glob("*.parquet"))) == 1
     monkeypatch.setattr(zarr.Array, "__setitem__", real)
     r = run_cli(capsys, "run", "fresh.yaml", "--no-report")

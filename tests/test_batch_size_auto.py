@@ -47,8 +47,22 @@ def test_tuning_restores_the_training_mode_and_answers_a_candidate():
 def test_explain_with_auto_batch_size_records_the_choice(tmp_path, capsys):
     data = _folder(tmp_path / "data")
     out = tmp_path / "out"
-    r = run_cli(capsys, "explain", "--model", "small_cnn", "--data", data, "--methods", "saliency",
-                "--out", out, "--overlays", "0", "--batch-size", "auto")
+    r = run_cli(
+        capsys,
+        "explain",
+        "--model",
+        "small_cnn",
+        "--data",
+        data,
+        "--methods",
+        "saliency",
+        "--out",
+        out,
+        "--overlays",
+        "0",
+        "--batch-size",
+        "auto",
+    )
     assert r.code == 0, r.err
     import numpy as np
 
@@ -60,9 +74,28 @@ def test_explain_with_auto_batch_size_records_the_choice(tmp_path, capsys):
 def test_evaluate_with_auto_batch_size_keeps_a_setting_given_per_metric(tmp_path, capsys):
     data = _folder(tmp_path / "data")
     out = tmp_path / "res.parquet"
-    r = run_cli(capsys, "evaluate", "--model", "small_cnn", "--data", data, "--methods", "saliency",
-                "--metrics", "deletion,sparseness,pixel_flipping", "--out", out, "--batch-size", "auto",
-                "-p", "deletion.steps=4", "-p", "deletion.batch_size=3", "-p", "pixel_flipping.features_in_step=64")
+    r = run_cli(
+        capsys,
+        "evaluate",
+        "--model",
+        "small_cnn",
+        "--data",
+        data,
+        "--methods",
+        "saliency",
+        "--metrics",
+        "deletion,sparseness,pixel_flipping",
+        "--out",
+        out,
+        "--batch-size",
+        "auto",
+        "-p",
+        "deletion.steps=4",
+        "-p",
+        "deletion.batch_size=3",
+        "-p",
+        "pixel_flipping.features_in_step=64",
+    )
     assert r.code == 0, r.err
     df = pd.read_parquet(out)
     settings = {m: json.loads(df[df.metric == m].iloc[0].settings)["metric"] for m in ("deletion", "pixel_flipping")}
@@ -73,8 +106,20 @@ def test_evaluate_with_auto_batch_size_keeps_a_setting_given_per_metric(tmp_path
 @pytest.mark.parametrize("value", ["0", "many", "-3", "2.5"])
 def test_bad_batch_size_is_one_sentence(tmp_path, capsys, value):
     data = _folder(tmp_path / "data")
-    r = run_cli(capsys, "explain", "--model", "small_cnn", "--data", data, "--methods", "saliency",
-                "--out", tmp_path / "o", "--batch-size", value)
+    r = run_cli(
+        capsys,
+        "explain",
+        "--model",
+        "small_cnn",
+        "--data",
+        data,
+        "--methods",
+        "saliency",
+        "--out",
+        tmp_path / "o",
+        "--batch-size",
+        value,
+    )
     assert_user_error(r, r"--batch-size must be a whole number >= 1 or 'auto'")
     assert not (tmp_path / "o").exists()
 
@@ -92,8 +137,24 @@ def _recorded_batch_size(path) -> int:
 def test_batch_size_given_per_method_wins(tmp_path, capsys, batch_size):
     data = _folder(tmp_path / "data")
     out = tmp_path / "out"
-    r = run_cli(capsys, "explain", "--model", "small_cnn", "--data", data, "--methods", "saliency,input_x_gradient",
-                "--out", out, "--overlays", "0", "--batch-size", batch_size, "-p", "saliency.batch_size=2")
+    r = run_cli(
+        capsys,
+        "explain",
+        "--model",
+        "small_cnn",
+        "--data",
+        data,
+        "--methods",
+        "saliency,input_x_gradient",
+        "--out",
+        out,
+        "--overlays",
+        "0",
+        "--batch-size",
+        batch_size,
+        "-p",
+        "saliency.batch_size=2",
+    )
     assert r.code == 0, r.err
     assert _recorded_batch_size(out / "saliency.npz") == 2
     other = _recorded_batch_size(out / "input_x_gradient.npz")

@@ -38,7 +38,11 @@ def test_layout_json_and_load_folder_round_trip(tmp_path):
     path = generate(tmp_path / "bm", **SMALL, confounder_rate=0.5)
     info = json.loads(path.read_text())
     assert info["xaiscope_version"] == __version__
-    assert info["params"]["n_train"] == 24 and info["params"]["lesions"] == [1, 3] and info["params"]["background"] == "retina"
+    assert (
+        info["params"]["n_train"] == 24
+        and info["params"]["lesions"] == [1, 3]
+        and info["params"]["background"] == "retina"
+    )
     assert info["classes"] == ["0_regular", "1_irregular"]
     assert info["counts"] == {"train": {"0_regular": 12, "1_irregular": 12}, "test": {"0_regular": 5, "1_irregular": 5}}
     assert info["confounded"] == {"train": 6, "test": 2}  # round(0.5 * 12), round(0.5 * 5)
@@ -123,9 +127,18 @@ def test_global_statistics_classifier_stays_at_chance():
     p = BenchmarkParams.from_kwargs(n_train=2000, size=48, seed=7)
     a = make_split(p, "train")
     img = a["image"].reshape(2000, -1).astype(np.float64)
-    feats = np.column_stack([img.mean(1), img.std(1), a["lesion_area"], a["n_lesions"],
-                             (img * a["mask"].reshape(2000, -1)).sum(1) / a["lesion_area"]])
-    quadratic = make_pipeline(StandardScaler(), PolynomialFeatures(2), StandardScaler(), LogisticRegression(max_iter=500))
+    feats = np.column_stack(
+        [
+            img.mean(1),
+            img.std(1),
+            a["lesion_area"],
+            a["n_lesions"],
+            (img * a["mask"].reshape(2000, -1)).sum(1) / a["lesion_area"],
+        ]
+    )
+    quadratic = make_pipeline(
+        StandardScaler(), PolynomialFeatures(2), StandardScaler(), LogisticRegression(max_iter=500)
+    )
     for clf in (make_pipeline(StandardScaler(), LogisticRegression()), quadratic):
         acc = cross_val_score(clf, feats, a["y"], cv=5).mean()
         assert abs(acc - 0.5) <= 0.06, (type(clf).__name__, acc)
@@ -148,8 +161,12 @@ def test_folder_background(tmp_path):
     rng = np.random.default_rng(0)
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (50 + 10 * i, 70), dtype=np.uint8)).save(tmp_path / "imgs" / "sub" / f"{i}.png")
-    train, _ = make_dataset(n_train=10, n_test=0, size=32, background=f"folder:{tmp_path / 'imgs'}", radius=(0.08, 0.12))
+        Image.fromarray(rng.integers(0, 255, (50 + 10 * i, 70), dtype=np.uint8)).save(
+            tmp_path / "imgs" / "sub" / f"{i}.png"
+        )
+    train, _ = make_dataset(
+        n_train=10, n_test=0, size=32, background=f"folder:{tmp_path / 'imgs'}", radius=(0.08, 0.12)
+    )
     assert train.x.shape == (10, 1, 32, 32)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="contains no PNG"):
@@ -183,8 +200,28 @@ def test_bad_settings_and_outputs(tmp_path):
 def test_cli_benchmark(tmp_path):
     from xaiscope.cli import main
 
-    main(["benchmark", "--out", str(tmp_path / "b"), "--n-train", "6", "--n-test", "2", "--size", "32",
-          "--background", "noise", "--lesions", "1-2", "--confounder-rate", "0.5", "--aligned", "--seed", "2"])
+    main(
+        [
+            "benchmark",
+            "--out",
+            str(tmp_path / "b"),
+            "--n-train",
+            "6",
+            "--n-test",
+            "2",
+            "--size",
+            "32",
+            "--background",
+            "noise",
+            "--lesions",
+            "1-2",
+            "--confounder-rate",
+            "0.5",
+            "--aligned",
+            "--seed",
+            "2",
+        ]
+    )
     info = json.loads((tmp_path / "b" / "benchmark.json").read_text())
     assert info["params"]["aligned"] is True and info["params"]["lesions"] == [1, 2] and info["params"]["seed"] == 2
     assert (tmp_path / "b" / "train" / "confounder_masks").is_dir()

@@ -43,7 +43,7 @@ def test_load_folder_reads_images_labels_ids_and_masks(folder):
 
 
 def test_sixteen_bit_rgb_and_tiff_images_are_scaled(tmp_path):
-    arr16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    arr16 = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     Image.fromarray(arr16).save(tmp_path / "a16.png")
     x = data.read_image(tmp_path / "a16.png")
     np.testing.assert_allclose(x[0], arr16 / 65535.0, atol=1e-6)
@@ -68,8 +68,13 @@ def test_normalisation_and_resize(folder):
 
 def test_npz_round_trip(tmp_path):
     x = np.random.default_rng(0).random((5, 2, 6, 6)).astype(np.float32)
-    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 1, 0]), ids=np.array(list("abcde")),
-             masks=np.ones((5, 6, 6), bool))
+    np.savez(
+        tmp_path / "d.npz",
+        x=x,
+        y=np.array([0, 1, 2, 1, 0]),
+        ids=np.array(list("abcde")),
+        masks=np.ones((5, 6, 6), bool),
+    )
     ds = data.load(tmp_path / "d.npz")
     assert ds.ids == list("abcde") and ds.classes == ["0", "1", "2"] and ds.masks.all()
     np.testing.assert_array_equal(ds.x.numpy(), x)
@@ -80,20 +85,47 @@ def test_npz_round_trip(tmp_path):
     [
         (lambda p: None, "does not exist"),
         (lambda p: p.mkdir(), "contains no images"),
-        (lambda p: (_write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)), _write(p / "a" / "2.png", np.zeros((9, 8), np.uint8))),
-         "2.png is 8x9 but .*1.png is 8x8; pass a resize option"),
-        (lambda p: ((p / "a").mkdir(parents=True), (p / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")),
-         "1.png cannot be read; it is not a valid image or it is truncated"),
-        (lambda p: (_write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)), _write(p / "masks" / "a" / "1.png", np.full((8, 8), 7, np.uint8)),
-                    _write(p / "masks" / "a" / "1.png", np.arange(64, dtype=np.uint8).reshape(8, 8))),
-         "mask .*1.png is not binary"),
-        (lambda p: (_write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)), _write(p / "masks" / "a" / "2.png", np.zeros((8, 8), np.uint8))),
-         "mask .*2.png has no matching image"),
-        (lambda p: (_write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)), _write(p / "a" / "3.png", np.zeros((8, 8), np.uint8)),
-                    _write(p / "masks" / "a" / "1.png", np.zeros((8, 8), np.uint8))),
-         "3.png has no mask"),
-        (lambda p: (_write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)), _write(p / "masks" / "a" / "1.png", np.zeros((4, 4), np.uint8))),
-         "mask .*1.png is 4x4 but its image is 8x8"),
+        (
+            lambda p: (
+                _write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "a" / "2.png", np.zeros((9, 8), np.uint8)),
+            ),
+            "2.png is 8x9 but .*1.png is 8x8; pass a resize option",
+        ),
+        (
+            lambda p: ((p / "a").mkdir(parents=True), (p / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")),
+            "1.png cannot be read; it is not a valid image or it is truncated",
+        ),
+        (
+            lambda p: (
+                _write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "masks" / "a" / "1.png", np.full((8, 8), 7, np.uint8)),
+                _write(p / "masks" / "a" / "1.png", np.arange(64, dtype=np.uint8).reshape(8, 8)),
+            ),
+            "mask .*1.png is not binary",
+        ),
+        (
+            lambda p: (
+                _write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "masks" / "a" / "2.png", np.zeros((8, 8), np.uint8)),
+            ),
+            "mask .*2.png has no matching image",
+        ),
+        (
+            lambda p: (
+                _write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "a" / "3.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "masks" / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+            ),
+            "3.png has no mask",
+        ),
+        (
+            lambda p: (
+                _write(p / "a" / "1.png", np.zeros((8, 8), np.uint8)),
+                _write(p / "masks" / "a" / "1.png", np.zeros((4, 4), np.uint8)),
+            ),
+            "mask .*1.png is 4x4 but its image is 8x8",
+        ),
     ],
 )
 def test_folder_errors_name_the_file(tmp_path, setup, message):

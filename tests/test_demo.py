@@ -26,8 +26,13 @@ def test_quick_demo_runs_every_method_and_writes_the_report(tmp_path, capsys):
 
     assert {evaluate.get_class(m).category for m in results["metric"].unique()} >= categories
     assert len(pd.read_parquet(run_dir / "curves.parquet")) > 0
-    for path in ("analyses/ranking.parquet", "analyses/sensitivity_maps.parquet", "analyses/global/summary.json",
-                 "analyses/variability/fits.json", "analyses/sis/summary.json"):
+    for path in (
+        "analyses/ranking.parquet",
+        "analyses/sensitivity_maps.parquet",
+        "analyses/global/summary.json",
+        "analyses/variability/fits.json",
+        "analyses/sis/summary.json",
+    ):
         assert (run_dir / path).exists(), path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["units"]["total"] > 0

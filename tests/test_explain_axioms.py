@@ -21,9 +21,14 @@ def _avgpool_net(bias: bool = True) -> nn.Module:
     Captum's max-pool rule passes gradients and breaks it)."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1, bias=bias), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1, bias=bias), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2, bias=bias),
+        nn.Conv2d(1, 8, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, bias=bias),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2, bias=bias),
     ).eval()
 
 
@@ -102,14 +107,17 @@ CAPTUM_DIRECT = {
     "saliency": lambda m, x, y: ca.Saliency(m).attribute(x, target=y, abs=True),
     "input_x_gradient": lambda m, x, y: ca.InputXGradient(m).attribute(x, target=y),
     "integrated_gradients": lambda m, x, y: ca.IntegratedGradients(m).attribute(
-        x, baselines=torch.zeros_like(x), target=y, n_steps=32, method="gausslegendre"),
+        x, baselines=torch.zeros_like(x), target=y, n_steps=32, method="gausslegendre"
+    ),
     "deeplift": lambda m, x, y: ca.DeepLift(m).attribute(x, baselines=torch.zeros_like(x), target=y),
     "guided_backprop": lambda m, x, y: ca.GuidedBackprop(m).attribute(x, target=y),
     "deconvnet": lambda m, x, y: ca.Deconvolution(m).attribute(x, target=y),
     "gradcam": lambda m, x, y: ca.LayerAttribution.interpolate(
-        ca.LayerGradCam(m, m.features[6]).attribute(x, target=y, relu_attributions=True), x.shape[-2:], "bilinear"),
+        ca.LayerGradCam(m, m.features[6]).attribute(x, target=y, relu_attributions=True), x.shape[-2:], "bilinear"
+    ),
     "occlusion": lambda m, x, y: ca.Occlusion(m).attribute(
-        x, sliding_window_shapes=(1, 8, 8), strides=(1, 4, 4), baselines=torch.zeros_like(x), target=y),
+        x, sliding_window_shapes=(1, 8, 8), strides=(1, 4, 4), baselines=torch.zeros_like(x), target=y
+    ),
     "smoothgrad": None,
 }
 
@@ -128,7 +136,8 @@ def test_smoothgrad_matches_captum_noise_tunnel_with_same_seed(small_cnn, gray_b
     ours = explain.get("smoothgrad", n_samples=8, sigma=0.2, seed=5, batch_size=1000)(small_cnn, x, y)
     torch.manual_seed(5)
     direct = ca.NoiseTunnel(ca.Saliency(small_cnn)).attribute(
-        x, nt_type="smoothgrad", nt_samples=8, stdevs=0.2, target=y, abs=False, nt_samples_batch_size=8)
+        x, nt_type="smoothgrad", nt_samples=8, stdevs=0.2, target=y, abs=False, nt_samples_batch_size=8
+    )
     torch.testing.assert_close(ours, direct, atol=1e-6, rtol=1e-5)
 
 

@@ -104,7 +104,9 @@ def test_documented_passes_equal_counted_passes(small_cnn, gray_batch, method):
     assert count.largest_call <= 8
 
 
-@pytest.mark.parametrize("method", ["lime", "kernel_shap", "occlusion", "integrated_gradients", "smoothgrad", "gradient_shap"])
+@pytest.mark.parametrize(
+    "method", ["lime", "kernel_shap", "occlusion", "integrated_gradients", "smoothgrad", "gradient_shap"]
+)
 def test_batch_size_bounds_images_per_model_call(small_cnn, gray_batch, method):
     x, y = gray_batch
     with count_passes(small_cnn) as count:
@@ -168,7 +170,10 @@ def test_target_beyond_the_outputs_is_a_clear_error(small_cnn, method):
     with pytest.raises(ModelError, match=r"Target class 7 is beyond the model's outputs"):
         explain.get(method, **hp)(small_cnn, x, torch.tensor([0, 7]))
     # a negative target would silently index from the end: refused before any model call
-    with count_passes(small_cnn) as c, pytest.raises(ModelError, match="Targets must be class indices 0, 1, ...; got -1"):
+    with (
+        count_passes(small_cnn) as c,
+        pytest.raises(ModelError, match="Targets must be class indices 0, 1, ...; got -1"),
+    ):
         explain.get(method, **hp)(small_cnn, x, torch.tensor([-1, 0]))
     assert c.rows == 0
 

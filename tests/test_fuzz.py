@@ -30,8 +30,13 @@ from xaiscope.errors import XaiscopeError
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS
 from xaiscope.pipeline.config import dump_config, load_config, parse_config, setting_id
 
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
 HEADERS = [b"", PNG_SIG, PNG_SIG + b"\x00\x00\x00\rIHDR", b"II*\x00", b"MM\x00*", b"\xff\xd8\xff\xe0", b"PK\x03\x04"]
@@ -53,8 +58,11 @@ def _check_image(arr) -> None:
 
 
 @FUZZ
-@given(header=st.sampled_from(HEADERS), body=st.binary(max_size=600),
-       suffix=st.sampled_from([".png", ".tif", ".tiff", ".jpg", ".jpeg"]))
+@given(
+    header=st.sampled_from(HEADERS),
+    body=st.binary(max_size=600),
+    suffix=st.sampled_from([".png", ".tif", ".tiff", ".jpg", ".jpeg"]),
+)
 def test_read_image_on_random_bytes(header, body, suffix):
     d, p = _in_tmp("img" + suffix, header + body)
     with d:
@@ -76,8 +84,15 @@ def _valid_file(kind: str, arr: np.ndarray) -> bytes:
 
 
 @FUZZ
-@given(kind=st.sampled_from(["png", "tif", "jpeg"]), h=st.integers(1, 12), w=st.integers(1, 12), rgb=st.booleans(),
-       cut=st.floats(0, 1), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4), seed=st.integers(0, 2**16))
+@given(
+    kind=st.sampled_from(["png", "tif", "jpeg"]),
+    h=st.integers(1, 12),
+    w=st.integers(1, 12),
+    rgb=st.booleans(),
+    cut=st.floats(0, 1),
+    flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=4),
+    seed=st.integers(0, 2**16),
+)
 def test_read_image_on_truncated_or_corrupted_files(kind, h, w, rgb, cut, flips, seed):
     arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3) if rgb else (h, w), dtype=np.uint8)
     raw = bytearray(_valid_file(kind, arr))
@@ -92,13 +107,27 @@ def test_read_image_on_truncated_or_corrupted_files(kind, h, w, rgb, cut, flips,
             pass
 
 
-TIFF_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float16, np.float32, np.float64, np.bool_,
-               np.complex64]
+TIFF_DTYPES = [
+    np.uint8,
+    np.int8,
+    np.uint16,
+    np.int16,
+    np.uint32,
+    np.int32,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.bool_,
+    np.complex64,
+]
 
 
 @FUZZ
-@given(st.sampled_from(TIFF_DTYPES).flatmap(
-    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5))))
+@given(
+    st.sampled_from(TIFF_DTYPES).flatmap(
+        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5))
+    )
+)
 def test_read_image_on_random_tiff_arrays(arr):
     import tifffile
 
@@ -116,8 +145,20 @@ def test_read_image_on_random_tiff_arrays(arr):
         _check_image(out)
 
 
-NPZ_DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.uint64, np.float16, np.float32, np.float64, np.bool_, np.complex64,
-              np.dtype("U3"), np.dtype("S2")]
+NPZ_DTYPES = [
+    np.uint8,
+    np.int8,
+    np.int32,
+    np.int64,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.bool_,
+    np.complex64,
+    np.dtype("U3"),
+    np.dtype("S2"),
+]
 
 
 def _load_npz(arrays: dict, normalise):
@@ -133,13 +174,19 @@ def _load_npz(arrays: dict, normalise):
 
 def _any_array(max_dims=5):
     return st.sampled_from(NPZ_DTYPES).flatmap(
-        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=4)))
+        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=4))
+    )
 
 
 @FUZZ
-@given(x=_any_array(), y=st.one_of(st.none(), _any_array(2)), masks=st.one_of(st.none(), _any_array(4)),
-       ids=st.one_of(st.none(), _any_array(1)), classes=st.one_of(st.none(), _any_array(1)),
-       normalise=st.sampled_from([None, "dataset"]))
+@given(
+    x=_any_array(),
+    y=st.one_of(st.none(), _any_array(2)),
+    masks=st.one_of(st.none(), _any_array(4)),
+    ids=st.one_of(st.none(), _any_array(1)),
+    classes=st.one_of(st.none(), _any_array(1)),
+    normalise=st.sampled_from([None, "dataset"]),
+)
 def test_load_npz_on_random_arrays(x, y, masks, ids, classes, normalise):
     arrays = {"x": x}
     for k, v in (("y", y), ("masks", masks), ("ids", ids), ("classes", classes)):
@@ -203,7 +250,9 @@ def test_load_folder_on_random_image_sets(draw):
     d = tempfile.TemporaryDirectory()
     with d:
         root = Path(d.name)
-        for c in draw.draw(st.lists(st.sampled_from(["a", "b", "masks", ".hidden", "c d"]), min_size=0, max_size=3, unique=True)):
+        for c in draw.draw(
+            st.lists(st.sampled_from(["a", "b", "masks", ".hidden", "c d"]), min_size=0, max_size=3, unique=True)
+        ):
             for i in range(draw.draw(st.integers(0, 3))):
                 h, w = draw.draw(st.sampled_from([(4, 4), (4, 4), (5, 4), (1, 1)]))
                 mode = draw.draw(st.sampled_from(["L", "RGB", "I;16", "1"]))
@@ -219,7 +268,9 @@ def test_load_folder_on_random_image_sets(draw):
         resize = draw.draw(st.sampled_from([None, (3, 3)]))
         masks = draw.draw(st.sampled_from(["auto", "required", "none"]))
         try:
-            ds = data.load_folder(root, resize=resize, masks=masks, normalise=draw.draw(st.sampled_from([None, "dataset"])))
+            ds = data.load_folder(
+                root, resize=resize, masks=masks, normalise=draw.draw(st.sampled_from([None, "dataset"]))
+            )
         except XaiscopeError:
             return
     assert ds.x.dim() == 4 and torch.isfinite(ds.x).all() and len(ds) > 0
@@ -228,27 +279,99 @@ def test_load_folder_on_random_image_sets(draw):
 # ------------------------------------------------------------------ configs
 
 VALID = {
-    "out": "runs/x", "seed": 0, "batch_size": 8, "unit_images": 4,
+    "out": "runs/x",
+    "seed": 0,
+    "batch_size": 8,
+    "unit_images": 4,
     "data": {"path": "data", "max_images": 8},
     "models": [{"name": "m", "spec": "small_cnn"}],
     "methods": ["saliency", {"name": "integrated_gradients", "grid": {"n_steps": [4, 8]}}],
     "metrics": ["sparseness", {"name": "deletion", "hparams": {"steps": 4}}],
     "analyses": {"ranking": {"draws": 10}},
 }
-PATHS = [("out",), ("seed",), ("batch_size",), ("unit_images",), ("backend",), ("data",), ("data", "path"), ("data", "resize"),
-         ("data", "normalise"), ("data", "masks"), ("data", "max_images"), ("data", "target"), ("models",), ("models", 0),
-         ("models", 0, "name"), ("models", 0, "spec"), ("models", 0, "trust_model"), ("methods",), ("methods", 0),
-         ("methods", 1, "name"), ("methods", 1, "hparams"), ("methods", 1, "grid"), ("methods", 1, "grid", "n_steps"),
-         ("metrics", 0), ("metrics", 1, "hparams"), ("metrics", 1, "hparams", "steps"), ("analyses",),
-         ("analyses", "ranking"), ("analyses", "ranking", "draws"), ("analyses", "global"), ("analyses", "sis"),
-         ("report",), ("report", "examples"), ("extra_key",), ("data", "extra_key")]
-KEYS = st.sampled_from(["name", "spec", "path", "hparams", "grid", "n_steps", "steps", "abs", "window", "draws", "seed",
-                        "method", "target", "tau", "unit", "x"]) | st.text(max_size=6)
-SCALARS = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.text(max_size=12) | st.sampled_from(["saliency", "gradcam", "deletion", "small_cnn", "auto", "true", "pred",
-                                                     "patch:4", "pixel", "dataset", "none", "required"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
-                      max_leaves=8)
+PATHS = [
+    ("out",),
+    ("seed",),
+    ("batch_size",),
+    ("unit_images",),
+    ("backend",),
+    ("data",),
+    ("data", "path"),
+    ("data", "resize"),
+    ("data", "normalise"),
+    ("data", "masks"),
+    ("data", "max_images"),
+    ("data", "target"),
+    ("models",),
+    ("models", 0),
+    ("models", 0, "name"),
+    ("models", 0, "spec"),
+    ("models", 0, "trust_model"),
+    ("methods",),
+    ("methods", 0),
+    ("methods", 1, "name"),
+    ("methods", 1, "hparams"),
+    ("methods", 1, "grid"),
+    ("methods", 1, "grid", "n_steps"),
+    ("metrics", 0),
+    ("metrics", 1, "hparams"),
+    ("metrics", 1, "hparams", "steps"),
+    ("analyses",),
+    ("analyses", "ranking"),
+    ("analyses", "ranking", "draws"),
+    ("analyses", "global"),
+    ("analyses", "sis"),
+    ("report",),
+    ("report", "examples"),
+    ("extra_key",),
+    ("data", "extra_key"),
+]
+KEYS = st.sampled_from(
+    [
+        "name",
+        "spec",
+        "path",
+        "hparams",
+        "grid",
+        "n_steps",
+        "steps",
+        "abs",
+        "window",
+        "draws",
+        "seed",
+        "method",
+        "target",
+        "tau",
+        "unit",
+        "x",
+    ]
+) | st.text(max_size=6)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "saliency",
+            "gradcam",
+            "deletion",
+            "small_cnn",
+            "auto",
+            "true",
+            "pred",
+            "patch:4",
+            "pixel",
+            "dataset",
+            "none",
+            "required",
+        ]
+    )
+)
+VALUES = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3), max_leaves=8
+)
 
 
 def _set(obj, path, value):
@@ -290,9 +413,28 @@ def test_parse_config_on_random_values(obj):
         pass
 
 
-YAML_BITS = ["out: x\n", "data: {path: d}\n", "models: [small_cnn]\n", "methods: [saliency]\n", "seed: 0\n", "- a\n", ": :\n",
-             "{", "[", "!!python/object/apply:os.system ['true']\n", "&a [*a]\n", "x: *b\n", "\t", "\x00", "---\n", "...\n",
-             "key: 'unterminated\n", "%YAML 9.9\n", "? complex\n", "methods:\n  - name: gradcam\n    hparams: {layer: 3}\n"]
+YAML_BITS = [
+    "out: x\n",
+    "data: {path: d}\n",
+    "models: [small_cnn]\n",
+    "methods: [saliency]\n",
+    "seed: 0\n",
+    "- a\n",
+    ": :\n",
+    "{",
+    "[",
+    "!!python/object/apply:os.system ['true']\n",
+    "&a [*a]\n",
+    "x: *b\n",
+    "\t",
+    "\x00",
+    "---\n",
+    "...\n",
+    "key: 'unterminated\n",
+    "%YAML 9.9\n",
+    "? complex\n",
+    "methods:\n  - name: gradcam\n    hparams: {layer: 3}\n",
+]
 
 
 @FUZZ
@@ -307,8 +449,12 @@ def test_load_config_on_random_text(parts, raw):
 
 
 @FUZZ
-@given(items=st.lists(st.text(max_size=30) | st.sampled_from(["saliency.abs=true", "a.b=[1", "x=1", ".=", "a.=3", "m.k=!!binary x"]),
-                      max_size=4))
+@given(
+    items=st.lists(
+        st.text(max_size=30) | st.sampled_from(["saliency.abs=true", "a.b=[1", "x=1", ".=", "a.=3", "m.k=!!binary x"]),
+        max_size=4,
+    )
+)
 def test_parse_params_on_random_text(items):
     try:
         out = parse_params(items)
@@ -324,12 +470,17 @@ FLOAT_DTYPES = [np.float16, np.float32, np.float64]
 
 def _attr(min_dims=2, max_dims=5, min_side=0):
     return st.sampled_from(FLOAT_DTYPES + [np.int32, np.uint8, np.bool_]).flatmap(
-        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=4)))
+        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=4))
+    )
 
 
 @FUZZ
-@given(a=_attr(), pool=st.sampled_from(list(POOLS) + ["median"]),
-       norm=st.sampled_from(list(NORMALISATIONS) + ["zscore"]), signed=st.booleans())
+@given(
+    a=_attr(),
+    pool=st.sampled_from(list(POOLS) + ["median"]),
+    norm=st.sampled_from(list(NORMALISATIONS) + ["zscore"]),
+    signed=st.booleans(),
+)
 def test_postprocess_on_random_arrays(a, pool, norm, signed):
     t = torch.from_numpy(np.ascontiguousarray(a))
     try:
@@ -355,9 +506,17 @@ class TinyNet(nn.Module):
 
 
 METRICS = {
-    "relevance_mass_accuracy": {}, "pointing_game": {}, "auroc": {}, "top_k_intersection": {"k": 3},
-    "sparseness": {}, "complexity": {}, "deletion": {"steps": 3}, "insertion": {"steps": 3, "fill": "blur"},
-    "faithfulness_estimate": {"features_in_step": 1}, "max_sensitivity": {"nr_samples": 2}, "random_logit": {},
+    "relevance_mass_accuracy": {},
+    "pointing_game": {},
+    "auroc": {},
+    "top_k_intersection": {"k": 3},
+    "sparseness": {},
+    "complexity": {},
+    "deletion": {"steps": 3},
+    "insertion": {"steps": 3, "fill": "blur"},
+    "faithfulness_estimate": {"features_in_step": 1},
+    "max_sensitivity": {"nr_samples": 2},
+    "random_logit": {},
     "completeness": {},
 }
 BAD_VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": -float("inf"), "zero": 0.0, "huge": 3e38}

@@ -60,8 +60,10 @@ def test_sum_to_one_makes_each_image_weigh_the_same():
     scaled = MAPS.clone()
     scaled[0] *= 1000.0  # a map on a larger scale does not dominate the label map
     close(global_maps(scaled, LABELS).label_maps[0], global_maps(MAPS, LABELS).label_maps[0])
-    assert not torch.allclose(global_maps(scaled, LABELS, normalise="none").label_maps[0],
-                              global_maps(MAPS, LABELS, normalise="none").label_maps[0])
+    assert not torch.allclose(
+        global_maps(scaled, LABELS, normalise="none").label_maps[0],
+        global_maps(MAPS, LABELS, normalise="none").label_maps[0],
+    )
 
 
 def test_grouping_by_predicted_label():

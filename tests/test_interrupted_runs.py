@@ -36,10 +36,14 @@ METRICS = ["sparseness", "relevance_mass_accuracy", "pointing_game", {"name": "d
 
 def _config(tmp: Path, data: Path, out: Path) -> Path:
     cfg = {
-        "out": str(out), "seed": 0, "batch_size": 16, "unit_images": UNIT_IMAGES,
+        "out": str(out),
+        "seed": 0,
+        "batch_size": 16,
+        "unit_images": UNIT_IMAGES,
         "data": {"path": str(data)},
         "models": [{"name": "cnn", "spec": "fixture_models:seeded_cnn"}],
-        "methods": METHODS, "metrics": METRICS,
+        "methods": METHODS,
+        "metrics": METRICS,
         "analyses": {"ranking": None, "sensitivity": None},
     }
     path = tmp / f"{out.name}.yaml"
@@ -66,8 +70,9 @@ def _check_store(out: Path, reference: Path) -> None:
     assert not got.duplicated(key).any()
     assert len(got) == N_IMAGES * len(METHODS) * len(METRICS)
     assert set(got["image_id"]) == {f"img{i:02d}" for i in range(N_IMAGES)}
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "curves.parquet"), pd.read_parquet(reference / "curves.parquet"),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "curves.parquet"), pd.read_parquet(reference / "curves.parquet"), check_exact=True
+    )
     units = [p for p in (out / "units").glob("*.parquet") if not p.name.endswith(".curves.parquet")]
     assert len(units) == N_UNITS
     for p in units:  # every committed unit file is complete
@@ -120,7 +125,9 @@ def test_sigkill_at_ten_seeded_points_then_resume_gives_identical_results(setup)
         seen.append(_units(out))
         # whatever was committed so far is readable and complete
         for p in (out / "units").glob("*.parquet") if (out / "units").exists() else []:
-            rows = UNIT_IMAGES * (5 if p.name.endswith(".curves.parquet") else len(METRICS))  # deletion: 4 steps + start
+            rows = UNIT_IMAGES * (
+                5 if p.name.endswith(".curves.parquet") else len(METRICS)
+            )  # deletion: 4 steps + start
             assert len(pd.read_parquet(p)) == rows, p
     print("kill points", points, "killed", killed, "units after each kill", seen)
     assert killed >= 8, (killed, seen)  # almost every point must really interrupt the run
@@ -137,10 +144,18 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_resume_completes(setup, tmp
     _, data, ref = setup
     out = tmp_path / "interrupted"
     cfg = _config(tmp_path, data, out)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "xaiscope.cli", "run", str(cfg), "--no-report"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xaiscope.cli", "run", str(cfg), "--no-report"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while proc.poll() is None and _units(out) < 2 and time.time() < deadline:
         time.sleep(0.005)

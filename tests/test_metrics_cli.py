@@ -27,9 +27,25 @@ def npz(tmp_path):
 
 def test_evaluate_writes_tidy_table(npz, tmp_path):
     out = tmp_path / "res.parquet"
-    main(["evaluate", "--model", "small_cnn", "--data", str(npz[0]), "--methods", "saliency,sobel",
-          "--metrics", "pointing_game,deletion,sparseness", "--out", str(out), "--batch-size", "32",
-          "--param", "deletion.steps=5"])
+    main(
+        [
+            "evaluate",
+            "--model",
+            "small_cnn",
+            "--data",
+            str(npz[0]),
+            "--methods",
+            "saliency,sobel",
+            "--metrics",
+            "pointing_game,deletion,sparseness",
+            "--out",
+            str(out),
+            "--batch-size",
+            "32",
+            "--param",
+            "deletion.steps=5",
+        ]
+    )
     df = pd.read_parquet(out)
     assert len(df) == 6 * 2 * 3
     assert {"image_id", "label", "target", "method", "metric", "value", "settings"} <= set(df.columns)
@@ -38,17 +54,22 @@ def test_evaluate_writes_tidy_table(npz, tmp_path):
     assert set(df.method) == {"saliency", "sobel"}
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--metrics", "pointing_gme"], "Unknown metric 'pointing_gme'"),
-    (["--metrics", "pointing_game", "--nomask"], "needs masks"),
-    (["--metrics", "deletion", "--param", "deletion.stepz=3"], "has no setting 'stepz'"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--metrics", "pointing_gme"], "Unknown metric 'pointing_gme'"),
+        (["--metrics", "pointing_game", "--nomask"], "needs masks"),
+        (["--metrics", "deletion", "--param", "deletion.stepz=3"], "has no setting 'stepz'"),
+    ],
+)
 def test_evaluate_errors_exit_2(npz, tmp_path, capsys, args, msg):
     data = npz[1] if "--nomask" in args else npz[0]
     args = [a for a in args if a != "--nomask"]
     out = tmp_path / "bad.parquet"
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "--model", "small_cnn", "--data", str(data), "--methods", "saliency", "--out", str(out), *args])
+        main(
+            ["evaluate", "--model", "small_cnn", "--data", str(data), "--methods", "saliency", "--out", str(out), *args]
+        )
     assert e.value.code == 2
     assert msg in capsys.readouterr().err.replace("\n", " ")
     assert not out.exists()

@@ -42,8 +42,15 @@ def test_faithfulness_correlation_closed_form():
 def test_map_equal_to_mask_scores_one(data):
     _, x, y, _, mask = data
     a = mask.float()
-    for name in ("relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc", "average_precision",
-                 "precision_at_k", "attribution_localisation"):
+    for name in (
+        "relevance_mass_accuracy",
+        "relevance_rank_accuracy",
+        "pointing_game",
+        "auroc",
+        "average_precision",
+        "precision_at_k",
+        "attribution_localisation",
+    ):
         torch.testing.assert_close(evaluate.get(name)(None, x, y, a, mask=mask), torch.ones(len(x)), msg=name)
 
 
@@ -132,12 +139,20 @@ def test_model_independent_map_is_fully_similar(data, name, method):
 
 
 BATCH_CASES = {
-    "deletion": {}, "pixel_flipping": {"features_in_step": 16}, "region_perturbation": {"patch_size": 4},
-    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 20}, "monotonicity_correlation": {"nr_samples": 2, "features_in_step": 32},
-    "road": {"percentage_step": 20}, "infidelity": {}, "irof": {"n_segments": 16},
-    "max_sensitivity": {"nr_samples": 5}, "relative_output_stability": {"nr_samples": 4},
-    "relative_representation_stability": {"nr_samples": 4}, "continuity": {"nr_steps": 4},
-    "model_parameter_randomisation": {}, "non_sensitivity": {"features_in_step": 4},
+    "deletion": {},
+    "pixel_flipping": {"features_in_step": 16},
+    "region_perturbation": {"patch_size": 4},
+    "faithfulness_correlation": {"nr_runs": 10, "subset_size": 20},
+    "monotonicity_correlation": {"nr_samples": 2, "features_in_step": 32},
+    "road": {"percentage_step": 20},
+    "infidelity": {},
+    "irof": {"n_segments": 16},
+    "max_sensitivity": {"nr_samples": 5},
+    "relative_output_stability": {"nr_samples": 4},
+    "relative_representation_stability": {"nr_samples": 4},
+    "continuity": {"nr_steps": 4},
+    "model_parameter_randomisation": {},
+    "non_sensitivity": {"features_in_step": 4},
 }
 
 
@@ -149,7 +164,9 @@ def test_batch_size_and_seed_invariance_and_pass_count(data, name):
     big = evaluate.get(name, batch_size=512, **hp)
     with models.count_passes(net) as c:
         s1 = big(net, x, y, a, mask=mask, explainer=ex)
-    s2 = evaluate.get(name, batch_size=7 if name != "non_sensitivity" else 37, **hp)(net, x, y, a, mask=mask, explainer=ex)
+    s2 = evaluate.get(name, batch_size=7 if name != "non_sensitivity" else 37, **hp)(
+        net, x, y, a, mask=mask, explainer=ex
+    )
     s3 = evaluate.get(name, batch_size=512, **hp)(net, x, y, a, mask=mask, explainer=ex)
     torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5, equal_nan=True)
     torch.testing.assert_close(s1, s3, equal_nan=True)
@@ -163,8 +180,18 @@ def test_batch_size_and_seed_invariance_and_pass_count(data, name):
         assert c.rows == expected * len(x), (c.rows, expected)
 
 
-@pytest.mark.parametrize("name", ["deletion", "road", "monotonicity", "max_sensitivity", "model_parameter_randomisation",
-                                  "random_logit", "completeness"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deletion",
+        "road",
+        "monotonicity",
+        "max_sensitivity",
+        "model_parameter_randomisation",
+        "random_logit",
+        "completeness",
+    ],
+)
 def test_bad_targets_are_clear_errors(data, name):
     from xaiscope.errors import ModelError
 

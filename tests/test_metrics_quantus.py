@@ -50,8 +50,11 @@ def test_localisation_matches_quantus(data, ours, theirs, hp):
 def test_focus_matches_quantus_on_mosaic_quadrants(data):
     net, x, y, a, _ = data
     c = np.array([[1, 0, 0, 1], [0, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]] * 2)
-    q = np.asarray(quantus.Focus(disable_warnings=True)(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(),
-                                                         custom_batch=c, device="cpu"))
+    q = np.asarray(
+        quantus.Focus(disable_warnings=True)(
+            model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), custom_batch=c, device="cpu"
+        )
+    )
     quad = torch.zeros(8, 16, 16, dtype=torch.bool)
     for i, ci in enumerate(c):
         for k, (r, cc) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
@@ -60,7 +63,11 @@ def test_focus_matches_quantus_on_mosaic_quadrants(data):
     np.testing.assert_allclose(ours, q, atol=1e-5)
 
 
-COMPLEXITY = [("sparseness", "Sparseness"), ("complexity", "Complexity"), ("effective_complexity", "EffectiveComplexity")]
+COMPLEXITY = [
+    ("sparseness", "Sparseness"),
+    ("complexity", "Complexity"),
+    ("effective_complexity", "EffectiveComplexity"),
+]
 
 
 @pytest.mark.parametrize("ours,theirs", COMPLEXITY)
@@ -104,7 +111,9 @@ def test_faithfulness_correlation_matches_quantus_with_replayed_draws(data, monk
     from xaiscope.evaluate import draws
 
     np.random.seed(3)
-    q = _q(quantus.FaithfulnessCorrelation(disable_warnings=True, nr_runs=20, subset_size=30, return_aggregate=False), data)
+    q = _q(
+        quantus.FaithfulnessCorrelation(disable_warnings=True, nr_runs=20, subset_size=30, return_aggregate=False), data
+    )
     np.random.seed(3)
 
     def replay(g, n, runs, n_features, size, device):
@@ -158,6 +167,7 @@ def test_road_matches_quantus_within_noise(data):
 
 def test_road_imputation_without_noise_is_quantus_solve():
     from quantus.functions.perturb_func import noisy_linear_imputation
+
     from xaiscope.evaluate import perturbation as P
 
     g = torch.Generator().manual_seed(1)
@@ -166,7 +176,9 @@ def test_road_imputation_without_noise_is_quantus_solve():
     q = noisy_linear_imputation(x[0].double().numpy(), idx.numpy(), noise=0.0)
     m = torch.zeros(1, 99, dtype=torch.bool)
     m[0, idx] = True
-    ours = P.noisy_linear_fill(x, 0.0, 0)(x, m.view(1, 1, 9, 11), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
+    ours = P.noisy_linear_fill(x, 0.0, 0)(
+        x, m.view(1, 1, 9, 11), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    )
     got = torch.where(m.view(1, 1, 9, 11), ours, x)
     np.testing.assert_allclose(got[0].numpy(), q, atol=1e-5)
 
@@ -207,11 +219,21 @@ def _replay_noise(monkeypatch, kind):
     from xaiscope.evaluate import draws
 
     if kind == "uniform":
-        monkeypatch.setattr(draws, "uniform", lambda g, shape, lo, hi, device: torch.as_tensor(
-            np.random.uniform(lo, hi, size=(shape[0], int(np.prod(shape[1:])))).reshape(shape)))
+        monkeypatch.setattr(
+            draws,
+            "uniform",
+            lambda g, shape, lo, hi, device: torch.as_tensor(
+                np.random.uniform(lo, hi, size=(shape[0], int(np.prod(shape[1:])))).reshape(shape)
+            ),
+        )
     else:
-        monkeypatch.setattr(draws, "normal", lambda g, shape, mu, sd, device: torch.as_tensor(
-            np.random.normal(mu, sd, size=(shape[0], int(np.prod(shape[1:])))).reshape(shape)))
+        monkeypatch.setattr(
+            draws,
+            "normal",
+            lambda g, shape, mu, sd, device: torch.as_tensor(
+                np.random.normal(mu, sd, size=(shape[0], int(np.prod(shape[1:])))).reshape(shape)
+            ),
+        )
 
 
 ROBUST = [
@@ -247,15 +269,30 @@ def test_continuity_matches_quantus(data):
 def test_mprt_quantus_average_matches_quantus(data):
     q = quantus.MPRT(disable_warnings=True, return_average_correlation=True)
     net, x, y, a, _ = data
-    out = np.asarray(q(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), explain_func=explain_func(True),
-                       device="cpu"))
+    out = np.asarray(
+        q(
+            model=net,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=a.numpy(),
+            explain_func=explain_func(True),
+            device="cpu",
+        )
+    )
     np.testing.assert_allclose(_ours("model_parameter_randomisation", data, summary="quantus_average"), out, atol=1e-5)
 
 
 def test_mprt_layers_match_quantus(data):
     q = quantus.MPRT(disable_warnings=True)
     net, x, y, a, _ = data
-    out = q(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), explain_func=explain_func(True), device="cpu")
+    out = q(
+        model=net,
+        x_batch=x.numpy(),
+        y_batch=y.numpy(),
+        a_batch=a.numpy(),
+        explain_func=explain_func(True),
+        device="cpu",
+    )
     ours = evaluate.get("model_parameter_randomisation").layers(net, x, y, a, explain.get("saliency"))
     assert list(ours) == [k for k in out if k != "original"]
     for k, v in ours.items():
@@ -265,8 +302,17 @@ def test_mprt_layers_match_quantus(data):
 def test_smooth_mprt_single_sample_matches_quantus(data):
     q = quantus.SmoothMPRT(disable_warnings=True, nr_samples=1, return_average_correlation=True)
     net, x, y, a, _ = data
-    out = np.asarray(q(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None, explain_func=quantus.explain,
-                       explain_func_kwargs={"method": "Saliency"}, device="cpu"))
+    out = np.asarray(
+        q(
+            model=net,
+            x_batch=x.numpy(),
+            y_batch=y.numpy(),
+            a_batch=None,
+            explain_func=quantus.explain,
+            explain_func_kwargs={"method": "Saliency"},
+            device="cpu",
+        )
+    )
     ours = _ours("smooth_model_parameter_randomisation", data, nr_samples=1, summary="quantus_average")
     np.testing.assert_allclose(ours, out, atol=1e-5)
 
@@ -274,8 +320,9 @@ def test_smooth_mprt_single_sample_matches_quantus(data):
 def test_efficient_mprt_matches_quantus(data):
     q = quantus.EfficientMPRT(disable_warnings=True)
     net, x, y, a, _ = data
-    out = np.asarray(q(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), explain_func=explain_func(),
-                       device="cpu"))
+    out = np.asarray(
+        q(model=net, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), explain_func=explain_func(), device="cpu")
+    )
     np.testing.assert_allclose(_ours("efficient_model_parameter_randomisation", data), out, atol=1e-5)
 
 

@@ -35,12 +35,20 @@ def nan_run(tmp_path_factory):
     arrays["x"][0] = 0.0  # the 'input' method gives an all-zero map for img00
     np.savez(path, **arrays)
     cfg = tmp / "run.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "out": str(tmp / "run"), "unit_images": 4, "data": {"path": str(path)},
-        "models": [{"name": "cnn", "spec": "fixture_models:nan_for_bright_images"}],
-        "methods": ["saliency", "input"], "metrics": METRICS,
-        "analyses": {"ranking": {"draws": 50}, "sensitivity": None}, "report": {"examples": 2},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(tmp / "run"),
+                "unit_images": 4,
+                "data": {"path": str(path)},
+                "models": [{"name": "cnn", "spec": "fixture_models:nan_for_bright_images"}],
+                "methods": ["saliency", "input"],
+                "metrics": METRICS,
+                "analyses": {"ranking": {"draws": 50}, "sensitivity": None},
+                "report": {"examples": 2},
+            }
+        )
+    )
     import io
     import sys
 
@@ -79,7 +87,9 @@ def _nan_table(html: str) -> list[list[str]]:
     table = re.search(r'<table[^>]*id="nan-table"[^>]*>(.*?)</table>', html, re.S)
     assert table, "the report has no NaN table"
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(1), re.S)
-    return [[re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)] for r in rows]
+    return [
+        [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r, re.S)] for r in rows
+    ]
 
 
 def test_report_counts_nan_scores_and_lists_skipped_images(nan_run):
@@ -88,7 +98,7 @@ def test_report_counts_nan_scores_and_lists_skipped_images(nan_run):
     rows = _nan_table(html)
     assert rows[0] == ["model", "method", "setting", "metric", "NaN scores", "images"]
     assert sorted(rows[1:]) == sorted(["cnn", "input", "default", m, "1", "6"] for m in METRICS)
-    section = html[html.index('id="nan"'):]
+    section = html[html.index('id="nan"') :]
     section = section[: section.index("</section>")]
     assert "Model cnn: 2 image(s)" in section and "<li>img02</li>" in section and "<li>img05</li>" in section
 
@@ -126,17 +136,36 @@ def degenerate():
 
 # metric -> settings; every one must give NaN for the all-zero map and finite values for the random ones
 ZERO_NAN = {
-    "relevance_mass_accuracy": {}, "relevance_rank_accuracy": {}, "pointing_game": {}, "auroc": {},  # localisation
-    "attribution_localisation": {}, "focus": {},
-    "sparseness": {}, "complexity": {},  # complexity
-    "faithfulness_correlation": {"nr_runs": 10}, "faithfulness_estimate": {}, "monotonicity_correlation": {"nr_samples": 2},
-    "max_sensitivity": {"nr_samples": 3}, "avg_sensitivity": {"nr_samples": 3},  # robustness
-    "model_parameter_randomisation": {}, "random_logit": {},  # randomisation
+    "relevance_mass_accuracy": {},
+    "relevance_rank_accuracy": {},
+    "pointing_game": {},
+    "auroc": {},  # localisation
+    "attribution_localisation": {},
+    "focus": {},
+    "sparseness": {},
+    "complexity": {},  # complexity
+    "faithfulness_correlation": {"nr_runs": 10},
+    "faithfulness_estimate": {},
+    "monotonicity_correlation": {"nr_samples": 2},
+    "max_sensitivity": {"nr_samples": 3},
+    "avg_sensitivity": {"nr_samples": 3},  # robustness
+    "model_parameter_randomisation": {},
+    "random_logit": {},  # randomisation
 }
 # these are undefined for a constant map as well (sparseness and complexity are defined: 0 and log(H W))
-CONSTANT_NAN = {"relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc", "attribution_localisation",
-                "focus", "faithfulness_correlation", "faithfulness_estimate", "monotonicity_correlation",
-                "model_parameter_randomisation", "random_logit"}
+CONSTANT_NAN = {
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "pointing_game",
+    "auroc",
+    "attribution_localisation",
+    "focus",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "monotonicity_correlation",
+    "model_parameter_randomisation",
+    "random_logit",
+}
 
 
 @pytest.mark.parametrize("name", sorted(ZERO_NAN))

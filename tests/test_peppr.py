@@ -93,15 +93,24 @@ def test_pass_count_and_batch_size_invariance(setup):
     ds, model, g = setup
     fr = [0.0, 0.05, 0.1, 0.2, 1.0]
     with models.count_passes(model) as count:
-        r1 = peppr(model, ds, g.label_maps[1], 1, fractions=fr, random_orders=2, other_maps={0: g.label_maps[0]},
-                   batch_size=256)
+        r1 = peppr(
+            model,
+            ds,
+            g.label_maps[1],
+            1,
+            fractions=fr,
+            random_orders=2,
+            other_maps={0: g.label_maps[0]},
+            batch_size=256,
+        )
     n_orders = 1 + 1 + 2 + 1
     assert r1.passes == 2 * len(ds) + n_orders * 2 * 3 * len(ds)
     assert count.rows == r1.passes
     assert count.largest_call <= 256
     assert count.calls < r1.passes / 60  # several steps share one call
-    r2 = peppr(model, ds, g.label_maps[1], 1, fractions=fr, random_orders=2, other_maps={0: g.label_maps[0]},
-               batch_size=7)
+    r2 = peppr(
+        model, ds, g.label_maps[1], 1, fractions=fr, random_orders=2, other_maps={0: g.label_maps[0]}, batch_size=7
+    )
     for nm in r1.orders:
         for c in ("erasing", "restoration"):
             torch.testing.assert_close(r1.curves[nm][c]["auroc"], r2.curves[nm][c]["auroc"])
@@ -113,7 +122,9 @@ def test_random_orders_are_seeded(setup):
     a = peppr(model, ds, g.label_maps[1], 1, fractions=[0, 0.3, 1], random_orders=2, seed=5)
     b = peppr(model, ds, g.label_maps[1], 1, fractions=[0, 0.3, 1], random_orders=2, seed=5)
     assert a.orders == ["map", "reversed", "random:5", "random:6"]
-    torch.testing.assert_close(a.random["curves"]["mean"]["erasing"]["auroc"], b.random["curves"]["mean"]["erasing"]["auroc"])
+    torch.testing.assert_close(
+        a.random["curves"]["mean"]["erasing"]["auroc"], b.random["curves"]["mean"]["erasing"]["auroc"]
+    )
 
 
 def test_areas_are_trapezoids(setup):

@@ -20,9 +20,13 @@ TESTS = Path(__file__).parent
 def ray_cluster(tmp_path_factory):
     marker = tmp_path_factory.mktemp("ray") / "crash-marker"
     os.environ["XAISCOPE_DRIVER_PID"] = str(os.getpid())
-    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "XAISCOPE_DRIVER_PID": str(os.getpid()), "XAISCOPE_CRASH_MARKER": str(marker),
-           "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "XAISCOPE_DRIVER_PID": str(os.getpid()),
+        "XAISCOPE_CRASH_MARKER": str(marker),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield marker
     ray.shutdown()
@@ -35,7 +39,10 @@ def _config(tmp_path, model: str, out: str) -> dict:
     masks[:, 4:10, 4:10] = True
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(10) % 2, masks=masks)
     return {
-        "out": str(tmp_path / out), "seed": 3, "unit_images": 3, "batch_size": 16,
+        "out": str(tmp_path / out),
+        "seed": 3,
+        "unit_images": 3,
+        "batch_size": 16,
         "data": {"path": str(tmp_path / "d.npz")},
         "models": [{"name": "m", "spec": model}],
         "methods": ["saliency", {"name": "smoothgrad", "hparams": {"n_samples": 3}}, "random"],
@@ -79,8 +86,13 @@ def test_missing_ray_address_is_a_clear_error(tmp_path, monkeypatch):
     from xaiscope.errors import ConfigError
     from xaiscope.pipeline import ray_backend
 
-    monkeypatch.setattr(ray_backend, "_import_ray", lambda: (_ for _ in ()).throw(
-        ConfigError("The ray backend needs Ray; install it with: pip install 'xaiscope[ray]'.")))
+    monkeypatch.setattr(
+        ray_backend,
+        "_import_ray",
+        lambda: (_ for _ in ()).throw(
+            ConfigError("The ray backend needs Ray; install it with: pip install 'xaiscope[ray]'.")
+        ),
+    )
     with pytest.raises(ConfigError, match="pip install 'xaiscope\\[ray\\]'"):
         run(parse_config(_config(tmp_path, "fixture_models:seeded_cnn", "x")), backend="ray")
 

@@ -12,15 +12,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_helpers import XSS_CLASS, XSS_FILE, XSS_ID, XSS_SKIPPED, runs
 
+from report_helpers import XSS_CLASS, XSS_FILE, XSS_ID, XSS_SKIPPED, runs
 from xaiscope import explain
 from xaiscope.errors import OutputError
 from xaiscope.report.examples import NORMALISATIONS, normalised_maps
 from xaiscope.report.html import mean_ci, write_report
 
-SECTIONS = ["summary", "metrics", "nan", "examples", "distributions", "curves", "sensitivity",
-            "global", "peppr", "variability", "sis", "environment"]
+SECTIONS = [
+    "summary",
+    "metrics",
+    "nan",
+    "examples",
+    "distributions",
+    "curves",
+    "sensitivity",
+    "global",
+    "peppr",
+    "variability",
+    "sis",
+    "environment",
+]
 
 
 class Page(HTMLParser):
@@ -122,9 +134,15 @@ def test_metric_table_mean_and_ci_match_the_results(tmp_path_factory, rich_html)
     assert header[header.index("deletion \u2193")] and "relevance_mass_accuracy \u2191" in header
     seen = 0
     for row in table[1:]:
-        model, method, setting = (row[0][1], row[1][1].replace("baseline", "").strip(), row[2][1].replace(" (default)", ""))
+        model, method, setting = (
+            row[0][1],
+            row[1][1].replace("baseline", "").strip(),
+            row[2][1].replace(" (default)", ""),
+        )
         for (sort, text), metric in zip(row[3:], metrics):
-            v = res[(res.model == model) & (res.method == method) & (res.setting == setting) & (res.metric == metric)]["value"]
+            v = res[(res.model == model) & (res.method == method) & (res.setting == setting) & (res.metric == metric)][
+                "value"
+            ]
             v = v.dropna().to_numpy()
             assert float(sort) == pytest.approx(v.mean(), rel=1e-12)
             from scipy import stats
@@ -189,7 +207,9 @@ def test_normalised_maps_closed_form(budget):
     np.testing.assert_allclose(out["max"][0], pooled[0] / pooled[0].max(), rtol=1e-6)
     np.testing.assert_array_equal(out["max"][1], 0.0)
     assert out["max"][[0, 2]].max(axis=(1, 2)).tolist() == [1.0, 1.0]
-    np.testing.assert_allclose(out["p99"], explain.postprocess(torch.from_numpy(a[picks]), normalise="p99").numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        out["p99"], explain.postprocess(torch.from_numpy(a[picks]), normalise="p99").numpy(), rtol=1e-6
+    )
     # exact dataset scales, or over two evenly spaced blocks of 2 rows (0-1 and 8-9) plus the picks
     sample = list(range(10)) if budget == 2**24 else [0, 1, 3, 7, 8, 9]
     for how in ("dataset_max", "dataset_p99"):

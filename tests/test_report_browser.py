@@ -8,13 +8,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_helpers import runs
 
+from report_helpers import runs
 from xaiscope.report.html import write_report
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -22,14 +29,18 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.fail("The browser tests need Debian's chromium at /usr/bin/chromium: "
-                    "apt-get install -y chromium (CI installs it).")
+        pytest.fail(
+            "The browser tests need Debian's chromium at /usr/bin/chromium: "
+            "apt-get install -y chromium (CI installs it)."
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         pytest.fail("The browser tests need Playwright: pip install playwright (never run 'playwright install').")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=ARGS)
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=ARGS
+        )
         yield b
         b.close()
 
@@ -55,8 +66,9 @@ def page(browser, report):
 
 
 def _column(pg, table_id: str, col: int) -> list[str]:
-    return pg.eval_on_selector_all(f"#{table_id} tbody tr",
-                                   f"rows => rows.map(r => r.cells[{col}].getAttribute('data-sort'))")
+    return pg.eval_on_selector_all(
+        f"#{table_id} tbody tr", f"rows => rows.map(r => r.cells[{col}].getAttribute('data-sort'))"
+    )
 
 
 def _is_sorted(values: list[str], descending: bool = False) -> bool:
@@ -69,7 +81,8 @@ def _is_sorted(values: list[str], descending: bool = False) -> bool:
 def test_opens_without_errors_and_every_image_loads(page, tmp_path):
     assert page.errors == []
     n, broken = page.evaluate(
-        "() => [document.images.length, Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length]")
+        "() => [document.images.length, Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length]"
+    )
     assert n >= 10 and broken == 0
     assert all(u.startswith(("file://", "data:")) for u in page.requests)  # nothing fetched from a network
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)

@@ -30,10 +30,16 @@ def npz(tmp_path):
 
 def _cfg(npz, out, **extra):
     cfg = {
-        "out": str(out), "unit_images": 4, "batch_size": 8,
+        "out": str(out),
+        "unit_images": 4,
+        "batch_size": 8,
         "data": {"path": str(npz)},
         "models": [{"name": "m", "spec": "fixture_models:seeded_cnn"}],
-        "methods": ["saliency", {"name": "integrated_gradients", "hparams": {"n_steps": 4}, "grid": {"n_steps": [8]}}, "random"],
+        "methods": [
+            "saliency",
+            {"name": "integrated_gradients", "hparams": {"n_steps": 4}, "grid": {"n_steps": [8]}},
+            "random",
+        ],
         "metrics": ["relevance_mass_accuracy", {"name": "deletion", "hparams": {"steps": 4}}],
         "analyses": {"ranking": {"draws": 200}},
     }
@@ -88,7 +94,10 @@ def test_a_different_config_in_the_same_folder_is_refused(npz, tmp_path):
         ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
         ({"methods": [{"name": "saliency", "hparam": {}}]}, "methods.0.hparam: unknown key"),
         ({"methods": ["saliancy"]}, "methods.0 \\(saliancy\\): Unknown method 'saliancy'"),
-        ({"methods": [{"name": "integrated_gradients", "grid": {"n_steps": [0]}}]}, "methods.0 \\(integrated_gradients\\).*must be >= 1"),
+        (
+            {"methods": [{"name": "integrated_gradients", "grid": {"n_steps": [0]}}]},
+            "methods.0 \\(integrated_gradients\\).*must be >= 1",
+        ),
         ({"metrics": ["deletio"]}, "metrics.0 \\(deletio\\): Unknown metric 'deletio'"),
         ({"data": {"path": "x", "masks": "maybe"}}, "data.masks: Input should be 'auto', 'required' or 'none'"),
         ({"models": []}, "models: List should have at least 1 item"),
@@ -110,7 +119,7 @@ def test_ranking_closed_form():
     rows = []
     # A beats B beats C on every metric (higher is better for m1, lower for m2)
     for method, v1, v2 in (("A", 0.9, 0.1), ("B", 0.5, 0.5), ("C", 0.1, 0.9)):
-        for img in range(3):
+        for _ in range(3):
             rows += [{"method": method, "metric": "m1", "value": v1}, {"method": method, "metric": "m2", "value": v2}]
     r = rank_methods(pd.DataFrame(rows), {"m1": "higher", "m2": "lower"}, draws=500, seed=1, baselines=("C",))
     t = r.table.set_index("method")
@@ -119,8 +128,12 @@ def test_ranking_closed_form():
 
 
 def test_ranking_splits_first_place_by_metric_weights():
-    rows = [{"method": "A", "metric": "m1", "value": 1.0}, {"method": "A", "metric": "m2", "value": 0.0},
-            {"method": "B", "metric": "m1", "value": 0.0}, {"method": "B", "metric": "m2", "value": 1.0}]
+    rows = [
+        {"method": "A", "metric": "m1", "value": 1.0},
+        {"method": "A", "metric": "m2", "value": 0.0},
+        {"method": "B", "metric": "m1", "value": 0.0},
+        {"method": "B", "metric": "m2", "value": 1.0},
+    ]
     r = rank_methods(pd.DataFrame(rows), {"m1": "higher", "m2": "higher"}, draws=20_000, seed=0)
     t = r.table.set_index("method")
     # A wins exactly when w1 > w2, which has probability 1/2 under Dir(1, 1)

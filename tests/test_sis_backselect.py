@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from xaiscope.analyses.sis import (
-    backselect, find_sis, gradient_backselect, make_units, sis_collection, sis_from_backselect,
+    backselect,
+    find_sis,
+    gradient_backselect,
+    make_units,
+    sis_collection,
+    sis_from_backselect,
 )
 from xaiscope.errors import ConfigError, XaiscopeError
 from xaiscope.models import count_passes
@@ -103,8 +108,16 @@ def test_patch_units():
 
 def test_sis_from_backselect_last_step_above_tau():
     # f can dip below tau and come back: the SIS is read at the LAST step with f >= tau.
-    table = {(1, 1, 1): 5.0, (0, 1, 1): 4.0, (1, 0, 1): 1.0, (1, 1, 0): 2.0, (0, 0, 1): 1.0, (0, 1, 0): 6.0,
-             (1, 0, 0): 0.5, (0, 0, 0): 0.0}
+    table = {
+        (1, 1, 1): 5.0,
+        (0, 1, 1): 4.0,
+        (1, 0, 1): 1.0,
+        (1, 1, 0): 2.0,
+        (0, 0, 1): 1.0,
+        (0, 1, 0): 6.0,
+        (1, 0, 0): 0.5,
+        (0, 0, 0): 0.0,
+    }
 
     def lookup(b):
         return torch.tensor([table[tuple(int(v) for v in (row.flatten() != 0))] for row in b])

@@ -20,8 +20,6 @@ from xaiscope.models import count_passes
 TAU = 0.7
 
 
-
-
 @pytest.fixture(scope="module")
 def setup():
     model, train_ds, test_ds, acc = digits_model()
@@ -111,8 +109,15 @@ def files(setup, tmp_path_factory):
 
     model, ds, mv, target, idx = setup
     root = tmp_path_factory.mktemp("sis_cli")
-    save(model, root / "cnn_a.pt", arch="small_cnn", arch_kwargs={"width": 8, "num_classes": 10, "in_channels": 1},
-         classes=ds.classes, input_size=[1, 8, 8], normalisation=None)
+    save(
+        model,
+        root / "cnn_a.pt",
+        arch="small_cnn",
+        arch_kwargs={"width": 8, "num_classes": 10, "in_channels": 1},
+        classes=ds.classes,
+        input_size=[1, 8, 8],
+        normalisation=None,
+    )
     shutil.copy(root / "cnn_a.pt", root / "cnn_b.pt")
     shutil.copy(root / "cnn_a.json", root / "cnn_b.json")
     sub = ds.subset(range(120))
@@ -123,8 +128,27 @@ def files(setup, tmp_path_factory):
 def test_cli_sis_end_to_end_two_models(files):
     root, target = files
     out = root / "out"
-    main(["sis", "--model", str(root / "cnn_a.pt"), "--model", str(root / "cnn_b.pt"), "--data", str(root / "digits.npz"),
-          "--class", str(target), "--tau", str(TAU), "--out", str(out), "--max-images", "3", "--min-samples", "2"])
+    main(
+        [
+            "sis",
+            "--model",
+            str(root / "cnn_a.pt"),
+            "--model",
+            str(root / "cnn_b.pt"),
+            "--data",
+            str(root / "digits.npz"),
+            "--class",
+            str(target),
+            "--tau",
+            str(TAU),
+            "--out",
+            str(out),
+            "--max-images",
+            "3",
+            "--min-samples",
+            "2",
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert [m["source"] for m in summary["models"]] == ["cnn_a", "cnn_b"]
     assert summary["models"][0]["n_explained"] == 3 and summary["eps"] > 0
@@ -150,19 +174,27 @@ def test_cli_sis_end_to_end_two_models(files):
     assert (out / "clusters.csv").exists() and (out / "cluster_means.npz").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tau", "1.5"], "tau must lie in (0, 1]"),
-    (["--tau", "0"], "tau must lie in (0, 1]"),
-    (["--unit", "hex"], "Unknown unit 'hex'"),
-    (["--unit", "patch:20"], "larger than the 8x8 image"),
-    (["--class", "12"], "--class 12 is out of range: the model"),
-    (["--eps", "-1"], "--eps must be a positive number or 'auto'"),
-    (["--method", "random"], "Unknown --method 'random'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tau", "1.5"], "tau must lie in (0, 1]"),
+        (["--tau", "0"], "tau must lie in (0, 1]"),
+        (["--unit", "hex"], "Unknown unit 'hex'"),
+        (["--unit", "patch:20"], "larger than the 8x8 image"),
+        (["--class", "12"], "--class 12 is out of range: the model"),
+        (["--eps", "-1"], "--eps must be a positive number or 'auto'"),
+        (["--method", "random"], "Unknown --method 'random'"),
+    ],
+)
 def test_cli_sis_bad_input_exits_2(files, args, message, capsys):
     root, target = files
-    base = {"--model": str(root / "cnn_a.pt"), "--data": str(root / "digits.npz"), "--class": str(target),
-            "--out": str(root / "bad"), "--max-images": "1"}
+    base = {
+        "--model": str(root / "cnn_a.pt"),
+        "--data": str(root / "digits.npz"),
+        "--class": str(target),
+        "--out": str(root / "bad"),
+        "--max-images": "1",
+    }
     for a, v in zip(args[::2], args[1::2]):
         base[a] = v
     with pytest.raises(SystemExit) as e:

@@ -101,8 +101,13 @@ def test_errors():
 def test_save_and_load_round_trip(tmp_path):
     res = _fit()
     path = save(
-        res.model, tmp_path / "m.pt", arch="small_cnn", arch_kwargs={"in_channels": 1, "num_classes": 2, "width": 4},
-        classes=["0", "1"], input_size=[1, 16, 16], normalisation={"mean": [0.5], "std": [0.25]},
+        res.model,
+        tmp_path / "m.pt",
+        arch="small_cnn",
+        arch_kwargs={"in_channels": 1, "num_classes": 2, "width": 4},
+        classes=["0", "1"],
+        input_size=[1, 16, 16],
+        normalisation={"mean": [0.5], "std": [0.25]},
         extra={"test_acc": res.test_acc},
     )
     side = json.loads(path.with_suffix(".json").read_text())
@@ -119,14 +124,29 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_save_fills_default_arch_kwargs(tmp_path):
     model = init_model("small_cnn", in_channels=1, num_classes=3)
-    path = save(model, tmp_path / "m.pt", arch="small_cnn", arch_kwargs={}, classes=["a", "b", "c"],
-                input_size=[1, 8, 8], normalisation=None)
+    path = save(
+        model,
+        tmp_path / "m.pt",
+        arch="small_cnn",
+        arch_kwargs={},
+        classes=["a", "b", "c"],
+        input_size=[1, 8, 8],
+        normalisation=None,
+    )
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["arch_kwargs"] == {"in_channels": 1, "num_classes": 3, "width": 16}
     assert side["normalisation"] is None
     models.load(str(path))
     with pytest.raises(ModelError, match="Unknown architecture 'small_cn'"):
-        save(model, tmp_path / "x.pt", arch="small_cn", arch_kwargs={}, classes=["a"], input_size=[1, 8, 8], normalisation=None)
+        save(
+            model,
+            tmp_path / "x.pt",
+            arch="small_cn",
+            arch_kwargs={},
+            classes=["a"],
+            input_size=[1, 8, 8],
+            normalisation=None,
+        )
 
 
 def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
@@ -136,8 +156,21 @@ def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
     from xaiscope.pipeline.inputs import open_inputs
 
     generate(tmp_path / "bm", n_train=16, n_test=8, size=32, radius=(0.08, 0.14))
-    main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "m" / "model.pt"), "--epochs", "2",
-          "--width", "4", "--seed", "1"])
+    main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "bm"),
+            "--out",
+            str(tmp_path / "m" / "model.pt"),
+            "--epochs",
+            "2",
+            "--width",
+            "4",
+            "--seed",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "train accuracy" in printed and "test accuracy" in printed and "(8 images)" in printed
     side = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -148,12 +181,28 @@ def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
     assert side["normalisation"]["std"][0] == pytest.approx(float(raw.x.std()), abs=1e-5)
     assert len(side["extra"]["history"]) == 2 and side["extra"]["settings"]["lr"] == 3e-3
     assert side["extra"]["settings"]["schedule"] == "cosine"
-    model, ds, _ = open_inputs(str(tmp_path / "m" / "model.pt"), tmp_path / "bm" / "test")  # sidecar normalisation applied
+    model, ds, _ = open_inputs(
+        str(tmp_path / "m" / "model.pt"), tmp_path / "bm" / "test"
+    )  # sidecar normalisation applied
     assert ds.mean == side["normalisation"]["mean"]
     acc = float((model(ds.x).argmax(1) == ds.y).float().mean())
     assert acc == pytest.approx(side["extra"]["test_acc"])
     # same seed again: identical weights
-    main(["train", "--data", str(tmp_path / "bm"), "--out", str(tmp_path / "m2.pt"), "--epochs", "2", "--width", "4", "--seed", "1"])
+    main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "bm"),
+            "--out",
+            str(tmp_path / "m2.pt"),
+            "--epochs",
+            "2",
+            "--width",
+            "4",
+            "--seed",
+            "1",
+        ]
+    )
     a = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "m2.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -169,8 +218,15 @@ def test_cosine_schedule_anneals_to_zero_and_is_validated():
     res = train(model, _toy(), epochs=2, schedule="cosine", progress=False)
     assert res.settings["schedule"] == "cosine"
     a = _fit(seed=2, epochs=2)
-    b = train(init_model("small_cnn", seed=2, in_channels=1, num_classes=2, width=4), _toy(), test=_toy(seed=1),
-              epochs=2, seed=2, progress=False, schedule="cosine")
+    b = train(
+        init_model("small_cnn", seed=2, in_channels=1, num_classes=2, width=4),
+        _toy(),
+        test=_toy(seed=1),
+        epochs=2,
+        seed=2,
+        progress=False,
+        schedule="cosine",
+    )
     assert not torch.equal(a.model.classifier.weight, b.model.classifier.weight)
     with pytest.raises(ConfigError, match="schedule must be"):
         train(model, _toy(), schedule="step", progress=False)

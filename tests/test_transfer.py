@@ -45,8 +45,17 @@ def test_regress_effects_recovers_known_effects():
             for L in L_values:
                 acc = rng.uniform(0.7, 1.0)
                 score = 0.2 + 0.5 * acc + {"none": 0, "a": 0.1, "b": -0.05}[source] + 0.02 * L + rng.normal(scale=0.005)
-                rows.append({"source": source, "frozen_blocks": L, "seed": seed, "test_acc": acc, "method": "m",
-                             "metric": "k", "score": score})
+                rows.append(
+                    {
+                        "source": source,
+                        "frozen_blocks": L,
+                        "seed": seed,
+                        "test_acc": acc,
+                        "method": "m",
+                        "metric": "k",
+                        "score": score,
+                    }
+                )
     eff = regress_effects(pd.DataFrame(rows), ["a", "b"]).set_index("term")
     truth = {"intercept": 0.2, "test_acc": 0.5, "source=a": 0.1, "source=b": -0.05, "frozen_blocks": 0.02}
     assert set(eff.index) == set(truth)
@@ -93,8 +102,19 @@ def test_study_end_to_end_and_frozen_blocks_keep_pretrained_weights(monkeypatch)
         return res
 
     monkeypatch.setattr(tmod, "train", spy)
-    res = transfer_study(tr, te, pre, arch="small_vgg", freeze=[0, 2], seeds=1, methods=["saliency"], epochs=1,
-                         pretrain_epochs=1, width=4, max_images=8)
+    res = transfer_study(
+        tr,
+        te,
+        pre,
+        arch="small_vgg",
+        freeze=[0, 2],
+        seeds=1,
+        methods=["saliency"],
+        epochs=1,
+        pretrain_epochs=1,
+        width=4,
+        max_images=8,
+    )
     runs = res.runs
     assert len(runs) == 3 * 3  # (scratch + 2 levels) x 3 metrics
     assert set(runs["source"]) == {"none", "rule_size"} and set(runs["frozen_blocks"]) == {0, 2}
@@ -115,9 +135,31 @@ def test_cli_transfer_writes_tables_and_plot(tmp_path):
 
     generate(tmp_path / "bm", **TINY)
     generate(tmp_path / "pre", **{**TINY, "background": "noise", "n_test": 0})
-    main(["transfer", "--data", str(tmp_path / "bm"), "--pretrain-data", f"noise={tmp_path / 'pre'}", "--out",
-          str(tmp_path / "out"), "--freeze", "0,1", "--seeds", "2", "--methods", "saliency", "--epochs", "1",
-          "--pretrain-epochs", "1", "--width", "4", "--max-images", "6"])
+    main(
+        [
+            "transfer",
+            "--data",
+            str(tmp_path / "bm"),
+            "--pretrain-data",
+            f"noise={tmp_path / 'pre'}",
+            "--out",
+            str(tmp_path / "out"),
+            "--freeze",
+            "0,1",
+            "--seeds",
+            "2",
+            "--methods",
+            "saliency",
+            "--epochs",
+            "1",
+            "--pretrain-epochs",
+            "1",
+            "--width",
+            "4",
+            "--max-images",
+            "6",
+        ]
+    )
     out = tmp_path / "out"
     for name in ("runs.csv", "runs.parquet", "effects.csv", "effects.parquet", "transfer.png", "summary.json"):
         assert (out / name).exists(), name

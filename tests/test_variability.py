@@ -12,10 +12,10 @@ from scipy.stats import spearmanr
 
 from xaiscope import explain, models
 from xaiscope.analyses.fits import linear, quadratic
-from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.analyses.variability import RunningStats, variability
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
+from xaiscope.evaluate.stats import rank as average_ranks
 
 
 def linear_model(w1: list[float]) -> torch.nn.Module:
@@ -46,7 +46,9 @@ def test_two_model_collection_matches_hand_computed_values():
     torch.testing.assert_close(r.correct_sd, torch.tensor([0.5, 0.5], dtype=torch.float64))  # sqrt(mu (1 - mu))
     pa, pb = [sig(2), sig(-1)], [1 - sig(1), sig(1)]
     torch.testing.assert_close(r.prob_mean, torch.tensor([sum(pa) / 2, sum(pb) / 2], dtype=torch.float64))
-    torch.testing.assert_close(r.prob_sd, torch.tensor([abs(pa[0] - pa[1]) / 2, abs(pb[0] - pb[1]) / 2], dtype=torch.float64))
+    torch.testing.assert_close(
+        r.prob_sd, torch.tensor([abs(pa[0] - pa[1]) / 2, abs(pb[0] - pb[1]) / 2], dtype=torch.float64)
+    )
     # saliency of logit_1 = |w1|, sum-to-one: A [2/3, 0, 0, 1/3], B [1/2, 0, 0, 1/2]; logit_0 has zero gradient
     torch.testing.assert_close(r.mean_map[0], torch.tensor([[7 / 12, 0.0], [0.0, 5 / 12]]))
     torch.testing.assert_close(r.sd_map[0], torch.tensor([[1 / 12, 0.0], [0.0, 1 / 12]]))
@@ -63,8 +65,13 @@ def test_two_model_collection_matches_hand_computed_values():
 
 def small_set(n=12, seed=0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
-    return Dataset(x=torch.rand(n, 1, 12, 12, generator=g), y=torch.arange(n) % 2, ids=[f"i{i}" for i in range(n)],
-                   classes=["a", "b"], source="random")
+    return Dataset(
+        x=torch.rand(n, 1, 12, 12, generator=g),
+        y=torch.arange(n) % 2,
+        ids=[f"i{i}" for i in range(n)],
+        classes=["a", "b"],
+        source="random",
+    )
 
 
 def cnn(seed: int) -> torch.nn.Module:

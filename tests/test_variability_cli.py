@@ -10,10 +10,8 @@ import pytest
 
 from cli_helpers import exit_code
 from xaiscope.data.benchmark import generate
-from xaiscope.pipeline.collection_job import model_files, parse_seeds
 from xaiscope.errors import ConfigError
-
-
+from xaiscope.pipeline.collection_job import model_files, parse_seeds
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +45,39 @@ def test_collection_is_resumable_and_refuses_other_settings(collection, capsys):
 def test_variability_command_writes_table_maps_fits_and_plots(collection):
     root, _ = collection
     out = root / "var"
-    code = exit_code(["variability", "--collection", str(root / "coll"), "--data", str(root / "bench" / "test"),
-                    "--methods", "gradcam,saliency", "--out", str(out), "--foreground", "masks", "--bootstrap", "50",
-                    "--top", "2"])
+    code = exit_code(
+        [
+            "variability",
+            "--collection",
+            str(root / "coll"),
+            "--data",
+            str(root / "bench" / "test"),
+            "--methods",
+            "gradcam,saliency",
+            "--out",
+            str(out),
+            "--foreground",
+            "masks",
+            "--bootstrap",
+            "50",
+            "--top",
+            "2",
+        ]
+    )
     assert code == 0
     table = pd.read_parquet(out / "variability.parquet")
     assert len(table) == 2 * 24 and set(table["method"]) == {"gradcam", "saliency"}
-    for col in ("id", "label", "correct_mean", "correct_sd", "prob_mean", "prob_sd", "attention_sd", "attention_sd_fg",
-                "spearman_mean"):
+    for col in (
+        "id",
+        "label",
+        "correct_mean",
+        "correct_sd",
+        "prob_mean",
+        "prob_sd",
+        "attention_sd",
+        "attention_sd_fg",
+        "spearman_mean",
+    ):
         assert col in table.columns
     mu = table["correct_mean"]
     assert ((table["correct_sd"] - (mu * (1 - mu)) ** 0.5).abs() < 1e-9).all()  # population SD of 0/1
@@ -75,25 +98,94 @@ def test_a_folder_of_own_models_without_manifest(collection, tmp_path):
     for p in sorted((root / "coll").glob("seed_000[01].*")):
         shutil.copy(p, own / p.name.replace("seed_", "mine_"))
     assert [p.name for p in model_files(own)] == ["mine_0000.pt", "mine_0001.pt"]
-    code = exit_code(["variability", "--collection", str(own), "--data", str(root / "bench" / "test"),
-                    "--methods", "saliency", "--out", str(tmp_path / "v"), "--bootstrap", "0", "--top", "1"])
+    code = exit_code(
+        [
+            "variability",
+            "--collection",
+            str(own),
+            "--data",
+            str(root / "bench" / "test"),
+            "--methods",
+            "saliency",
+            "--out",
+            str(tmp_path / "v"),
+            "--bootstrap",
+            "0",
+            "--top",
+            "1",
+        ]
+    )
     assert code == 0
     assert len(pd.read_parquet(tmp_path / "v" / "variability.parquet")) == 24
 
 
 def test_user_errors(tmp_path, capsys):
-    assert exit_code(["variability", "--collection", str(tmp_path / "nope"), "--data", str(tmp_path),
-                    "--out", str(tmp_path / "o")]) == 2
+    assert (
+        exit_code(
+            [
+                "variability",
+                "--collection",
+                str(tmp_path / "nope"),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert exit_code(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
-                    "--out", str(tmp_path / "o")]) == 2
+    assert (
+        exit_code(
+            [
+                "variability",
+                "--collection",
+                str(tmp_path / "empty"),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "holds no models" in capsys.readouterr().err
-    assert exit_code(["variability", "--collection", str(tmp_path / "empty"), "--data", str(tmp_path),
-                    "--methods", "gradcamm", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        exit_code(
+            [
+                "variability",
+                "--collection",
+                str(tmp_path / "empty"),
+                "--data",
+                str(tmp_path),
+                "--methods",
+                "gradcamm",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "did you mean 'gradcam'" in capsys.readouterr().err
-    assert exit_code(["global", "--model", "small_cnn", "--data", str(tmp_path), "--method", "saliency",
-                    "--by", "both", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        exit_code(
+            [
+                "global",
+                "--model",
+                "small_cnn",
+                "--data",
+                str(tmp_path),
+                "--method",
+                "saliency",
+                "--by",
+                "both",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "--by must be" in capsys.readouterr().err
     assert exit_code(["collection", "--data", str(tmp_path), "--out", str(tmp_path / "c"), "--seeds", "x"]) == 2
     assert "--seeds must be" in capsys.readouterr().err

@@ -18,7 +18,9 @@ from rich.table import Table
 from xaiscope.errors import ConfigError, XaiscopeError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Explain image classifiers and measure how good the explanations are.",
 )
 console = Console()
@@ -122,8 +124,17 @@ def explain_cmd(
     from xaiscope.pipeline.explain_job import run_explain
 
     written = run_explain(
-        model=model, data=data, methods=parse_list(methods), out=out, weights=weights, params=parse_params(param),
-        batch_size=parse_batch_size(batch_size), device=device, target=parse_target(target), overlays=overlays, trust_model=trust_model,
+        model=model,
+        data=data,
+        methods=parse_list(methods),
+        out=out,
+        weights=weights,
+        params=parse_params(param),
+        batch_size=parse_batch_size(batch_size),
+        device=device,
+        target=parse_target(target),
+        overlays=overlays,
+        trust_model=trust_model,
         console=console,
     )
     for p in written:
@@ -155,19 +166,38 @@ def global_cmd(
     from xaiscope.pipeline.global_job import run_global
 
     summary = run_global(
-        model=model, data=data, method=method, out=out, weights=weights, params=parse_params(param), by=by,
-        normalise=normalise, signed=signed, fill=fill, unit=unit, step=step, random_orders=random_orders, seed=seed,
-        batch_size=parse_batch_size(batch_size), device=device, trust_model=trust_model, peppr_enabled=not no_peppr,
+        model=model,
+        data=data,
+        method=method,
+        out=out,
+        weights=weights,
+        params=parse_params(param),
+        by=by,
+        normalise=normalise,
+        signed=signed,
+        fill=fill,
+        unit=unit,
+        step=step,
+        random_orders=random_orders,
+        seed=seed,
+        batch_size=parse_batch_size(batch_size),
+        device=device,
+        trust_model=trust_model,
+        peppr_enabled=not no_peppr,
     )
     for name, info in summary["peppr"].items():
         if "score_auroc" in info:
-            console.print(f"{name}: PEPPR score (AUROC) {info['score_auroc']:.3f}, (accuracy) {info['score_accuracy']:.3f}")
+            console.print(
+                f"{name}: PEPPR score (AUROC) {info['score_auroc']:.3f}, (accuracy) {info['score_accuracy']:.3f}"
+            )
     console.print(f"wrote {out}")
 
 
 @app.command("sis")
 def sis_cmd(
-    model: list[str] = typer.Option(..., help="Model spec (repeat --model to cluster the SIS of several models together)."),
+    model: list[str] = typer.Option(
+        ..., help="Model spec (repeat --model to cluster the SIS of several models together)."
+    ),
     data: Path = DATA,
     target: int = typer.Option(..., "--class", help="Class index K of the decision 'softmax probability of K >= tau'."),
     out: Path = OUT_DIR,
@@ -175,9 +205,14 @@ def sis_cmd(
     unit: str = typer.Option("pixel", help="Selection unit: pixel or patch:K."),
     max_images: int = typer.Option(50, help="Explain at most this many images where the decision holds (data order)."),
     batch_size: int = typer.Option(256, help="Most masked candidates per model call."),
-    eps: str = typer.Option("auto", help="DBSCAN radius on the energy distance D between SIS pixel sets, or 'auto' (median min_samples-distance)."),
+    eps: str = typer.Option(
+        "auto",
+        help="DBSCAN radius on the energy distance D between SIS pixel sets, or 'auto' (median min_samples-distance).",
+    ),
     min_samples: int = typer.Option(3, help="DBSCAN core-point threshold."),
-    method: str = typer.Option("backselect", help="backselect (exact) or gradient (k units per step, for large images)."),
+    method: str = typer.Option(
+        "backselect", help="backselect (exact) or gradient (k units per step, for large images)."
+    ),
     k: int = typer.Option(1, help="Units removed per step by --method gradient."),
     weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
     device: str = DEVICE,
@@ -187,9 +222,22 @@ def sis_cmd(
     from xaiscope.pipeline.sis_job import run_sis
 
     summary = run_sis(
-        model=model, data=data, target=target, tau=tau, unit=unit, out=out, max_images=max_images,
-        batch_size=batch_size, eps=eps, min_samples=min_samples, method=method, k=k, weights=weights,
-        device=device, trust_model=trust_model, console=console,
+        model=model,
+        data=data,
+        target=target,
+        tau=tau,
+        unit=unit,
+        out=out,
+        max_images=max_images,
+        batch_size=batch_size,
+        eps=eps,
+        min_samples=min_samples,
+        method=method,
+        k=k,
+        weights=weights,
+        device=device,
+        trust_model=trust_model,
+        console=console,
     )
     for m in summary["models"]:
         size = m["sis_size_units"]
@@ -198,9 +246,13 @@ def sis_cmd(
             f"{m['n_sis']} SIS" + (f" (median {size['median']:g} units)" if size else "")
         )
     if summary["n_clusters"] is None:
-        console.print(f"No image reaches tau={summary['tau']:g} for class {summary['target']}; nothing to cluster. Wrote {out}")
+        console.print(
+            f"No image reaches tau={summary['tau']:g} for class {summary['target']}; nothing to cluster. Wrote {out}"
+        )
     else:
-        console.print(f"{summary['n_clusters']} clusters, {summary['n_noise']} noise (eps={summary['eps']:.3g}); wrote {out}")
+        console.print(
+            f"{summary['n_clusters']} clusters, {summary['n_noise']} noise (eps={summary['eps']:.3g}); wrote {out}"
+        )
 
 
 @app.command("benchmark")
@@ -213,15 +265,29 @@ def benchmark_cmd(
     alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
     lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
     confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
-    aligned: bool = typer.Option(False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."),
+    aligned: bool = typer.Option(
+        False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."
+    ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
     rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
 ) -> None:
     """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
     from xaiscope.pipeline.benchmark_job import run_benchmark
 
-    run_benchmark(out=out, n_train=n_train, n_test=n_test, size=size, background=background, alpha=alpha, lesions=lesions,
-                  confounder_rate=confounder_rate, aligned=aligned, seed=seed, rule=rule, console=console)
+    run_benchmark(
+        out=out,
+        n_train=n_train,
+        n_test=n_test,
+        size=size,
+        background=background,
+        alpha=alpha,
+        lesions=lesions,
+        confounder_rate=confounder_rate,
+        aligned=aligned,
+        seed=seed,
+        rule=rule,
+        console=console,
+    )
 
 
 @app.command("train")
@@ -243,8 +309,22 @@ def train_cmd(
     """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
     from xaiscope.pipeline.train_job import run_train
 
-    run_train(data=data, out=out, arch=arch, test=test, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-              width=width, weight_decay=weight_decay, augment=augment, schedule=schedule, device=device, console=console)
+    run_train(
+        data=data,
+        out=out,
+        arch=arch,
+        test=test,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        width=width,
+        weight_decay=weight_decay,
+        augment=augment,
+        schedule=schedule,
+        device=device,
+        console=console,
+    )
 
 
 @app.command("collection")
@@ -266,15 +346,30 @@ def collection_cmd(
     """Train models that differ only by seed (resumable: finished models are kept)."""
     from xaiscope.pipeline.collection_job import run_collection
 
-    manifest = run_collection(data=data, out=out, arch=arch, seeds=seeds, epochs=epochs, test=test, lr=lr,
-                              batch_size=batch_size, width=width, weight_decay=weight_decay, augment=augment, schedule=schedule,
-                              device=device, console=console)
+    manifest = run_collection(
+        data=data,
+        out=out,
+        arch=arch,
+        seeds=seeds,
+        epochs=epochs,
+        test=test,
+        lr=lr,
+        batch_size=batch_size,
+        width=width,
+        weight_decay=weight_decay,
+        augment=augment,
+        schedule=schedule,
+        device=device,
+        console=console,
+    )
     console.print(f"wrote {len(manifest['models'])} models and {out / 'manifest.json'}")
 
 
 @app.command("variability")
 def variability_cmd(
-    collection: Path = typer.Option(..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."),
+    collection: Path = typer.Option(
+        ..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."
+    ),
     data: Path = typer.Option(..., help="Test images: folder or .npz file."),
     methods: str = typer.Option("gradcam,lrp_epsilon_plus_flat", help="Comma-separated method names."),
     out: Path = OUT_DIR,
@@ -294,9 +389,21 @@ def variability_cmd(
     from xaiscope.pipeline.variability_job import run_variability
 
     summary = run_variability(
-        collection=collection, data=data, methods=parse_list(methods), out=out, params=parse_params(param),
-        normalise=normalise, signed=signed, foreground=foreground, pair_images=pair_images, n_boot=bootstrap,
-        seed=seed, top=top, batch_size=parse_batch_size(batch_size), device=device, trust_model=trust_model,
+        collection=collection,
+        data=data,
+        methods=parse_list(methods),
+        out=out,
+        params=parse_params(param),
+        normalise=normalise,
+        signed=signed,
+        foreground=foreground,
+        pair_images=pair_images,
+        n_boot=bootstrap,
+        seed=seed,
+        top=top,
+        batch_size=parse_batch_size(batch_size),
+        device=device,
+        trust_model=trust_model,
     )
     console.print(f"{len(summary['models'])} models, {summary['n_images']} images; wrote {out}")
 
@@ -322,7 +429,9 @@ def evaluate_cmd(
     metrics: str = typer.Option(..., help="Comma-separated metric names (see 'xaiscope metrics')."),
     out: Path = typer.Option(..., help="Output Parquet file."),
     weights: Optional[str] = WEIGHTS,
-    param: Optional[list[str]] = typer.Option(None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."),
+    param: Optional[list[str]] = typer.Option(
+        None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."
+    ),
     batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
@@ -332,9 +441,18 @@ def evaluate_cmd(
     from xaiscope.pipeline.evaluate_job import run_evaluate
 
     path, n = run_evaluate(
-        model=model, data=data, methods=parse_list(methods), metrics=parse_list(metrics), out=out, weights=weights,
-        params=parse_params(param), batch_size=parse_batch_size(batch_size), device=device, target=parse_target(target),
-        trust_model=trust_model, console=console,
+        model=model,
+        data=data,
+        methods=parse_list(methods),
+        metrics=parse_list(metrics),
+        out=out,
+        weights=weights,
+        params=parse_params(param),
+        batch_size=parse_batch_size(batch_size),
+        device=device,
+        target=parse_target(target),
+        trust_model=trust_model,
+        console=console,
     )
     console.print(f"wrote {path} ({n} rows)")
 
@@ -345,8 +463,12 @@ def actmax_cmd(
     target: Optional[int] = typer.Option(None, "--class", help="Class index K whose score is maximised."),
     out: Path = OUT_DIR,
     shape: Optional[str] = typer.Option(None, help="Input shape C,H,W (default: from the model's sidecar)."),
-    clip_range: Optional[str] = typer.Option(None, "--range", help="Valid input range LOW,HIGH (default: sidecar normalisation of [0,1], else 0,1)."),
-    layer: Optional[str] = typer.Option(None, help="Maximise a channel of this layer (module name) instead of a class."),
+    clip_range: Optional[str] = typer.Option(
+        None, "--range", help="Valid input range LOW,HIGH (default: sidecar normalisation of [0,1], else 0,1)."
+    ),
+    layer: Optional[str] = typer.Option(
+        None, help="Maximise a channel of this layer (module name) instead of a class."
+    ),
     channel: int = typer.Option(0, help="Channel of --layer."),
     steps: int = typer.Option(200, help="Gradient-ascent steps."),
     lr: float = typer.Option(0.05, help="Mean absolute pixel change per step."),
@@ -354,7 +476,9 @@ def actmax_cmd(
     blur_every: int = typer.Option(4, help="Gaussian blur every N steps (0 = never)."),
     blur_sigma: float = typer.Option(0.5, help="Blur standard deviation in pixels."),
     norm_clip_pct: float = typer.Option(0.0, help="Blank pixels whose norm is below this percentile (0 = off)."),
-    contrib_clip_pct: float = typer.Option(0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."),
+    contrib_clip_pct: float = typer.Option(
+        0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."
+    ),
     seed: int = typer.Option(0, help="Seed of the random start."),
     output: str = typer.Option("logit", help="Class score maximised: logit, softmax or log_softmax."),
     weights: Optional[str] = WEIGHTS,
@@ -368,12 +492,30 @@ def actmax_cmd(
     if target is None and layer is None:
         raise ConfigError("Give --class K (or --layer NAME with --channel C).")
     rec = run_actmax(
-        model=model, target=target, out=out, shape=shape, clip_range=clip_range, weights=weights,
-        num_classes=num_classes, layer=layer, channel=channel, steps=steps, lr=lr, l2_decay=l2_decay,
-        blur_every=blur_every, blur_sigma=blur_sigma, norm_clip_pct=norm_clip_pct,
-        contrib_clip_pct=contrib_clip_pct, seed=seed, output=output, device=device, trust_model=trust_model,
+        model=model,
+        target=target,
+        out=out,
+        shape=shape,
+        clip_range=clip_range,
+        weights=weights,
+        num_classes=num_classes,
+        layer=layer,
+        channel=channel,
+        steps=steps,
+        lr=lr,
+        l2_decay=l2_decay,
+        blur_every=blur_every,
+        blur_sigma=blur_sigma,
+        norm_clip_pct=norm_clip_pct,
+        contrib_clip_pct=contrib_clip_pct,
+        seed=seed,
+        output=output,
+        device=device,
+        trust_model=trust_model,
     )
-    console.print(f"{rec['objective_name']}: {rec['start']:.3f} -> {rec['final']:.3f} in {len(rec['objective']) - 1} steps; wrote {out}")
+    console.print(
+        f"{rec['objective_name']}: {rec['start']:.3f} -> {rec['final']:.3f} in {len(rec['objective']) - 1} steps; wrote {out}"
+    )
 
 
 @app.command("run")
@@ -427,14 +569,20 @@ def demo_cmd(
 
 @app.command("transfer")
 def transfer_cmd(
-    data: Path = typer.Option(..., help="Target data: a benchmark folder (train/ + test/ with masks) or a training folder with --test."),
+    data: Path = typer.Option(
+        ..., help="Target data: a benchmark folder (train/ + test/ with masks) or a training folder with --test."
+    ),
     out: Path = typer.Option(..., help="Output folder (runs/effects tables, transfer.png, summary.json)."),
-    pretrain_data: Optional[list[str]] = typer.Option(None, help="Pre-training data DIR or NAME=DIR, repeatable; default: two generated tasks."),
+    pretrain_data: Optional[list[str]] = typer.Option(
+        None, help="Pre-training data DIR or NAME=DIR, repeatable; default: two generated tasks."
+    ),
     arch: str = typer.Option("small_vgg", help="Zoo architecture with a 'features' sequence of blocks."),
     freeze: str = typer.Option("0,1,2,3", help="Numbers L of frozen pre-trained blocks (features.0..L-1)."),
     seeds: int = typer.Option(3, help="Seeds per setting."),
     methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated attribution methods."),
-    metrics: str = typer.Option("relevance_rank_accuracy,relevance_mass_accuracy,emd_score", help="Localisation metrics."),
+    metrics: str = typer.Option(
+        "relevance_rank_accuracy,relevance_mass_accuracy,emd_score", help="Localisation metrics."
+    ),
     epochs: int = typer.Option(10, help="Fine-tuning epochs."),
     pretrain_epochs: int = typer.Option(10, help="Pre-training epochs."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
@@ -451,9 +599,25 @@ def transfer_cmd(
         levels = [int(v) for v in parse_list(freeze)]
     except ValueError:
         raise ConfigError(f"--freeze must be comma-separated integers, got {freeze!r}.") from None
-    run_transfer(data=data, out=out, pretrain_data=pretrain_data, arch=arch, freeze=levels, seeds=seeds,
-                 methods=parse_list(methods), metrics=parse_list(metrics), epochs=epochs, pretrain_epochs=pretrain_epochs,
-                 lr=lr, batch_size=batch_size, width=width, max_images=max_images, test=test, device=device, console=console)
+    run_transfer(
+        data=data,
+        out=out,
+        pretrain_data=pretrain_data,
+        arch=arch,
+        freeze=levels,
+        seeds=seeds,
+        methods=parse_list(methods),
+        metrics=parse_list(metrics),
+        epochs=epochs,
+        pretrain_epochs=pretrain_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        width=width,
+        max_images=max_images,
+        test=test,
+        device=device,
+        console=console,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -476,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except (typer.Abort,):
+    except typer.Abort:
         err_console.print("Interrupted. Finished work is kept; run the same command again to resume.")
         sys.exit(130)
     except Exception as e:  # click usage errors
@@ -487,7 +651,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)", highlight=False)
+        err_console.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} (run with --debug for the traceback)",
+            highlight=False,
+        )
         sys.exit(1)
 
 

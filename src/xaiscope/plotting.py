@@ -35,7 +35,9 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def overlay(ax, image: torch.Tensor, heat: torch.Tensor, *, signed: bool = False, alpha: float = 0.6, title: str = "") -> None:
+def overlay(
+    ax, image: torch.Tensor, heat: torch.Tensor, *, signed: bool = False, alpha: float = 0.6, title: str = ""
+) -> None:
     """Draw ``heat`` ``[H, W]`` over ``image`` ``[C, H, W]`` on ``ax``."""
     img = display_image(image)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)

@@ -16,8 +16,9 @@ class Registry(Generic[T]):
     name, raised as ``error``; ``check`` validates a class when it is registered.
     """
 
-    def __init__(self, kind: str, error: type[XaiscopeError], list_command: str,
-                 check: Callable[[type], None] | None = None) -> None:
+    def __init__(
+        self, kind: str, error: type[XaiscopeError], list_command: str, check: Callable[[type], None] | None = None
+    ) -> None:
         self.kind, self.error, self.list_command, self.check = kind, error, list_command, check
         self._classes: dict[str, type[T]] = {}
 

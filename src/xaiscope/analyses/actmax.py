@@ -71,7 +71,9 @@ def _range_tensors(clip_range, channels: int, device, dtype):
     except (TypeError, ValueError, RuntimeError):
         raise ConfigError(f"clip_range must be (low, high), got {clip_range!r}.") from None
     if lo.numel() not in (1, channels) or hi.numel() not in (1, channels):
-        raise ConfigError(f"clip_range bounds must be scalars or have one value per channel ({channels}), got {clip_range!r}.")
+        raise ConfigError(
+            f"clip_range bounds must be scalars or have one value per channel ({channels}), got {clip_range!r}."
+        )
     if not (torch.isfinite(lo).all() and torch.isfinite(hi).all() and (lo < hi).all()):
         raise ConfigError(f"clip_range must be finite with low < high, got {clip_range!r}.")
     shape = (1, -1, 1, 1)
@@ -224,7 +226,9 @@ def visualize(
             out = forward(model, inp, batch_size=1, grad=grad)
             if layer is None:
                 if target >= out.shape[1]:
-                    raise ConfigError(f"Class {target} is out of range: the model has {out.shape[1]} outputs (classes 0..{out.shape[1] - 1}).")
+                    raise ConfigError(
+                        f"Class {target} is out of range: the model has {out.shape[1]} outputs (classes 0..{out.shape[1] - 1})."
+                    )
                 if output == "logit":
                     j = out[0, target]
                 else:
@@ -257,10 +261,23 @@ def visualize(
         with torch.no_grad():
             objective.append(float(evaluate(x, grad=False)))
     params = {
-        "target": target if layer is None else None, "layer": None if layer is None else str(layer), "channel": channel,
-        "shape": list(shape), "steps": steps, "lr": lr, "l2_decay": l2_decay, "blur_every": blur_every,
-        "blur_sigma": blur_sigma, "clip_range": [lo.flatten().tolist(), hi.flatten().tolist()],
-        "norm_clip_pct": norm_clip_pct, "contrib_clip_pct": contrib_clip_pct, "seed": seed,
-        "center": cen.flatten().tolist(), "init_std": init_std, "output": output,
+        "target": target if layer is None else None,
+        "layer": None if layer is None else str(layer),
+        "channel": channel,
+        "shape": list(shape),
+        "steps": steps,
+        "lr": lr,
+        "l2_decay": l2_decay,
+        "blur_every": blur_every,
+        "blur_sigma": blur_sigma,
+        "clip_range": [lo.flatten().tolist(), hi.flatten().tolist()],
+        "norm_clip_pct": norm_clip_pct,
+        "contrib_clip_pct": contrib_clip_pct,
+        "seed": seed,
+        "center": cen.flatten().tolist(),
+        "init_std": init_std,
+        "output": output,
     }
-    return ActMaxResult(image=x[0].detach(), objective=objective, probability=probability, params=params, passes=steps + 1)
+    return ActMaxResult(
+        image=x[0].detach(), objective=objective, probability=probability, params=params, passes=steps + 1
+    )

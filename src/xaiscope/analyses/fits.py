@@ -82,7 +82,9 @@ def fit_polynomial(x, y, degree: int, *, n_boot: int = 1000, ci: float = 0.95, s
     if x.size < degree + 1:
         raise DataError(f"A degree-{degree} fit needs at least {degree + 1} finite points; got {x.size}.")
     if np.unique(x).size < degree + 1:
-        raise DataError(f"A degree-{degree} fit needs at least {degree + 1} distinct x values; got {np.unique(x).size}.")
+        raise DataError(
+            f"A degree-{degree} fit needs at least {degree + 1} distinct x values; got {np.unique(x).size}."
+        )
     coef, r2 = _lstsq(x, y, degree)
     lo = [float("nan")] * (degree + 1)
     hi = list(lo)
@@ -101,9 +103,17 @@ def fit_polynomial(x, y, degree: int, *, n_boot: int = 1000, ci: float = 0.95, s
         if np.isfinite(r2s).any():
             r2_lo, r2_hi = (float(v) for v in np.nanpercentile(r2s, q))
     return Fit(
-        degree=degree, coefficients=[float(c) for c in coef], r2=float(r2), n=int(x.size), ci=ci, n_boot=n_boot,
-        seed=seed, coefficients_low=[float(v) for v in lo], coefficients_high=[float(v) for v in hi],
-        r2_low=r2_lo, r2_high=r2_hi,
+        degree=degree,
+        coefficients=[float(c) for c in coef],
+        r2=float(r2),
+        n=int(x.size),
+        ci=ci,
+        n_boot=n_boot,
+        seed=seed,
+        coefficients_low=[float(v) for v in lo],
+        coefficients_high=[float(v) for v in hi],
+        r2_low=r2_lo,
+        r2_high=r2_hi,
     )
 
 

@@ -64,7 +64,9 @@ class GlobalMaps:
 def per_image_maps(maps: torch.Tensor, *, normalise: str = "sum_to_one", signed: bool = False) -> torch.Tensor:
     """``m_i``: pool channels (sum) when ``[N, C, H, W]``, ``|.|`` unless signed, then normalise."""
     if normalise not in GLOBAL_NORMALISATIONS:
-        raise ConfigError(f"Unknown normalisation {normalise!r} for global maps; choose one of {', '.join(GLOBAL_NORMALISATIONS)}.")
+        raise ConfigError(
+            f"Unknown normalisation {normalise!r} for global maps; choose one of {', '.join(GLOBAL_NORMALISATIONS)}."
+        )
     if maps.dim() not in (3, 4):
         raise DataError(f"Maps must be [N, H, W] or [N, C, H, W]; got shape {list(maps.shape)}.")
     m = _pool(maps.float(), "sum") if maps.dim() == 4 else maps.float()
@@ -134,6 +136,11 @@ def global_maps(
     overall = g[present].mean(0)
     overall_sd = m.std(0, unbiased=False) if m.shape[0] > 1 else torch.zeros_like(m[0])
     return GlobalMaps(
-        label_maps=g.float(), label_sd=sd.float(), overall=overall.float(), overall_sd=overall_sd.float(),
-        counts=counts.long(), groups=groups.long(), settings={"normalise": normalise, "signed": signed, "by": by},
+        label_maps=g.float(),
+        label_sd=sd.float(),
+        overall=overall.float(),
+        overall_sd=overall_sd.float(),
+        counts=counts.long(),
+        groups=groups.long(),
+        settings={"normalise": normalise, "signed": signed, "by": by},
     )

@@ -44,9 +44,9 @@ import torch
 
 from xaiscope import models
 from xaiscope.analyses.units import parse_unit
-from xaiscope.evaluate import stats
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
+from xaiscope.evaluate import stats
 from xaiscope.explain.references import gaussian_blur
 from xaiscope.models.state import eval_mode, model_device
 
@@ -158,13 +158,36 @@ class PepprResult:
         for order in self.orders:
             for curve in CURVES:
                 for metric in METRICS:
-                    for f, v in zip([round(f, 10) for f in self.fractions.tolist()], self.curves[order][curve][metric].tolist()):
-                        rows.append({"label": self.label, "order": order, "curve": curve, "metric": metric, "fraction": f, "value": v})
+                    for f, v in zip(
+                        [round(f, 10) for f in self.fractions.tolist()], self.curves[order][curve][metric].tolist()
+                    ):
+                        rows.append(
+                            {
+                                "label": self.label,
+                                "order": order,
+                                "curve": curve,
+                                "metric": metric,
+                                "fraction": f,
+                                "value": v,
+                            }
+                        )
         for stat in ("mean", "sd"):
             for curve in CURVES:
                 for metric in METRICS:
-                    for f, v in zip([round(f, 10) for f in self.fractions.tolist()], self.random["curves"][stat][curve][metric].tolist()):
-                        rows.append({"label": self.label, "order": f"random_{stat}", "curve": curve, "metric": metric, "fraction": f, "value": v})
+                    for f, v in zip(
+                        [round(f, 10) for f in self.fractions.tolist()],
+                        self.random["curves"][stat][curve][metric].tolist(),
+                    ):
+                        rows.append(
+                            {
+                                "label": self.label,
+                                "order": f"random_{stat}",
+                                "curve": curve,
+                                "metric": metric,
+                                "fraction": f,
+                                "value": v,
+                            }
+                        )
         return rows
 
     def summary(self) -> list[dict]:
@@ -264,7 +287,10 @@ def peppr(
         raise ConfigError(f"label {label} is not a class of the data (it has {dataset.num_classes}).")
     pos = dataset.y == int(label)
     if pos.all() or not pos.any():
-        raise DataError(f"PEPPR needs images of label {label} and of other labels to compute AUROC; {dataset.source or 'the data'} has {int(pos.sum())} of {len(dataset)}.")
+        raise DataError(
+            f"PEPPR needs images of label {label} and of other labels to compute AUROC; "
+            f"{dataset.source or 'the data'} has {int(pos.sum())} of {len(dataset)}."
+        )
     if random_orders < 0:
         raise ConfigError(f"random_orders must be >= 0, got {random_orders}.")
     if batch_size < 1:
@@ -287,7 +313,9 @@ def peppr(
     for other_label, omap in (other_maps or {}).items():
         if omap.shape != (h, w):
             raise DataError(f"The map of label {other_label} has shape {list(omap.shape)} but the images are {h}x{w}.")
-        orders[f"other:{other_label}"] = descending_order(unit_scores(omap.to(dev).double(), k), seed=TIE_SALT + int(seed))
+        orders[f"other:{other_label}"] = descending_order(
+            unit_scores(omap.to(dev).double(), k), seed=TIE_SALT + int(seed)
+        )
 
     # Fractions with k(p) = 0 or U give the same images for every order: evaluate them once.
     inner = (counts > 0) & (counts < n_units)
@@ -298,7 +326,9 @@ def peppr(
     with eval_mode(model):
         ends = torch.tensor([0, n_units])
         end_masks = unit_masks(base, ends, (h, w), k)  # [2, H, W]: nothing / everything
-        e_score, e_correct = _evaluate(model, x, dataset.y, fill_t, [end_masks], int(label), batch_size, dev, n_curves=1)
+        e_score, e_correct = _evaluate(
+            model, x, dataset.y, fill_t, [end_masks], int(label), batch_size, dev, n_curves=1
+        )
         # e_*[0, 0] = erasing with nothing / everything -> [kept, filled]
         kept_s, filled_s = e_score[0, 0, 0], e_score[0, 0, 1]
         kept_c, filled_c = e_correct[0, 0, 0], e_correct[0, 0, 1]
@@ -357,8 +387,20 @@ def peppr(
         own = areas["map"]["restoration"][metric] - areas["map"]["erasing"][metric]
         score[metric] = own - random["gap"]["mean"][metric]
     return PepprResult(
-        label=int(label), fractions=fr, orders=names, curves=curves, areas=areas, random=random, score=score,
+        label=int(label),
+        fractions=fr,
+        orders=names,
+        curves=curves,
+        areas=areas,
+        random=random,
+        score=score,
         passes=passes,
-        settings={"fill": fill, "unit": unit, "random_orders": random_orders, "seed": seed, "blur_sigma": blur_sigma,
-                  "batch_size": batch_size},
+        settings={
+            "fill": fill,
+            "unit": unit,
+            "random_orders": random_orders,
+            "seed": seed,
+            "blur_sigma": blur_sigma,
+            "batch_size": batch_size,
+        },
     )

@@ -22,7 +22,9 @@ def top_k_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float) -> torch.Te
     k = max(1, int(round(fraction * a.shape[1])))
     ia = a.topk(k, dim=1).indices
     ib = b.topk(k, dim=1).indices
-    hit = torch.zeros_like(a, dtype=torch.bool).scatter_(1, ia, True) & torch.zeros_like(b, dtype=torch.bool).scatter_(1, ib, True)
+    hit = torch.zeros_like(a, dtype=torch.bool).scatter_(1, ia, True) & torch.zeros_like(b, dtype=torch.bool).scatter_(
+        1, ib, True
+    )
     return hit.sum(1).double() / k
 
 

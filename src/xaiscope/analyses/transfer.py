@@ -62,14 +62,20 @@ def _check_blocks(arch: str, levels: Sequence[int], width: int) -> int:
     model = init_model(arch, in_channels=1, num_classes=2, width=width)
     feats = getattr(model, "features", None)
     if not isinstance(feats, torch.nn.Sequential):
-        raise ConfigError(f"The transfer study needs an architecture with a 'features' sequence of blocks; {arch!r} has none.")
+        raise ConfigError(
+            f"The transfer study needs an architecture with a 'features' sequence of blocks; {arch!r} has none."
+        )
     bad = [L for L in levels if not 0 <= L <= len(feats)]
     if bad:
-        raise ConfigError(f"--freeze {bad[0]} is not between 0 and {len(feats)} (the number of blocks in {arch}.features).")
+        raise ConfigError(
+            f"--freeze {bad[0]} is not between 0 and {len(feats)} (the number of blocks in {arch}.features)."
+        )
     return len(feats)
 
 
-def _explain_scores(model, test: Dataset, methods, metrics, *, max_images: int, batch_size: int, device) -> tuple[float, list[dict]]:
+def _explain_scores(
+    model, test: Dataset, methods, metrics, *, max_images: int, batch_size: int, device
+) -> tuple[float, list[dict]]:
     x_all, y_all = test.x.to(device), test.y.to(device)
     with eval_mode(model):
         pred = forward(model, x_all, batch_size=256).argmax(1)
@@ -86,9 +92,14 @@ def _explain_scores(model, test: Dataset, methods, metrics, *, max_images: int, 
         for metric in metrics:
             score = metric(model, x, y, a, mask=s).double().cpu()
             finite = score[torch.isfinite(score)]
-            rows.append({"method": method.name, "metric": metric.name,
-                         "score": float(finite.mean()) if finite.numel() else float("nan"),
-                         "n_images": int(finite.numel())})
+            rows.append(
+                {
+                    "method": method.name,
+                    "metric": metric.name,
+                    "score": float(finite.mean()) if finite.numel() else float("nan"),
+                    "n_images": int(finite.numel()),
+                }
+            )
     return acc, rows
 
 
@@ -116,7 +127,9 @@ def transfer_study(
     import pandas as pd
 
     if test_ds.masks is None:
-        raise DataError(f"The test data {test_ds.source} has no lesion masks; the transfer study scores maps against them.")
+        raise DataError(
+            f"The test data {test_ds.source} has no lesion masks; the transfer study scores maps against them."
+        )
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if "none" in pretrain:
@@ -127,7 +140,9 @@ def transfer_study(
     scorers = [evaluate.get(m) for m in metrics]
     need_model = [m.name for m in scorers if "model" in m.needs or "explainer" in m.needs]
     if need_model:
-        raise ConfigError(f"The transfer study scores localisation against masks; {need_model[0]} needs more than a mask.")
+        raise ConfigError(
+            f"The transfer study scores localisation against masks; {need_model[0]} needs more than a mask."
+        )
     dev = torch.device(device)
     kw = {"in_channels": train_ds.shape[0], "width": width}
     rows: list[dict] = []
@@ -145,29 +160,73 @@ def transfer_study(
         pretrained: dict[str, dict] = {}
         for name, ds in pretrain.items():
             if ds.shape[0] != train_ds.shape[0]:
-                raise DataError(f"The pre-training data {name!r} has {ds.shape[0]} channel(s) but the target data has {train_ds.shape[0]}.")
+                raise DataError(
+                    f"The pre-training data {name!r} has {ds.shape[0]} channel(s) but the target data has {train_ds.shape[0]}."
+                )
             tick(f"pre-train on {name}, seed {seed}")
             pre = init_model(arch, seed=seed, num_classes=ds.num_classes, **kw)
-            train(pre, ds, epochs=pretrain_epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev, progress=False,
-                  schedule="cosine")
-            pretrained[name] = {k: v.detach().cpu().clone() for k, v in pre.state_dict().items() if k.startswith("features.")}
+            train(
+                pre,
+                ds,
+                epochs=pretrain_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                device=dev,
+                progress=False,
+                schedule="cosine",
+            )
+            pretrained[name] = {
+                k: v.detach().cpu().clone() for k, v in pre.state_dict().items() if k.startswith("features.")
+            }
         for name, _, L in plan:
             tick(f"fine-tune from {name}, L={L}, seed {seed}")
             model = init_model(arch, seed=seed + 1000, num_classes=train_ds.num_classes, **kw)
             if name != "none":
                 model.load_state_dict({**model.state_dict(), **copy.deepcopy(pretrained[name])})
-            res = train(model, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=dev,
-                        freeze=[f"features.{i}" for i in range(L)], progress=False, schedule="cosine")
-            acc, scores = _explain_scores(res.model, test_ds, explainers, scorers, max_images=max_images,
-                                          batch_size=batch_size, device=dev)
-            base = {"source": name, "pretrained": name != "none", "frozen_blocks": L, "seed": seed,
-                    "train_acc": res.train_acc, "test_acc": acc}
-            rows += [{**base, **r} for r in scores] or [{**base, "method": None, "metric": None, "score": float("nan"), "n_images": 0}]
+            res = train(
+                model,
+                train_ds,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                device=dev,
+                freeze=[f"features.{i}" for i in range(L)],
+                progress=False,
+                schedule="cosine",
+            )
+            acc, scores = _explain_scores(
+                res.model, test_ds, explainers, scorers, max_images=max_images, batch_size=batch_size, device=dev
+            )
+            base = {
+                "source": name,
+                "pretrained": name != "none",
+                "frozen_blocks": L,
+                "seed": seed,
+                "train_acc": res.train_acc,
+                "test_acc": acc,
+            }
+            rows += [{**base, **r} for r in scores] or [
+                {**base, "method": None, "metric": None, "score": float("nan"), "n_images": 0}
+            ]
     runs = pd.DataFrame(rows)
     effects = regress_effects(runs, list(pretrain), ci=ci)
-    settings = {"arch": arch, "freeze": levels, "seeds": seeds, "methods": list(methods), "metrics": list(metrics),
-                "epochs": epochs, "pretrain_epochs": pretrain_epochs, "lr": lr, "batch_size": batch_size, "width": width,
-                "max_images": max_images, "ci": ci, "sources": ["none", *pretrain]}
+    settings = {
+        "arch": arch,
+        "freeze": levels,
+        "seeds": seeds,
+        "methods": list(methods),
+        "metrics": list(metrics),
+        "epochs": epochs,
+        "pretrain_epochs": pretrain_epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "width": width,
+        "max_images": max_images,
+        "ci": ci,
+        "sources": ["none", *pretrain],
+    }
     return TransferResult(runs=runs, effects=effects, settings=settings)
 
 
@@ -206,9 +265,23 @@ def regress_effects(runs, sources: Sequence[str], *, ci: float = 0.95):
         names = [list(cols)[i] for i in keep]
         fit = ols(X[:, keep], g["score"].to_numpy(float), ci=ci)
         for i, term in enumerate(names):
-            out.append({"method": method, "metric": metric, "term": term, "coef": fit["coef"][i], "se": fit["se"][i],
-                        "ci_low": fit["low"][i], "ci_high": fit["high"][i], "df": fit["df"], "n_runs": len(g), "ci": ci})
-    return pd.DataFrame(out, columns=["method", "metric", "term", "coef", "se", "ci_low", "ci_high", "df", "n_runs", "ci"])
+            out.append(
+                {
+                    "method": method,
+                    "metric": metric,
+                    "term": term,
+                    "coef": fit["coef"][i],
+                    "se": fit["se"][i],
+                    "ci_low": fit["low"][i],
+                    "ci_high": fit["high"][i],
+                    "df": fit["df"],
+                    "n_runs": len(g),
+                    "ci": ci,
+                }
+            )
+    return pd.DataFrame(
+        out, columns=["method", "metric", "term", "coef", "se", "ci_low", "ci_high", "df", "n_runs", "ci"]
+    )
 
 
 def plot_transfer(result: TransferResult):
@@ -228,17 +301,30 @@ def plot_transfer(result: TransferResult):
     for r, metric in enumerate(metrics):
         ax = axes[r, 0]
         for (source, method), g in runs[runs["metric"] == metric].groupby(["source", "method"], sort=False):
-            ax.scatter(g["test_acc"], g["score"], color=colours[source], marker=markers[methods.index(method) % len(markers)],
-                       label=f"{source} / {method}", alpha=0.8)
+            ax.scatter(
+                g["test_acc"],
+                g["score"],
+                color=colours[source],
+                marker=markers[methods.index(method) % len(markers)],
+                label=f"{source} / {method}",
+                alpha=0.8,
+            )
             for _, row in g.iterrows():
-                ax.annotate(str(row["frozen_blocks"]), (row["test_acc"], row["score"]), fontsize=6, xytext=(2, 2),
-                            textcoords="offset points")
+                ax.annotate(
+                    str(row["frozen_blocks"]),
+                    (row["test_acc"], row["score"]),
+                    fontsize=6,
+                    xytext=(2, 2),
+                    textcoords="offset points",
+                )
         ax.set_xlabel("test accuracy")
         ax.set_ylabel(metric)
         if r == 0:
             ax.legend(fontsize=6, loc="best")
         ax = axes[r, 1]
-        eff = result.effects[(result.effects["metric"] == metric) & ~result.effects["term"].isin(["intercept", "test_acc"])]
+        eff = result.effects[
+            (result.effects["metric"] == metric) & ~result.effects["term"].isin(["intercept", "test_acc"])
+        ]
         labels = [f"{m}: {t}" for m, t in zip(eff["method"], eff["term"])]
         yy = np.arange(len(eff))
         ax.errorbar(eff["coef"], yy, xerr=[eff["coef"] - eff["ci_low"], eff["ci_high"] - eff["coef"]], fmt="o", ms=3)

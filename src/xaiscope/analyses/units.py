@@ -43,7 +43,9 @@ class Units:
     def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel mask ``[H, W]`` -> unit mask ``[U]``: a unit is present when all its pixels are."""
         out = torch.ones(self.count, dtype=torch.bool, device=pixels.device)
-        return out.scatter_reduce(0, self.labels.reshape(-1).to(pixels.device), pixels.reshape(-1).bool(), reduce="amin")
+        return out.scatter_reduce(
+            0, self.labels.reshape(-1).to(pixels.device), pixels.reshape(-1).bool(), reduce="amin"
+        )
 
     def pixel_counts(self) -> torch.Tensor:
         """Number of pixels of each unit ``[U]``."""

@@ -40,9 +40,9 @@ from typing import Iterable
 import torch
 
 from xaiscope import models as xmodels
-from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.data import Dataset
 from xaiscope.errors import ConfigError, DataError
+from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.explain.postprocess import normalise as _normalise
 from xaiscope.explain.postprocess import pool as _pool
 from xaiscope.models.state import eval_mode, model_device
@@ -87,7 +87,9 @@ def standardised_ranks(maps: torch.Tensor) -> torch.Tensor:
     r = average_ranks(maps.flatten(1))
     r = r - r.mean(dim=1, keepdim=True)
     sd = r.pow(2).mean(dim=1, keepdim=True).sqrt()
-    return torch.where(sd > 0, r / torch.where(sd > 0, sd, torch.ones_like(sd)), torch.full_like(r, float("nan"))).float()
+    return torch.where(
+        sd > 0, r / torch.where(sd > 0, sd, torch.ones_like(sd)), torch.full_like(r, float("nan"))
+    ).float()
 
 
 @dataclass
@@ -122,8 +124,12 @@ class VariabilityResult:
     def table(self) -> list[dict]:
         """One row per image."""
         cols = {
-            "correct_mean": self.correct_mean, "correct_sd": self.correct_sd, "prob_mean": self.prob_mean,
-            "prob_sd": self.prob_sd, "attention_sd": self.attention_sd, "attention_sd_fg": self.attention_sd_fg,
+            "correct_mean": self.correct_mean,
+            "correct_sd": self.correct_sd,
+            "prob_mean": self.prob_mean,
+            "prob_sd": self.prob_sd,
+            "attention_sd": self.attention_sd,
+            "attention_sd_fg": self.attention_sd_fg,
             "spearman_mean": self.spearman_mean,
         }
         lists = {k: v.tolist() for k, v in cols.items()}
@@ -157,7 +163,9 @@ class VariabilityAccumulator:
             if foreground.shape == (h, w):
                 foreground = foreground.expand(n, h, w)
             if foreground.shape != (n, h, w):
-                raise DataError(f"The foreground mask has shape {list(foreground.shape)}; it needs [{n}, {h}, {w}] or [{h}, {w}].")
+                raise DataError(
+                    f"The foreground mask has shape {list(foreground.shape)}; it needs [{n}, {h}, {w}] or [{h}, {w}]."
+                )
         self.ds, self.explainer, self.normalise, self.signed = dataset, explainer, normalise, signed
         self.foreground, self.batch_size = foreground, batch_size
         k = n if pair_images is None else max(0, min(int(pair_images), n))
@@ -206,7 +214,9 @@ class VariabilityAccumulator:
         if self.foreground is not None:
             fg = self.foreground.to(sd_map.dtype).flatten(1)
             s = fg.sum(1)
-            att_fg = torch.where(s > 0, (sd_map.flatten(1) * fg).sum(1) / s.clamp_min(1), torch.full_like(s, float("nan")))
+            att_fg = torch.where(
+                s > 0, (sd_map.flatten(1) * fg).sum(1) / s.clamp_min(1), torch.full_like(s, float("nan"))
+            )
         else:
             att_fg = torch.full_like(att, float("nan"))
         n = len(self.ds)
@@ -223,17 +233,35 @@ class VariabilityAccumulator:
                 n_ok += ok.double()
         spearman = torch.full((n,), float("nan"), dtype=torch.float64)
         if n_pair and m > 1:
-            spearman[:n_pair] = torch.where(n_ok > 0, per_image / n_ok.clamp_min(1), torch.full_like(per_image, float("nan")))
+            spearman[:n_pair] = torch.where(
+                n_ok > 0, per_image / n_ok.clamp_min(1), torch.full_like(per_image, float("nan"))
+            )
         return VariabilityResult(
-            ids=list(self.ds.ids), labels=self.ds.y.clone(), correct_mean=self.correct.mean.clone(),
-            correct_sd=self.correct.sd(), prob_mean=self.prob.mean.clone(), prob_sd=self.prob.sd(),
-            mean_map=self.maps.mean.float(), sd_map=sd_map.float(), attention_sd=att, attention_sd_fg=att_fg,
-            spearman_mean=spearman, pairwise=pairwise, pair_index=self.pair_index.clone(),
-            model_accuracy=torch.tensor(self.accuracy, dtype=torch.float64), n_models=m, passes=self.passes,
-            settings={"method": getattr(self.explainer, "name", str(self.explainer)),
-                      "hparams": dict(getattr(self.explainer, "hparams", {})), "normalise": self.normalise,
-                      "signed": self.signed, "foreground": self.foreground is not None, "pair_images": n_pair,
-                      "ddof": 0},
+            ids=list(self.ds.ids),
+            labels=self.ds.y.clone(),
+            correct_mean=self.correct.mean.clone(),
+            correct_sd=self.correct.sd(),
+            prob_mean=self.prob.mean.clone(),
+            prob_sd=self.prob.sd(),
+            mean_map=self.maps.mean.float(),
+            sd_map=sd_map.float(),
+            attention_sd=att,
+            attention_sd_fg=att_fg,
+            spearman_mean=spearman,
+            pairwise=pairwise,
+            pair_index=self.pair_index.clone(),
+            model_accuracy=torch.tensor(self.accuracy, dtype=torch.float64),
+            n_models=m,
+            passes=self.passes,
+            settings={
+                "method": getattr(self.explainer, "name", str(self.explainer)),
+                "hparams": dict(getattr(self.explainer, "hparams", {})),
+                "normalise": self.normalise,
+                "signed": self.signed,
+                "foreground": self.foreground is not None,
+                "pair_images": n_pair,
+                "ddof": 0,
+            },
         )
 
 
@@ -265,8 +293,15 @@ def variability(
     -------
     VariabilityResult
     """
-    acc = VariabilityAccumulator(dataset, explainer, normalise=normalise, signed=signed, foreground=foreground,
-                                 batch_size=batch_size, pair_images=pair_images)
+    acc = VariabilityAccumulator(
+        dataset,
+        explainer,
+        normalise=normalise,
+        signed=signed,
+        foreground=foreground,
+        batch_size=batch_size,
+        pair_images=pair_images,
+    )
     for model in models:
         acc.update(model)
     return acc.result()

@@ -40,9 +40,13 @@ class Dataset:
     def __post_init__(self) -> None:
         n = self.x.shape[0]
         if self.x.dim() != 4:
-            raise DataError(f"Images must be [N, C, H, W]; got shape {list(self.x.shape)} from {self.source or 'input'}.")
+            raise DataError(
+                f"Images must be [N, C, H, W]; got shape {list(self.x.shape)} from {self.source or 'input'}."
+            )
         if self.y.shape != (n,) or len(self.ids) != n:
-            raise DataError(f"{self.source or 'The dataset'} has {n} images but {self.y.shape[0]} labels and {len(self.ids)} ids.")
+            raise DataError(
+                f"{self.source or 'The dataset'} has {n} images but {self.y.shape[0]} labels and {len(self.ids)} ids."
+            )
         if len(set(self.ids)) != n:
             raise DataError(f"Image ids in {self.source or 'the dataset'} are not unique.")
         if self.masks is not None and self.masks.shape != (n, *self.x.shape[2:]):
@@ -71,10 +75,15 @@ class Dataset:
         """A new dataset with the items at ``index`` (in that order)."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return Dataset(
-            x=self.x[idx], y=self.y[idx], ids=[self.ids[i] for i in idx.tolist()], classes=list(self.classes),
+            x=self.x[idx],
+            y=self.y[idx],
+            ids=[self.ids[i] for i in idx.tolist()],
+            classes=list(self.classes),
             masks=None if self.masks is None else self.masks[idx],
             extra_masks={k: v[idx] for k, v in self.extra_masks.items()},
-            mean=self.mean, std=self.std, source=self.source,
+            mean=self.mean,
+            std=self.std,
+            source=self.source,
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:

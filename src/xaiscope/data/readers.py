@@ -48,7 +48,9 @@ def read_image(path: str | Path) -> np.ndarray:
                     im = im.convert("RGBA" if im.mode in ("P", "PA") else "RGB" if im.mode != "1" else "L")
                 arr = np.asarray(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"The image {path} cannot be read; it is not a valid image or it is truncated ({e}).") from None
+            raise DataError(
+                f"The image {path} cannot be read; it is not a valid image or it is truncated ({e})."
+            ) from None
     return _to_chw(arr, path)
 
 
@@ -57,7 +59,12 @@ def _to_chw(arr: np.ndarray, path: Path) -> np.ndarray:
         out = arr.astype(np.float32) / 255.0
     elif arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
         out = arr.astype(np.float32) / 65535.0
-    elif arr.dtype == np.int32 and arr.max(initial=0) <= 65535 and arr.min(initial=0) >= 0 and path.suffix.lower() == ".png":
+    elif (
+        arr.dtype == np.int32
+        and arr.max(initial=0) <= 65535
+        and arr.min(initial=0) >= 0
+        and path.suffix.lower() == ".png"
+    ):
         out = arr.astype(np.float32) / 65535.0  # PIL reads 16-bit PNG as mode "I"
     elif arr.dtype == np.float32:
         out = arr.astype(np.float32)
@@ -96,13 +103,22 @@ def _resize(arr: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
 
     if arr.shape[-2:] == tuple(size):
         return arr
-    out = sk_resize(arr.transpose(1, 2, 0) if arr.ndim == 3 else arr, size, order=order,
-                    preserve_range=True, anti_aliasing=order > 0)
+    out = sk_resize(
+        arr.transpose(1, 2, 0) if arr.ndim == 3 else arr,
+        size,
+        order=order,
+        preserve_range=True,
+        anti_aliasing=order > 0,
+    )
     return (out.transpose(2, 0, 1) if arr.ndim == 3 else out).astype(arr.dtype)
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 def normalise_dataset(ds: Dataset, normalise: str | tuple[Sequence[float], Sequence[float]] | None) -> Dataset:
@@ -155,7 +171,9 @@ def load_folder(
         raise DataError(f"The data folder {root} does not exist.")
     if not root.is_dir():
         raise DataError(f"The data path {root} is not a folder.")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in RESERVED and not p.name.startswith("."))
+    found = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and p.name not in RESERVED and not p.name.startswith(".")
+    )
     if classes is None:
         classes = found
     else:
@@ -179,7 +197,9 @@ def load_folder(
                 "pass a resize option to use images of different sizes."
             )
         elif arr.shape[0] != first[0][0]:
-            raise DataError(f"The image {p} has {arr.shape[0]} channel(s) but {first[1]} has {first[0][0]}; convert them to one colour mode.")
+            raise DataError(
+                f"The image {p} has {arr.shape[0]} channel(s) but {first[1]} has {first[0][0]}; convert them to one colour mode."
+            )
         arrays.append(arr)
         ids.append(f"{c}/{p.stem}")
         labels.append(k)
@@ -194,16 +214,19 @@ def load_folder(
     if masks not in ("auto", "required", "none"):
         raise DataError(f"masks must be 'auto', 'required' or 'none', got {masks!r}.")
     ds = Dataset(
-        x=x, y=torch.tensor(labels, dtype=torch.long), ids=ids, classes=list(classes),
-        masks=mask_sets.pop("masks", None), extra_masks=mask_sets, source=str(root),
+        x=x,
+        y=torch.tensor(labels, dtype=torch.long),
+        ids=ids,
+        classes=list(classes),
+        masks=mask_sets.pop("masks", None),
+        extra_masks=mask_sets,
+        source=str(root),
     )
     return normalise_dataset(ds, normalise)
 
 
 def _read_masks(folder: Path, files, ids, hw, resize) -> torch.Tensor:
-    wanted = {}
-    for (k, c, p), id_ in zip(files, ids):
-        wanted[id_] = p
+    wanted = {id_: p for (_, _, p), id_ in zip(files, ids)}
     present = {}
     for cdir in sorted(d for d in folder.iterdir() if d.is_dir()):
         for mp in _list_images(cdir):
@@ -241,7 +264,9 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
-        raise DataError(f"The array 'x' in {path} has shape {list(arrays['x'].shape)}; expected [N, C, H, W] or [N, H, W].")
+        raise DataError(
+            f"The array 'x' in {path} has shape {list(arrays['x'].shape)}; expected [N, C, H, W] or [N, H, W]."
+        )
     if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
         raise DataError(f"The array 'x' in {path} has unsupported type {x.dtype}.")
     if x.size == 0:
@@ -263,12 +288,20 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
     if "masks" in arrays:
         m = arrays["masks"]
         if m.shape != (x.shape[0], *x.shape[2:]):
-            raise DataError(f"The array 'masks' in {path} has shape {list(m.shape)} but the images need {[x.shape[0], *x.shape[2:]]}.")
+            raise DataError(
+                f"The array 'masks' in {path} has shape {list(m.shape)} but the images need {[x.shape[0], *x.shape[2:]]}."
+            )
         if m.dtype != bool and not np.isin(np.unique(m), [0, 1]).all():
             raise DataError(f"The array 'masks' in {path} is not binary.")
         masks = torch.from_numpy(m.astype(bool))
-    ds = Dataset(x=torch.from_numpy(x), y=torch.from_numpy(y.astype(np.int64)), ids=ids, classes=classes,
-                 masks=masks, source=str(path))
+    ds = Dataset(
+        x=torch.from_numpy(x),
+        y=torch.from_numpy(y.astype(np.int64)),
+        ids=ids,
+        classes=classes,
+        masks=masks,
+        source=str(path),
+    )
     return normalise_dataset(ds, normalise)
 
 

@@ -18,8 +18,12 @@ def table() -> list[dict]:
     """One dict per metric: name, category, direction, needs, passes formula, reference."""
     return [
         {
-            "name": n, "category": c.category, "direction": c.direction,
-            "needs": ", ".join(sorted(c.needs)) or "-", "passes": c.passes_formula, "reference": c.reference,
+            "name": n,
+            "category": c.category,
+            "direction": c.direction,
+            "needs": ", ".join(sorted(c.needs)) or "-",
+            "passes": c.passes_formula,
+            "reference": c.reference,
         }
         for n in names()
         for c in [get_class(n)]

@@ -28,9 +28,13 @@ class Completeness(Metric):
     name, category, direction = "completeness", "axiomatic", "lower"
     needs = frozenset({"model"})
     reference = "Sundararajan et al. 2017, ICML, arXiv:1703.01365"
-    params = {"output": Param("gap", str, "gap or Quantus' exact equality", choices=("gap", "equal")),
-              "fill": Param("black", str, "baseline", choices=P.FILLS[:4]), "score": OUTPUT_L,
-              "abs": ABS, "normalise": NORM_F}
+    params = {
+        "output": Param("gap", str, "gap or Quantus' exact equality", choices=("gap", "equal")),
+        "fill": Param("black", str, "baseline", choices=P.FILLS[:4]),
+        "score": OUTPUT_L,
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "2"
 
     def _passes(self, shape, e):
@@ -60,9 +64,14 @@ class NonSensitivity(Metric):
     name, category, direction = "non_sensitivity", "axiomatic", "lower"
     needs = frozenset({"model"})
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": Param(1, int, "pixels per step", low=1),
-              "fill": Param("black", str, "value for changed pixels", choices=P.FILLS), "output": OUTPUT_P,
-              "abs": ABS_T, "normalise": NORM}
+    params = {
+        "eps": Param(1e-5, float, "threshold", low=0.0),
+        "features_in_step": Param(1, int, "pixels per step", low=1),
+        "fill": Param("black", str, "value for changed pixels", choices=P.FILLS),
+        "output": OUTPUT_P,
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "1 + ceil(H*W / features_in_step)"
 
     def _passes(self, shape, e):
@@ -77,8 +86,15 @@ class NonSensitivity(Metric):
         lo, hi = P.windows(k, hw)
         steps = P.RankSteps(units, raster, lo, hi)
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.hparams["output"])
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
-                  output=self.hparams["output"])
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T),
+            batch_size=self.batch_size,
+            output=self.hparams["output"],
+        )
         no_effect = ((v - f0.unsqueeze(1)).abs() < self.hparams["eps"]).repeat_interleave(k, dim=1)[:, :hw]
         return (no_effect ^ (m < self.hparams["eps"])).sum(1).double()
 
@@ -110,8 +126,12 @@ class InputInvariance(Metric):
     name, category, direction = "input_invariance", "axiomatic", "higher"
     needs = frozenset({"model", "explainer"})
     reference = "Kindermans et al. 2019, arXiv:1711.00867"
-    params = {"input_shift": Param(-1.0, float, "constant added to every pixel"),
-              "atol": Param(1e-4, float, "tolerance", low=0.0), "abs": ABS, "normalise": NORM_F}
+    params = {
+        "input_shift": Param(-1.0, float, "constant added to every pixel"),
+        "atol": Param(1e-4, float, "tolerance", low=0.0),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "E"
 
     def _passes(self, shape, e):

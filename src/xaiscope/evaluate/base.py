@@ -35,7 +35,6 @@ from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
 from xaiscope.registry import Registry
 
-
 CATEGORIES = ("localisation", "faithfulness", "robustness", "randomisation", "complexity", "axiomatic")
 NEEDS = frozenset({"model", "mask", "explainer"})
 
@@ -105,8 +104,9 @@ class Metric:
         return 0.0
 
     # ------------------------------------------------------------------ call
-    def __call__(self, model, x: torch.Tensor, y, a: torch.Tensor | None, mask: torch.Tensor | None = None,
-                 explainer=None) -> torch.Tensor:
+    def __call__(
+        self, model, x: torch.Tensor, y, a: torch.Tensor | None, mask: torch.Tensor | None = None, explainer=None
+    ) -> torch.Tensor:
         """Scores ``[N]`` (float32, on ``x.device``); NaN where undefined."""
         x, y, a, mask = self._check(model, x, y, a, mask, explainer)
         if model is None or not self.needs & {"model", "explainer"}:

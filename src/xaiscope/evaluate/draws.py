@@ -31,9 +31,3 @@ def subsets(g: torch.Generator, n: int, runs: int, n_features: int, size: int, d
     """``[n, runs, size]`` feature indices, each row a subset drawn without replacement."""
     keys = torch.rand((n, runs, n_features), generator=g, device=device)
     return keys.topk(size, dim=-1).indices
-
-
-def other_class(g: torch.Generator, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """A uniformly random class different from ``y`` for every row."""
-    r = torch.randint(0, num_classes - 1, y.shape, generator=g, device=y.device)
-    return r + (r >= y).long()

@@ -18,8 +18,6 @@ from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Metric, Param, register
 
-NAN = float("nan")
-
 
 def _hw(shape) -> int:
     return shape[1] * shape[2] if shape is not None else float("nan")
@@ -44,7 +42,9 @@ class _Curve(_Faithfulness):
     insertion = False
     params = {
         "steps": Param(20, int, "number of steps T; the curve has T+1 points", low=1),
-        "order": Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=("morf", "lerf", "random")),
+        "order": Param(
+            "morf", str, "most relevant first (morf), least (lerf) or random", choices=("morf", "lerf", "random")
+        ),
         "patch_size": Param(1, int, "side of the square units (1 = pixels)", low=1),
         "fill": _fill_param("black"),
         "sigma": Param(5.0, float, "blur standard deviation in pixels (fill='blur')", low=0.0),
@@ -83,7 +83,9 @@ class _Curve(_Faithfulness):
         hi = torch.round(frac * units.size).long()
         steps = P.RankSteps(units, rank, torch.zeros_like(hi), hi)
         fill = P.make_fill(hp["fill"], x, t + 1, seed=hp["seed"], sigma=hp["sigma"])
-        vals = P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), insertion=self.insertion)
+        vals = P.run(
+            model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), insertion=self.insertion
+        )
         return frac.to(x.device), vals
 
     def _score(self, model, x, y, a, mask, explainer):
@@ -133,8 +135,13 @@ class PixelFlipping(_Faithfulness):
 
     name, direction = "pixel_flipping", "lower"
     reference = "Bach et al. 2015, PLoS ONE 10(7):e0130140"
-    params = {"features_in_step": Param(1, int, "pixels changed per step", low=1), "fill": _fill_param("black"),
-              "output": OUTPUT_P, "abs": ABS, "normalise": NORM}
+    params = {
+        "features_in_step": Param(1, int, "pixels changed per step", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_P,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "ceil(H*W / features_in_step)"
 
     def _passes(self, shape, e):
@@ -178,9 +185,15 @@ class RegionPerturbation(_Patches):
 
     name, direction, stochastic = "region_perturbation", "higher", True
     reference = "Samek et al. 2017, IEEE TNNLS 28(11):2660-2673"
-    params = {"patch_size": Param(8, int, "patch side", low=1), "regions_evaluation": Param(100, int, "steps", low=1),
-              "order": Param("morf", str, "unit order", choices=("morf", "lerf", "random")),
-              "fill": _fill_param("black"), "output": OUTPUT_P, "abs": ABS, "normalise": NORM}
+    params = {
+        "patch_size": Param(8, int, "patch side", low=1),
+        "regions_evaluation": Param(100, int, "steps", low=1),
+        "order": Param("morf", str, "unit order", choices=("morf", "lerf", "random")),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_P,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "1 + min(ceil(H/patch_size)*ceil(W/patch_size), regions_evaluation)"
 
     def _passes(self, shape, e):
@@ -190,8 +203,15 @@ class RegionPerturbation(_Patches):
     def _values(self, model, x, y, a):
         steps = self._patch_steps(x, a, self.hparams["regions_evaluation"])
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
-                  output=self.output())
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T),
+            batch_size=self.batch_size,
+            output=self.output(),
+        )
         return f0.unsqueeze(1) - v
 
     def curves(self, model, x, y, a, mask=None, explainer=None):
@@ -217,8 +237,13 @@ class Selectivity(_Patches):
 
     name, direction = "selectivity", "lower"
     reference = "Montavon et al. 2018, Digital Signal Processing 73:1-15"
-    params = {"patch_size": Param(8, int, "patch side", low=1), "fill": _fill_param("black"), "output": OUTPUT_P,
-              "abs": ABS, "normalise": NORM}
+    params = {
+        "patch_size": Param(8, int, "patch side", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_P,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "ceil(H/patch_size)*ceil(W/patch_size)"
 
     def _passes(self, shape, e):
@@ -227,8 +252,15 @@ class Selectivity(_Patches):
 
     def _score(self, model, x, y, a, mask, explainer):
         steps = self._patch_steps(x, a)
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
-                  output=self.output())
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T),
+            batch_size=self.batch_size,
+            output=self.output(),
+        )
         return stats.trapz(v)
 
 
@@ -246,8 +278,14 @@ class FaithfulnessCorrelation(_Faithfulness):
 
     name, direction, stochastic = "faithfulness_correlation", "higher", True
     reference = "Bhatt et al. 2020, IJCAI, arXiv:2005.00631"
-    params = {"nr_runs": Param(100, int, "random subsets", low=2), "subset_size": Param(224, int, "pixels per subset", low=1),
-              "fill": _fill_param("black"), "output": OUTPUT_L, "abs": ABS, "normalise": NORM}
+    params = {
+        "nr_runs": Param(100, int, "random subsets", low=2),
+        "subset_size": Param(224, int, "pixels per subset", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_L,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "1 + nr_runs"
 
     def _passes(self, shape, e):
@@ -258,13 +296,22 @@ class FaithfulnessCorrelation(_Faithfulness):
         n, hw = m.shape
         s = self.hparams["subset_size"]
         if s >= hw:
-            raise MetricError(f"faithfulness_correlation: subset_size {s} must be smaller than the {hw} pixels of an image.")
+            raise MetricError(
+                f"faithfulness_correlation: subset_size {s} must be smaller than the {hw} pixels of an image."
+            )
         g = draws.generator(self.hparams["seed"], x.device, 3)
         idx = draws.subsets(g, n, self.hparams["nr_runs"], hw, s, x.device)
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
         steps = P.SubsetSteps(idx, hw)
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T, seed=self.hparams["seed"]),
-                  batch_size=self.batch_size, output=self.output())
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T, seed=self.hparams["seed"]),
+            batch_size=self.batch_size,
+            output=self.output(),
+        )
         att = m.gather(1, idx.flatten(1)).view(n, steps.T, s).sum(-1)
         return stats.pearson(att, f0.unsqueeze(1) - v)
 
@@ -281,8 +328,13 @@ class FaithfulnessEstimate(_Faithfulness):
 
     name, direction = "faithfulness_estimate", "higher"
     reference = "Alvarez-Melis & Jaakkola 2018, NeurIPS, arXiv:1806.07538"
-    params = {"features_in_step": Param(1, int, "pixels per step", low=1), "fill": _fill_param("black"),
-              "output": OUTPUT_L, "abs": ABS, "normalise": NORM}
+    params = {
+        "features_in_step": Param(1, int, "pixels per step", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_L,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "1 + ceil(H*W / features_in_step)"
 
     def _passes(self, shape, e):
@@ -291,8 +343,15 @@ class FaithfulnessEstimate(_Faithfulness):
     def _score(self, model, x, y, a, mask, explainer):
         steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "morf", cumulative_steps=False)
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
-                  output=self.output())
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T),
+            batch_size=self.batch_size,
+            output=self.output(),
+        )
         return stats.pearson(steps.unit_sums(), f0.unsqueeze(1) - v)
 
 
@@ -312,8 +371,13 @@ class Monotonicity(_Faithfulness):
 
     name, direction = "monotonicity", "higher"
     reference = "Arya et al. 2019, arXiv:1909.03012"
-    params = {"features_in_step": Param(1, int, "pixels per step", low=1), "fill": _fill_param("black"),
-              "output": OUTPUT_P, "abs": ABS_T, "normalise": NORM}
+    params = {
+        "features_in_step": Param(1, int, "pixels per step", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_P,
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "ceil(H*W / features_in_step) at most"
 
     def _passes(self, shape, e):
@@ -332,8 +396,9 @@ class Monotonicity(_Faithfulness):
             t1 = min(T, t0 + max(1, self.batch_size // int(ok.sum())))
             valid = torch.zeros(n, T, dtype=torch.bool, device=x.device)
             valid[:, t0:t1] = ok.view(-1, 1)
-            v = P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(),
-                      insertion=True, valid=valid)[:, t0:t1]
+            v = P.run(
+                model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), insertion=True, valid=valid
+            )[:, t0:t1]
             prev = torch.cat([last.view(-1, 1), v], dim=1)
             ok &= (prev.diff(dim=1) >= 0).all(dim=1)
             last = v[:, -1]
@@ -355,9 +420,15 @@ class MonotonicityCorrelation(_Faithfulness):
 
     name, direction, stochastic = "monotonicity_correlation", "higher", True
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {"features_in_step": Param(1, int, "pixels per step", low=1), "nr_samples": Param(100, int, "repeats", low=1),
-              "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0), "fill": _fill_param("uniform"),
-              "output": OUTPUT_P, "abs": ABS_T, "normalise": NORM}
+    params = {
+        "features_in_step": Param(1, int, "pixels per step", low=1),
+        "nr_samples": Param(100, int, "repeats", low=1),
+        "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0),
+        "fill": _fill_param("uniform"),
+        "output": OUTPUT_P,
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "1 + ceil(H*W / features_in_step) * nr_samples"
 
     def _passes(self, shape, e):
@@ -371,8 +442,15 @@ class MonotonicityCorrelation(_Faithfulness):
         t, r = lo.numel(), hp["nr_samples"]
         steps = P.RankSteps(units, rank, lo.repeat_interleave(r), hi.repeat_interleave(r))
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, P.make_fill(hp["fill"], x, steps.T, seed=hp["seed"]), batch_size=self.batch_size,
-                  output=self.output()).view(-1, t, r)
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(hp["fill"], x, steps.T, seed=hp["seed"]),
+            batch_size=self.batch_size,
+            output=self.output(),
+        ).view(-1, t, r)
         inv = torch.where(f0.abs() >= hp["eps"], 1.0 / f0.abs(), torch.ones_like(f0)) ** 2
         var = ((v - f0.view(-1, 1, 1)) ** 2).mean(-1) * inv.unsqueeze(1)
         att = steps.unit_sums(lo, hi)
@@ -394,9 +472,14 @@ class SensitivityN(_Faithfulness):
 
     name, direction = "sensitivity_n", "higher"
     reference = "Ancona et al. 2018, ICLR, arXiv:1711.06104"
-    params = {"features_in_step": Param(1, int, "pixels per step", low=1),
-              "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
-              "fill": _fill_param("black"), "output": OUTPUT_P, "abs": ABS, "normalise": NORM}
+    params = {
+        "features_in_step": Param(1, int, "pixels per step", low=1),
+        "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_P,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "1 + floor(n_max_percentage*H*W / features_in_step)"
 
     def _limit(self, hw):
@@ -409,8 +492,15 @@ class SensitivityN(_Faithfulness):
         m, k = self.map(a), self.hparams["features_in_step"]
         steps = P.pixel_steps(m, k, "morf", limit=self._limit(m[0].numel()))
         f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, P.make_fill(self.hparams["fill"], x, steps.T), batch_size=self.batch_size,
-                  output=self.output())
+        v = P.run(
+            model,
+            x,
+            y,
+            steps,
+            P.make_fill(self.hparams["fill"], x, steps.T),
+            batch_size=self.batch_size,
+            output=self.output(),
+        )
         return f0.unsqueeze(1) - v, steps.unit_sums(), steps.unit_sums(steps.hi - k, steps.hi)
 
     def _score(self, model, x, y, a, mask, explainer):
@@ -443,9 +533,14 @@ class IROF(_Faithfulness):
 
     name, direction = "irof", "higher"
     reference = "Rieger & Hansen 2020, arXiv:2003.08747"
-    params = {"n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
-              "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
-              "fill": _fill_param("mean", ("running_mean",)), "output": OUTPUT_P, "abs": ABS, "normalise": NORM}
+    params = {
+        "n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
+        "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
+        "fill": _fill_param("mean", ("running_mean",)),
+        "output": OUTPUT_P,
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "1 + K (superpixels, about n_segments)"
 
     def _passes(self, shape, e):
@@ -507,8 +602,12 @@ class ROAD(_Faithfulness):
 
     name, direction, stochastic = "road", "lower", True
     reference = "Rong et al. 2022, ICML, arXiv:2202.00449"
-    params = {"percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
-              "noise": Param(0.01, float, "imputation noise std", low=0.0), "abs": ABS, "normalise": NORM}
+    params = {
+        "percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
+        "noise": Param(0.01, float, "imputation noise std", low=0.0),
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "len(range(1, 100, percentage_step))"
 
     def _passes(self, shape, e):
@@ -525,8 +624,9 @@ class ROAD(_Faithfulness):
         hi = (units.size * pct.double() / 100).long()
         steps = P.RankSteps(units, P.ranks(units, "morf"), torch.zeros_like(hi), hi)
         fill = P.noisy_linear_fill(x, self.hparams["noise"], self.hparams["seed"])
-        v = P.run(model, x, y, steps, fill, batch_size=self.batch_size,
-                  reduce=lambda out, yb: (out.argmax(1) == yb).double())
+        v = P.run(
+            model, x, y, steps, fill, batch_size=self.batch_size, reduce=lambda out, yb: (out.argmax(1) == yb).double()
+        )
         return pct.to(x.device), v
 
     def _score(self, model, x, y, a, mask, explainer):
@@ -546,8 +646,13 @@ class Infidelity(_Faithfulness):
 
     name, direction = "infidelity", "lower"
     reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = {"patch_size": Param(4, int, "patch side", low=1), "fill": _fill_param("black"), "output": OUTPUT_L,
-              "abs": ABS, "normalise": NORM_F}
+    params = {
+        "patch_size": Param(4, int, "patch side", low=1),
+        "fill": _fill_param("black"),
+        "output": OUTPUT_L,
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "1 + ceil(H/patch_size)*ceil(W/patch_size)"
 
     def _passes(self, shape, e):
@@ -558,7 +663,9 @@ class Infidelity(_Faithfulness):
         n, c, h, w = x.shape
         m = self.map(a)
         pid, count = P.patch_grid(h, w, self.hparams["patch_size"], x.device)
-        units = P.Units(pid.expand(n, -1), torch.zeros(n, count, device=x.device), torch.full((n,), count, device=x.device))
+        units = P.Units(
+            pid.expand(n, -1), torch.zeros(n, count, device=x.device), torch.full((n,), count, device=x.device)
+        )
         raster = torch.arange(count, device=x.device).expand(n, -1)
         lo, hi = P.cumulative(1, count)
         steps = P.RankSteps(units, raster, lo, hi)
@@ -590,8 +697,11 @@ class Sufficiency(_Faithfulness):
 
     name, direction, set_level = "sufficiency", "higher", True
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {"threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0),
-              "abs": ABS_T, "normalise": NORM}
+    params = {
+        "threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0),
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "1"
 
     def _passes(self, shape, e):
@@ -603,7 +713,9 @@ class Sufficiency(_Faithfulness):
         pred = models.forward(model, x, batch_size=self.batch_size).argmax(1)
         same = pred.view(1, -1) == pred.view(-1, 1)
         cnt = sim.sum(-1)
-        return torch.where(cnt > 0, (same & sim).sum(-1).double() / cnt.clamp_min(1), torch.zeros_like(cnt, dtype=torch.float64))
+        return torch.where(
+            cnt > 0, (same & sim).sum(-1).double() / cnt.clamp_min(1), torch.zeros_like(cnt, dtype=torch.float64)
+        )
 
 
 def _close_pairs(m: torch.Tensor, threshold: float) -> torch.Tensor:

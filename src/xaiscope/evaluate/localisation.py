@@ -104,7 +104,8 @@ class PointingGame(_Localisation):
     name = "pointing_game"
     reference = "Zhang et al. 2018, IJCV 126:1084-1102"
     params = {
-        "abs": ABS, "normalise": NORM,
+        "abs": ABS,
+        "normalise": NORM,
         "tolerance": Param(0, int, "hit radius in pixels", low=0),
         "weighted": Param(False, bool, "weight hits by 1 - mask share"),
     }
@@ -138,7 +139,8 @@ class TopKIntersection(_Localisation):
     name = "top_k_intersection"
     reference = "Theiner et al. 2022, WACV, arXiv:2104.14995"
     params = {
-        "abs": ABS, "normalise": NORM,
+        "abs": ABS,
+        "normalise": NORM,
         "k": Param(1000, int, "number of top pixels", low=1),
         "concept_influence": Param(False, bool, "scale by image size over mask size"),
     }
@@ -168,7 +170,8 @@ class AttributionLocalisation(_Localisation):
     name = "attribution_localisation"
     reference = "Kohlbrenner et al. 2020, IJCNN, arXiv:1910.09840"
     params = {
-        "abs": ABS_T, "normalise": NORM,
+        "abs": ABS_T,
+        "normalise": NORM,
         "positive_attributions": Param(False, bool, "clip attributions at 0 first"),
         "weighted": Param(False, bool, "multiply by the mask share"),
     }

@@ -69,8 +69,6 @@ def patch_grid(h: int, w: int, p: int, device) -> tuple[torch.Tensor, int]:
     ph = (p - h % p) // 2 if h % p else 0
     pw = (p - w % p) // 2 if w % p else 0
     gh, gw = math.ceil(h / p), math.ceil(w / p)
-    if h % p and (h + (p - h % p)) // p != gh:  # pragma: no cover - defensive
-        gh = (h + (p - h % p)) // p
     rows = (torch.arange(h, device=device) + ph) // p
     cols = (torch.arange(w, device=device) + pw) // p
     return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), gh * gw
@@ -122,11 +120,6 @@ def ranks(units: Units, order: str = "morf", generator: torch.Generator | None =
     return r
 
 
-def sorted_units(units: Units, order: str = "morf") -> torch.Tensor:
-    """Unit indices ``[N, U]`` in order (inverse of :func:`ranks`)."""
-    return ranks(units, order).argsort(dim=1)
-
-
 # ----------------------------------------------------------------------------- steps
 class Steps:
     """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``."""
@@ -145,8 +138,16 @@ class RankSteps(Steps):
         self.pix_rank = rank.gather(1, units.ids)  # [N, HW]
         dev = rank.device
         n = rank.shape[0]
-        self.lo = torch.as_tensor(lo, device=dev).long().expand(n, -1) if torch.as_tensor(lo).dim() <= 1 else torch.as_tensor(lo, device=dev).long()
-        self.hi = torch.as_tensor(hi, device=dev).long().expand(n, -1) if torch.as_tensor(hi).dim() <= 1 else torch.as_tensor(hi, device=dev).long()
+        self.lo = (
+            torch.as_tensor(lo, device=dev).long().expand(n, -1)
+            if torch.as_tensor(lo).dim() <= 1
+            else torch.as_tensor(lo, device=dev).long()
+        )
+        self.hi = (
+            torch.as_tensor(hi, device=dev).long().expand(n, -1)
+            if torch.as_tensor(hi).dim() <= 1
+            else torch.as_tensor(hi, device=dev).long()
+        )
         self.T = self.hi.shape[1]
 
     def mask(self, n_idx, t_idx):
@@ -189,8 +190,9 @@ def windows(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor,
     return hi - k, hi
 
 
-def pixel_steps(m: torch.Tensor, k: int, order: str = "morf", *, cumulative_steps: bool = True,
-                limit: int | None = None) -> RankSteps:
+def pixel_steps(
+    m: torch.Tensor, k: int, order: str = "morf", *, cumulative_steps: bool = True, limit: int | None = None
+) -> RankSteps:
     """Steps over the pixels of maps ``m`` ``[N, H, W]`` in ``order`` (``morf`` / ``lerf``):
     ``k`` pixels per step, cumulatively (prefixes of the order) or one window at a time."""
     units = pixel_units(m)
@@ -234,8 +236,9 @@ def scalar_fill(values: torch.Tensor) -> Fill:
     return fill
 
 
-def make_fill(kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float = 0.0, high: float = 1.0,
-              sigma: float = 5.0) -> Fill:
+def make_fill(
+    kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float = 0.0, high: float = 1.0, sigma: float = 5.0
+) -> Fill:
     """Fill by name; ``uniform`` draws one U(low, high) value per (image, step) from ``seed``."""
     if kind == "uniform":
         g = draws.generator(seed, x.device, stream=11)
@@ -273,8 +276,9 @@ def noisy_linear_fill(x: torch.Tensor, noise: float, seed: int, tol: float = 1e-
         m = mb.double().expand(b, c, h, w).reshape(b * c, 1, h, w)
         conv = neighbour_mean
         deg = conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=xb.device))
-        out = _conjugate_gradients(lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(xd * (1 - m)) * m, m,
-                                   tol, max_iter)
+        out = _conjugate_gradients(
+            lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(xd * (1 - m)) * m, m, tol, max_iter
+        )
         out = out.reshape(b, c, h, w)
         if field is not None:
             out = out + noise * field[n_idx]
@@ -322,9 +326,19 @@ def target_score(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tenso
     return out.gather(1, y.view(-1, 1)).squeeze(1)
 
 
-def run(model, x: torch.Tensor, y: torch.Tensor, steps: Steps, fill: Fill, *, batch_size: int,
-        output: str = "softmax", insertion: bool = False, valid: torch.Tensor | None = None,
-        reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def run(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: Steps,
+    fill: Fill,
+    *,
+    batch_size: int,
+    output: str = "softmax",
+    insertion: bool = False,
+    valid: torch.Tensor | None = None,
+    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Model values ``[N, T]`` after each step (NaN where ``valid`` [N, T] is False).
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the

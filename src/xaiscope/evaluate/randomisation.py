@@ -92,10 +92,14 @@ class ModelParameterRandomisation(_Randomisation):
 
     name, direction = "model_parameter_randomisation", "lower"
     reference = "Adebayo et al. 2018, NeurIPS, arXiv:1810.03292"
-    params = {"layer_order": Param("top_down", str, "randomisation order", choices=("top_down", "bottom_up")),
-              "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
-              "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
-              "seed": Param(42, int, "seed of the re-initialisation", low=0), "abs": ABS_T, "normalise": NORM}
+    params = {
+        "layer_order": Param("top_down", str, "randomisation order", choices=("top_down", "bottom_up")),
+        "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
+        "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
+        "seed": Param(42, int, "seed of the re-initialisation", low=0),
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "L * E (+ E for summary=quantus_average)"
 
     def _passes(self, shape, e):
@@ -148,12 +152,15 @@ class SmoothModelParameterRandomisation(_Randomisation):
 
     name, direction, stochastic = "smooth_model_parameter_randomisation", "lower", True
     reference = "Hedstroem et al. 2023, arXiv:2401.06465"
-    params = {"layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
-              "nr_samples": Param(50, int, "noisy copies per map", low=1),
-              "noise_magnitude": Param(0.1, float, "noise std relative to the image range", low=0.0),
-              "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
-              "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
-              "seed": Param(42, int, "seed of the re-initialisation and the noise", low=0), "abs": ABS_T}
+    params = {
+        "layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
+        "nr_samples": Param(50, int, "noisy copies per map", low=1),
+        "noise_magnitude": Param(0.1, float, "noise std relative to the image range", low=0.0),
+        "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
+        "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
+        "seed": Param(42, int, "seed of the re-initialisation and the noise", low=0),
+        "abs": ABS_T,
+    }
     passes_formula = "(L + 1) * nr_samples * E"
 
     def _explains_itself(self):
@@ -200,7 +207,9 @@ def discrete_entropy(m: torch.Tensor, bins: int = 100) -> torch.Tensor:
     edges = lo + (hi - lo) * torch.arange(bins + 1, device=v.device, dtype=v.dtype).view(1, -1) / bins
     idx = idx - (v < edges.gather(1, idx)).long()
     idx = idx + ((v >= edges.gather(1, (idx + 1).clamp(max=bins))) & (idx != bins - 1)).long()
-    counts = torch.zeros(v.shape[0], bins, device=v.device, dtype=v.dtype).scatter_add_(1, idx.clamp(0, bins - 1), torch.ones_like(v))
+    counts = torch.zeros(v.shape[0], bins, device=v.device, dtype=v.dtype).scatter_add_(
+        1, idx.clamp(0, bins - 1), torch.ones_like(v)
+    )
     p = counts / counts.sum(1, keepdim=True)
     return -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(1)
 
@@ -217,9 +226,13 @@ class EfficientModelParameterRandomisation(_Randomisation):
 
     name, direction = "efficient_model_parameter_randomisation", "higher"
     reference = "Hedstroem et al. 2023, arXiv:2401.06465"
-    params = {"layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
-              "n_bins": Param(100, int, "histogram bins", low=2), "seed": Param(42, int, "seed of the re-initialisation", low=0),
-              "abs": ABS, "normalise": NORM_F}
+    params = {
+        "layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
+        "n_bins": Param(100, int, "histogram bins", low=2),
+        "seed": Param(42, int, "seed of the re-initialisation", low=0),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "2 * E"
 
     def _explains_itself(self):
@@ -231,9 +244,7 @@ class EfficientModelParameterRandomisation(_Randomisation):
     def _score(self, model, x, y, a, mask, explainer):
         hp = self.hparams
         h0 = discrete_entropy(self._explain(explainer, model, x, y), hp["n_bins"])
-        rnd = None
-        for _, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
-            pass
+        *_, (_, rnd) = randomised_models(model, hp["layer_order"], hp["seed"])  # every layer re-initialised
         with models.eval_mode(rnd):
             h1 = discrete_entropy(self._explain(explainer, rnd, x, y), hp["n_bins"])
         return (h1 - h0) / h0
@@ -253,9 +264,13 @@ class RandomLogit(_Randomisation):
 
     name, direction = "random_logit", "lower"
     reference = "Sixt et al. 2020, ICML, arXiv:1912.09818"
-    params = {"num_classes": Param(0, int, "number of classes; 0 = read from the model", low=0),
-              "similarity": Param("ssim", str, "map similarity", choices=SIMILARITIES),
-              "seed": Param(42, int, "seed of the class draw", low=0), "abs": ABS, "normalise": NORM}
+    params = {
+        "num_classes": Param(0, int, "number of classes; 0 = read from the model", low=0),
+        "similarity": Param("ssim", str, "map similarity", choices=SIMILARITIES),
+        "seed": Param(42, int, "seed of the class draw", low=0),
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "E"
 
     def _passes(self, shape, e):

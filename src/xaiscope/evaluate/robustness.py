@@ -18,9 +18,9 @@ import torch
 
 from xaiscope import models
 from xaiscope.evaluate import draws
-from xaiscope.models.forward import iter_chunks
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
 from xaiscope.explain.postprocess import pool
+from xaiscope.models.forward import iter_chunks
 
 NAN = float("nan")
 
@@ -120,8 +120,12 @@ class _Robustness(Metric):
         out = []
         for start in range(0, k, per):
             kk = min(per, k - start)
-            noise = torch.stack([self.noise(draws.generator(self.hparams["seed"], x.device, 100 + start + j),
-                                            x.shape, x.device) for j in range(kk)])
+            noise = torch.stack(
+                [
+                    self.noise(draws.generator(self.hparams["seed"], x.device, 100 + start + j), x.shape, x.device)
+                    for j in range(kk)
+                ]
+            )
             xp = (x.unsqueeze(0) + noise.to(x.dtype)).reshape(kk * n, *x.shape[1:])
             yp = y.repeat(kk)
             ap = self._maps(pool(explainer(model, xp, yp), "sum"))
@@ -136,9 +140,12 @@ class _Robustness(Metric):
 
 
 class _Sensitivity(_Robustness):
-    params = {"nr_samples": Param(200, int, "perturbations per image", low=1),
-              "lower_bound": Param(0.2, float, "noise radius r: uniform in [-r, r]", low=0.0),
-              "abs": ABS, "normalise": NORM_F}
+    params = {
+        "nr_samples": Param(200, int, "perturbations per image", low=1),
+        "lower_bound": Param(0.2, float, "noise radius r: uniform in [-r, r]", low=0.0),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "nr_samples * E"
     reduce = "max"
 
@@ -152,7 +159,9 @@ class _Sensitivity(_Robustness):
     def _score(self, model, x, y, a, mask, explainer):
         a0 = _flat(self.map(a))
         den = a0.norm(dim=1)
-        den = torch.where(den > 0, den, torch.full_like(den, NAN))  # relative change of an all-zero map: undefined, not inf
+        den = torch.where(
+            den > 0, den, torch.full_like(den, NAN)
+        )  # relative change of an all-zero map: undefined, not inf
 
         def compare(xp, ap, extra, kk):
             return (a0.unsqueeze(0) - ap.flatten(2).double()).norm(dim=2) / den
@@ -204,9 +213,13 @@ class LocalLipschitz(_Robustness):
 
     name = "local_lipschitz"
     reference = "Alvarez-Melis & Jaakkola 2018, arXiv:1806.08049"
-    params = {"nr_samples": Param(200, int, "perturbations per image", low=1),
-              "perturb_mean": Param(0.0, float, "noise mean"), "perturb_std": Param(0.1, float, "noise std", low=0.0),
-              "abs": ABS, "normalise": NORM}
+    params = {
+        "nr_samples": Param(200, int, "perturbations per image", low=1),
+        "perturb_mean": Param(0.0, float, "noise mean"),
+        "perturb_std": Param(0.1, float, "noise std", low=0.0),
+        "abs": ABS,
+        "normalise": NORM,
+    }
     passes_formula = "nr_samples * E"
 
     def _passes(self, shape, e):
@@ -226,12 +239,15 @@ class LocalLipschitz(_Robustness):
 
 
 class _Relative(_Robustness):
-    params = {"nr_samples": Param(200, int, "perturbations per image", low=1),
-              "lower_bound": Param(0.02, float, "noise low (uniform in [low, high])"),
-              "upper_bound": Param(0.2, float, "noise high"),
-              "eps_min": Param(1e-6, float, "guard against division by zero", low=0.0),
-              "nan_when_prediction_changes": Param(True, bool, "ignore draws that change the prediction"),
-              "abs": ABS, "normalise": NORM_F}
+    params = {
+        "nr_samples": Param(200, int, "perturbations per image", low=1),
+        "lower_bound": Param(0.02, float, "noise low (uniform in [low, high])"),
+        "upper_bound": Param(0.2, float, "noise high"),
+        "eps_min": Param(1e-6, float, "guard against division by zero", low=0.0),
+        "nan_when_prediction_changes": Param(True, bool, "ignore draws that change the prediction"),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
     passes_formula = "1 + nr_samples * (E + 1)"
     forward_kind = "logits"
 
@@ -391,8 +407,12 @@ class Consistency(_Robustness):
     name, direction, stochastic, set_level = "consistency", "higher", False, True
     needs = frozenset({"model"})
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {"discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
-              "n": Param(5, int, "pixels in the label", low=1), "abs": ABS_T, "normalise": NORM}
+    params = {
+        "discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
+        "n": Param(5, int, "pixels in the label", low=1),
+        "abs": ABS_T,
+        "normalise": NORM,
+    }
     passes_formula = "1"
 
     def _passes(self, shape, e):

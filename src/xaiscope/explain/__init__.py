@@ -10,4 +10,15 @@ from xaiscope.explain import gradient, cam, lrp, perturbation, baselines  # noqa
 from xaiscope.explain.base import Explainer, Param, get, get_class, names
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS, normalise, pool, postprocess
 
-__all__ = ["Explainer", "NORMALISATIONS", "POOLS", "Param", "get", "get_class", "names", "normalise", "pool", "postprocess"]
+__all__ = [
+    "Explainer",
+    "NORMALISATIONS",
+    "POOLS",
+    "Param",
+    "get",
+    "get_class",
+    "names",
+    "normalise",
+    "pool",
+    "postprocess",
+]

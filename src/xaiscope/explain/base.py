@@ -27,7 +27,6 @@ from xaiscope.models.state import eval_mode
 from xaiscope.registry import Registry
 
 
-
 @dataclass(frozen=True)
 class Param:
     """A hyperparameter: default, accepted type(s), optional bounds or choices, doc."""

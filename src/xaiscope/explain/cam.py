@@ -92,7 +92,9 @@ class GradCAMExplainer(Explainer):
 
 def _spatial(cam: torch.Tensor, method: str) -> torch.Tensor:
     if cam.dim() != 4:
-        raise MethodError(f"{method} needs a layer with spatial output [N, K, h, w]; this layer gives {cam.dim()} dimensions.")
+        raise MethodError(
+            f"{method} needs a layer with spatial output [N, K, h, w]; this layer gives {cam.dim()} dimensions."
+        )
     return cam
 
 
@@ -118,7 +120,9 @@ class GradCAMPlusPlusExplainer(Explainer):
             a = a.detach()
             g2, g3 = g.pow(2), g.pow(3)
             denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
-            alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
+            alpha = torch.where(
+                denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g)
+            )
             w = (alpha * g.clamp_min(0)).sum(dim=(2, 3), keepdim=True)
             cam = (w * a).sum(dim=1, keepdim=True).clamp_min(0)
             return upsample(cam, xb.shape[-2:])

@@ -51,7 +51,12 @@ class IntegratedGradientsExplainer(Explainer):
     name, family, library = "integrated_gradients", "path", "captum"
     params = {
         "n_steps": Param(32, int, "integration steps", low=1),
-        "method": Param("gausslegendre", str, "quadrature", choices=("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")),
+        "method": Param(
+            "gausslegendre",
+            str,
+            "quadrature",
+            choices=("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"),
+        ),
         "baseline": REF,
     }
 
@@ -63,8 +68,14 @@ class IntegratedGradientsExplainer(Explainer):
         h = self.hparams
 
         def run(xb, yb):
-            return ig.attribute(xb, baselines=reference(xb, h["baseline"]), target=yb, n_steps=h["n_steps"],
-                                method=h["method"], internal_batch_size=self.batch_size)
+            return ig.attribute(
+                xb,
+                baselines=reference(xb, h["baseline"]),
+                target=yb,
+                n_steps=h["n_steps"],
+                method=h["method"],
+                internal_batch_size=self.batch_size,
+            )
 
         return per_chunk(run, x, y, max(1, self.batch_size // h["n_steps"]))
 
@@ -90,8 +101,15 @@ class _NoiseTunnelExplainer(Explainer):
         nt_batch = max(1, min(h["n_samples"], self.batch_size // images))
 
         def run(xb, yb):
-            return nt.attribute(xb, nt_type=self.nt_type, nt_samples=h["n_samples"], stdevs=h["sigma"],
-                                nt_samples_batch_size=nt_batch, target=yb, abs=False)
+            return nt.attribute(
+                xb,
+                nt_type=self.nt_type,
+                nt_samples=h["n_samples"],
+                stdevs=h["sigma"],
+                nt_samples_batch_size=nt_batch,
+                target=yb,
+                abs=False,
+            )
 
         return per_chunk(run, x, y, images)
 
@@ -122,8 +140,12 @@ class DeepLiftExplainer(Explainer):
 
     def _attribute(self, model, x, y):
         dl = ca.DeepLift(unique_activations(model))
-        return per_chunk(lambda xb, yb: dl.attribute(xb, baselines=reference(xb, self.hparams["baseline"]), target=yb),
-                         x, y, max(1, self.batch_size // 2))
+        return per_chunk(
+            lambda xb, yb: dl.attribute(xb, baselines=reference(xb, self.hparams["baseline"]), target=yb),
+            x,
+            y,
+            max(1, self.batch_size // 2),
+        )
 
 
 def _noisy_references(x: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
@@ -152,8 +174,12 @@ class DeepLiftShapExplainer(Explainer):
         h = self.hparams
         dls = ca.DeepLiftShap(unique_activations(model))
         refs = _noisy_references(x, h["n_baselines"], h["sigma"])
-        return per_chunk(lambda xb, yb: dls.attribute(xb, baselines=refs, target=yb), x, y,
-                         max(1, self.batch_size // (2 * h["n_baselines"])))
+        return per_chunk(
+            lambda xb, yb: dls.attribute(xb, baselines=refs, target=yb),
+            x,
+            y,
+            max(1, self.batch_size // (2 * h["n_baselines"])),
+        )
 
 
 @register

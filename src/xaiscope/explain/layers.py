@@ -14,11 +14,15 @@ def find_layer(model: nn.Module, name: str, method: str) -> tuple[str, nn.Module
     modules = dict(model.named_modules())
     if name != "auto":
         if name not in modules or name == "":
-            raise MethodError(f"The model has no layer {name!r} for {method}{did_you_mean(name, [m for m in modules if m])}.")
+            raise MethodError(
+                f"The model has no layer {name!r} for {method}{did_you_mean(name, [m for m in modules if m])}."
+            )
         return name, modules[name]
     convs = [(n, m) for n, m in modules.items() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise MethodError(f"{method} needs a model with a Conv2d layer, and this model has none; pass layer=NAME to choose one.")
+        raise MethodError(
+            f"{method} needs a model with a Conv2d layer, and this model has none; pass layer=NAME to choose one."
+        )
     return convs[-1]
 
 
@@ -30,7 +34,9 @@ def _is_global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in one
-    if (node.op == "call_function" and node.target is torch.mean) or (node.op == "call_method" and node.target == "mean"):
+    if (node.op == "call_function" and node.target is torch.mean) or (
+        node.op == "call_method" and node.target == "mean"
+    ):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return dims in ((2, 3), (-2, -1), [2, 3], [-2, -1])
     return False

@@ -20,9 +20,9 @@ from xaiscope.explain.chunking import per_chunk
 
 def canonizers_for(model: nn.Module) -> list:
     """The Zennit canonizers that fit ``model``."""
-    from torchvision.models import DenseNet, ResNet, VGG
-    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from torchvision.models import VGG, DenseNet, ResNet
     from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
     if isinstance(model, ResNet):
         return [ResNetCanonizer()]
@@ -92,7 +92,9 @@ class LRPEpsilonGammaBox(_ZennitExplainer):
         h = self.hparams
         low = float(x.min()) if h["low"] is None else h["low"]
         high = float(x.max()) if h["high"] is None else h["high"]
-        return EpsilonGammaBox(low=low, high=high, epsilon=h["epsilon"], gamma=h["gamma"], canonizers=canonizers_for(model))
+        return EpsilonGammaBox(
+            low=low, high=high, epsilon=h["epsilon"], gamma=h["gamma"], canonizers=canonizers_for(model)
+        )
 
 
 @register

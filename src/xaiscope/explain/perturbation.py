@@ -53,8 +53,12 @@ class OcclusionExplainer(Explainer):
 
         def run(xb, yb):
             return occ.attribute(
-                xb, sliding_window_shapes=(xb.shape[1], h["window"], h["window"]), strides=(xb.shape[1], h["stride"], h["stride"]),
-                baselines=reference(xb, h["baseline"]), target=yb, perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
+                xb,
+                sliding_window_shapes=(xb.shape[1], h["window"], h["window"]),
+                strides=(xb.shape[1], h["stride"], h["stride"]),
+                baselines=reference(xb, h["baseline"]),
+                target=yb,
+                perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
             )
 
         return per_chunk(run, x, y, images)
@@ -90,9 +94,13 @@ class FeatureAblationExplainer(Explainer):
         mask = patch_mask(x.shape[2], x.shape[3], h["patch"], x.device)
 
         def run(xb, yb):
-            return fa.attribute(xb, baselines=reference(xb, h["baseline"]), target=yb,
-                                feature_mask=mask.expand(xb.shape[0], xb.shape[1], -1, -1),
-                                perturbations_per_eval=max(1, self.batch_size // xb.shape[0]))
+            return fa.attribute(
+                xb,
+                baselines=reference(xb, h["baseline"]),
+                target=yb,
+                feature_mask=mask.expand(xb.shape[0], xb.shape[1], -1, -1),
+                perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
+            )
 
         return per_chunk(run, x, y, max(1, min(x.shape[0], self.batch_size)))
 
@@ -108,8 +116,13 @@ def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.T
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
     gray = img.shape[2] == 1
-    seg = slic(img[..., 0] if gray else img, n_segments=n_segments, compactness=compactness, start_label=0,
-               channel_axis=None if gray else -1)
+    seg = slic(
+        img[..., 0] if gray else img,
+        n_segments=n_segments,
+        compactness=compactness,
+        start_label=0,
+        channel_axis=None if gray else -1,
+    )
     seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device).view(1, 1, *img.shape[:2])
     if int(seg.max()) < 1:  # a flat image gives one superpixel; a 4x4 grid keeps the surrogate defined
         seg = patch_mask(x.shape[2], x.shape[3], max(1, min(x.shape[2:]) // 4), x.device)
@@ -140,8 +153,14 @@ class _SurrogateExplainer(Explainer):
 
         def run(xb, yb):
             seg = superpixels(xb, h["n_segments"], h["compactness"])
-            return algo.attribute(xb, baselines=reference(xb, h["baseline"]), target=yb, feature_mask=seg,
-                                  n_samples=h["n_samples"], perturbations_per_eval=self.batch_size)
+            return algo.attribute(
+                xb,
+                baselines=reference(xb, h["baseline"]),
+                target=yb,
+                feature_mask=seg,
+                n_samples=h["n_samples"],
+                perturbations_per_eval=self.batch_size,
+            )
 
         return per_chunk(run, x, y, 1)
 

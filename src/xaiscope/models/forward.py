@@ -21,9 +21,7 @@ DEFAULT_BATCH_SIZE = 256
 def check_output(out, n: int) -> torch.Tensor:
     """Return ``out`` if it is a float tensor ``[n, classes]``, else raise :class:`ModelError`."""
     if not isinstance(out, torch.Tensor):
-        raise ModelError(
-            f"The model must return a tensor [N, classes], but it returned a {type(out).__name__}."
-        )
+        raise ModelError(f"The model must return a tensor [N, classes], but it returned a {type(out).__name__}.")
     if out.dim() != 2 or out.shape[0] != n:
         raise ModelError(
             f"The model must return a tensor [N, classes], but for {n} images it returned shape {list(out.shape)}."

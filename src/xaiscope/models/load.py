@@ -83,8 +83,14 @@ def _adapt_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
             if module.in_channels == in_channels:
                 return model
             new = nn.Conv2d(
-                in_channels, module.out_channels, module.kernel_size, module.stride,
-                module.padding, module.dilation, module.groups, module.bias is not None,
+                in_channels,
+                module.out_channels,
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                module.groups,
+                module.bias is not None,
             )
             parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
             setattr(parent, name.rsplit(".", 1)[-1], new)
@@ -107,7 +113,9 @@ def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ModelError(f"The model spec {spec!r} names module {module_name!r}, which cannot be imported ({e}).") from None
+        raise ModelError(
+            f"The model spec {spec!r} names module {module_name!r}, which cannot be imported ({e})."
+        ) from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ModelError(f"The module {module_name!r} has no callable {attr!r} (model spec {spec!r}).")

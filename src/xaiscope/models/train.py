@@ -169,7 +169,9 @@ def train(
     total_steps = epochs * steps
     sched = None
     if schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total_steps) / total_steps))
+        )
     start = time.perf_counter()
     bar = _progress(progress)
     with bar:
@@ -203,19 +205,35 @@ def train(
             if not torch.isfinite(torch.tensor(total_loss)):
                 from xaiscope.errors import NumericalError
 
-                raise NumericalError(f"The training loss became non-finite in epoch {epoch}; lower the learning rate (lr={lr}).")
+                raise NumericalError(
+                    f"The training loss became non-finite in epoch {epoch}; lower the learning rate (lr={lr})."
+                )
             test_acc = accuracy(model, test, device=dev) if test is not None else None
             history.append({"epoch": epoch, "loss": total_loss / n, "train_acc": correct / n, "test_acc": test_acc})
     seconds = time.perf_counter() - start
     model.eval()
     settings = {
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "weight_decay": weight_decay,
-        "freeze": list(freeze), "augment": augment, "device": str(dev), "optimizer": "adam", "schedule": schedule,
-        "loss": "cross_entropy", "n_train": n, "n_test": None if test is None else len(test),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "seed": seed,
+        "weight_decay": weight_decay,
+        "freeze": list(freeze),
+        "augment": augment,
+        "device": str(dev),
+        "optimizer": "adam",
+        "schedule": schedule,
+        "loss": "cross_entropy",
+        "n_train": n,
+        "n_test": None if test is None else len(test),
     }
     return TrainResult(
-        model=model, history=history, train_acc=accuracy(model, train, device=dev),
-        test_acc=history[-1]["test_acc"], seconds=seconds, settings=settings,
+        model=model,
+        history=history,
+        train_acc=accuracy(model, train, device=dev),
+        test_acc=history[-1]["test_acc"],
+        seconds=seconds,
+        settings=settings,
     )
 
 
@@ -232,7 +250,9 @@ def _progress(show: bool):
         return _NoBar()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    )
 
 
 def _default_width(arch: str) -> int | None:
@@ -279,14 +299,22 @@ def save(
     if normalisation is not None:
         if set(normalisation) < {"mean", "std"}:
             raise ConfigError("normalisation must have 'mean' and 'std' (or be None).")
-        normalisation = {"mean": [float(v) for v in normalisation["mean"]], "std": [float(v) for v in normalisation["std"]]}
+        normalisation = {
+            "mean": [float(v) for v in normalisation["mean"]],
+            "std": [float(v) for v in normalisation["std"]],
+        }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     sidecar = {
-        "arch": arch, "arch_kwargs": kw, "classes": [str(c) for c in classes],
-        "input_size": [int(v) for v in input_size], "normalisation": normalisation,
-        "format": "xaiscope-weights-1", "xaiscope_version": __version__, "extra": extra or {},
+        "arch": arch,
+        "arch_kwargs": kw,
+        "classes": [str(c) for c in classes],
+        "input_size": [int(v) for v in input_size],
+        "normalisation": normalisation,
+        "format": "xaiscope-weights-1",
+        "xaiscope_version": __version__,
+        "extra": extra or {},
     }
     write_json(path.with_suffix(".json"), sidecar)
     return path

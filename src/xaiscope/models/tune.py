@@ -24,8 +24,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_batch_size(model: torch.nn.Module, x: torch.Tensor, candidates: tuple[int, ...] = CANDIDATES,
-                    images: int = 256) -> int:
+def best_batch_size(
+    model: torch.nn.Module, x: torch.Tensor, candidates: tuple[int, ...] = CANDIDATES, images: int = 256
+) -> int:
     """The candidate with the highest forward throughput (images per second) on ``x``.
 
     Each candidate forwards ``images`` images (``x`` repeated as needed; at least one

@@ -68,11 +68,27 @@ def _figures(image: torch.Tensor, objective: list[float], title: str, base: Path
 
 
 def run_actmax(
-    *, model: str, target: int | None, out: Path, shape: str | None = None, clip_range: str | None = None,
-    weights: str | None = None, num_classes: int | None = None, layer: str | None = None, channel: int = 0,
-    steps: int = 200, lr: float = 0.05, l2_decay: float = 0.01, blur_every: int = 4, blur_sigma: float = 0.5,
-    norm_clip_pct: float = 0.0, contrib_clip_pct: float = 0.0, seed: int = 0, output: str = "logit",
-    device: str = "cpu", trust_model: bool = False,
+    *,
+    model: str,
+    target: int | None,
+    out: Path,
+    shape: str | None = None,
+    clip_range: str | None = None,
+    weights: str | None = None,
+    num_classes: int | None = None,
+    layer: str | None = None,
+    channel: int = 0,
+    steps: int = 200,
+    lr: float = 0.05,
+    l2_decay: float = 0.01,
+    blur_every: int = 4,
+    blur_sigma: float = 0.5,
+    norm_clip_pct: float = 0.0,
+    contrib_clip_pct: float = 0.0,
+    seed: int = 0,
+    output: str = "logit",
+    device: str = "cpu",
+    trust_model: bool = False,
 ) -> dict:
     """Run :func:`~xaiscope.analyses.actmax.visualize` for a model spec and write the results."""
     info = models.read_sidecar(model)
@@ -99,13 +115,29 @@ def run_actmax(
         with torch.no_grad():
             n_out = models.forward(net, torch.zeros((1, *chw), device=dev)).shape[1]
     except RuntimeError as e:
-        raise ConfigError(f"The model {model} cannot process inputs of shape {list(chw)}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"The model {model} cannot process inputs of shape {list(chw)}: {str(e).splitlines()[0]}"
+        ) from None
     if layer is None and target >= n_out:
-        raise ConfigError(f"--class {target} is out of range: the model {model} has {n_out} outputs (classes 0..{n_out - 1}).")
+        raise ConfigError(
+            f"--class {target} is out of range: the model {model} has {n_out} outputs (classes 0..{n_out - 1})."
+        )
     res = visualize(
-        net, target, shape=chw, steps=steps, lr=lr, l2_decay=l2_decay, blur_every=blur_every, blur_sigma=blur_sigma,
-        clip_range=(lo, hi), norm_clip_pct=norm_clip_pct, contrib_clip_pct=contrib_clip_pct, seed=seed,
-        layer=layer, channel=channel if layer is not None else None, output=output,
+        net,
+        target,
+        shape=chw,
+        steps=steps,
+        lr=lr,
+        l2_decay=l2_decay,
+        blur_every=blur_every,
+        blur_sigma=blur_sigma,
+        clip_range=(lo, hi),
+        norm_clip_pct=norm_clip_pct,
+        contrib_clip_pct=contrib_clip_pct,
+        seed=seed,
+        layer=layer,
+        channel=channel if layer is not None else None,
+        output=output,
     )
     ensure_dir(out)
     name = f"class_{target}" if layer is None else f"{safe_name(layer)}_channel_{channel}"
@@ -116,9 +148,16 @@ def run_actmax(
     title = f"class {target}" if layer is None else f"{layer} channel {channel}"
     _figures(image, res.objective, f"{title}: {res.start:.2f} -> {res.final:.2f}", out / name)
     record = {
-        "model": model, "objective": res.objective, "probability": res.probability, "start": res.start,
-        "final": res.final, "passes": res.passes, "params": res.params,
-        "objective_name": (f"{output} of class {target}" if layer is None else f"mean activation of {layer} channel {channel}"),
+        "model": model,
+        "objective": res.objective,
+        "probability": res.probability,
+        "start": res.start,
+        "final": res.final,
+        "passes": res.passes,
+        "params": res.params,
+        "objective_name": (
+            f"{output} of class {target}" if layer is None else f"mean activation of {layer} channel {channel}"
+        ),
     }
     write_json(out / f"{name}.json", record)
     return record

@@ -51,8 +51,10 @@ def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> 
         _write_parquet(means, store.analyses / f"metric_means_{model}.parquet")
     if tables:
         _write_parquet(pd.concat(tables, ignore_index=True), store.analyses / "ranking.parquet")
-        write_json(store.analyses / "ranking.json", {"draws": cfg.draws, "seed": ctx.cfg.seed, "baselines": cfg.baselines,
-                                                      "directions": directions})
+        write_json(
+            store.analyses / "ranking.json",
+            {"draws": cfg.draws, "seed": ctx.cfg.seed, "baselines": cfg.baselines, "directions": directions},
+        )
 
 
 def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
@@ -93,19 +95,39 @@ def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> N
 
     g = ctx.cfg.analyses.global_maps
     spec, weights = _first_model(ctx, g.model)
-    run_global(model=spec, weights=weights, data=Path(g.data or ctx.cfg.data.path), method=g.method,
-               params={g.method: g.hparams} if g.hparams else None, by=g.by, fill=g.fill, unit=g.unit, step=g.step,
-               random_orders=g.random_orders, seed=ctx.cfg.seed, batch_size=ctx.cfg.batch_size,
-               device=ctx.cfg.device, out=store.analyses / "global")
+    run_global(
+        model=spec,
+        weights=weights,
+        data=Path(g.data or ctx.cfg.data.path),
+        method=g.method,
+        params={g.method: g.hparams} if g.hparams else None,
+        by=g.by,
+        fill=g.fill,
+        unit=g.unit,
+        step=g.step,
+        random_orders=g.random_orders,
+        seed=ctx.cfg.seed,
+        batch_size=ctx.cfg.batch_size,
+        device=ctx.cfg.device,
+        out=store.analyses / "global",
+    )
 
 
 def variability_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
     from xaiscope.pipeline.variability_job import run_variability
 
     v = ctx.cfg.analyses.variability
-    run_variability(collection=Path(v.collection), data=Path(v.data or ctx.cfg.data.path), methods=v.methods,
-                    pair_images=v.pair_images, n_boot=v.n_boot, seed=ctx.cfg.seed, batch_size=ctx.cfg.batch_size,
-                    device=ctx.cfg.device, out=store.analyses / "variability")
+    run_variability(
+        collection=Path(v.collection),
+        data=Path(v.data or ctx.cfg.data.path),
+        methods=v.methods,
+        pair_images=v.pair_images,
+        n_boot=v.n_boot,
+        seed=ctx.cfg.seed,
+        batch_size=ctx.cfg.batch_size,
+        device=ctx.cfg.device,
+        out=store.analyses / "variability",
+    )
 
 
 def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
@@ -113,18 +135,31 @@ def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None
 
     s = ctx.cfg.analyses.sis
     spec, weights = _first_model(ctx, s.model)
-    run_sis(model=spec, weights=[weights] if weights else None, data=Path(s.data or ctx.cfg.data.path), target=s.target,
-            tau=s.tau, unit=s.unit, max_images=s.images, batch_size=max(ctx.cfg.batch_size, 256),
-            device=ctx.cfg.device, out=store.analyses / "sis")
+    run_sis(
+        model=spec,
+        weights=[weights] if weights else None,
+        data=Path(s.data or ctx.cfg.data.path),
+        target=s.target,
+        tau=s.tau,
+        unit=s.unit,
+        max_images=s.images,
+        batch_size=max(ctx.cfg.batch_size, 256),
+        device=ctx.cfg.device,
+        out=store.analyses / "sis",
+    )
 
 
 def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:
     """Run the configured analyses; return their timings in seconds."""
     timings: dict[str, float] = {}
     a = ctx.cfg.analyses
-    jobs = [("ranking", a.ranking, ranking_job), ("sensitivity", a.sensitivity, sensitivity_job),
-            ("global", a.global_maps, global_job), ("variability", a.variability, variability_job),
-            ("sis", a.sis, sis_job)]
+    jobs = [
+        ("ranking", a.ranking, ranking_job),
+        ("sensitivity", a.sensitivity, sensitivity_job),
+        ("global", a.global_maps, global_job),
+        ("variability", a.variability, variability_job),
+        ("sis", a.sis, sis_job),
+    ]
     for name, cfg, job in jobs:
         if cfg is None:
             continue

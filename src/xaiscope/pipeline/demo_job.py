@@ -38,44 +38,86 @@ class DemoSize:
     draws: int  # Dirichlet weightings of the ranking
 
 
-FULL = DemoSize(size=64, n_train=2000, n_test=150, epochs=15, aligned_epochs=8, images=32, seeds=3,
-                sis_images=2, sis_unit="patch:8", draws=10_000)
-QUICK = DemoSize(size=32, n_train=400, n_test=40, epochs=6, aligned_epochs=4, images=8, seeds=2,
-                 sis_images=1, sis_unit="patch:8", draws=1_000)
+FULL = DemoSize(
+    size=64,
+    n_train=2000,
+    n_test=150,
+    epochs=15,
+    aligned_epochs=8,
+    images=32,
+    seeds=3,
+    sis_images=2,
+    sis_unit="patch:8",
+    draws=10_000,
+)
+QUICK = DemoSize(
+    size=32,
+    n_train=400,
+    n_test=40,
+    epochs=6,
+    aligned_epochs=4,
+    images=8,
+    seeds=2,
+    sis_images=1,
+    sis_unit="patch:8",
+    draws=1_000,
+)
 
 #: small but meaningful settings per method; the first setting is the default of the grid
 DEMO_METHODS: list[Any] = [
-    "saliency", "input_x_gradient",
+    "saliency",
+    "input_x_gradient",
     {"name": "integrated_gradients", "hparams": {"n_steps": 16}, "grid": {"n_steps": [4, 64]}},
     {"name": "smoothgrad", "hparams": {"n_samples": 8, "sigma": 0.15}, "grid": {"sigma": [0.05, 0.5]}},
     {"name": "vargrad", "hparams": {"n_samples": 8}},
-    "deeplift", {"name": "deeplift_shap", "hparams": {"n_baselines": 4}},
+    "deeplift",
+    {"name": "deeplift_shap", "hparams": {"n_baselines": 4}},
     {"name": "gradient_shap", "hparams": {"n_samples": 8}},
-    "guided_backprop", "deconvnet", "cam", "gradcam", "gradcam_plus_plus", "guided_gradcam",
-    "lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box", "lrp_alpha2_beta1_flat",
+    "guided_backprop",
+    "deconvnet",
+    "cam",
+    "gradcam",
+    "gradcam_plus_plus",
+    "guided_gradcam",
+    "lrp_epsilon_plus_flat",
+    "lrp_epsilon_gamma_box",
+    "lrp_alpha2_beta1_flat",
     {"name": "occlusion", "hparams": {"window": 8, "stride": 8}, "grid": {"window": [16]}},
     {"name": "feature_ablation", "hparams": {"patch": 8}},
     {"name": "lime", "hparams": {"n_samples": 64, "n_segments": 30}},
     {"name": "kernel_shap", "hparams": {"n_samples": 64, "n_segments": 30}},
-    "random", "sobel", "laplace", "input",
+    "random",
+    "sobel",
+    "laplace",
+    "input",
 ]
 
 #: at least one metric per category
 DEMO_METRICS: list[Any] = [
-    "relevance_mass_accuracy", "relevance_rank_accuracy", "pointing_game", "auroc",
-    {"name": "deletion", "hparams": {"steps": 10}}, {"name": "insertion", "hparams": {"steps": 10}},
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "pointing_game",
+    "auroc",
+    {"name": "deletion", "hparams": {"steps": 10}},
+    {"name": "insertion", "hparams": {"steps": 10}},
     {"name": "faithfulness_correlation", "hparams": {"nr_runs": 20, "subset_size": 64}},
     {"name": "max_sensitivity", "hparams": {"nr_samples": 3}},
     "random_logit",
-    "sparseness", "complexity",
+    "sparseness",
+    "complexity",
     "completeness",
 ]
 
 
 #: the quick demo keeps one metric of each category among the cheap ones
 QUICK_METRICS: list[Any] = [
-    "relevance_mass_accuracy", "pointing_game", {"name": "deletion", "hparams": {"steps": 5}},
-    {"name": "insertion", "hparams": {"steps": 5}}, "random_logit", "sparseness", "completeness",
+    "relevance_mass_accuracy",
+    "pointing_game",
+    {"name": "deletion", "hparams": {"steps": 5}},
+    {"name": "insertion", "hparams": {"steps": 5}},
+    "random_logit",
+    "sparseness",
+    "completeness",
 ]
 
 
@@ -97,10 +139,20 @@ def demo_config(root: Path, size: DemoSize, quick: bool = False) -> dict[str, An
         "analyses": {
             "ranking": {"draws": size.draws},
             "sensitivity": {"top_k": 0.1},
-            "global": {"method": "gradcam", "model": str(root / "aligned-model.pt"), "data": str(root / "data-aligned" / "test"),
-                       "fill": "black", "random_orders": 3, "step": 0.1},
-            "variability": {"collection": str(root / "collection"), "methods": ["gradcam", "lrp_epsilon_plus_flat"],
-                            "n_boot": 200, "pair_images": 32},
+            "global": {
+                "method": "gradcam",
+                "model": str(root / "aligned-model.pt"),
+                "data": str(root / "data-aligned" / "test"),
+                "fill": "black",
+                "random_orders": 3,
+                "step": 0.1,
+            },
+            "variability": {
+                "collection": str(root / "collection"),
+                "methods": ["gradcam", "lrp_epsilon_plus_flat"],
+                "n_boot": 200,
+                "pair_images": 32,
+            },
             "sis": {"target": 1, "images": size.sis_images, "tau": 0.7, "unit": size.sis_unit},
         },
         "report": {"examples": 6, "title": "xaiscope demo: lesion shape benchmark on a retina background"},
@@ -130,12 +182,25 @@ def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
     if not (root / "data-aligned" / "benchmark.json").exists():
         run_benchmark(out=root / "data-aligned", aligned=True, **bench)
     say(f"[bold]2/4[/] training small_cnn with {size.seeds} seeds")
-    run_collection(data=root / "data" / "train", test=root / "data" / "test", out=root / "collection", arch="small_cnn",
-                   seeds=list(range(size.seeds)), epochs=size.epochs, console=console)
+    run_collection(
+        data=root / "data" / "train",
+        test=root / "data" / "test",
+        out=root / "collection",
+        arch="small_cnn",
+        seeds=list(range(size.seeds)),
+        epochs=size.epochs,
+        console=console,
+    )
     aligned_model = root / "aligned-model.pt"
     if not _model_exists(aligned_model):
-        run_train(data=root / "data-aligned" / "train", test=root / "data-aligned" / "test", out=aligned_model,
-                  arch="small_cnn", epochs=size.aligned_epochs, console=console)
+        run_train(
+            data=root / "data-aligned" / "train",
+            test=root / "data-aligned" / "test",
+            out=aligned_model,
+            arch="small_cnn",
+            epochs=size.aligned_epochs,
+            console=console,
+        )
     say("[bold]3/4[/] explaining, scoring and analysing")
     cfg_dict = demo_config(root, size, quick)
     write_text(root / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))

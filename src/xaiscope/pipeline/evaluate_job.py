@@ -33,9 +33,19 @@ def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_siz
 
 
 def run_evaluate(
-    *, model: str, data: Path, methods: list[str], metrics: list[str], out: Path, weights: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None, batch_size: int | str = 64, device: str = "cpu",
-    target: str | int = "true", trust_model: bool = False, console=None,
+    *,
+    model: str,
+    data: Path,
+    methods: list[str],
+    metrics: list[str],
+    out: Path,
+    weights: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    batch_size: int | str = 64,
+    device: str = "cpu",
+    target: str | int = "true",
+    trust_model: bool = False,
+    console=None,
 ) -> tuple[Path, int]:
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows)."""
     import pandas as pd
@@ -57,7 +67,9 @@ def run_evaluate(
     explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
     needs_mask = [m.name for m in mets if "mask" in m.needs]
     if needs_mask and ds.masks is None:
-        raise MetricError(f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none.")
+        raise MetricError(
+            f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none."
+        )
     x, y = ds.x.to(dev), ds.y.to(dev)
     n_out = net(x[:1]).shape[1]
     t = choose_targets(net, x, y, target, batch_size, n_out)
@@ -74,11 +86,23 @@ def run_evaluate(
                 scores = m(net, x, t, a, mask=mask, explainer=ex).cpu().tolist()
                 settings = json.dumps({"method": ex.hparams, "metric": m.hparams}, sort_keys=True, default=str)
                 for i, v in enumerate(scores):
-                    rows.append((ds.ids[i], int(ds.y[i]), int(t[i]), ex.name, m.name, float(v), m.direction,
-                                 m.category, settings))
+                    rows.append(
+                        (
+                            ds.ids[i],
+                            int(ds.y[i]),
+                            int(t[i]),
+                            ex.name,
+                            m.name,
+                            float(v),
+                            m.direction,
+                            m.category,
+                            settings,
+                        )
+                    )
                 progress.advance(task)
-    df = pd.DataFrame(rows, columns=["image_id", "label", "target", "method", "metric", "value", "direction", "category",
-                                     "settings"])
+    df = pd.DataFrame(
+        rows, columns=["image_id", "label", "target", "method", "metric", "value", "direction", "category", "settings"]
+    )
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     return Path(out), len(df)

@@ -13,7 +13,9 @@ from xaiscope.io import ensure_dir, safe_name, write_npz
 from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
 
 
-def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int, num_outputs: int) -> torch.Tensor:
+def choose_targets(
+    model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int, num_outputs: int
+) -> torch.Tensor:
     """Targets: the true labels, the predicted labels, or one fixed class."""
     from xaiscope.errors import ConfigError
 
@@ -28,9 +30,19 @@ def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, b
 
 
 def run_explain(
-    *, model: str, data: Path, methods: list[str], out: Path, weights: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None, batch_size: int | str = 64, device: str = "cpu",
-    target: str | int = "true", overlays: int = 8, trust_model: bool = False, console=None,
+    *,
+    model: str,
+    data: Path,
+    methods: list[str],
+    out: Path,
+    weights: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    batch_size: int | str = 64,
+    device: str = "cpu",
+    target: str | int = "true",
+    overlays: int = 8,
+    trust_model: bool = False,
+    console=None,
 ) -> list[Path]:
     """Compute and write ``out/<method>.npz`` (attributions, ids, targets, labels) and overlays."""
     from rich.progress import Progress
@@ -59,11 +71,21 @@ def run_explain(
                 progress.advance(task, xb.shape[0])
             a = torch.cat(parts)
             path = out / f"{ex.name}.npz"
-            write_npz(path, attributions=a.numpy(), ids=np.array(ds.ids), targets=t.cpu().numpy(),
-                      labels=ds.y.numpy(), hparams=np.array(repr(ex.hparams)))
+            write_npz(
+                path,
+                attributions=a.numpy(),
+                ids=np.array(ds.ids),
+                targets=t.cpu().numpy(),
+                labels=ds.y.numpy(),
+                hparams=np.array(repr(ex.hparams)),
+            )
             written.append(path)
             maps = explain.postprocess(a[:overlays], pool="sum", normalise="max")
             for i in range(min(overlays, len(ds))):
-                save_overlay(ds.x[i], maps[i], out / "overlays" / ex.name / f"{safe_name(ds.ids[i])}.png",
-                             title=f"{ex.name}: {ds.ids[i]}")
+                save_overlay(
+                    ds.x[i],
+                    maps[i],
+                    out / "overlays" / ex.name / f"{safe_name(ds.ids[i])}.png",
+                    title=f"{ex.name}: {ds.ids[i]}",
+                )
     return written

@@ -33,9 +33,9 @@ from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
 
 
-
-
-def _map_figure(mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool) -> None:
+def _map_figure(
+    mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool
+) -> None:
     import matplotlib.pyplot as plt
 
     from xaiscope.plotting import overlay, save_figure
@@ -64,14 +64,23 @@ def _peppr_figure(result, class_names: list[str], path: Path) -> None:
             if np.isfinite(mean).all():
                 ax.fill_between(fr, mean - sd, mean + sd, color="0.8", label="random (mean ± SD)")
                 ax.plot(fr, mean, color="0.5", lw=1)
-            ax.plot(fr, result.curves["map"][curve][metric].numpy(), color="C3", lw=2,
-                    label=f"global map of {class_names[result.label]}")
+            ax.plot(
+                fr,
+                result.curves["map"][curve][metric].numpy(),
+                color="C3",
+                lw=2,
+                label=f"global map of {class_names[result.label]}",
+            )
             ax.plot(fr, result.curves["reversed"][curve][metric].numpy(), color="C0", ls="--", label="reversed order")
             for i, nm in enumerate(o for o in result.orders if o.startswith("other:")):
                 other = class_names[int(nm.split(":", 1)[1])]
-                ax.plot(fr, result.curves[nm][curve][metric].numpy(), color=f"C{4 + i}", ls=":", label=f"map of {other}")
+                ax.plot(
+                    fr, result.curves[nm][curve][metric].numpy(), color=f"C{4 + i}", ls=":", label=f"map of {other}"
+                )
             ax.set_title(f"progressive {curve}", fontsize=9)
-            ax.set_ylabel(f"{metric} ({class_names[result.label]} vs rest)" if metric == "auroc" else "accuracy", fontsize=8)
+            ax.set_ylabel(
+                f"{metric} ({class_names[result.label]} vs rest)" if metric == "auroc" else "accuracy", fontsize=8
+            )
             ax.set_ylim(-0.02, 1.02)
             if row == 1:
                 ax.set_xlabel("fraction of units " + ("erased" if curve == "erasing" else "restored"), fontsize=8)
@@ -81,10 +90,25 @@ def _peppr_figure(result, class_names: list[str], path: Path) -> None:
 
 
 def run_global(
-    *, model: str, data: Path, method: str, out: Path, weights: str | None = None,
-    params: dict[str, dict[str, Any]] | None = None, by: str = "true", normalise: str = "sum_to_one",
-    signed: bool = False, fill: str = "black", unit: str = "pixel", step: float = 0.05, random_orders: int = 5,
-    seed: int = 0, blur_sigma: float = 4.0, batch_size: int | str = 64, device: str = "cpu", trust_model: bool = False,
+    *,
+    model: str,
+    data: Path,
+    method: str,
+    out: Path,
+    weights: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    by: str = "true",
+    normalise: str = "sum_to_one",
+    signed: bool = False,
+    fill: str = "black",
+    unit: str = "pixel",
+    step: float = 0.05,
+    random_orders: int = 5,
+    seed: int = 0,
+    blur_sigma: float = 4.0,
+    batch_size: int | str = 64,
+    device: str = "cpu",
+    trust_model: bool = False,
     peppr_enabled: bool = True,
 ) -> dict[str, Any]:
     """Compute and write global maps and PEPPR results (module docstring); return the summary dict."""
@@ -109,15 +133,37 @@ def run_global(
             a = explainer(net, xb.to(dev), targets[sl])
             maps.append(explain.pool(a, "sum").cpu())
     explain_passes = count.rows
-    g = global_maps(torch.cat(maps), ds.y, normalise=normalise, signed=signed, by=by, preds=preds.cpu(),
-                    num_classes=ds.num_classes)
+    g = global_maps(
+        torch.cat(maps), ds.y, normalise=normalise, signed=signed, by=by, preds=preds.cpu(), num_classes=ds.num_classes
+    )
     classes = list(ds.classes)
-    settings = {"model": model, "data": str(data), "method": method, "hparams": explainer.hparams, "by": by,
-                "normalise": normalise, "signed": signed, "fill": fill, "unit": unit, "step": step,
-                "random_orders": random_orders, "seed": seed, "blur_sigma": blur_sigma, "batch_size": batch_size}
-    write_npz(out / "global_maps.npz", label_maps=g.label_maps.numpy(), label_sd=g.label_sd.numpy(),
-               overall=g.overall.numpy(), overall_sd=g.overall_sd.numpy(), counts=g.counts.numpy(),
-               classes=np.array(classes), method=np.array(method), settings=np.array(repr(settings)))
+    settings = {
+        "model": model,
+        "data": str(data),
+        "method": method,
+        "hparams": explainer.hparams,
+        "by": by,
+        "normalise": normalise,
+        "signed": signed,
+        "fill": fill,
+        "unit": unit,
+        "step": step,
+        "random_orders": random_orders,
+        "seed": seed,
+        "blur_sigma": blur_sigma,
+        "batch_size": batch_size,
+    }
+    write_npz(
+        out / "global_maps.npz",
+        label_maps=g.label_maps.numpy(),
+        label_sd=g.label_sd.numpy(),
+        overall=g.overall.numpy(),
+        overall_sd=g.overall_sd.numpy(),
+        counts=g.counts.numpy(),
+        classes=np.array(classes),
+        method=np.array(method),
+        settings=np.array(repr(settings)),
+    )
     for lab, name in enumerate(classes):
         if int(g.counts[lab]) == 0:
             continue
@@ -138,19 +184,40 @@ def run_global(
                 per_label[name] = {"skipped": "no images of this label or of the other labels"}
                 continue
             others = {o: g.label_maps[o] for o in present if o != lab}
-            r = peppr(net, ds, g.label_maps[lab], lab, fractions=fractions, fill=fill, unit=unit,
-                      random_orders=random_orders, seed=seed, other_maps=others, batch_size=batch_size,
-                      blur_sigma=blur_sigma)
+            r = peppr(
+                net,
+                ds,
+                g.label_maps[lab],
+                lab,
+                fractions=fractions,
+                fill=fill,
+                unit=unit,
+                random_orders=random_orders,
+                seed=seed,
+                other_maps=others,
+                batch_size=batch_size,
+                blur_sigma=blur_sigma,
+            )
             peppr_passes += r.passes
             curves += [{**row, "class": name} for row in r.table()]
             table += [{**row, "class": name} for row in r.summary()]
-            per_label[name] = {"score_auroc": r.score["auroc"], "score_accuracy": r.score["accuracy"],
-                               "areas": r.areas, "random_areas": r.random["areas"], "passes": r.passes}
+            per_label[name] = {
+                "score_auroc": r.score["auroc"],
+                "score_accuracy": r.score["accuracy"],
+                "areas": r.areas,
+                "random_areas": r.random["areas"],
+                "passes": r.passes,
+            }
             _peppr_figure(r, classes, out / f"peppr_{safe_name(name)}.png")
         write_csv(out / "peppr_curves.csv", curves)
         write_csv(out / "summary.csv", table)
-    summary = {"settings": settings, "classes": classes, "counts": g.counts.tolist(),
-               "passes": {"explain_and_predict": explain_passes, "peppr": peppr_passes}, "peppr": per_label,
-               "table": table}
+    summary = {
+        "settings": settings,
+        "classes": classes,
+        "counts": g.counts.tolist(),
+        "passes": {"explain_and_predict": explain_passes, "peppr": peppr_passes},
+        "peppr": per_label,
+        "table": table,
+    }
     write_json(out / "summary.json", summary)
     return summary

@@ -25,7 +25,9 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def open_data(path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto") -> xdata.Dataset:
+def open_data(
+    path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto"
+) -> xdata.Dataset:
     """Read data; a model trained by ``xaiscope train`` brings its normalisation and classes."""
     info = models.read_sidecar(model_spec) if model_spec else None
     if info is not None and normalise is None and info.get("normalisation"):
@@ -76,7 +78,9 @@ def open_inputs(
 ) -> tuple[torch.nn.Module, xdata.Dataset, torch.device]:
     """``(model on device, dataset, device)`` after checking that they fit."""
     ds = open_data(data_path, model_spec=model_spec, resize=resize, normalise=normalise, masks=masks)
-    model = models.load(model_spec, weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0], trust_model=trust_model)
+    model = models.load(
+        model_spec, weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0], trust_model=trust_model
+    )
     dev = resolve_device(device)
     model = model.to(dev)
     check_model_fits(model, ds, dev)
@@ -94,8 +98,14 @@ def build_explainers(methods: list[str], params: dict[str, dict[str, Any]], batc
     return [explain.get(m, **{"batch_size": provisional_batch_size(batch_size), **params.get(m, {})}) for m in methods]
 
 
-def settle_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Dataset, device: torch.device,
-                      objs: list, params: dict[str, dict[str, Any]]) -> tuple[int, list]:
+def settle_batch_size(
+    value: int | str,
+    model: torch.nn.Module,
+    ds: xdata.Dataset,
+    device: torch.device,
+    objs: list,
+    params: dict[str, dict[str, Any]],
+) -> tuple[int, list]:
     """``(batch size, objs)``. A number is kept as it is. For ``"auto"`` the images per call
     with the best forward throughput of ``model`` on (up to 64 of) the dataset's images
     (:func:`xaiscope.models.tune.best_batch_size`), and the explainers or metrics ``objs``
@@ -105,5 +115,9 @@ def settle_batch_size(value: int | str, model: torch.nn.Module, ds: xdata.Datase
     from xaiscope.models.tune import best_batch_size
 
     bs = best_batch_size(model, ds.x[:64].to(device))
-    return bs, [type(o)(**{**o.hparams, "batch_size": bs})
-                if "batch_size" in o.hparams and "batch_size" not in params.get(o.name, {}) else o for o in objs]
+    return bs, [
+        type(o)(**{**o.hparams, "batch_size": bs})
+        if "batch_size" in o.hparams and "batch_size" not in params.get(o.name, {})
+        else o
+        for o in objs
+    ]

@@ -36,22 +36,35 @@ def _import_ray():
     return ray
 
 
-def _run_unit(model, x, y, targets, masks, ids, unit: Unit, metrics, batch_size: int, seed: int, device: str, threads: int):
+def _run_unit(
+    model, x, y, targets, masks, ids, unit: Unit, metrics, batch_size: int, seed: int, device: str, threads: int
+):
     """The body of one Ray task (a module-level function so workers can import it)."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     sl = slice(unit.start, unit.stop)
     inp = UnitInputs(
-        x=torch.from_numpy(np.array(x[sl])).to(dev), y=torch.from_numpy(np.array(y[sl])),
-        targets=torch.from_numpy(np.array(targets[sl])).to(dev), ids=list(ids[sl]),
+        x=torch.from_numpy(np.array(x[sl])).to(dev),
+        y=torch.from_numpy(np.array(y[sl])),
+        targets=torch.from_numpy(np.array(targets[sl])).to(dev),
+        ids=list(ids[sl]),
         masks=None if masks is None else torch.from_numpy(np.array(masks[sl])).to(dev),
-        metrics=metrics, batch_size=batch_size, seed=seed,
+        metrics=metrics,
+        batch_size=batch_size,
+        seed=seed,
     )
     return compute_unit(model.to(dev), unit, inp)
 
 
-def ray_backend(ctx: "RunContext", units: list[Unit], on_result: Callable[[Unit, Any], None], *,
-                address: str | None = None, max_retries: int = 3, threads_per_task: int = 1) -> None:
+def ray_backend(
+    ctx: "RunContext",
+    units: list[Unit],
+    on_result: Callable[[Unit, Any], None],
+    *,
+    address: str | None = None,
+    max_retries: int = 3,
+    threads_per_task: int = 1,
+) -> None:
     """Compute ``units`` as Ray tasks and hand each result to ``on_result`` in this process."""
     ray = _import_ray()
     if not units:
@@ -74,8 +87,20 @@ def ray_backend(ctx: "RunContext", units: list[Unit], on_result: Callable[[Unit,
     target_refs = {name: ray.put(t.numpy()) for name, t in ctx.targets.items()}
     device = str(ctx.device)
     pending = {
-        remote.remote(model_refs[u.model], x_ref, y_ref, target_refs[u.model], m_ref, ids_ref, u, ctx.metrics,
-                      ctx.cfg.batch_size, ctx.cfg.seed, device, threads_per_task): u
+        remote.remote(
+            model_refs[u.model],
+            x_ref,
+            y_ref,
+            target_refs[u.model],
+            m_ref,
+            ids_ref,
+            u,
+            ctx.metrics,
+            ctx.cfg.batch_size,
+            ctx.cfg.seed,
+            device,
+            threads_per_task,
+        ): u
         for u in units
     }
     failed: list[tuple[Unit, str]] = []
@@ -98,7 +123,7 @@ def ray_backend(ctx: "RunContext", units: list[Unit], on_result: Callable[[Unit,
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
-        for name, net in ctx.models.items():
+        for net in ctx.models.values():
             net.to(ctx.device)
     if failed:
         ids = ", ".join(u.id for u, _ in failed[:5])

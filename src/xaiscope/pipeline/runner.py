@@ -37,11 +37,18 @@ class RunContext:
         ds = open_run_data(cfg)
         need_masks = [m.name for m in cfg.metrics if "mask" in evaluate.get_class(m.name).needs]
         if need_masks and ds.masks is None:
-            raise ConfigError(f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none.")
+            raise ConfigError(
+                f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none."
+            )
         self.models: dict[str, torch.nn.Module] = {}
         for m in cfg.models:
-            net = models.load(m.spec, m.weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0],
-                              trust_model=m.trust_model).to(self.device)
+            net = models.load(
+                m.spec,
+                m.weights,
+                num_classes=max(2, ds.num_classes),
+                in_channels=ds.shape[0],
+                trust_model=m.trust_model,
+            ).to(self.device)
             check_model_fits(net, ds, self.device)
             self.models[m.name] = net
         self.dataset, self.skipped = self._drop_non_finite(ds)
@@ -84,9 +91,14 @@ class RunContext:
         sl = slice(unit.start, unit.stop)
         ds = self.dataset
         return UnitInputs(
-            x=ds.x[sl].to(self.device), y=ds.y[sl], targets=self.targets[unit.model][sl].to(self.device),
-            ids=ds.ids[sl], masks=None if ds.masks is None else ds.masks[sl].to(self.device),
-            metrics=self.metrics, batch_size=self.cfg.batch_size, seed=self.cfg.seed,
+            x=ds.x[sl].to(self.device),
+            y=ds.y[sl],
+            targets=self.targets[unit.model][sl].to(self.device),
+            ids=ds.ids[sl],
+            masks=None if ds.masks is None else ds.masks[sl].to(self.device),
+            metrics=self.metrics,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
         )
 
     def units(self) -> list[Unit]:
@@ -99,7 +111,9 @@ def open_run_data(cfg: RunConfig):
     norm = cfg.data.normalise
     if isinstance(norm, dict):
         norm = (norm.get("mean"), norm.get("std"))
-    ds = open_data(cfg.data.path, model_spec=cfg.models[0].spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks)
+    ds = open_data(
+        cfg.data.path, model_spec=cfg.models[0].spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks
+    )
     if cfg.data.max_images is not None and cfg.data.max_images < len(ds):
         ds = ds.subset(_stratified(ds.y, cfg.data.max_images))
     return ds
@@ -122,8 +136,14 @@ def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
     a, rows, curves = result
     ds = ctx.dataset
     store.commit_unit(
-        unit.id, key=unit.key, shape=(len(ds), *ds.shape), chunk=ctx.cfg.unit_images, start=unit.start,
-        attributions=a, rows=rows, curves=curves,
+        unit.id,
+        key=unit.key,
+        shape=(len(ds), *ds.shape),
+        chunk=ctx.cfg.unit_images,
+        start=unit.start,
+        attributions=a,
+        rows=rows,
+        curves=curves,
         attrs={"model": unit.model, "method": unit.method, "setting": unit.setting, "hparams": dict(unit.hparams)},
     )
 
@@ -149,8 +169,15 @@ def config_changed(cfg: RunConfig, out: str | Path | None = None) -> bool:
     return p.exists() and p.read_text() != resolved_config(cfg, run_folder(cfg, out))
 
 
-def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, console=None,
-        backend: str | None = None, address: str | None = None) -> Path:
+def run(
+    cfg: RunConfig,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    console=None,
+    backend: str | None = None,
+    address: str | None = None,
+) -> Path:
     """Run (or resume) the configured grid; return the run folder."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -159,7 +186,9 @@ def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, c
     resolved = resolved_config(cfg, root)
     previous = store.read_config_text()
     if not force and previous is not None and previous != resolved:
-        raise ConfigError(f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out.")
+        raise ConfigError(
+            f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out."
+        )
     t0 = time.time()
     ctx = RunContext(cfg, console)  # bad data or models fail here, before anything is cleared or written
     if force:
@@ -169,10 +198,21 @@ def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, c
     todo = [u for u in units if not store.is_done(u.id)]
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
-            console.print(f"[yellow]model {name}: {len(ids)} image(s) give non-finite outputs and are skipped: {', '.join(ids[:10])}[/]")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False, disable=console is None) as progress:
-        task = progress.add_task(f"work units ({len(units) - len(todo)} already done)", total=len(units), completed=len(units) - len(todo))
+            console.print(
+                f"[yellow]model {name}: {len(ids)} image(s) give non-finite outputs and are skipped: {', '.join(ids[:10])}[/]"
+            )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=console is None,
+    ) as progress:
+        task = progress.add_task(
+            f"work units ({len(units) - len(todo)} already done)", total=len(units), completed=len(units) - len(todo)
+        )
 
         def on_result(unit, result):
             commit(store, ctx, unit, result)
@@ -190,7 +230,9 @@ def run(cfg: RunConfig, *, out: str | Path | None = None, force: bool = False, c
     from xaiscope.pipeline.analyses_job import run_analyses
 
     timings = run_analyses(store, ctx, results, console=console)
-    store.write_manifest(manifest(ctx, units, todo, {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)}))
+    store.write_manifest(
+        manifest(ctx, units, todo, {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)})
+    )
     return root
 
 
@@ -210,8 +252,14 @@ def manifest(ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict
         "numpy": np.__version__,
         "seed": ctx.cfg.seed,
         "device": str(ctx.device),
-        "dataset": {"source": ds.source, "images": len(ds), "classes": ds.classes, "shape": list(ds.shape),
-                    "fingerprint": ds.fingerprint(), "masks": ds.masks is not None},
+        "dataset": {
+            "source": ds.source,
+            "images": len(ds),
+            "classes": ds.classes,
+            "shape": list(ds.shape),
+            "fingerprint": ds.fingerprint(),
+            "masks": ds.masks is not None,
+        },
         "models": {m.name: m.spec for m in ctx.cfg.models},
         "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
         "metrics": [{"metric": n, "hparams": h} for n, h in ctx.metrics],

@@ -33,16 +33,13 @@ import torch
 
 from xaiscope import models
 from xaiscope.analyses.sis import check_probability_tau, class_score, cluster, make_units, parse_unit, sis_collection
-from xaiscope.analyses.sis.collection import METHODS
 from xaiscope.analyses.sis.cluster import check_eps
+from xaiscope.analyses.sis.collection import METHODS
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.pipeline.inputs import open_inputs
 
-
-
 SIS_COLUMNS = ["model", "image_id", "label", "probability", "sis_index", "n_units", "n_pixels", "value", "cluster"]
-
 
 
 def _source_names(specs: list[str]) -> list[str]:
@@ -64,8 +61,13 @@ def _image_figure(image: torch.Tensor, sis_list, title: str, path: Path) -> None
     axes[0, 0].set_axis_off()
     axes[0, 0].set_title(title, fontsize=8)
     for i, s in enumerate(sis_list):
-        overlay(axes[0, i + 1], image, s.mask.float().cpu(), alpha=0.55,
-                title=f"SIS {i + 1}: {s.size} units, f={s.value:.2f}")
+        overlay(
+            axes[0, i + 1],
+            image,
+            s.mask.float().cpu(),
+            alpha=0.55,
+            title=f"SIS {i + 1}: {s.size} units, f={s.value:.2f}",
+        )
     save_figure(fig, path)
 
 
@@ -77,8 +79,14 @@ def _cluster_figure(res, path: Path, title: str) -> None:
     k = len(res.clusters)
     if k == 0:
         fig, ax = plt.subplots(figsize=(4, 1.5))
-        ax.text(0.5, 0.5, f"No cluster: all {len(res.labels)} SIS are noise\n(eps={res.eps:g}, min_samples={res.min_samples})",
-                ha="center", va="center", fontsize=9)
+        ax.text(
+            0.5,
+            0.5,
+            f"No cluster: all {len(res.labels)} SIS are noise\n(eps={res.eps:g}, min_samples={res.min_samples})",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
         ax.set_axis_off()
         save_figure(fig, path)
         return
@@ -97,10 +105,23 @@ def _cluster_figure(res, path: Path, title: str) -> None:
 
 
 def run_sis(
-    *, model: list[str] | str, data: Path, target: int, tau: float = 0.7, unit: str = "pixel", out: Path,
-    max_images: int = 50, batch_size: int = 256, eps: float | str = "auto", min_samples: int = 3,
-    method: str = "backselect", k: int = 1, weights: list[str] | None = None, device: str = "cpu",
-    trust_model: bool = False, console=None,
+    *,
+    model: list[str] | str,
+    data: Path,
+    target: int,
+    tau: float = 0.7,
+    unit: str = "pixel",
+    out: Path,
+    max_images: int = 50,
+    batch_size: int = 256,
+    eps: float | str = "auto",
+    min_samples: int = 3,
+    method: str = "backselect",
+    k: int = 1,
+    weights: list[str] | None = None,
+    device: str = "cpu",
+    trust_model: bool = False,
+    console=None,
 ) -> dict:
     """Compute, write and cluster the SIS of the decision "class ``target`` with probability >= ``tau``"."""
     from rich.progress import Progress
@@ -115,7 +136,12 @@ def run_sis(
     parse_unit(unit)
     if method not in METHODS:
         raise ConfigError(f"Unknown --method {method!r}; choose one of {', '.join(METHODS)}.")
-    for name, v in (("--max-images", max_images), ("--batch-size", batch_size), ("--min-samples", min_samples), ("--k", k)):
+    for name, v in (
+        ("--max-images", max_images),
+        ("--batch-size", batch_size),
+        ("--min-samples", min_samples),
+        ("--k", k),
+    ):
         if v < 1:
             raise ConfigError(f"{name} must be at least 1, got {v}.")
     eps = check_eps(eps, "--eps")
@@ -129,7 +155,9 @@ def run_sis(
         net, ds, dev = open_inputs(spec, data, weights=w, device=device, trust_model=trust_model)
         n_out = models.forward(net, ds.x[:1].to(dev)).shape[1]
         if target >= n_out:
-            raise ConfigError(f"--class {target} is out of range: the model {spec} has {n_out} outputs (classes 0..{n_out - 1}).")
+            raise ConfigError(
+                f"--class {target} is out of range: the model {spec} has {n_out} outputs (classes 0..{n_out - 1})."
+            )
         make_units(unit, *ds.shape[1:])
         f = class_score(net, target, batch_size=batch_size)
         mv = ds.fill_value().to(dev)
@@ -153,55 +181,111 @@ def run_sis(
                 for j, s in enumerate(col):
                     s.source, s.image_id = source, image_id
                     all_sis.append(s)
-                    rows.append({"model": source, "image_id": image_id, "label": int(ds.y[i]), "probability": float(probs[i]),
-                                 "sis_index": j, "n_units": s.size, "n_pixels": s.n_pixels, "value": s.value})
+                    rows.append(
+                        {
+                            "model": source,
+                            "image_id": image_id,
+                            "label": int(ds.y[i]),
+                            "probability": float(probs[i]),
+                            "sis_index": j,
+                            "n_units": s.size,
+                            "n_pixels": s.n_pixels,
+                            "value": s.value,
+                        }
+                    )
                 bs = col[0].backselect if col else None
                 write_npz(
-                    sis_dir / f"{safe_name(image_id)}.npz", image=x.cpu().numpy(),
+                    sis_dir / f"{safe_name(image_id)}.npz",
+                    image=x.cpu().numpy(),
                     masks=np.stack([s.mask.cpu().numpy() for s in col]) if col else np.zeros((0, *ds.shape[1:]), bool),
-                    sis_images=np.stack([s.image.cpu().numpy() for s in col]) if col else np.zeros((0, *ds.shape), np.float32),
-                    values=np.array([s.value for s in col]), sizes=np.array([s.size for s in col]),
-                    unit_labels=units.labels.numpy(), order=bs.order.cpu().numpy() if bs else np.zeros(0, int),
-                    curve=bs.curve.cpu().numpy() if bs else np.zeros(0), tau=tau, target=target, label=int(ds.y[i]),
-                    probability=float(probs[i]), unit=unit, id=image_id,
+                    sis_images=np.stack([s.image.cpu().numpy() for s in col])
+                    if col
+                    else np.zeros((0, *ds.shape), np.float32),
+                    values=np.array([s.value for s in col]),
+                    sizes=np.array([s.size for s in col]),
+                    unit_labels=units.labels.numpy(),
+                    order=bs.order.cpu().numpy() if bs else np.zeros(0, int),
+                    curve=bs.curve.cpu().numpy() if bs else np.zeros(0),
+                    tau=tau,
+                    target=target,
+                    label=int(ds.y[i]),
+                    probability=float(probs[i]),
+                    unit=unit,
+                    id=image_id,
                 )
-                _image_figure(x.cpu(), col, f"{image_id} p={float(probs[i]):.2f}", sis_dir / f"{safe_name(image_id)}.png")
+                _image_figure(
+                    x.cpu(), col, f"{image_id} p={float(probs[i]):.2f}", sis_dir / f"{safe_name(image_id)}.png"
+                )
                 progress.advance(task)
         sizes = [r["n_units"] for r in rows if r["model"] == source]
-        per_model.append({
-            "model": spec, "source": source, "n_images": len(ds), "n_decision": int((probs >= tau).sum()),
-            "n_explained": len(chosen), "n_sis": len(sizes),
-            "sis_per_image_mean": float(np.mean(n_sis)) if n_sis else None,
-            "sis_size_units": _describe(sizes), "seconds_per_image": float(np.mean(seconds)) if seconds else None,
-            "passes_per_image_mean": float(np.mean(passes)) if passes else None,
-        })
+        per_model.append(
+            {
+                "model": spec,
+                "source": source,
+                "n_images": len(ds),
+                "n_decision": int((probs >= tau).sum()),
+                "n_explained": len(chosen),
+                "n_sis": len(sizes),
+                "sis_per_image_mean": float(np.mean(n_sis)) if n_sis else None,
+                "sis_size_units": _describe(sizes),
+                "seconds_per_image": float(np.mean(seconds)) if seconds else None,
+                "passes_per_image_mean": float(np.mean(passes)) if passes else None,
+            }
+        )
     result = None
     if all_sis:
         result = cluster(all_sis, eps=eps, min_samples=min_samples, sources=[s.source for s in all_sis])
         for r, lab in zip(rows, result.labels):
             r["cluster"] = lab
         summary = result.summary()
-        summary["members"] = [{"model": s.source, "image_id": s.image_id, "sis_index": r["sis_index"]}
-                              for s, r in zip(all_sis, rows)]
+        summary["members"] = [
+            {"model": s.source, "image_id": s.image_id, "sis_index": r["sis_index"]} for s, r in zip(all_sis, rows)
+        ]
         write_json(out / "clusters.json", summary)
-        write_csv(out / "clusters.csv", [
-            {"cluster": c.label, "size": c.size, "medoid_image": all_sis[c.medoid].image_id,
-             "mean_sis_pixels": float(np.mean([all_sis[m].n_pixels for m in c.members])),
-             **{f"share_{s}": v for s, v in c.shares.items()}, **{f"fraction_of_{s}": v for s, v in c.source_fraction.items()}}
-            for c in result.clusters
-        ], ["cluster", "size", "medoid_image", "mean_sis_pixels"])
-        write_npz(out / "cluster_means.npz",
-                   labels=np.array([c.label for c in result.clusters], dtype=np.int64),
-                   mean_images=np.stack([c.mean_image.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape), np.float32),
-                   mean_masks=np.stack([c.mean_mask.numpy() for c in result.clusters]) if result.clusters else np.zeros((0, *ds.shape[1:])))
+        write_csv(
+            out / "clusters.csv",
+            [
+                {
+                    "cluster": c.label,
+                    "size": c.size,
+                    "medoid_image": all_sis[c.medoid].image_id,
+                    "mean_sis_pixels": float(np.mean([all_sis[m].n_pixels for m in c.members])),
+                    **{f"share_{s}": v for s, v in c.shares.items()},
+                    **{f"fraction_of_{s}": v for s, v in c.source_fraction.items()},
+                }
+                for c in result.clusters
+            ],
+            ["cluster", "size", "medoid_image", "mean_sis_pixels"],
+        )
+        write_npz(
+            out / "cluster_means.npz",
+            labels=np.array([c.label for c in result.clusters], dtype=np.int64),
+            mean_images=np.stack([c.mean_image.numpy() for c in result.clusters])
+            if result.clusters
+            else np.zeros((0, *ds.shape), np.float32),
+            mean_masks=np.stack([c.mean_mask.numpy() for c in result.clusters])
+            if result.clusters
+            else np.zeros((0, *ds.shape[1:])),
+        )
         _cluster_figure(result, out / "cluster_means.png", f"SIS clusters for class {target} (tau={tau:g})")
     write_csv(out / "sis.csv", rows, SIS_COLUMNS)
     summary = {
-        "target": target, "tau": tau, "unit": unit, "method": method, "k": k, "batch_size": batch_size,
-        "eps": eps if result is None else result.eps, "eps_setting": eps, "min_samples": min_samples, "distance": "energy distance D = sqrt(D^2) between SIS pixel sets",
-        "mask_value": "dataset mean per channel", "models": per_model, "n_sis": len(all_sis),
+        "target": target,
+        "tau": tau,
+        "unit": unit,
+        "method": method,
+        "k": k,
+        "batch_size": batch_size,
+        "eps": eps if result is None else result.eps,
+        "eps_setting": eps,
+        "min_samples": min_samples,
+        "distance": "energy distance D = sqrt(D^2) between SIS pixel sets",
+        "mask_value": "dataset mean per channel",
+        "models": per_model,
+        "n_sis": len(all_sis),
         "n_clusters": None if result is None else len(result.clusters),
-        "n_noise": None if result is None else len(result.noise), "seconds": time.perf_counter() - start_all,
+        "n_noise": None if result is None else len(result.noise),
+        "seconds": time.perf_counter() - start_all,
     }
     write_json(out / "summary.json", summary)
     return summary

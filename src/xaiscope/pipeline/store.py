@@ -110,15 +110,26 @@ class RunStore:
         return arr
 
     def commit_unit(
-        self, unit_id: str, *, key: str, shape: tuple[int, ...], chunk: int, start: int,
-        attributions: np.ndarray, rows: pd.DataFrame, curves: pd.DataFrame | None, attrs: dict[str, Any],
+        self,
+        unit_id: str,
+        *,
+        key: str,
+        shape: tuple[int, ...],
+        chunk: int,
+        start: int,
+        attributions: np.ndarray,
+        rows: pd.DataFrame,
+        curves: pd.DataFrame | None,
+        attrs: dict[str, Any],
     ) -> None:
         """Write a unit's attribution chunk, then commit its rows atomically."""
         try:
             arr = self._array(key, shape, chunk, attrs)
             arr[start : start + attributions.shape[0]] = attributions.astype(np.float32)
         except OSError as e:
-            raise OutputError(f"Writing attributions to {self.zarr_path} failed ({e.strerror or e}); finished units are kept.") from None
+            raise OutputError(
+                f"Writing attributions to {self.zarr_path} failed ({e.strerror or e}); finished units are kept."
+            ) from None
         ensure_dir(self.units_dir)
         if curves is not None and len(curves):
             with atomic_path(self.units_dir / f"{unit_id}.curves.parquet") as tmp:
@@ -128,15 +139,27 @@ class RunStore:
 
     def consolidate(self) -> pd.DataFrame:
         """Gather committed units into results.parquet and curves.parquet (sorted, deterministic)."""
-        parts = sorted(p for p in self.units_dir.glob("*.parquet") if not p.name.endswith(".curves.parquet")) if self.units_dir.exists() else []
+        parts = (
+            sorted(p for p in self.units_dir.glob("*.parquet") if not p.name.endswith(".curves.parquet"))
+            if self.units_dir.exists()
+            else []
+        )
         frames = [pd.read_parquet(p) for p in parts]
         results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
-        results = results.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(drop=True)
+        results = results.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(
+            drop=True
+        )
         with atomic_path(self.root / "results.parquet") as tmp:
             results.to_parquet(tmp, index=False)
         cparts = sorted(self.units_dir.glob("*.curves.parquet")) if self.units_dir.exists() else []
-        curves = pd.concat([pd.read_parquet(p) for p in cparts], ignore_index=True) if cparts else pd.DataFrame(columns=CURVE_COLUMNS)
-        curves = curves.sort_values(["model", "method", "setting", "metric", "image_id", "step"], kind="stable").reset_index(drop=True)
+        curves = (
+            pd.concat([pd.read_parquet(p) for p in cparts], ignore_index=True)
+            if cparts
+            else pd.DataFrame(columns=CURVE_COLUMNS)
+        )
+        curves = curves.sort_values(
+            ["model", "method", "setting", "metric", "image_id", "step"], kind="stable"
+        ).reset_index(drop=True)
         with atomic_path(self.root / "curves.parquet") as tmp:
             curves.to_parquet(tmp, index=False)
         return results
@@ -156,7 +179,3 @@ class RunStore:
 
         group = zarr.open_group(str(self.zarr_path), mode="r")
         return np.asarray(group[setting_key(model, method, setting)][index])
-
-    def read_json(self, name: str) -> Any:
-        p = self.analyses / name
-        return json.loads(p.read_text()) if p.exists() else None

@@ -21,26 +21,46 @@ def resolve_splits(data: Path, test: Path | None) -> tuple[Path, Path | None]:
 def read_pair(data: Path, test: Path | None, *, masks: str = "none") -> tuple[xdata.Dataset, xdata.Dataset | None]:
     """Training data normalised with its own per-channel mean/SD; test data with the same values and classes."""
     data, test = resolve_splits(data, test)
-    train_ds = xdata.load_folder(data, normalise="dataset", masks=masks) if data.suffix != ".npz" else xdata.load_npz(data, normalise="dataset")
+    train_ds = (
+        xdata.load_folder(data, normalise="dataset", masks=masks)
+        if data.suffix != ".npz"
+        else xdata.load_npz(data, normalise="dataset")
+    )
     test_ds = None
     if test is not None:
         norm = (train_ds.mean, train_ds.std)
         if Path(test).suffix == ".npz":
             test_ds = xdata.load_npz(test, normalise=norm)
         else:
-            test_ds = xdata.load_folder(test, normalise=norm, masks=masks, classes=train_ds.classes,
-                                        resize=tuple(train_ds.shape[1:]))
+            test_ds = xdata.load_folder(
+                test, normalise=norm, masks=masks, classes=train_ds.classes, resize=tuple(train_ds.shape[1:])
+            )
         if test_ds.shape != train_ds.shape:
-            raise DataError(f"Test images in {test} have shape {list(test_ds.shape)} but training images have {list(train_ds.shape)}.")
+            raise DataError(
+                f"Test images in {test} have shape {list(test_ds.shape)} but training images have {list(train_ds.shape)}."
+            )
     if train_ds.num_classes < 2:
         raise DataError(f"The training data {data} has {train_ds.num_classes} class; training needs at least 2.")
     return train_ds, test_ds
 
 
 def run_train(
-    *, data: Path, out: Path, arch: str = "small_cnn", test: Path | None = None, epochs: int = 15, lr: float = 3e-3,
-    batch_size: int = 32, seed: int = 0, width: int = 16, weight_decay: float = 0.0, augment: bool = False,
-    device: str = "cpu", progress: bool = True, schedule: str = "cosine", console=None,
+    *,
+    data: Path,
+    out: Path,
+    arch: str = "small_cnn",
+    test: Path | None = None,
+    epochs: int = 15,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    width: int = 16,
+    weight_decay: float = 0.0,
+    augment: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+    schedule: str = "cosine",
+    console=None,
 ):
     """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""
     from xaiscope.models.train import init_model, save, train
@@ -48,7 +68,9 @@ def run_train(
 
     out = Path(out)
     if out.suffix.lower() == ".json":
-        raise ConfigError(f"--out {out} must be the weights file (e.g. model.pt); the .json sidecar is written beside it.")
+        raise ConfigError(
+            f"--out {out} must be the weights file (e.g. model.pt); the .json sidecar is written beside it."
+        )
     from xaiscope.io import ensure_dir
 
     ensure_dir(out.parent)  # an unwritable output fails now, not after training
@@ -56,14 +78,39 @@ def run_train(
     train_ds, test_ds = read_pair(data, test)
     kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
     model = init_model(arch, seed=seed, **kwargs)
-    res = train(model, train_ds, test=test_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                weight_decay=weight_decay, device=dev, augment=augment, progress=progress, schedule=schedule)
+    res = train(
+        model,
+        train_ds,
+        test=test_ds,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        weight_decay=weight_decay,
+        device=dev,
+        augment=augment,
+        progress=progress,
+        schedule=schedule,
+    )
     extra = {
-        "train_acc": res.train_acc, "test_acc": res.test_acc, "seconds": round(res.seconds, 3), "history": res.history,
-        "settings": res.settings, "data": str(train_ds.source), "test_data": None if test_ds is None else str(test_ds.source),
+        "train_acc": res.train_acc,
+        "test_acc": res.test_acc,
+        "seconds": round(res.seconds, 3),
+        "history": res.history,
+        "settings": res.settings,
+        "data": str(train_ds.source),
+        "test_data": None if test_ds is None else str(test_ds.source),
     }
-    save(res.model, out, arch=arch, arch_kwargs=kwargs, classes=train_ds.classes, input_size=list(train_ds.shape),
-         normalisation={"mean": train_ds.mean, "std": train_ds.std}, extra=extra)
+    save(
+        res.model,
+        out,
+        arch=arch,
+        arch_kwargs=kwargs,
+        classes=train_ds.classes,
+        input_size=list(train_ds.shape),
+        normalisation={"mean": train_ds.mean, "std": train_ds.std},
+        extra=extra,
+    )
     if console is not None:
         test_txt = "" if res.test_acc is None else f", test accuracy {res.test_acc:.4f} ({len(test_ds)} images)"
         console.print(f"train accuracy {res.train_acc:.4f} ({len(train_ds)} images){test_txt}; {res.seconds:.1f} s")

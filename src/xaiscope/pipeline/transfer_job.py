@@ -44,14 +44,32 @@ def auto_sources(data: Path) -> dict[str, dict]:
 
 def _read_source(path: Path) -> xdata.Dataset:
     path, _ = resolve_splits(path, None)
-    return xdata.load_folder(path, normalise="dataset", masks="none") if path.suffix != ".npz" else xdata.load_npz(path, normalise="dataset")
+    return (
+        xdata.load_folder(path, normalise="dataset", masks="none")
+        if path.suffix != ".npz"
+        else xdata.load_npz(path, normalise="dataset")
+    )
 
 
 def run_transfer(
-    *, data: Path, out: Path, pretrain_data: list[str] | None = None, arch: str = "small_vgg", freeze: list[int] = (0, 1, 2, 3),
-    seeds: int = 3, methods: list[str] = ("saliency", "integrated_gradients", "gradcam"), metrics: list[str] | None = None,
-    epochs: int = 10, pretrain_epochs: int = 10, lr: float = 3e-3, batch_size: int = 32, width: int = 16,
-    max_images: int = 100, test: Path | None = None, device: str = "cpu", console=None,
+    *,
+    data: Path,
+    out: Path,
+    pretrain_data: list[str] | None = None,
+    arch: str = "small_vgg",
+    freeze: list[int] = (0, 1, 2, 3),
+    seeds: int = 3,
+    methods: list[str] = ("saliency", "integrated_gradients", "gradcam"),
+    metrics: list[str] | None = None,
+    epochs: int = 10,
+    pretrain_epochs: int = 10,
+    lr: float = 3e-3,
+    batch_size: int = 32,
+    width: int = 16,
+    max_images: int = 100,
+    test: Path | None = None,
+    device: str = "cpu",
+    console=None,
 ) -> dict:
     """Run the study and write ``runs.csv``/``runs.parquet``, ``effects.csv``/``effects.parquet``, ``transfer.png``, ``summary.json``."""
     from xaiscope.analyses.transfer import DEFAULT_METRICS, plot_transfer, transfer_study
@@ -75,13 +93,28 @@ def run_transfer(
         for name, params in auto_sources(Path(data)).items():
             ds, _ = make_dataset(**params)
             sources[name] = normalise_dataset(ds, "dataset")
-            described[name] = f"generated: {json.dumps({k: params[k] for k in ('background', 'rule', 'seed', 'n_train')})}"
+            described[name] = (
+                f"generated: {json.dumps({k: params[k] for k in ('background', 'rule', 'seed', 'n_train')})}"
+            )
     ensure_dir(out)
     say = (lambda text: console.print(text)) if console is not None else None
     res = transfer_study(
-        train_ds, test_ds, sources, arch=arch, freeze=freeze, seeds=seeds, methods=methods,
-        metrics=metrics or DEFAULT_METRICS, epochs=epochs, pretrain_epochs=pretrain_epochs, lr=lr, batch_size=batch_size,
-        width=width, max_images=max_images, device=dev, progress=say,
+        train_ds,
+        test_ds,
+        sources,
+        arch=arch,
+        freeze=freeze,
+        seeds=seeds,
+        methods=methods,
+        metrics=metrics or DEFAULT_METRICS,
+        epochs=epochs,
+        pretrain_epochs=pretrain_epochs,
+        lr=lr,
+        batch_size=batch_size,
+        width=width,
+        max_images=max_images,
+        device=dev,
+        progress=say,
     )
     for name, df in (("runs", res.runs), ("effects", res.effects)):
         write_text(out / f"{name}.csv", df.to_csv(index=False))
@@ -93,9 +126,14 @@ def run_transfer(
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    summary = {"settings": res.settings, "data": str(train_ds.source), "test": str(test_ds.source), "sources": described,
-               "n_runs": int(res.runs[["source", "frozen_blocks", "seed"]].drop_duplicates().shape[0]),
-               "files": ["runs.csv", "runs.parquet", "effects.csv", "effects.parquet", "transfer.png"]}
+    summary = {
+        "settings": res.settings,
+        "data": str(train_ds.source),
+        "test": str(test_ds.source),
+        "sources": described,
+        "n_runs": int(res.runs[["source", "frozen_blocks", "seed"]].drop_duplicates().shape[0]),
+        "files": ["runs.csv", "runs.parquet", "effects.csv", "effects.parquet", "transfer.png"],
+    }
     write_json(out / "summary.json", summary)
     if console is not None:
         acc = res.runs.groupby(["source", "frozen_blocks"])["test_acc"].mean()
@@ -103,6 +141,8 @@ def run_transfer(
             console.print(f"{source:>24} L={L}: mean test accuracy {a:.3f}")
         eff = res.effects[~res.effects["term"].isin(["intercept", "test_acc"])]
         for _, r in eff.iterrows():
-            console.print(f"{r['method']} / {r['metric']}: {r['term']} {r['coef']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")
+            console.print(
+                f"{r['method']} / {r['metric']}: {r['term']} {r['coef']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+            )
         console.print(f"wrote {out}")
     return summary

@@ -7,7 +7,6 @@ driver commits the result, so resume and ``--force`` behave the same.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,21 +104,36 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
             vals = values.detach().cpu().numpy()
             for i, id_ in enumerate(inp.ids):
                 for step, f in enumerate(fr):
-                    curve_rows.append({"image_id": id_, **base, "metric": name, "step": step, "fraction": float(f),
-                                       "value": float(vals[i, step])})
+                    curve_rows.append(
+                        {
+                            "image_id": id_,
+                            **base,
+                            "metric": name,
+                            "step": step,
+                            "fraction": float(f),
+                            "value": float(vals[i, step]),
+                        }
+                    )
         else:
             scores = metric(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
         for i, (id_, s) in enumerate(zip(inp.ids, scores.detach().cpu().tolist())):
-            rows.append({"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)})
+            rows.append(
+                {"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)}
+            )
     if not inp.metrics:  # keep a row per image so the unit is visible in the results
         for i, id_ in enumerate(inp.ids):
-            rows.append({"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": "none", "value": float("nan")})
+            rows.append(
+                {
+                    "image_id": id_,
+                    "label": labels[i],
+                    "target": targets[i],
+                    **base,
+                    "metric": "none",
+                    "value": float("nan"),
+                }
+            )
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     results["label"] = results["label"].astype("int64")
     results["target"] = results["target"].astype("int64")
     curves = pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
     return a.detach().cpu().numpy(), results, curves
-
-
-def settings_json(hparams: tuple) -> str:
-    return json.dumps(dict(hparams), sort_keys=True)

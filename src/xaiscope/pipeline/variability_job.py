@@ -35,16 +35,18 @@ from xaiscope.pipeline.inputs import (
     build_explainers,
     check_model_fits,
     open_data,
-    settle_batch_size,
     resolve_device,
+    settle_batch_size,
 )
 
 
 def _fits(res, n_boot: int, seed: int) -> dict[str, Any]:
     x_acc, x_sd, y = res.correct_mean.numpy(), res.correct_sd.numpy(), res.attention_sd.numpy()
     out = {}
-    for key, fn, x, xname in (("quadratic_vs_mean_accuracy", quadratic, x_acc, "correct_mean"),
-                              ("linear_vs_accuracy_sd", linear, x_sd, "correct_sd")):
+    for key, fn, x, xname in (
+        ("quadratic_vs_mean_accuracy", quadratic, x_acc, "correct_mean"),
+        ("linear_vs_accuracy_sd", linear, x_sd, "correct_sd"),
+    ):
         try:
             out[key] = {"x": xname, "y": "attention_sd", **fn(x, y, n_boot=n_boot, seed=seed).to_dict()}
         except DataError as e:
@@ -60,8 +62,10 @@ def _plot_fits(res, fits: dict, method: str, path: Path) -> None:
 
     y = res.attention_sd.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
-    for ax, key, x, label in ((axes[0], "quadratic_vs_mean_accuracy", res.correct_mean.numpy(), "mean accuracy over models"),
-                              (axes[1], "linear_vs_accuracy_sd", res.correct_sd.numpy(), "accuracy SD over models")):
+    for ax, key, x, label in (
+        (axes[0], "quadratic_vs_mean_accuracy", res.correct_mean.numpy(), "mean accuracy over models"),
+        (axes[1], "linear_vs_accuracy_sd", res.correct_sd.numpy(), "accuracy SD over models"),
+    ):
         ax.scatter(x, y, s=8, alpha=0.6)
         f = fits[key]
         if "coefficients" in f:
@@ -89,7 +93,9 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
         img = display_image(ds.x[i])
         axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[0].set_axis_off()
-        axes[0].set_title(f"{ds.ids[i]} ({ds.classes[int(ds.y[i])]}, accuracy {float(res.correct_mean[i]):.2f})", fontsize=8)
+        axes[0].set_title(
+            f"{ds.ids[i]} ({ds.classes[int(ds.y[i])]}, accuracy {float(res.correct_mean[i]):.2f})", fontsize=8
+        )
         overlay(axes[1], ds.x[i], res.mean_map[i], title="mean map")
         im = axes[2].imshow(res.sd_map[i].numpy(), cmap="viridis")
         axes[2].set_axis_off()
@@ -101,9 +107,21 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
 
 
 def run_variability(
-    *, collection: Path, data: Path, methods: list[str], out: Path, params: dict[str, dict[str, Any]] | None = None,
-    normalise: str = "sum_to_one", signed: bool = False, foreground: str = "none", pair_images: int | None = 64,
-    n_boot: int = 1000, seed: int = 0, top: int = 3, batch_size: int | str = 64, device: str = "cpu",
+    *,
+    collection: Path,
+    data: Path,
+    methods: list[str],
+    out: Path,
+    params: dict[str, dict[str, Any]] | None = None,
+    normalise: str = "sum_to_one",
+    signed: bool = False,
+    foreground: str = "none",
+    pair_images: int | None = 64,
+    n_boot: int = 1000,
+    seed: int = 0,
+    top: int = 3,
+    batch_size: int | str = 64,
+    device: str = "cpu",
     trust_model: bool = False,
 ) -> dict[str, Any]:
     """Run the variability analysis for every method over the collection (module docstring)."""
@@ -132,8 +150,12 @@ def run_variability(
         first = next(iter_models(files[:1], dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]))
         check_model_fits(first, ds, dev)
         batch_size, explainers = settle_batch_size(batch_size, first, ds, dev, explainers, params)
-    accs = {ex.name: VariabilityAccumulator(ds, ex, normalise=normalise, signed=signed, foreground=fg,
-                                            batch_size=batch_size, pair_images=pair_images) for ex in explainers}
+    accs = {
+        ex.name: VariabilityAccumulator(
+            ds, ex, normalise=normalise, signed=signed, foreground=fg, batch_size=batch_size, pair_images=pair_images
+        )
+        for ex in explainers
+    }
     for model in iter_models(files, dev, trust_model=trust_model, num_classes=n_cls, in_channels=ds.shape[0]):
         check_model_fits(model, ds, dev)
         for acc in accs.values():
@@ -147,8 +169,14 @@ def run_variability(
         path = out / "maps" / f"{safe_name(name)}.npz"
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, mean_map=res.mean_map.numpy(), sd_map=res.sd_map.numpy(), ids=np.array(res.ids),
-                                    pairwise=res.pairwise.numpy(), model_accuracy=res.model_accuracy.numpy())
+                np.savez_compressed(
+                    f,
+                    mean_map=res.mean_map.numpy(),
+                    sd_map=res.sd_map.numpy(),
+                    ids=np.array(res.ids),
+                    pairwise=res.pairwise.numpy(),
+                    model_accuracy=res.model_accuracy.numpy(),
+                )
         _stable_images(ds, res, name, out, min(top, len(ds)))
         _plot_fits(res, fits[name], name, out / "plots" / f"{safe_name(name)}.png")
         model_acc = res.model_accuracy.tolist()
@@ -160,9 +188,21 @@ def run_variability(
     table.to_parquet(buf, index=False)
     write_bytes(out / "variability.parquet", buf.getvalue())
     write_json(out / "fits.json", fits)
-    summary = {"collection": str(collection), "models": [f.name for f in files], "model_accuracy": model_acc,
-               "data": str(data), "n_images": len(ds), "methods": {ex.name: ex.hparams for ex in explainers},
-               "normalise": normalise, "signed": signed, "foreground": foreground, "pair_images": pair_images,
-               "n_boot": n_boot, "seed": seed, "ddof": 0, "passes": passes}
+    summary = {
+        "collection": str(collection),
+        "models": [f.name for f in files],
+        "model_accuracy": model_acc,
+        "data": str(data),
+        "n_images": len(ds),
+        "methods": {ex.name: ex.hparams for ex in explainers},
+        "normalise": normalise,
+        "signed": signed,
+        "foreground": foreground,
+        "pair_images": pair_images,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ddof": 0,
+        "passes": passes,
+    }
     write_json(out / "summary.json", summary)
     return summary

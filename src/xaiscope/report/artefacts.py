@@ -64,8 +64,12 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 def json_table(obj: Any) -> pd.DataFrame:
     """A table from parsed JSON: a list of flat records as rows, anything else as key/value pairs."""
-    if isinstance(obj, list) and obj and all(isinstance(r, dict) for r in obj) and \
-            all(not isinstance(v, (dict, list)) for r in obj for v in r.values()):
+    if (
+        isinstance(obj, list)
+        and obj
+        and all(isinstance(r, dict) for r in obj)
+        and all(not isinstance(v, (dict, list)) for r in obj for v in r.values())
+    ):
         return pd.DataFrame(obj)
     return pd.DataFrame(_flatten(obj), columns=["key", "value"])
 
@@ -86,7 +90,9 @@ def collect(root: Path, *, max_figures: int = 48, max_png_bytes: int = 4_000_000
     files: list[tuple[Path, Path]] = []
     for base in (root / "figures", root / "analyses"):
         if base.is_dir():
-            files += [(p, p.relative_to(root)) for p in sorted(base.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+            files += [
+                (p, p.relative_to(root)) for p in sorted(base.rglob("*")) if p.is_file() and not p.name.startswith(".")
+            ]
     tables_seen: set[tuple[Path, str]] = set()
     # prefer parquet, then csv, then json for summaries with the same stem in the same folder
     order = {".parquet": 0, ".csv": 1, ".json": 2}

@@ -23,8 +23,12 @@ import torch
 
 from xaiscope import explain
 
-NORMALISATIONS = {"max": "per-image max", "dataset_max": "dataset max", "p99": "per-image p99",
-                  "dataset_p99": "dataset p99"}
+NORMALISATIONS = {
+    "max": "per-image max",
+    "dataset_max": "dataset max",
+    "p99": "per-image p99",
+    "dataset_p99": "dataset p99",
+}
 
 
 def pick_examples(y: torch.Tensor, n: int) -> list[int]:
@@ -49,8 +53,9 @@ def scale_rows(n_images: int, pixels: int, picks: list[int], *, budget: int, blo
     return sorted(rows | set(picks))
 
 
-def normalised_maps(read: Any, n_images: int, picks: list[int], *, budget: int = 2**24, block: int = 32,
-                    chunk_values: int = 2**22) -> dict[str, np.ndarray]:
+def normalised_maps(
+    read: Any, n_images: int, picks: list[int], *, budget: int = 2**24, block: int = 32, chunk_values: int = 2**22
+) -> dict[str, np.ndarray]:
     """The maps of images ``picks`` in the four normalisations, each ``[len(picks), H, W]`` in [0, 1].
 
     ``read(index)`` returns raw attributions ``[n, C, H, W]`` of rows ``index`` (a slice) of

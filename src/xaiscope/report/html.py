@@ -111,7 +111,8 @@ class RunView:
         if not (root / "results.parquet").exists():
             raise OutputError(
                 f"{root} is not a finished xaiscope run: results.parquet is missing "
-                f"(run 'xaiscope run' on its config to finish it).")
+                f"(run 'xaiscope run' on its config to finish it)."
+            )
         try:
             self.results = self.store.results()
             self.curves = self.store.curves()
@@ -119,7 +120,9 @@ class RunView:
             raise OutputError(f"The results tables in {root} cannot be read ({e}).") from None
         missing = {"model", "method", "setting", "metric", "value"} - set(self.results.columns)
         if missing:
-            raise OutputError(f"{root / 'results.parquet'} is not an xaiscope results table (no column {min(missing)!r}).")
+            raise OutputError(
+                f"{root / 'results.parquet'} is not an xaiscope results table (no column {min(missing)!r})."
+            )
         self.results = self.results[self.results["metric"] != "none"]
         self.manifest = self._manifest()
         self.config_text = self.store.read_config_text()
@@ -127,8 +130,10 @@ class RunView:
         self.cfg = self._config()
         self.analyses = root / "analyses"
         self.ranking_meta = self._json("ranking.json") or {}
-        self.baselines = tuple(self.ranking_meta.get("baselines")
-                               or (self.cfg.analyses.ranking.baselines if self.cfg and self.cfg.analyses.ranking else DEFAULT_BASELINES))
+        self.baselines = tuple(
+            self.ranking_meta.get("baselines")
+            or (self.cfg.analyses.ranking.baselines if self.cfg and self.cfg.analyses.ranking else DEFAULT_BASELINES)
+        )
         self.directions = self._directions()
         self.models = list(dict.fromkeys(self.results["model"]))
         self.methods = self._method_order()
@@ -222,10 +227,19 @@ def ranking_section(run: RunView) -> list[dict[str, Any]]:
         rows = []
         for _, r in df.iterrows():
             base = bool(r.get("is_baseline", r["method"] in run.baselines))
-            rows.append({"cls": "baseline" if base else "",
-                         "cells": [cell(r["method"], badge=base)] + [cell(r[c]) for c in cols]})
-        out.append({"model": model, "table": {"columns": names, "rows": rows, "note": ""},
-                    "figure": data_uri(plots.mean_ranks(df.assign(is_baseline=df.get("is_baseline", False))))})
+            rows.append(
+                {
+                    "cls": "baseline" if base else "",
+                    "cells": [cell(r["method"], badge=base)] + [cell(r[c]) for c in cols],
+                }
+            )
+        out.append(
+            {
+                "model": model,
+                "table": {"columns": names, "rows": rows, "note": ""},
+                "figure": data_uri(plots.mean_ranks(df.assign(is_baseline=df.get("is_baseline", False)))),
+            }
+        )
     return out
 
 
@@ -248,12 +262,18 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
     columns = ["model", "method", "setting"] + [m + arrows.get(run.directions.get(m, ""), "") for m in metrics]
     rows = []
     groups = res.groupby(["model", "method", "setting"], sort=False)
-    keys = sorted(groups.groups, key=lambda k: (run.models.index(k[0]), run.methods.index(k[1]),
-                                                 k[2] != run.defaults.get(k[1]), k[2]))
+    keys = sorted(
+        groups.groups,
+        key=lambda k: (run.models.index(k[0]), run.methods.index(k[1]), k[2] != run.defaults.get(k[1]), k[2]),
+    )
     for model, method, setting in keys:
         g = groups.get_group((model, method, setting))
         base = method in run.baselines
-        cells = [cell(model), cell(method, badge=base), cell(setting + (" (default)" if setting == run.defaults.get(method) and setting != "default" else ""))]
+        cells = [
+            cell(model),
+            cell(method, badge=base),
+            cell(setting + (" (default)" if setting == run.defaults.get(method) and setting != "default" else "")),
+        ]
         for m in metrics:
             mean, half, n, n_nan = mean_ci(g.loc[g["metric"] == m, "value"].to_numpy())
             if n == 0:
@@ -272,8 +292,11 @@ def nan_section(run: RunView) -> dict[str, Any]:
     counts = pd.DataFrame({"NaN scores": g.sum().astype(int), "images": g.size()}).reset_index()
     counts = counts[counts["NaN scores"] > 0]
     skipped = run.manifest.get("skipped_images") or {}
-    skipped_rows = [{"model": str(m), "count": len(ids), "ids": [str(i) for i in ids]}
-                    for m, ids in (skipped.items() if isinstance(skipped, dict) else []) if ids]
+    skipped_rows = [
+        {"model": str(m), "count": len(ids), "ids": [str(i) for i in ids]}
+        for m, ids in (skipped.items() if isinstance(skipped, dict) else [])
+        if ids
+    ]
     return {"nan": table_from_df(counts) if len(counts) else None, "skipped": skipped_rows}
 
 
@@ -308,8 +331,12 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
         for method in run.methods:
             setting = run.defaults.get(method)
             try:
-                per_norm = normalised_maps(functools.partial(run.store.attributions, model, method, setting), len(ds), picks,
-                                           block=cfg.unit_images)
+                per_norm = normalised_maps(
+                    functools.partial(run.store.attributions, model, method, setting),
+                    len(ds),
+                    picks,
+                    block=cfg.unit_images,
+                )
             except (KeyError, FileNotFoundError, ValueError) as e:  # no stored array for this triple
                 run.notes.append(f"No stored attributions for {model} / {method} / {setting} ({type(e).__name__}).")
                 continue
@@ -318,8 +345,14 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
         if not maps["max"]:
             continue
         srcs = {k: data_uri(plots.example_grid(ds.x[picks], masks, maps[k], row_labels)) for k in NORMALISATIONS}
-        out.append({"model": model, "srcs": srcs, "default": "max",
-                    "rows": [{"id": str(ds.ids[i]), "label": lab, "index": int(i)} for i, lab in zip(picks, labels)]})
+        out.append(
+            {
+                "model": model,
+                "srcs": srcs,
+                "default": "max",
+                "rows": [{"id": str(ds.ids[i]), "label": lab, "index": int(i)} for i, lab in zip(picks, labels)],
+            }
+        )
     return out
 
 
@@ -331,7 +364,12 @@ def distributions_section(run: RunView) -> list[dict[str, str]]:
             continue
         metrics = list(dict.fromkeys(df["metric"]))
         methods = [m for m in run.methods if m in set(df["method"])]
-        out.append({"model": model, "src": data_uri(plots.metric_distributions(df, metrics, methods, run.baselines, run.directions))})
+        out.append(
+            {
+                "model": model,
+                "src": data_uri(plots.metric_distributions(df, metrics, methods, run.baselines, run.directions)),
+            }
+        )
     return out
 
 
@@ -361,10 +399,15 @@ def sensitivity_section(run: RunView) -> dict[str, Any] | None:
         if maps is not None and not maps.empty:
             sub = maps[(maps["model"] == model) & (maps["method"] == method)]
             if len(sub):
-                item["maps"] = data_uri(plots.sensitivity_maps(sub, f"{model} / {method}: maps against the default setting"))
+                item["maps"] = data_uri(
+                    plots.sensitivity_maps(sub, f"{model} / {method}: maps against the default setting")
+                )
         if scores is not None and not scores.empty:
-            sub = scores[(scores["model"] == model) & (scores["method"] == method)
-                         & (scores["setting"] != run.defaults.get(method))]
+            sub = scores[
+                (scores["model"] == model)
+                & (scores["method"] == method)
+                & (scores["setting"] != run.defaults.get(method))
+            ]
             if len(sub):
                 item["scores"] = data_uri(plots.sensitivity_scores(sub, f"{model} / {method}: metric change"))
         figures.append(item)
@@ -381,12 +424,15 @@ def sensitivity_section(run: RunView) -> dict[str, Any] | None:
 def generic_sections(run: RunView) -> list[dict[str, Any]]:
     out = []
     for art in collect(run.root):
-        out.append({
-            "key": art.key, "title": art.title,
-            "figures": [{"caption": rel, "src": data_uri(png)} for rel, png in art.figures],
-            "tables": [{"caption": rel, "table": table_from_df(df, source=rel)} for rel, df in art.tables],
-            "left_out": art.left_out,
-        })
+        out.append(
+            {
+                "key": art.key,
+                "title": art.title,
+                "figures": [{"caption": rel, "src": data_uri(png)} for rel, png in art.figures],
+                "tables": [{"caption": rel, "table": table_from_df(df, source=rel)} for rel, df in art.tables],
+                "left_out": art.left_out,
+            }
+        )
     return out
 
 
@@ -394,8 +440,10 @@ def environment_section(run: RunView) -> dict[str, Any]:
     from xaiscope.report.artefacts import _flatten
 
     rows = [(k, v) for k, v in _flatten(run.manifest) if not k.startswith(("methods.", "metrics."))]
-    return {"manifest": table_from_df(pd.DataFrame(rows, columns=["key", "value"]), max_rows=500) if rows else None,
-            "config": run.config_text}
+    return {
+        "manifest": table_from_df(pd.DataFrame(rows, columns=["key", "value"]), max_rows=500) if rows else None,
+        "config": run.config_text,
+    }
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -404,7 +452,10 @@ def _environment() -> Any:
 
     return jinja2.Environment(
         loader=jinja2.PackageLoader("xaiscope.report", "templates"),
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
 
 
@@ -415,7 +466,9 @@ def build_context(run: RunView) -> dict[str, Any]:
         "run_dir": str(run.root),
         "version": str(run.manifest.get("xaiscope", "")),
         "dataset": run.manifest.get("dataset") or {},
-        "models": run.models, "methods": run.methods, "baselines": list(run.baselines),
+        "models": run.models,
+        "methods": run.methods,
+        "baselines": list(run.baselines),
         "n_results": len(run.results),
         "ranking": ranking_section(run),
         "metric_table": metric_table(run),
@@ -443,4 +496,3 @@ def write_report(run_dir: str | Path) -> Path:
     path = run.root / "report.html"
     write_text(path, html)
     return path
-

@@ -111,7 +111,9 @@ def example_grid(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    cax = fig.add_axes(((1.3 + mosaic.shape[1] / dpi) / fig_w, 0.1 / fig_h, 0.12 / fig_w, min(1.5, mosaic.shape[0] / dpi) / fig_h))
+    cax = fig.add_axes(
+        ((1.3 + mosaic.shape[1] / dpi) / fig_w, 0.1 / fig_h, 0.12 / fig_w, min(1.5, mosaic.shape[0] / dpi) / fig_h)
+    )
     fig.colorbar(plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1)), cax=cax)
     cax.tick_params(labelsize=7)
     if title:
@@ -119,8 +121,13 @@ def example_grid(
     return png_bytes(fig, dpi=dpi)
 
 
-def metric_distributions(scores: pd.DataFrame, metrics: Sequence[str], methods: Sequence[str],
-                         baselines: Sequence[str] = (), directions: dict[str, str] | None = None) -> bytes:
+def metric_distributions(
+    scores: pd.DataFrame,
+    metrics: Sequence[str],
+    methods: Sequence[str],
+    baselines: Sequence[str] = (),
+    directions: dict[str, str] | None = None,
+) -> bytes:
     """One box plot per metric: the per-image scores of each method (baselines grey).
 
     ``scores`` has columns method, metric, value (NaN values are left out).
@@ -136,8 +143,7 @@ def metric_distributions(scores: pd.DataFrame, metrics: Sequence[str], methods: 
         sub = scores[scores["metric"] == metric]
         data = [sub.loc[sub["method"] == m, "value"].dropna().to_numpy(float) for m in methods]
         data = [d if d.size else np.array([np.nan]) for d in data]
-        bp = ax.boxplot(data, vert=False, patch_artist=True, widths=0.6, showfliers=True,
-                        flierprops={"markersize": 2})
+        bp = ax.boxplot(data, vert=False, patch_artist=True, widths=0.6, showfliers=True, flierprops={"markersize": 2})
         for patch, m in zip(bp["boxes"], methods):
             patch.set_facecolor(BASELINE_COLOUR if m in baselines else METHOD_COLOUR)
             patch.set_alpha(0.75)
@@ -165,9 +171,14 @@ def mean_curves(curves: pd.DataFrame, metric: str, baselines: Sequence[str] = ()
         g = sub.groupby("fraction")["value"]
         mean, se = g.mean(), g.sem().fillna(0.0)
         style = {"color": BASELINE_COLOUR, "linestyle": next(dashes)} if method in baselines else {}
-        line, = ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), label=mpl_text(method), lw=1.4, **style)
-        ax.fill_between(mean.index.to_numpy(float), (mean - se).to_numpy(float), (mean + se).to_numpy(float),
-                        color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(mean.index.to_numpy(float), mean.to_numpy(float), label=mpl_text(method), lw=1.4, **style)
+        ax.fill_between(
+            mean.index.to_numpy(float),
+            (mean - se).to_numpy(float),
+            (mean + se).to_numpy(float),
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.set_xlabel("fraction of features changed", fontsize=8)
     ax.set_ylabel("model score", fontsize=8)
     ax.set_title(mpl_text(metric), fontsize=9)

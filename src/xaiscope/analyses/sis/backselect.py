@@ -184,8 +184,17 @@ def backselect(
             values[step] = vals[best]
             present[cand[best]] = False
     removed = torch.arange(1, n + 1, device=x.device)
-    return BackselectResult(units=units, start=units.from_pixels(base), order=order, values=values, removed=removed,
-                            initial_value=float(initial_value), base=base, passes=passes, calls=calls)
+    return BackselectResult(
+        units=units,
+        start=units.from_pixels(base),
+        order=order,
+        values=values,
+        removed=removed,
+        initial_value=float(initial_value),
+        base=base,
+        passes=passes,
+        calls=calls,
+    )
 
 
 def gradient_backselect(
@@ -254,5 +263,14 @@ def gradient_backselect(
     with torch.no_grad():
         values[steps - 1] = evaluate(f, masked(x, units.to_pixels(present) & base, mv)[None])[0]
     passes += 1
-    return BackselectResult(units=units, start=units.from_pixels(base), order=order, values=values, removed=removed,
-                            initial_value=float(initial_value), base=base, passes=passes, calls=passes)
+    return BackselectResult(
+        units=units,
+        start=units.from_pixels(base),
+        order=order,
+        values=values,
+        removed=removed,
+        initial_value=float(initial_value),
+        base=base,
+        passes=passes,
+        calls=passes,
+    )

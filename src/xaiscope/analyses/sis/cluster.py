@@ -131,16 +131,27 @@ class ClusterResult:
     def summary(self) -> dict:
         """A JSON-ready summary (no arrays)."""
         return {
-            "eps": self.eps, "min_samples": self.min_samples,
+            "eps": self.eps,
+            "min_samples": self.min_samples,
             "distance": "energy distance D^2" if self.squared else "energy distance D = sqrt(D^2)",
-            "n_sis": len(self.labels), "n_clusters": len(self.clusters), "n_noise": len(self.noise),
+            "n_sis": len(self.labels),
+            "n_clusters": len(self.clusters),
+            "n_noise": len(self.noise),
             "sources": sorted(set(self.sources)),
             "clusters": [
-                {"label": c.label, "size": c.size, "members": c.members, "medoid": c.medoid, "counts": c.counts,
-                 "shares": c.shares, "source_fraction": c.source_fraction}
+                {
+                    "label": c.label,
+                    "size": c.size,
+                    "members": c.members,
+                    "medoid": c.medoid,
+                    "counts": c.counts,
+                    "shares": c.shares,
+                    "source_fraction": c.source_fraction,
+                }
                 for c in self.clusters
             ],
-            "noise": self.noise, **self.extra,
+            "noise": self.noise,
+            **self.extra,
         }
 
 
@@ -211,16 +222,29 @@ def cluster(
     totals = {s: sources.count(s) for s in sorted(set(sources))}
     clusters = []
     for lab in sorted(set(labels) - {-1}):
-        mem = [i for i, l in enumerate(labels) if l == lab]
+        mem = [i for i, lab_i in enumerate(labels) if lab_i == lab]
         idx = torch.tensor(mem)
         counts = {s: sum(sources[i] == s for i in mem) for s in totals}
         sub = d[idx][:, idx]
-        clusters.append(Cluster(
-            label=lab, members=mem, mean_image=None if img is None else img[idx].mean(0),
-            mean_mask=masks[idx].double().mean(0),
-            counts=counts, shares={s: c / len(mem) for s, c in counts.items()},
-            source_fraction={s: counts[s] / totals[s] for s in totals},
-            medoid=mem[int(sub.sum(1).argmin())],
-        ))
-    return ClusterResult(labels=labels, distances=d, clusters=clusters, noise=[i for i, l in enumerate(labels) if l == -1],
-                         sources=list(sources), eps=eps, min_samples=min_samples, squared=squared)
+        clusters.append(
+            Cluster(
+                label=lab,
+                members=mem,
+                mean_image=None if img is None else img[idx].mean(0),
+                mean_mask=masks[idx].double().mean(0),
+                counts=counts,
+                shares={s: c / len(mem) for s, c in counts.items()},
+                source_fraction={s: counts[s] / totals[s] for s in totals},
+                medoid=mem[int(sub.sum(1).argmin())],
+            )
+        )
+    return ClusterResult(
+        labels=labels,
+        distances=d,
+        clusters=clusters,
+        noise=[i for i, lab_i in enumerate(labels) if lab_i == -1],
+        sources=list(sources),
+        eps=eps,
+        min_samples=min_samples,
+        squared=squared,
+    )

@@ -22,7 +22,9 @@ def class_score(model, target: int, *, output: str = "softmax", batch_size: int 
     def f(x: torch.Tensor) -> torch.Tensor:
         out = forward(model, x, batch_size=batch_size, grad=torch.is_grad_enabled())
         if target >= out.shape[1]:
-            raise ConfigError(f"Class {target} is out of range: the model has {out.shape[1]} outputs (classes 0..{out.shape[1] - 1}).")
+            raise ConfigError(
+                f"Class {target} is out of range: the model has {out.shape[1]} outputs (classes 0..{out.shape[1] - 1})."
+            )
         if output == "softmax":
             out = out.softmax(dim=1)
         return out[:, target]

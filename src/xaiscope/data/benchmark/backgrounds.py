@@ -50,7 +50,11 @@ class Source:
 def _grey(rgb: np.ndarray) -> np.ndarray:
     from skimage.color import rgb2gray
 
-    arr = rgb2gray(rgb[..., :3]) if rgb.ndim == 3 else rgb.astype(np.float64) / (255.0 if rgb.dtype == np.uint8 else max(1.0, float(rgb.max())))
+    arr = (
+        rgb2gray(rgb[..., :3])
+        if rgb.ndim == 3
+        else rgb.astype(np.float64) / (255.0 if rgb.dtype == np.uint8 else max(1.0, float(rgb.max())))
+    )
     return arr.astype(np.float32)
 
 
@@ -114,8 +118,9 @@ def _edt(fg: np.ndarray) -> np.ndarray:
     return ndimage.distance_transform_edt(np.pad(fg, 1, constant_values=False))[1:-1, 1:-1].astype(np.float32)
 
 
-def _prepare(name: str, pairs: list[tuple[np.ndarray, np.ndarray]], size: int, aligned: bool, zoom: float,
-             min_foreground: float) -> Source:
+def _prepare(
+    name: str, pairs: list[tuple[np.ndarray, np.ndarray]], size: int, aligned: bool, zoom: float, min_foreground: float
+) -> Source:
     images, fgs, dists, valids = [], [], [], []
     for img, fg in pairs:
         img = _stretch(img, fg)
@@ -153,7 +158,11 @@ def _folder_pairs(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 
     if not path.is_dir():
         raise DataError(f"The background folder {path} does not exist or is not a folder.")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
     if not files:
         raise DataError(f"The background folder {path} contains no PNG, JPEG or TIFF images.")
     pairs = []
@@ -180,8 +189,9 @@ def parse_background(spec: str) -> tuple[str, Path | None]:
     return spec, None
 
 
-def load_source(spec: str, size: int, *, aligned: bool = False, zoom: float | None = None,
-                min_foreground: float = 0.6) -> Source | None:
+def load_source(
+    spec: str, size: int, *, aligned: bool = False, zoom: float | None = None, min_foreground: float = 0.6
+) -> Source | None:
     """The prepared source for ``spec``; ``None`` for ``noise`` (drawn per image instead)."""
     name, path = parse_background(spec)
     zoom = float(DEFAULT_ZOOM[name] if zoom is None else zoom)
@@ -217,8 +227,9 @@ def border_distance(size: int) -> np.ndarray:
     return np.minimum(d[:, None], d[None, :])
 
 
-def sample(source: Source | None, n: int, size: int, rng: np.random.Generator, *, aligned: bool = False
-           ) -> dict[str, np.ndarray]:
+def sample(
+    source: Source | None, n: int, size: int, rng: np.random.Generator, *, aligned: bool = False
+) -> dict[str, np.ndarray]:
     """Draw ``n`` backgrounds: ``image`` float32 ``[n,H,W]``, ``foreground`` bool, ``dist`` float32, and provenance.
 
     Provenance arrays: ``source_index``, ``crop_y``, ``crop_x``, ``flip_h``, ``flip_v`` (``[n]``).
@@ -229,8 +240,16 @@ def sample(source: Source | None, n: int, size: int, rng: np.random.Generator, *
         image = np.broadcast_to(fields, (n, size, size)).copy()
         fg = np.ones((n, size, size), dtype=bool)
         dist = np.broadcast_to(border_distance(size), (n, size, size)).copy()
-        return {"image": image, "foreground": fg, "dist": dist, "source_index": zeros, "crop_y": zeros,
-                "crop_x": zeros, "flip_h": zeros.astype(bool), "flip_v": zeros.astype(bool)}
+        return {
+            "image": image,
+            "foreground": fg,
+            "dist": dist,
+            "source_index": zeros,
+            "crop_y": zeros,
+            "crop_x": zeros,
+            "flip_h": zeros.astype(bool),
+            "flip_v": zeros.astype(bool),
+        }
     k = len(source.images)
     src = rng.integers(0, k, size=n)
     image = np.empty((n, size, size), dtype=np.float32)
@@ -247,7 +266,7 @@ def sample(source: Source | None, n: int, size: int, rng: np.random.Generator, *
         pos = source.valid[j][np.minimum((u[sel] * source.valid[j].size).astype(np.int64), source.valid[j].size - 1)]
         ys, xs = pos // w, pos % w
         cy[sel], cx[sel] = ys, xs
-        win = lambda a: np.lib.stride_tricks.sliding_window_view(a, (size, size))[ys, xs]  # noqa: E731
+        win = lambda a, ys=ys, xs=xs: np.lib.stride_tricks.sliding_window_view(a, (size, size))[ys, xs]
         image[sel] = win(source.images[j])
         fg[sel] = win(source.foreground[j])
         dist[sel] = np.minimum(win(source.dist[j]), bd)
@@ -258,5 +277,13 @@ def sample(source: Source | None, n: int, size: int, rng: np.random.Generator, *
     for arr in (image, fg, dist):
         arr[fh] = arr[fh][:, :, ::-1]
         arr[fv] = arr[fv][:, ::-1, :]
-    return {"image": image, "foreground": fg, "dist": dist, "source_index": src.astype(np.int64), "crop_y": cy,
-            "crop_x": cx, "flip_h": fh, "flip_v": fv}
+    return {
+        "image": image,
+        "foreground": fg,
+        "dist": dist,
+        "source_index": src.astype(np.int64),
+        "crop_y": cy,
+        "crop_x": cx,
+        "flip_h": fh,
+        "flip_v": fv,
+    }

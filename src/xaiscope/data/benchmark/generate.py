@@ -75,12 +75,23 @@ def _lesion_specs(p: BenchmarkParams, y: np.ndarray, rng: np.random.Generator) -
     # largest lesion first: greedy placement packs better
     order = np.argsort(-np.where(present, area, -1.0), axis=1, kind="stable")
     take = lambda a: np.take_along_axis(a, order, axis=1)  # noqa: E731
-    return {"count": count, "present": present, "kind": take(kind), "scale": take(np.sqrt(area)).astype(np.float32),
-            "values": take(values)}
+    return {
+        "count": count,
+        "present": present,
+        "kind": take(kind),
+        "scale": take(np.sqrt(area)).astype(np.float32),
+        "values": take(values),
+    }
 
 
-def _draw(p: BenchmarkParams, source, y: np.ndarray, spec: dict[str, np.ndarray], rng: np.random.Generator,
-          forbid: np.ndarray | None):
+def _draw(
+    p: BenchmarkParams,
+    source,
+    y: np.ndarray,
+    spec: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    forbid: np.ndarray | None,
+):
     """One attempt for images with labels ``y``: background, outlines, placement (``ok`` says which fit)."""
     bg = bgs.sample(source, y.size, p.size, rng, aligned=p.aligned)
     prof = les.profiles(spec["kind"], rng, irregularity=p.irregularity)
@@ -142,7 +153,9 @@ def make_split(p: BenchmarkParams, split: str, n: int | None = None, *, source=N
     offset = rng.uniform(-p.jitter / 2, p.jitter / 2, size=(n, 1, 1)).astype(np.float32)
     pix = rng.standard_normal((n, size, size), dtype=np.float32) * np.float32(p.noise)
     b = np.clip((out["image"] - 0.4) * gain + 0.4 + offset + pix, 0, 1).astype(np.float32)
-    m, mv = les.render(out["centres"], out["prof"], out["scale"], out["present"], size, edge=p.edge, values=out["values"])
+    m, mv = les.render(
+        out["centres"], out["prof"], out["scale"], out["present"], size, edge=p.edge, values=out["values"]
+    )
     x = np.clip(b + np.float32(p.alpha) * (mv - m * b), 0, 1)
     cmask = np.zeros((n, size, size), dtype=bool)
     if p.confounder_rate > 0:
@@ -154,9 +167,16 @@ def make_split(p: BenchmarkParams, split: str, n: int | None = None, *, source=N
         x = np.where(cmask, np.float32(CONFOUNDER_VALUE), x)
     mask = m > 0
     return {
-        "image": np.round(x * 255).astype(np.uint8), "mask": mask, "confounder_mask": cmask, "y": y,
-        "background": b, "foreground": out["foreground"], "soft": m, "n_lesions": out["count"].astype(np.int64),
-        "lesion_area": mask.reshape(n, -1).sum(axis=1), "confounded": confounded,
+        "image": np.round(x * 255).astype(np.uint8),
+        "mask": mask,
+        "confounder_mask": cmask,
+        "y": y,
+        "background": b,
+        "foreground": out["foreground"],
+        "soft": m,
+        "n_lesions": out["count"].astype(np.int64),
+        "lesion_area": mask.reshape(n, -1).sum(axis=1),
+        "confounded": confounded,
         **{k: out[k] for k in ("source_index", "crop_y", "crop_x", "flip_h", "flip_v")},
     }
 
@@ -174,8 +194,11 @@ def _to_dataset(arr: dict[str, np.ndarray], p: BenchmarkParams, split: str) -> D
     extra = {"confounder": torch.from_numpy(arr["confounder_mask"][order])} if p.confounder_rate > 0 else {}
     return Dataset(
         x=torch.from_numpy(arr["image"][order].astype(np.float32) / 255.0).unsqueeze(1),
-        y=torch.from_numpy(arr["y"][order]), ids=[f"{classes[arr['y'][i]]}/{stems[i]}" for i in order],
-        classes=classes, masks=torch.from_numpy(arr["mask"][order]), extra_masks=extra,
+        y=torch.from_numpy(arr["y"][order]),
+        ids=[f"{classes[arr['y'][i]]}/{stems[i]}" for i in order],
+        classes=classes,
+        masks=torch.from_numpy(arr["mask"][order]),
+        extra_masks=extra,
         source=f"benchmark:{p.background}:seed={p.seed}:{split}",
     )
 
@@ -207,7 +230,11 @@ def _png(arr: np.ndarray) -> bytes:
 def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> list[dict]:
     classes = p.classes
     stems = _ids(arr["y"].size)
-    folders = [("", "image")] + [("masks", "mask")] + ([("confounder_masks", "confounder_mask")] if p.confounder_rate > 0 else [])
+    folders = (
+        [("", "image")]
+        + [("masks", "mask")]
+        + ([("confounder_masks", "confounder_mask")] if p.confounder_rate > 0 else [])
+    )
     for sub, _ in folders:
         for c in classes:
             (root / sub / c).mkdir(parents=True, exist_ok=True)
@@ -217,12 +244,21 @@ def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> 
         c = classes[arr["y"][i]]
         for sub, key in folders:
             jobs.append((root / sub / c / f"{stem}.png", arr[key][i]))
-        rows.append({
-            "id": f"{c}/{stem}", "label": int(arr["y"][i]), "class": c, "n_lesions": int(arr["n_lesions"][i]),
-            "lesion_area": int(arr["lesion_area"][i]), "confounder": int(arr["confounded"][i]),
-            "source_index": int(arr["source_index"][i]), "crop_y": int(arr["crop_y"][i]), "crop_x": int(arr["crop_x"][i]),
-            "flip_h": int(arr["flip_h"][i]), "flip_v": int(arr["flip_v"][i]),
-        })
+        rows.append(
+            {
+                "id": f"{c}/{stem}",
+                "label": int(arr["y"][i]),
+                "class": c,
+                "n_lesions": int(arr["n_lesions"][i]),
+                "lesion_area": int(arr["lesion_area"][i]),
+                "confounder": int(arr["confounded"][i]),
+                "source_index": int(arr["source_index"][i]),
+                "crop_y": int(arr["crop_y"][i]),
+                "crop_x": int(arr["crop_x"][i]),
+                "flip_h": int(arr["flip_h"][i]),
+                "flip_v": int(arr["flip_v"][i]),
+            }
+        )
 
     def write(job) -> None:
         path, a = job
@@ -292,13 +328,24 @@ def generate(out: str | Path, **params) -> Path:
         writer.writeheader()
         writer.writerows(rows)
         write_text(tmp / "metadata.csv", buf.getvalue())
-        write_json(tmp / "benchmark.json", {
-            "kind": "xaiscope-benchmark", "xaiscope_version": __version__, "params": p.to_dict(),
-            "classes": p.classes, "counts": counts, "confounded": confounded,
-            "truth": {"masks": "masks/<class>/<id>.png: pixels changed by a lesion",
-                      "confounder_masks": "confounder_masks/<class>/<id>.png: the corner marker" if p.confounder_rate > 0 else None},
-            "read_with": "xaiscope.data.load_folder(DIR/'train')",
-        })
+        write_json(
+            tmp / "benchmark.json",
+            {
+                "kind": "xaiscope-benchmark",
+                "xaiscope_version": __version__,
+                "params": p.to_dict(),
+                "classes": p.classes,
+                "counts": counts,
+                "confounded": confounded,
+                "truth": {
+                    "masks": "masks/<class>/<id>.png: pixels changed by a lesion",
+                    "confounder_masks": "confounder_masks/<class>/<id>.png: the corner marker"
+                    if p.confounder_rate > 0
+                    else None,
+                },
+                "read_with": "xaiscope.data.load_folder(DIR/'train')",
+            },
+        )
         _replace_dir(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

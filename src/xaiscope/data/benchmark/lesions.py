@@ -33,8 +33,9 @@ def ellipse_profiles(n: int, rng: np.random.Generator, *, max_aspect: float = 1.
     return unit_area(a * b / np.sqrt((b * np.cos(t)) ** 2 + (a * np.sin(t)) ** 2))
 
 
-def irregular_profiles(n: int, rng: np.random.Generator, *, irregularity: float = 0.6,
-                       harmonics: tuple[int, int] = (3, 6)) -> np.ndarray:
+def irregular_profiles(
+    n: int, rng: np.random.Generator, *, irregularity: float = 0.6, harmonics: tuple[int, int] = (3, 6)
+) -> np.ndarray:
     """``[n, T]`` unit-area noisy radius profiles (sum of harmonics ``k`` in ``harmonics``)."""
     ks = np.arange(harmonics[0], harmonics[1] + 1)
     amp = rng.uniform(0, 1, size=(n, ks.size))
@@ -62,8 +63,16 @@ def profiles(kind: np.ndarray, rng: np.random.Generator, *, irregularity: float 
     return np.where(kind.reshape(-1, 1) == 1, irr, ell).reshape(*kind.shape, T)
 
 
-def place(dist: np.ndarray, radius: np.ndarray, present: np.ndarray, rng: np.random.Generator, *,
-          gap: float = 2.0, forbid: np.ndarray | None = None, candidates: int = 48) -> tuple[np.ndarray, np.ndarray]:
+def place(
+    dist: np.ndarray,
+    radius: np.ndarray,
+    present: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    gap: float = 2.0,
+    forbid: np.ndarray | None = None,
+    candidates: int = 48,
+) -> tuple[np.ndarray, np.ndarray]:
     """Choose lesion centres so every lesion lies on tissue and none overlap.
 
     Parameters
@@ -127,8 +136,16 @@ def place(dist: np.ndarray, radius: np.ndarray, present: np.ndarray, rng: np.ran
     return centres, ok
 
 
-def render(centres: np.ndarray, prof: np.ndarray, scale: np.ndarray, present: np.ndarray, size: int, *,
-           edge: float = 1.5, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    centres: np.ndarray,
+    prof: np.ndarray,
+    scale: np.ndarray,
+    present: np.ndarray,
+    size: int,
+    *,
+    edge: float = 1.5,
+    values: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Soft masks of the lesions of each image.
 
     Parameters

@@ -105,8 +105,13 @@ class BenchmarkParams:
         need(0.0 <= self.confounder_rate <= 1.0, f"confounder_rate must be in [0, 1], got {self.confounder_rate}.")
         need(self.rule in RULES, f"rule must be one of {', '.join(RULES)}, got {self.rule!r}.")
         r0, r1 = self.radius
-        need(0 < r0 <= r1 <= 0.25, f"radius must satisfy 0 < min <= max <= 0.25 (fractions of size), got {self.radius}.")
-        need(r0 * self.size >= 1.5, f"radius min {r0} x size {self.size} is under 1.5 pixels; lesions would be invisible.")
+        need(
+            0 < r0 <= r1 <= 0.25, f"radius must satisfy 0 < min <= max <= 0.25 (fractions of size), got {self.radius}."
+        )
+        need(
+            r0 * self.size >= 1.5,
+            f"radius min {r0} x size {self.size} is under 1.5 pixels; lesions would be invisible.",
+        )
         v0, v1 = self.intensity
         need(0 <= v0 <= v1 <= 1, f"intensity must satisfy 0 <= min <= max <= 1, got {self.intensity}.")
         need(self.edge > 0, f"edge must be positive, got {self.edge}.")
