@@ -37,6 +37,9 @@ BATCH_SIZE = typer.Option("64", help="Most images per model call, or 'auto': tim
 MODEL = typer.Option(..., help="Model spec: file, zoo name, torchvision:NAME or package.module:factory.")
 PARAMS = typer.Option(None, "--param", "-p", help="METHOD.NAME=VALUE, repeatable.")
 DATA = typer.Option(..., help="Image folder or .npz file.")
+METHODS_HELP = "comma-separated method names, families (e.g. cams,lrp) or 'all'; see 'xaiscope methods'."
+METRICS_HELP = "comma-separated metric names, categories (e.g. faithfulness) or 'all'; see 'xaiscope metrics'."
+METHODS = typer.Option("saliency,integrated_gradients,gradcam", help=METHODS_HELP[0].upper() + METHODS_HELP[1:])
 
 
 @app.callback()
@@ -99,6 +102,7 @@ def methods() -> None:
         hp = ", ".join(f"{k}={v!r}" for k, v in inst.hparams.items() if k != "batch_size")
         table.add_row(name, cls.family, cls.library, hp or "-", _passes_text(inst))
     console.print(table)
+    _print_groups("--methods", "every method", explain.groups(), "family")
 
 
 def _passes_text(inst) -> str:
@@ -110,7 +114,7 @@ def _passes_text(inst) -> str:
 def explain_cmd(
     model: str = MODEL,
     data: Path = DATA,
-    methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
+    methods: str = METHODS,
     out: Path = OUT_DIR,
     weights: Optional[str] = WEIGHTS,
     param: Optional[list[str]] = PARAMS,
@@ -371,7 +375,7 @@ def variability_cmd(
         ..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."
     ),
     data: Path = typer.Option(..., help="Test images: folder or .npz file."),
-    methods: str = typer.Option("gradcam,lrp_epsilon_plus_flat", help="Comma-separated method names."),
+    methods: str = typer.Option("gradcam,lrp_epsilon_plus_flat", help=METHODS_HELP[0].upper() + METHODS_HELP[1:]),
     out: Path = OUT_DIR,
     param: Optional[list[str]] = PARAMS,
     normalise: str = typer.Option("sum_to_one", help="Per-map normalisation: sum_to_one, max or none."),
@@ -419,14 +423,24 @@ def metrics_cmd() -> None:
     for row in evaluate.table():
         table.add_row(row["name"], row["category"], row["direction"], row["needs"], row["passes"], row["reference"])
     console.print(table)
+    _print_groups(
+        "--metrics", "every metric the data allow (localisation only with masks)", evaluate.groups(), "category"
+    )
+
+
+def _print_groups(option: str, all_text: str, groups: dict[str, list[str]], prefix: str) -> None:
+    console.print(f"Groups for {option} (and run configs): all = {all_text}")
+    for group, members in groups.items():
+        console.print(f"  {group} = {', '.join(members)}")
+    console.print(f"A name that is both a group and a member means the member; {prefix}:NAME always means the group.")
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = MODEL,
     data: Path = DATA,
-    methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated method names."),
-    metrics: str = typer.Option(..., help="Comma-separated metric names (see 'xaiscope metrics')."),
+    methods: str = METHODS,
+    metrics: str = typer.Option(..., help=METRICS_HELP[0].upper() + METRICS_HELP[1:]),
     out: Path = typer.Option(..., help="Output Parquet file."),
     weights: Optional[str] = WEIGHTS,
     param: Optional[list[str]] = typer.Option(
@@ -526,6 +540,8 @@ def run_cmd(
     backend: Optional[str] = typer.Option(None, help="local or ray (default: the config's 'backend')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address: auto or HOST:PORT."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
+    methods: Optional[str] = typer.Option(None, help="Replace the config's methods: " + METHODS_HELP),
+    metrics: Optional[str] = typer.Option(None, help="Replace the config's metrics: " + METRICS_HELP),
 ) -> None:
     """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
     from xaiscope.pipeline.config import load_config
@@ -533,7 +549,12 @@ def run_cmd(
 
     if backend not in (None, "local", "ray"):
         raise ConfigError(f"--backend must be 'local' or 'ray', got {backend!r}.")
-    root = run(load_config(config), out=out, force=force, console=console, backend=backend, address=address)
+    cfg = load_config(
+        config,
+        methods=parse_list(methods) if methods is not None else None,
+        metrics=parse_list(metrics) if metrics is not None else None,
+    )
+    root = run(cfg, out=out, force=force, console=console, backend=backend, address=address)
     console.print(f"results: {root / 'results.parquet'}")
     if report:
         from xaiscope.report.html import write_report
@@ -643,10 +664,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err_console.print("Interrupted. Finished work is kept; run the same command again to resume.")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # usage errors (a missing option, a bad value): Click's, or the copy of Click that
+        # newer Typer releases carry
+        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
             e.show()
             sys.exit(2)
         if debug:

@@ -7,11 +7,12 @@
 >>> m.passes((1, 64, 64))                      # model passes per image
 
 Metadata per metric class: ``name``, ``category``, ``direction``, ``needs``,
-``passes_formula``, ``reference``; ``evaluate.table()`` lists them.
+``passes_formula``, ``reference``; ``evaluate.table()`` lists them. ``all`` and the
+categories (``evaluate.groups()``) name groups: ``evaluate.select(["all"], masks=False)``.
 """
 
 from xaiscope.evaluate import localisation, faithfulness, robustness, randomisation, complexity, axiomatic  # noqa: F401,I001
-from xaiscope.evaluate.base import CATEGORIES, Metric, get, get_class, names
+from xaiscope.evaluate.base import CATEGORIES, Metric, by_group, expand, get, get_class, groups, names
 
 
 def table() -> list[dict]:
@@ -30,4 +31,14 @@ def table() -> list[dict]:
     ]
 
 
-__all__ = ["CATEGORIES", "Metric", "get", "get_class", "names", "table"]
+def select(items: list[str], *, masks: bool) -> tuple[list[str], list[str]]:
+    """``(metrics, left out)``: the names ``items`` give (names, categories, ``all``). Without
+    masks, the metrics that need them are left out where only ``all`` or a category named
+    them; a metric named on its own stays (and its job reports the missing masks)."""
+    names_ = expand(items)
+    implicit = by_group(items)
+    out = [n for n in names_ if masks or n not in implicit or "mask" not in get_class(n).needs]
+    return out, [n for n in names_ if n not in out]
+
+
+__all__ = ["CATEGORIES", "Metric", "expand", "get", "get_class", "groups", "names", "select", "table"]

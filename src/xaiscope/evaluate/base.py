@@ -178,5 +178,6 @@ def _check_declaration(cls: type[Metric]) -> None:
     assert set(cls.needs) <= NEEDS, cls.needs
 
 
-_METRICS: Registry[Metric] = Registry("metric", MetricError, "xaiscope metrics", _check_declaration)
+_METRICS: Registry[Metric] = Registry("metric", MetricError, "xaiscope metrics", _check_declaration, "category")
 register, names, get_class, get = _METRICS.register, _METRICS.names, _METRICS.get_class, _METRICS.get
+groups, expand, by_group = _METRICS.groups, _METRICS.expand, _METRICS.by_group

@@ -4,10 +4,11 @@
 >>> ig = explain.get("integrated_gradients", n_steps=64)
 >>> a = ig(model, x, y)          # raw attributions [N, C, H, W]
 >>> m = explain.postprocess(a, pool="sum", normalise="max")   # maps [N, H, W]
+>>> explain.expand(["saliency", "lrp"])   # names; "all" and families (explain.groups()) expand
 """
 
 from xaiscope.explain import gradient, cam, lrp, perturbation, baselines  # noqa: F401,I001  (registration order)
-from xaiscope.explain.base import Explainer, Param, get, get_class, names
+from xaiscope.explain.base import Explainer, Param, expand, get, get_class, groups, names
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS, normalise, pool, postprocess
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "NORMALISATIONS",
     "POOLS",
     "Param",
+    "expand",
     "get",
     "get_class",
+    "groups",
     "names",
     "normalise",
     "pool",

@@ -157,6 +157,7 @@ def _fork_seed(seed: int, device: torch.device):
 
 _METHODS: Registry[Explainer] = Registry("method", MethodError, "xaiscope methods")
 register, names, get_class, get = _METHODS.register, _METHODS.names, _METHODS.get_class, _METHODS.get
+groups, expand = _METHODS.groups, _METHODS.expand
 
 
 def target_score(model: Callable, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -48,7 +48,7 @@ class CAMExplainer(Explainer):
     """Class activation mapping, M_y = sum_k w_{y,k} A_k, with A the feature maps entering
     global average pooling and w the final linear layer (Zhou et al. 2016, arXiv:1512.04150)."""
 
-    name, family, library = "cam", "cam", "xaiscope"
+    name, family, library = "cam", "cams", "xaiscope"
     params = {"relu": Param(False, bool, "clip negative values")}
 
     def _attribute(self, model, x, y):
@@ -76,7 +76,7 @@ class GradCAMExplainer(Explainer):
     """Grad-CAM: ReLU(sum_k alpha_k A_k), alpha_k = mean_ij dS_y/dA_k,ij
     (Selvaraju et al. 2017, arXiv:1610.02391), via Captum's LayerGradCam."""
 
-    name, family, library = "gradcam", "cam", "captum"
+    name, family, library = "gradcam", "cams", "captum"
     params = {"layer": LAYER, "relu": Param(True, bool, "clip negative values")}
 
     def _attribute(self, model, x, y):
@@ -104,7 +104,7 @@ class GradCAMPlusPlusExplainer(Explainer):
     closed form: alpha_kij = g^2 / (2 g^2 + sum_ab A_kab g^3), w_k = sum_ij alpha_kij ReLU(g_kij),
     M = ReLU(sum_k w_k A_k), where g = dS_y/dA."""
 
-    name, family, library = "gradcam_plus_plus", "cam", "xaiscope"
+    name, family, library = "gradcam_plus_plus", "cams", "xaiscope"
     params = {"layer": LAYER}
 
     def _attribute(self, model, x, y):
@@ -135,7 +135,7 @@ class GuidedGradCAMExplainer(Explainer):
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map
     (Selvaraju et al. 2017), via Captum's GuidedGradCam."""
 
-    name, family, library = "guided_gradcam", "cam", "captum"
+    name, family, library = "guided_gradcam", "cams", "captum"
     params = {"layer": LAYER}
 
     def _passes(self, shape):

@@ -17,9 +17,15 @@ Example::
       - saliency
       - name: integrated_gradients
         grid: {n_steps: [8, 32]}        # swept; the default setting is always included
+      - cams                            # a family: every CAM method ('all': every method)
     metrics:
       - relevance_mass_accuracy
       - {name: deletion, hparams: {steps: 10}}
+      - robustness                      # a category ('all': every metric the data allow)
+
+Group names (``all``, a method family, a metric category) stand for their members with
+default settings; a member also listed on its own keeps its own entry. Without masks,
+``all`` and ``localisation`` leave the localisation metrics out.
     analyses:
       ranking: {draws: 10000}
       sensitivity: {}
@@ -35,7 +41,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from xaiscope.errors import ConfigError
+from xaiscope.errors import ConfigError, XaiscopeError
 
 
 class _Strict(BaseModel):
@@ -185,22 +191,76 @@ class RunConfig(_Strict):
                 raise ValueError(f"{kind} name {sorted(dup)[0]!r} appears twice")
         return self
 
+    def method_entries(self) -> list[MethodConfig]:
+        """The methods to run, group names replaced by their members (see the module docstring)."""
+        from xaiscope import explain
+
+        return _expand(self.methods, explain.expand)
+
+    def metric_entries(self, masks: bool = True) -> list[MetricConfig]:
+        """The metrics to run; without ``masks``, those that need masks and only a group named are left out."""
+        from xaiscope import evaluate
+
+        out = _expand(self.metrics, evaluate.expand)
+        if masks:
+            return out
+        named = {m.name for m in self.metrics}
+        return [m for m in out if m.name in named or "mask" not in evaluate.get_class(m.name).needs]
+
     def check_names(self, source: str = "config") -> None:
         """Unknown methods, metrics or hyperparameters, as ConfigError naming the place in the file."""
         from xaiscope import evaluate, explain
-        from xaiscope.errors import XaiscopeError
 
-        for i, m in enumerate(self.methods):
+        for kind, items, expand in (
+            ("methods", self.methods, explain.expand),
+            ("metrics", self.metrics, evaluate.expand),
+        ):
+            for i, m in enumerate(items):
+                if _is_group(m.name, expand) and (m.hparams or getattr(m, "grid", None)):
+                    raise ConfigError(
+                        f"{source}: {kind}.{i} ({m.name}): a group takes no hparams or grid; "
+                        "list its members by name to set them."
+                    )
+        try:
+            methods, metrics = self.method_entries(), self.metric_entries()
+        except XaiscopeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        for m in methods:
             for s in m.settings():
                 try:
                     explain.get(m.name, **s)
                 except XaiscopeError as e:
-                    raise ConfigError(f"{source}: methods.{i} ({m.name}): {e}") from None
-        for i, m in enumerate(self.metrics):
+                    raise ConfigError(f"{source}: methods.{_index(self.methods, m)} ({m.name}): {e}") from None
+        for m in metrics:
             try:
                 evaluate.get(m.name, **m.hparams)
             except XaiscopeError as e:
-                raise ConfigError(f"{source}: metrics.{i} ({m.name}): {e}") from None
+                raise ConfigError(f"{source}: metrics.{_index(self.metrics, m)} ({m.name}): {e}") from None
+
+
+def _is_group(name: str, expand) -> bool:
+    try:
+        return expand([name]) != [name]
+    except XaiscopeError:
+        return False
+
+
+def _expand(entries: list, expand) -> list:
+    """Entries with group names (and ``all``) replaced by default-setting entries of their
+    members; an entry given by its own name keeps its place and settings."""
+    named = {e.name for e in entries if not _is_group(e.name, expand)}
+    out, seen = [], set()
+    for e in entries:
+        members = [e] if e.name in named else [type(e)(name=n) for n in expand([e.name]) if n not in named]
+        for m in members:
+            if m.name not in seen:
+                out.append(m)
+                seen.add(m.name)
+    return out
+
+
+def _index(entries: list, entry) -> int:
+    return next((i for i, e in enumerate(entries) if e.name == entry.name), 0)
 
 
 def setting_id(hparams: dict[str, Any]) -> str:
@@ -233,8 +293,9 @@ def parse_config(obj: Any, source: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a YAML config file."""
+def load_config(path: str | Path, **overrides: Any) -> RunConfig:
+    """Read and validate a YAML config file; ``overrides`` (e.g. ``methods=["all"]``) replace
+    top-level keys before validation (``None`` values are ignored)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"The config file {path} does not exist.")
@@ -246,6 +307,8 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(f"The config file {path} is not valid YAML{where}.") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"The config file {path} cannot be read ({e}).") from None
+    if isinstance(obj, dict):
+        obj = {**obj, **{k: v for k, v in overrides.items() if v is not None}}
     return parse_config(obj, str(path))
 
 

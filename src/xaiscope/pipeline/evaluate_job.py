@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from xaiscope import evaluate
+from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import atomic_path, ensure_dir
 from xaiscope.pipeline.explain_job import choose_targets
@@ -54,6 +54,8 @@ def run_evaluate(
     params = params or {}
     if not methods:
         raise ConfigError("No methods were given; pass --methods with names from 'xaiscope methods'.")
+    requested = list(metrics)
+    methods, (metrics, _) = explain.expand(methods), evaluate.select(requested, masks=True)
     unknown = [k for k in params if k not in methods and k not in metrics]
     if unknown:
         raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
@@ -65,6 +67,15 @@ def run_evaluate(
     net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
     batch_size, objs = settle_batch_size(batch_size, net, ds, dev, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
+    if ds.masks is None:
+        kept, left_out = evaluate.select(requested, masks=False)
+        mets = [m for m in mets if m.name in kept]
+        if left_out and console is not None:
+            console.print(
+                f"{ds.source} has no masks: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
+            )
+        if not mets:
+            raise MetricError(f"Every metric asked for needs masks, but the data in {ds.source} has none.")
     needs_mask = [m.name for m in mets if "mask" in m.needs]
     if needs_mask and ds.masks is None:
         raise MetricError(

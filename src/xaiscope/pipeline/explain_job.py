@@ -51,6 +51,7 @@ def run_explain(
     from xaiscope.plotting import save_overlay
 
     params = params or {}
+    methods = explain.expand(methods)
     unknown = [m for m in params if m not in methods]
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")

@@ -35,7 +35,8 @@ class RunContext:
         self.console = console
         self.device = resolve_device(cfg.device)
         ds = open_run_data(cfg)
-        need_masks = [m.name for m in cfg.metrics if "mask" in evaluate.get_class(m.name).needs]
+        metrics = cfg.metric_entries(masks=ds.masks is not None)
+        need_masks = [m.name for m in metrics if "mask" in evaluate.get_class(m.name).needs]
         if need_masks and ds.masks is None:
             raise ConfigError(
                 f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none."
@@ -53,8 +54,8 @@ class RunContext:
             self.models[m.name] = net
         self.dataset, self.skipped = self._drop_non_finite(ds)
         self.targets = {name: self._targets(net) for name, net in self.models.items()}
-        self.metrics = [(m.name, dict(m.hparams)) for m in cfg.metrics]
-        self.methods = [(m.name, s) for m in cfg.methods for s in m.settings()]
+        self.metrics = [(m.name, dict(m.hparams)) for m in metrics]
+        self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
 
     def _drop_non_finite(self, ds):
         bad = torch.zeros(len(ds), dtype=torch.bool)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xaiscope import explain
 from xaiscope.analyses.fits import linear, quadratic
 from xaiscope.analyses.variability import VariabilityAccumulator
 from xaiscope.errors import ConfigError, DataError
@@ -128,6 +129,7 @@ def run_variability(
     import pandas as pd
 
     params = params or {}
+    methods = explain.expand(methods)
     unknown = [m for m in params if m not in methods]
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")
