@@ -1,7 +1,7 @@
 """Statistics helpers: least-squares polynomial fits with seeded bootstrap confidence
 intervals, and average ranks (for Spearman correlations and AUROC).
 
-Used by the variability analysis (SPECS §5): aggregated attention SD against mean
+Used by the variability analysis: aggregated attention SD against mean
 accuracy (quadratic) and against accuracy SD (linear).
 
 Model: ``y = c_0 + c_1 x + ... + c_d x^d`` by least squares (``numpy.linalg.lstsq``);

@@ -1,4 +1,4 @@
-"""Global label-wise explanations for aligned images (SPECS §3).
+"""Global label-wise explanations for aligned images.
 
 Only meaningful when every pixel position is the same place on the imaged object
 (retina, registered MRI, the ``--aligned`` benchmark).

@@ -1,4 +1,4 @@
-"""PEPPR: progressive erasing and progressive restoration with one global pixel order (SPECS §3).
+"""PEPPR: progressive erasing and progressive restoration with one global pixel order.
 
 For label ``l`` one order of units (pixels, or ``K x K`` patches) is taken from a global
 map, most important first, and applied to every image of the set. For each fraction

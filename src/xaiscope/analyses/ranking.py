@@ -1,4 +1,4 @@
-"""Rank attribution methods across metrics (SPECS §7).
+"""Rank attribution methods across metrics.
 
 Per metric, methods are ranked by their mean score over images (1 = best; direction
 aware; ties share the average rank; a method with no finite score on a metric ranks

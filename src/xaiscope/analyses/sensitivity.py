@@ -1,4 +1,4 @@
-"""Hyperparameter sensitivity (SPECS §7): how much maps and scores move across a method's grid.
+"""Hyperparameter sensitivity: how much maps and scores move across a method's grid.
 
 For each non-default setting s of a method and each image, its map is compared with the
 default setting's map (absolute, channel-summed): Spearman rank correlation, SSIM

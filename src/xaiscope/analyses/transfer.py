@@ -1,4 +1,4 @@
-"""The pre-training study (SPECS §4): does pre-training change how well explanations localise?
+"""The pre-training study: does pre-training change how well explanations localise?
 
 Design. For each pre-training source ``s`` (``none`` = from scratch, or a dataset of a
 different task: another background family, another lesion rule), each seed and - for

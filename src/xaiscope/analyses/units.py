@@ -7,7 +7,7 @@ pixel ``(h, w)``, so a unit mask ``keep [..., U]`` becomes a pixel mask with
 ``keep[..., labels]`` (pure indexing, on any device).
 
 The masked input of a pixel mask ``m`` is ``x`` where ``m`` is True and the mask value
-(e.g. the training mean) elsewhere (SPECS §6).
+(e.g. the training mean) elsewhere.
 """
 
 from __future__ import annotations

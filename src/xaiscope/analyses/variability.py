@@ -1,4 +1,4 @@
-"""How explanations vary across a collection of models trained alike (SPECS §5).
+"""How explanations vary across a collection of models trained alike.
 
 For models ``k = 1..M`` (same data, architecture and schedule; different seeds) and
 test image ``i`` with true label ``y_i``:

@@ -2,7 +2,7 @@
 
 Decision: ``f(x) >= tau``. Backward selection (:mod:`.backselect`) gives the curve
 ``v_0 = f(x), v_1, ..., v_S`` of ``f`` after each removal; the SIS is the set still
-present at the *last* step ``j* = max{j : v_j >= tau}`` (SPECS §6). By construction it
+present at the *last* step ``j* = max{j : v_j >= tau}``. By construction it
 is sufficient (``f(x_SIS) >= tau``) and, for exact backward selection, 1-minimal: the
 step after ``j*`` tried every single removal and the best fell below ``tau``. For
 monotone additive ``f`` (sums of non-negative per-unit terms) it is also of minimum
