@@ -119,6 +119,7 @@ def _child(args: list[str], log: str, threads: int) -> None:  # runs in the fork
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     torch.set_num_threads(threads)
+    torch.seed()  # a fresh global random state, as a newly started process has (forks would share one)
     from xaiscope.cli import main
 
     try:

@@ -65,6 +65,7 @@ class Comparison:
     stale: list = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     reasons: list[tuple[str, str]] = field(default_factory=list)
+    unrecorded: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.stale or self.gone)
@@ -142,23 +143,22 @@ def compare(
     settings_changed = [u for u in stale_ids if stored[u] and stored[u]["settings"] != current[u]["settings"]]
     if settings_changed:
         out.reasons.append(("the resolved method and metric settings", f"of {plural(len(settings_changed), 'unit')}"))
-    unrecorded = [u for u in stale_ids if stored[u] is None]
-    if unrecorded:
-        out.reasons.append((plural(len(unrecorded), "unit"), "stored without a record of their inputs"))
+    out.unrecorded = sum(stored[u] is None for u in stale_ids)
     if not out.reasons and out.gone:
         out.reasons.append(("the plan of work units", f"{plural(len(out.gone), 'stored unit')} no longer in it"))
-    if not out.reasons:
-        out.reasons.append((plural(len(out.stale), "unit"), "their inputs' fingerprints"))
+    if not out.reasons and len(out.stale) > out.unrecorded:
+        out.reasons.append((plural(len(out.stale) - out.unrecorded, "unit"), "their inputs' fingerprints"))
     return out
 
 
 def changed_since(reasons: list[tuple[str, str]], place: str) -> str:
     """``"<subject> changed since <place> was written (<detail>)"`` for one reason,
-    ``"<s1> (<d1>) and <s2> (<d2>) changed since <place> was written"`` for several."""
+    ``"<s1> (<d1>) and <s2> (<d2>) changed since <place> was written"`` for several (a
+    subject that ends in parentheses takes its detail inside them)."""
     if len(reasons) == 1:
         subject, detail = reasons[0]
         return f"{subject} changed since {place} was written ({detail})"
-    items = [f"{s} ({d})" for s, d in reasons]
+    items = [f"{s[:-1]}, {d})" if s.endswith(")") else f"{s} ({d})" for s, d in reasons]
     joined = ", ".join(items[:-1]) + " and " + items[-1]
     return f"{joined} changed since {place} was written"
 
@@ -169,12 +169,22 @@ def stale_sentence(
     n_stale: int,
     *,
     n_gone: int = 0,
+    unrecorded: int = 0,
     thing: str = "unit",
     redo: str = "recompute",
 ) -> str:
-    """The one sentence a user sees when stored results no longer match their inputs."""
-    gone = f" (and drop {n_gone} that no longer belong to it)" if n_gone else ""
+    """The one sentence a user sees when stored results no longer match their inputs:
+    what changed (:func:`changed_since`), how many stored ``thing`` s carry no record of
+    their inputs, and how to proceed (``--refresh`` or ``--force``)."""
+    parts = [changed_since(reasons, place)] if reasons else []
+    if unrecorded:
+        one = unrecorded == 1
+        parts.append(
+            f"{plural(unrecorded, thing)} in {place} {'was' if one else 'were'} stored without a record of "
+            f"{'its' if one else 'their'} inputs"
+        )
+    gone = f" (and drop the {n_gone} that no longer belong to the run)" if n_gone else ""
     return (
-        f"{changed_since(reasons, place)}; use --refresh to {redo} the {plural(n_stale, 'stale ' + thing)}{gone} "
+        f"{', and '.join(parts)}; use --refresh to {redo} the {plural(n_stale, 'stale ' + thing)}{gone} "
         f"or --force to {redo} everything."
     )

@@ -269,7 +269,11 @@ def run(
     changes = fingerprints.Comparison() if force else compare_units(store, ctx, units)
     if changes:
         sentence = fingerprints.stale_sentence(
-            changes.reasons, f"the run folder {root}", len(changes.stale), n_gone=len(changes.gone)
+            changes.reasons,
+            f"the run folder {root}",
+            len(changes.stale),
+            n_gone=len(changes.gone),
+            unrecorded=changes.unrecorded,
         )
         if not refresh:
             raise StaleResultsError(sentence)
