@@ -8,8 +8,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
-from xaiscope.hashing import array_hash
 
 
 @dataclass

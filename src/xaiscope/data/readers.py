@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -33,8 +34,8 @@ import torch
 from PIL import Image
 
 from xaiscope.data.dataset import Dataset
+from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
-from xaiscope.hashing import array_hash
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 RESERVED = {"masks": "masks", "confounder_masks": "confounder"}
@@ -84,11 +85,16 @@ def _pillow_limit(limit: int) -> Iterator[None]:
 def _tiff_array(path: Path, limit: int) -> np.ndarray:
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its warnings about a damaged file become our one sentence
     try:
         with tifffile.TiffFile(path) as tf:
             shape = tuple(tf.series[0].shape) if tf.series else ()
+            if not shape or 0 in shape:
+                raise DataError(f"The image {path} cannot be read; it holds no image data (a damaged TIFF file?).")
             spatial = shape[:-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else shape
-            pixels = int(np.prod(spatial, dtype=np.int64)) if spatial else 0
+            pixels = int(np.prod(spatial, dtype=np.int64))
             if pixels > limit:
                 raise _too_large(path, pixels, limit)
             return tf.asarray()
@@ -98,6 +104,8 @@ def _tiff_array(path: Path, limit: int) -> np.ndarray:
         raise DataError(f"The image {path} cannot be decoded: it does not fit in memory.") from None
     except Exception as e:
         raise DataError(f"The image {path} cannot be read ({type(e).__name__}).") from None
+    finally:
+        log.setLevel(level)
 
 
 def _pillow_array(path: Path, limit: int) -> np.ndarray:

@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaiscope.data.hashing import state_dict_hash
 from xaiscope.errors import ModelError
-from xaiscope.hashing import state_dict_hash
 from xaiscope.models import zoo
 
 WEIGHT_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".pkl", ".bin"}

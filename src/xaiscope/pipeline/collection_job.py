@@ -90,7 +90,7 @@ def _file_hash(path: Path) -> str | None:
 
 def _identity_changes(old: dict, identity: dict, images: dict) -> list[tuple[str, str]]:
     """What differs between an existing collection and the requested one, as ``(what, detail)`` pairs."""
-    from xaiscope.hashing import short
+    from xaiscope.data.hashing import short
     from xaiscope.pipeline.fingerprints import plural
 
     changes = []
@@ -158,8 +158,8 @@ def run_collection(
     ``refresh=True`` retrains just the stale models, ``force=True`` every requested one.
     Models of a changed collection that are not requested again are dropped.
     """
+    from xaiscope.data.hashing import short
     from xaiscope.errors import StaleResultsError
-    from xaiscope.hashing import short
     from xaiscope.models.train import init_model, save, train
     from xaiscope.pipeline.fingerprints import plural, stale_sentence
     from xaiscope.pipeline.inputs import resolve_device

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from xaiscope.hashing import hash_json, short
+from xaiscope.data.hashing import hash_json, short
 
 
 def image_entries(ds) -> list[list[Any]]:

@@ -9,8 +9,8 @@ import torch
 
 from xaiscope import data as xdata
 from xaiscope import explain, models
+from xaiscope.data.hashing import derive_seed
 from xaiscope.errors import DataError, ModelError
-from xaiscope.hashing import derive_seed
 
 
 def resolve_device(device: str) -> torch.device:
@@ -30,7 +30,7 @@ def model_seed(seed: int, name: str) -> int:
     """The seed of a model's random initial weights: derived from the command's (or run's)
     ``seed`` and the model's ``name`` (its name in a run, its spec on the command line),
     so models of one run draw independent weights and the same seed and name always give
-    the same ones (:func:`xaiscope.hashing.derive_seed`)."""
+    the same ones (:func:`xaiscope.data.hashing.derive_seed`)."""
     return derive_seed(seed, name)
 
 

@@ -25,8 +25,8 @@ import torch
 
 import xaiscope
 from xaiscope import evaluate, explain, models
+from xaiscope.data.hashing import hash_json
 from xaiscope.errors import ConfigError, StaleResultsError
-from xaiscope.hashing import hash_json
 from xaiscope.pipeline import fingerprints
 from xaiscope.pipeline.config import RunConfig, dump_config, setting_id
 from xaiscope.pipeline.inputs import check_model_fits, model_seed, open_data, resolve_device

@@ -1,4 +1,4 @@
-"""Content hashes and derived seeds shared by the data, model and pipeline layers.
+"""Content hashes and derived seeds (used by the readers, the model loader and the run store).
 
 Every hash is BLAKE2b (RFC 7693) over an unambiguous byte encoding of the content, so the
 same content gives the same hex digest on every machine, and any change of a value, a
