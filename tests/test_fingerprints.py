@@ -304,3 +304,57 @@ def test_a_unit_stored_without_a_record_is_never_reused(ws, capsys):
     )
     assert run_cli(capsys, "run", "config.yaml", "--no-report", "--refresh").code == 0
     assert _manifest(ws)["units"]["computed_this_time"] == 1
+
+
+# ----------------------------------------------------------------------------- model collections
+
+
+def test_collection_keeps_fresh_models_refuses_changed_ones_and_refresh_retrains_only_those(tmp_path, capsys):
+    from PIL import Image
+
+    data, coll = tmp_path / "data", tmp_path / "coll"
+    make_folder(data, n=4)
+    args = ["collection", "--data", data, "--out", coll, "--epochs", "1", "--width", "4", "--batch-size", "4"]
+    args += ["--seeds", "2"]
+    assert run_cli(capsys, *args).code == 0
+    first = json.loads((coll / "manifest.json").read_text())
+    hashes = [m["weights_hash"] for m in first["models"]]
+    assert len(set(hashes)) == 2 and len(first["images"]) == 8
+    # a model file changed in place: refused, nothing written, then retrained alone
+    state = torch.load(coll / "seed_0001.pt", weights_only=True)
+    state["classifier.bias"] += 1.0
+    torch.save(state, coll / "seed_0001.pt")
+    before = snapshot(coll)
+    r = run_cli(capsys, *args)
+    assert_user_error(
+        r,
+        rf"model seed_0001\.pt changed since the collection {re.escape(str(coll))} was written "
+        rf"\(weights hash {HASH} -> {HASH}\); use --refresh to retrain the 1 stale model or --force to retrain "
+        r"everything\.",
+    )
+    assert snapshot(coll) == before
+    kept = (coll / "seed_0000.pt").stat().st_mtime_ns
+    assert run_cli(capsys, *args, "--refresh").code == 0
+    second = json.loads((coll / "manifest.json").read_text())
+    assert [m["status"] for m in second["models"]] == ["kept", "retrained"]
+    assert (coll / "seed_0000.pt").stat().st_mtime_ns == kept
+    assert [m["weights_hash"] for m in second["models"]] == hashes  # training is seeded: the same weights again
+    # a training image changed in place: every model is stale
+    img = data / "a" / "1.png"
+    pixels = np.asarray(Image.open(img)).copy()
+    pixels[0, 0] ^= 0x10
+    write_png(img, pixels)
+    before = snapshot(coll)
+    r = run_cli(capsys, *args)
+    assert_user_error(
+        r,
+        rf"The collection in {re.escape(str(coll))} was made with different training data \(1 image changed, "
+        r"e\.g\. a/1\); use --refresh to retrain the 2 stale models or --force to retrain everything, or choose a "
+        r"new --out\.",
+    )
+    assert snapshot(coll) == before
+    assert run_cli(capsys, *args, "--seeds", "1", "--refresh").code == 0
+    third = json.loads((coll / "manifest.json").read_text())
+    assert [(m["seed"], m["status"]) for m in third["models"]] == [(0, "retrained")]
+    assert not (coll / "seed_0001.pt").exists()  # made from the old data and not asked for again: dropped
+    assert third["models"][0]["weights_hash"] != hashes[0]
