@@ -538,7 +538,9 @@ def actmax_cmd(
     contrib_clip_pct: float = typer.Option(
         0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."
     ),
-    seed: int = typer.Option(0, help="Seed of the random start."),
+    seed: int = typer.Option(
+        0, help="Seed of the random start and of random initial weights (zoo, torchvision, factory specs)."
+    ),
     output: str = typer.Option("logit", help="Class score maximised: logit, softmax or log_softmax."),
     weights: Optional[str] = WEIGHTS,
     num_classes: Optional[int] = typer.Option(None, help="Outputs of a zoo/torchvision model without a sidecar."),
