@@ -76,7 +76,7 @@ class RunContext:
         self.normalisation = fingerprints.normalisation_of(self.dataset)
         resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
         self._settings = {
-            (n, tuple(sorted(s.items()))): hash_json(
+            (n, setting_id(s)): hash_json(
                 {
                     "method": n,
                     "hparams": explain.get(n, **{"batch_size": cfg.batch_size, **s}).hparams,
@@ -95,7 +95,7 @@ class RunContext:
         if rec is None:
             rec = fingerprints.unit_record(
                 self.model_info[unit.model]["weights_hash"],
-                self._settings[(unit.method, unit.hparams)],
+                self._settings[(unit.method, unit.setting)],
                 self.normalisation,
                 self.images[unit.start : unit.stop],
             )
