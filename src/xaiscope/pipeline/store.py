@@ -19,7 +19,7 @@ A unit is committed by first writing its attribution chunk, then renaming its pa
 file into place; a unit whose parquet file exists is finished and skipped on resume, so a
 run killed at any point resumes with no duplicate, missing or half-written rows.
 
-Each unit's parquet file carries, in its schema metadata (key ``xaiscope.unit``), the
+Each unit's parquet file carries, in its schema metadata (pandas ``attrs``, key ``xaiscope.unit``), the
 record of the inputs it was computed from: the model's weights hash, the hash of the
 method and metric settings, the normalisation, and per image its id, label, pixel hash
 and mask hash (:meth:`RunStore.unit_record`). Written in the same atomic rename as the
