@@ -29,6 +29,26 @@ def write_png(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
+def write_1bit_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black 1-bit gray PNG of ``width x height`` pixels, written row by row with
+    zlib (no image is held in memory): 20000 x 20000 pixels take about 50 kB on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    block = row * 1000
+    data = b"".join(z.compress(block) for _ in range(height // 1000)) + z.compress(row * (height % 1000)) + z.flush()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
 def make_folder(root: Path, *, n: int = 3, size: int = 16, masks: bool = False, seed: int = 0) -> Path:
     """``root/{a,b}/{0..n-1}.png`` gray 8-bit images (and ``root/masks/...`` square masks)."""
     rng = np.random.default_rng(seed)
@@ -119,6 +139,7 @@ def _child(args: list[str], log: str, threads: int) -> None:  # runs in the fork
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     torch.set_num_threads(threads)
+    torch.seed()  # a fresh global random state, as a newly started process has (forks would share one)
     from xaiscope.cli import main
 
     try:

@@ -35,7 +35,7 @@ import tifffile
 import yaml
 
 from cli_helpers import assert_user_error, run_cli, run_cli_subprocess
-from reliability_helpers import make_folder, make_npz, snapshot, temp_files, write_png
+from reliability_helpers import make_folder, make_npz, snapshot, temp_files, write_1bit_png, write_png
 from xaiscope.errors import ConfigError
 
 RUN_CONFIG = {
@@ -193,6 +193,35 @@ CASES = [
         "garbage-png",
         lambda ws, mp: ((ws / "data" / "b" / "2.png").write_bytes(b"not a png at all"), EVALUATE)[1],
         r"The image data/b/2\.png cannot be read; it is not a valid image or it is truncated",
+    ),
+    Case(
+        "decompression-bomb-png",
+        lambda ws, mp: (write_1bit_png(ws / "data" / "a" / "9.png", 20000, 20000), EXPLAIN)[1],
+        r"The image data/a/9\.png has 400,000,000 pixels, more than the limit of 89,478,485 that guards against "
+        r"decompression bombs; pass --max-image-pixels 400000000 \(or more\) if you trust it\.",
+    ),
+    Case(
+        "decompression-bomb-mask",
+        lambda ws, mp: (write_1bit_png(ws / "data" / "masks" / "b" / "1.png", 12000, 9000), ["run", "config.yaml"])[1],
+        r"The image data/masks/b/1\.png has 108,000,000 pixels, more than the limit of 89,478,485",
+    ),
+    Case(
+        "image-over-max-image-pixels",
+        lambda ws, mp: ["run", "config.yaml", "--max-image-pixels", "255"],
+        r"The image data/a/0\.png has 256 pixels, more than the limit of 255 that guards against decompression "
+        r"bombs; pass --max-image-pixels 256 \(or more\) if you trust it\.",
+    ),
+    Case(
+        "garbage-tiff",
+        lambda ws, mp: ((ws / "data" / "b" / "9.tif").write_bytes(b"II*\x00" + b"\x13" * 40), EXPLAIN)[1],
+        r"The image data/b/9\.tif cannot be read; it holds no image data \(a damaged TIFF file\?\)\.",
+    ),
+    Case(
+        "tiff-bad-first-page",
+        lambda ws, mp: ((ws / "data" / "b" / "9.tif").write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\xff" * 40), EXPLAIN)[
+            1
+        ],
+        r"The image data/b/9\.tif cannot be read \(TiffFileError\)\.",
     ),
     Case(
         "tiff-uint32",
@@ -665,3 +694,34 @@ def test_disk_full_while_writing_attributions_keeps_committed_units(ws, monkeypa
     assert r.code == 0, r.err
     assert "(1 already done)" in " ".join(r.out.split())
     assert len(pd.read_parquet(ws / "fresh" / "results.parquet")) == 6 * 2
+
+
+def test_max_image_pixels_raises_the_limit_for_a_genuinely_large_image(ws, capsys):
+    """A 1200 x 1000 image is refused under a 1,000,000-pixel limit, read under 1,200,000;
+    the limit holds for that command only."""
+    from xaiscope.data import readers
+
+    for c in ("a", "b"):
+        write_1bit_png(ws / "large" / c / "0.png", 1200, 1000)
+    args = [*EXPLAIN[:4], "large", *EXPLAIN[5:8], "out/large", "--overlays", "0"]
+    r = run_cli(capsys, *args, "--max-image-pixels", "1000000")
+    assert_user_error(
+        r,
+        r"The image large/a/0\.png has 1,200,000 pixels, more than the limit of 1,000,000 that guards against "
+        r"decompression bombs; pass --max-image-pixels 1200000 \(or more\) if you trust it\.",
+    )
+    assert not (ws / "out" / "large").exists()
+    r = run_cli(capsys, *args, "--max-image-pixels", "1200000")
+    assert r.code == 0, r.err
+    assert np.load(ws / "out" / "large" / "saliency.npz")["attributions"].shape == (2, 1, 1000, 1200)
+    assert readers._MAX_PIXELS.get() == readers.DEFAULT_MAX_IMAGE_PIXELS == 89_478_485  # Pillow's default
+
+
+def test_tiff_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    from xaiscope.data import max_image_pixels, read_image
+    from xaiscope.errors import DataError
+
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((30, 40, 3), np.uint8))
+    assert read_image(tmp_path / "rgb.tif", max_pixels=1200).shape == (3, 30, 40)
+    with max_image_pixels(1199), pytest.raises(DataError, match=r"has 1,200 pixels, more than the limit of 1,199"):
+        read_image(tmp_path / "rgb.tif")

@@ -175,7 +175,16 @@ def test_run_command_replaces_the_configs_methods_and_metrics(npz, capsys):
     import yaml
 
     path = npz / "config.yaml"
-    path.write_text(yaml.safe_dump({**_cfg(npz / "n.npz", out=str(npz / "run")), "unit_images": 4, "batch_size": 4}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **_cfg(npz / "n.npz", out=str(npz / "run")),
+                "unit_images": 4,
+                "batch_size": 4,
+                "analyses": {"ranking": {"draws": 20}},
+            }
+        )
+    )
     r = run_cli(
         capsys,
         "run",
@@ -190,3 +199,6 @@ def test_run_command_replaces_the_configs_methods_and_metrics(npz, capsys):
     res = pd.read_parquet(npz / "run" / "results.parquet")
     assert set(res.method) == set(explain.groups()["baseline"])
     assert set(res.metric) == {"sparseness", "complexity", "effective_complexity"}
+    # the analyses see the expanded methods too: every member is ranked
+    ranking = pd.read_parquet(npz / "run" / "analyses" / "ranking.parquet")
+    assert set(ranking.method) == set(explain.groups()["baseline"])

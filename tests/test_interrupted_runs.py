@@ -3,7 +3,9 @@
 The SIGKILL test starts ``xaiscope run`` in a real child process (forked from a fork
 server that imported xaiscope once, see ``reliability_helpers``), kills it with SIGKILL at
 10 seeded points, restarts it each time, and compares the final tables and the Zarr
-store with an uninterrupted run of the same config made the same way. A kill point is
+store with an uninterrupted run of the same config made the same way; once with a
+model factory that seeds itself and once with a random-weight zoo spec, whose weights
+each restart draws again under the run's seed. A kill point is
 "after K committed work units (K = 24: while consolidating), plus a delay of D seconds
 (0-30 ms, about one unit)" with K and D drawn from a seeded RNG; progress-based points
 land in the same phases on a fast or a loaded machine (a kill may hit a unit's compute,
@@ -34,14 +36,14 @@ N_UNITS = len(METHODS) * N_IMAGES // UNIT_IMAGES  # 24
 METRICS = ["sparseness", "relevance_mass_accuracy", "pointing_game", {"name": "deletion", "hparams": {"steps": 4}}]
 
 
-def _config(tmp: Path, data: Path, out: Path) -> Path:
+def _config(tmp: Path, data: Path, out: Path, spec: str = "fixture_models:seeded_cnn") -> Path:
     cfg = {
         "out": str(out),
         "seed": 0,
         "batch_size": 16,
         "unit_images": UNIT_IMAGES,
         "data": {"path": str(data)},
-        "models": [{"name": "cnn", "spec": "fixture_models:seeded_cnn"}],
+        "models": [{"name": "cnn", "spec": spec}],
         "methods": METHODS,
         "metrics": METRICS,
         "analyses": {"ranking": None, "sensitivity": None},
@@ -103,15 +105,40 @@ def setup(tmp_path_factory):
 
 def test_sigkill_at_ten_seeded_points_then_resume_gives_identical_results(setup):
     tmp, data, ref = setup
-    out = tmp / "killed"
-    cfg = _config(tmp, data, out)
-    rng = random.Random(20240610)
+    _kill_and_resume(tmp, ref, tmp / "killed", _config(tmp, data, tmp / "killed"), n_points=10, seed=20240610)
+
+
+@pytest.fixture(scope="module")
+def random_weights_reference(setup):
+    """An uninterrupted run of the same grid with a random-weight zoo spec (``small_cnn``)."""
+    tmp, data, _ = setup
+    ref = tmp / "reference_small_cnn"
+    p = start_forked(["run", _config(tmp, data, ref, "small_cnn"), "--no-report"], tmp / "reference_small_cnn.log")
+    assert _wait(p) == 0, (tmp / "reference_small_cnn.log").read_text()
+    return ref
+
+
+def test_sigkill_then_resume_with_a_random_weight_spec_gives_identical_results(setup, random_weights_reference):
+    """Every restart draws the model again: seeded, it is the same model, so the resumed units
+    fit the ones committed before the kill, and the whole equals the uninterrupted run."""
+    tmp, data, _ = setup
+    out = tmp / "killed_small_cnn"
+    cfg = _config(tmp, data, out, "small_cnn")
+    _kill_and_resume(tmp, random_weights_reference, out, cfg, n_points=6, seed=20240611)
+    manifest = RunStore(out).read_manifest()
+    assert manifest["models"] == RunStore(random_weights_reference).read_manifest()["models"]
+    assert manifest["models"]["cnn"]["init_seed"] is not None
+
+
+def _kill_and_resume(tmp: Path, ref: Path, out: Path, cfg: Path, *, n_points: int, seed: int) -> None:
+    """Start, SIGKILL and restart ``xaiscope run`` at ``n_points`` seeded points, finish it, compare with ``ref``."""
+    rng = random.Random(seed)
     # kill points: after K committed units (K = 0 .. N_UNITS; N_UNITS = while consolidating) plus a small delay
-    points = sorted(rng.sample(range(0, N_UNITS + 1), 10))
+    points = sorted(rng.sample(range(0, N_UNITS + 1), n_points))
     points = [(k, rng.uniform(0.0, 0.03)) for k in points]  # a unit takes ~10-50 ms: lands within the next unit or two
     killed, seen = 0, []
     for i, (k, delay) in enumerate(points):
-        log = tmp / f"kill{i}.log"
+        log = tmp / f"{out.name}_kill{i}.log"
         proc = start_forked(["run", cfg, "--no-report"], log)
         deadline = time.time() + 240
         while proc.is_alive() and _units(out) < k and time.time() < deadline:
@@ -130,11 +157,12 @@ def test_sigkill_at_ten_seeded_points_then_resume_gives_identical_results(setup)
             )  # deletion: 4 steps + start
             assert len(pd.read_parquet(p)) == rows, p
     print("kill points", points, "killed", killed, "units after each kill", seen)
-    assert killed >= 8, (killed, seen)  # almost every point must really interrupt the run
+    assert killed >= n_points - 2, (killed, seen)  # almost every point must really interrupt the run
     assert seen == sorted(seen)  # committed work is never lost
-    proc = start_forked(["run", cfg, "--no-report"], tmp / "final.log")
-    assert _wait(proc) == 0, (tmp / "final.log").read_text()
-    assert "already done" in (tmp / "final.log").read_text()
+    final = tmp / f"{out.name}_final.log"
+    proc = start_forked(["run", cfg, "--no-report"], final)
+    assert _wait(proc) == 0, final.read_text()
+    assert "already done" in final.read_text()
     _check_store(out, ref)
     # a leftover temporary file of a killed writer is never taken for a result
     assert all(Path(t).name.startswith(".") or t.endswith(".partial") for t in temp_files(out))

@@ -7,6 +7,7 @@ Ctrl-C stops with status 130 and says how to resume.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +41,27 @@ DATA = typer.Option(..., help="Image folder or .npz file.")
 METHODS_HELP = "comma-separated method names, families (e.g. cams,lrp) or 'all'; see 'xaiscope methods'."
 METRICS_HELP = "comma-separated metric names, categories (e.g. faithfulness) or 'all'; see 'xaiscope metrics'."
 METHODS = typer.Option("saliency,integrated_gradients,gradcam", help=METHODS_HELP[0].upper() + METHODS_HELP[1:])
+SEED = typer.Option(0, min=0, help="Seed of random initial weights (zoo, torchvision:NAME and factory specs).")
+MAX_IMAGE_PIXELS = typer.Option(
+    None,
+    "--max-image-pixels",
+    min=1,
+    help="Decode images of up to N pixels (default 89,478,485, Pillow's); larger ones are refused as possible "
+    "decompression bombs.",
+)
+
+
+def pixel_limited(command):
+    """Run ``command`` with images of up to its ``--max-image-pixels`` decoded (the limit ends with it)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from xaiscope.data.readers import max_image_pixels
+
+        with max_image_pixels(kwargs.get("max_image_pixels")):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 @app.callback()
@@ -79,6 +101,12 @@ def parse_params(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_force_refresh(force: bool, refresh: bool) -> None:
+    """``--force`` and ``--refresh`` exclude each other."""
+    if force and refresh:
+        raise ConfigError("--force recomputes everything and --refresh only what changed; give one of them.")
+
+
 def parse_target(target: str) -> str | int:
     if target in ("true", "pred"):
         return target
@@ -111,6 +139,7 @@ def _passes_text(inst) -> str:
 
 
 @app.command("explain")
+@pixel_limited
 def explain_cmd(
     model: str = MODEL,
     data: Path = DATA,
@@ -123,6 +152,8 @@ def explain_cmd(
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
     overlays: int = typer.Option(8, min=0, help="PNG overlays for the first K images per method."),
     trust_model: bool = TRUST_MODEL,
+    seed: int = SEED,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Compute raw attributions per method; write one .npz per method and PNG overlays."""
     from xaiscope.pipeline.explain_job import run_explain
@@ -139,6 +170,7 @@ def explain_cmd(
         target=parse_target(target),
         overlays=overlays,
         trust_model=trust_model,
+        seed=seed,
         console=console,
     )
     for p in written:
@@ -146,6 +178,7 @@ def explain_cmd(
 
 
 @app.command("global")
+@pixel_limited
 def global_cmd(
     model: str = MODEL,
     data: Path = typer.Option(..., help="Aligned images: image folder or .npz file."),
@@ -160,11 +193,14 @@ def global_cmd(
     unit: str = typer.Option("pixel", help="PEPPR unit: pixel or patch:K."),
     step: float = typer.Option(0.05, help="PEPPR fraction step (0, step, ..., 1)."),
     random_orders: int = typer.Option(5, min=0, help="Random orders (seeds seed..seed+R-1)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the random orders."),
+    seed: int = typer.Option(
+        0, min=0, help="Seed of the random orders and of random initial weights (zoo, torchvision, factory specs)."
+    ),
     no_peppr: bool = typer.Option(False, "--no-peppr", help="Only write the global maps."),
     batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     trust_model: bool = TRUST_MODEL,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
     from xaiscope.pipeline.global_job import run_global
@@ -198,6 +234,7 @@ def global_cmd(
 
 
 @app.command("sis")
+@pixel_limited
 def sis_cmd(
     model: list[str] = typer.Option(
         ..., help="Model spec (repeat --model to cluster the SIS of several models together)."
@@ -221,6 +258,8 @@ def sis_cmd(
     weights: Optional[list[str]] = typer.Option(None, help="State-dict weights, one per --model."),
     device: str = DEVICE,
     trust_model: bool = TRUST_MODEL,
+    seed: int = SEED,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
     from xaiscope.pipeline.sis_job import run_sis
@@ -241,6 +280,7 @@ def sis_cmd(
         weights=weights,
         device=device,
         trust_model=trust_model,
+        seed=seed,
         console=console,
     )
     for m in summary["models"]:
@@ -260,6 +300,7 @@ def sis_cmd(
 
 
 @app.command("benchmark")
+@pixel_limited
 def benchmark_cmd(
     out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
     n_train: int = typer.Option(2000, help="Training images."),
@@ -274,6 +315,7 @@ def benchmark_cmd(
     ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
     rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
     from xaiscope.pipeline.benchmark_job import run_benchmark
@@ -295,6 +337,7 @@ def benchmark_cmd(
 
 
 @app.command("train")
+@pixel_limited
 def train_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
     out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
@@ -309,6 +352,7 @@ def train_cmd(
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
     schedule: str = typer.Option("cosine", help="Learning rate: cosine (annealed per step) or constant."),
     device: str = DEVICE,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
     from xaiscope.pipeline.train_job import run_train
@@ -332,6 +376,7 @@ def train_cmd(
 
 
 @app.command("collection")
+@pixel_limited
 def collection_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
     out: Path = typer.Option(..., help="Collection folder (weights, sidecars, manifest.json)."),
@@ -346,10 +391,16 @@ def collection_cmd(
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
     device: str = DEVICE,
+    force: bool = typer.Option(False, "--force", help="Retrain every model instead of keeping finished ones."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Retrain the models whose data, settings or weights changed; keep the rest."
+    ),
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Train models that differ only by seed (resumable: finished models are kept)."""
     from xaiscope.pipeline.collection_job import run_collection
 
+    check_force_refresh(force, refresh)
     manifest = run_collection(
         data=data,
         out=out,
@@ -364,12 +415,15 @@ def collection_cmd(
         augment=augment,
         schedule=schedule,
         device=device,
+        force=force,
+        refresh=refresh,
         console=console,
     )
     console.print(f"wrote {len(manifest['models'])} models and {out / 'manifest.json'}")
 
 
 @app.command("variability")
+@pixel_limited
 def variability_cmd(
     collection: Path = typer.Option(
         ..., help="Folder of models: from 'xaiscope collection' or your own (.pt with sidecar, .ts)."
@@ -388,6 +442,7 @@ def variability_cmd(
     batch_size: str = BATCH_SIZE,
     device: str = DEVICE,
     trust_model: bool = typer.Option(False, help="Allow loading pickled whole models (runs their code)."),
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
     from xaiscope.pipeline.variability_job import run_variability
@@ -436,6 +491,7 @@ def _print_groups(option: str, all_text: str, groups: dict[str, list[str]], pref
 
 
 @app.command("evaluate")
+@pixel_limited
 def evaluate_cmd(
     model: str = MODEL,
     data: Path = DATA,
@@ -450,6 +506,8 @@ def evaluate_cmd(
     device: str = DEVICE,
     target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
     trust_model: bool = TRUST_MODEL,
+    seed: int = SEED,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric."""
     from xaiscope.pipeline.evaluate_job import run_evaluate
@@ -466,6 +524,7 @@ def evaluate_cmd(
         device=device,
         target=parse_target(target),
         trust_model=trust_model,
+        seed=seed,
         console=console,
     )
     console.print(f"wrote {path} ({n} rows)")
@@ -493,7 +552,9 @@ def actmax_cmd(
     contrib_clip_pct: float = typer.Option(
         0.0, help="Blank pixels whose contribution is below this percentile (0 = off)."
     ),
-    seed: int = typer.Option(0, help="Seed of the random start."),
+    seed: int = typer.Option(
+        0, help="Seed of the random start and of random initial weights (zoo, torchvision, factory specs)."
+    ),
     output: str = typer.Option("logit", help="Class score maximised: logit, softmax or log_softmax."),
     weights: Optional[str] = WEIGHTS,
     num_classes: Optional[int] = typer.Option(None, help="Outputs of a zoo/torchvision model without a sidecar."),
@@ -533,15 +594,20 @@ def actmax_cmd(
 
 
 @app.command("run")
+@pixel_limited
 def run_cmd(
     config: Path = typer.Argument(..., help="YAML run configuration."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: the config's 'out')."),
     force: bool = typer.Option(False, "--force", help="Recompute everything instead of resuming."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Recompute the units whose model, images or settings changed; keep the rest."
+    ),
     backend: Optional[str] = typer.Option(None, help="local or ray (default: the config's 'backend')."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address: auto or HOST:PORT."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write report.html at the end."),
     methods: Optional[str] = typer.Option(None, help="Replace the config's methods: " + METHODS_HELP),
     metrics: Optional[str] = typer.Option(None, help="Replace the config's metrics: " + METRICS_HELP),
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
     from xaiscope.pipeline.config import load_config
@@ -549,12 +615,13 @@ def run_cmd(
 
     if backend not in (None, "local", "ray"):
         raise ConfigError(f"--backend must be 'local' or 'ray', got {backend!r}.")
+    check_force_refresh(force, refresh)
     cfg = load_config(
         config,
         methods=parse_list(methods) if methods is not None else None,
         metrics=parse_list(metrics) if metrics is not None else None,
     )
-    root = run(cfg, out=out, force=force, console=console, backend=backend, address=address)
+    root = run(cfg, out=out, force=force, refresh=refresh, console=console, backend=backend, address=address)
     console.print(f"results: {root / 'results.parquet'}")
     if report:
         from xaiscope.report.html import write_report
@@ -589,6 +656,7 @@ def demo_cmd(
 
 
 @app.command("transfer")
+@pixel_limited
 def transfer_cmd(
     data: Path = typer.Option(
         ..., help="Target data: a benchmark folder (train/ + test/ with masks) or a training folder with --test."
@@ -612,6 +680,7 @@ def transfer_cmd(
     max_images: int = typer.Option(100, help="Correctly classified test images explained per run."),
     test: Optional[Path] = typer.Option(None, help="Test folder with masks (default: DATA/test of a benchmark)."),
     device: str = DEVICE,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Pre-training study: localisation of explanations vs source and frozen blocks, with accuracy regressed out."""
     from xaiscope.pipeline.transfer_job import run_transfer

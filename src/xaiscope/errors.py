@@ -37,6 +37,11 @@ class OutputError(XaiscopeError):
     """An output path cannot be written."""
 
 
+class StaleResultsError(XaiscopeError):
+    """Stored results were computed from inputs (model weights, images, settings) that have
+    changed since; they are neither reused nor deleted without being asked to."""
+
+
 class NumericalError(XaiscopeError):
     """A computation produced non-finite values where finite ones are required."""
 

@@ -1,6 +1,25 @@
 """Data: images, labels, masks and ids; readers; the ground-truth benchmark generator."""
 
 from xaiscope.data.dataset import Dataset
-from xaiscope.data.readers import load, load_folder, load_npz, normalise_dataset, read_image, read_mask
+from xaiscope.data.readers import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    load,
+    load_folder,
+    load_npz,
+    max_image_pixels,
+    normalise_dataset,
+    read_image,
+    read_mask,
+)
 
-__all__ = ["Dataset", "load", "load_folder", "load_npz", "normalise_dataset", "read_image", "read_mask"]
+__all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "Dataset",
+    "load",
+    "load_folder",
+    "load_npz",
+    "max_image_pixels",
+    "normalise_dataset",
+    "read_image",
+    "read_mask",
+]

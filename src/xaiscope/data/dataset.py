@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
 
 
@@ -25,6 +26,8 @@ class Dataset:
     extra_masks : dict of name -> Tensor ``[N, H, W]`` bool (e.g. ``confounder``)
     mean, std : per-channel normalisation applied to ``x`` (None when not normalised)
     source : where the data came from (a path), for messages and the manifest
+    pixel_hashes : list of str or None, per image a hash of its pixels as decoded (before
+        normalisation), set by the readers; see :meth:`image_hashes`
     """
 
     x: torch.Tensor
@@ -36,6 +39,7 @@ class Dataset:
     mean: list[float] | None = None
     std: list[float] | None = None
     source: str = ""
+    pixel_hashes: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
@@ -49,6 +53,8 @@ class Dataset:
             )
         if len(set(self.ids)) != n:
             raise DataError(f"Image ids in {self.source or 'the dataset'} are not unique.")
+        if self.pixel_hashes is not None and len(self.pixel_hashes) != n:
+            raise DataError(f"{self.source or 'The dataset'} has {n} images but {len(self.pixel_hashes)} pixel hashes.")
         if self.masks is not None and self.masks.shape != (n, *self.x.shape[2:]):
             raise DataError(
                 f"Masks in {self.source or 'the dataset'} have shape {list(self.masks.shape)} but the images need {[n, *self.x.shape[2:]]}."
@@ -84,6 +90,7 @@ class Dataset:
             mean=self.mean,
             std=self.std,
             source=self.source,
+            pixel_hashes=None if self.pixel_hashes is None else [self.pixel_hashes[i] for i in idx.tolist()],
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
@@ -95,6 +102,22 @@ class Dataset:
     def fill_value(self) -> torch.Tensor:
         """Per-channel value of a "blank" pixel: the dataset mean in the stored scale, ``[C, 1, 1]``."""
         return self.x.mean(dim=(0, 2, 3)).view(-1, 1, 1)
+
+    def image_hashes(self) -> list[str]:
+        """Per image, a hash of its pixels as read (before normalisation): the readers' hashes,
+        else (a dataset built in memory) a hash of ``x[i]`` as it is now. One pass over the
+        images the first time; kept in ``pixel_hashes``."""
+        if self.pixel_hashes is None:
+            x = self.x.detach().cpu().contiguous().numpy()
+            self.pixel_hashes = [array_hash(x[i]) for i in range(len(x))]
+        return self.pixel_hashes
+
+    def mask_hashes(self) -> list[str | None]:
+        """Per image, a hash of its expert mask (None without masks)."""
+        if self.masks is None:
+            return [None] * len(self)
+        m = self.masks.detach().cpu().contiguous().numpy()
+        return [array_hash(m[i]) for i in range(len(m))]
 
     def fingerprint(self) -> str:
         """SHA-256 of images, labels, ids and masks: identifies the exact data of a run."""

@@ -8,49 +8,141 @@ Folder layout::
 
 ``masks`` and ``confounder_masks`` are reserved names, never classes. Pixel values
 are scaled to ``[0, 1]`` (8-bit / 255, 16-bit / 65535; float TIFF kept as is).
+
+Decoding is guarded: an image whose header announces more than the pixel limit
+(:data:`DEFAULT_MAX_IMAGE_PIXELS`, Pillow's own default; raised with
+:func:`max_image_pixels` or the readers' ``max_pixels``) is refused before it is
+decoded, because a small compressed file can expand to gigabytes (a decompression
+bomb). Any decoder failure is a :class:`~xaiscope.errors.DataError` naming the file.
+
+Every reader records per image a hash of its pixels as decoded (after resizing, before
+normalisation) in :attr:`Dataset.pixel_hashes`, so a changed image can be recognised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
+import re
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from xaiscope.data.dataset import Dataset
+from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 RESERVED = {"masks": "masks", "confounder_masks": "confounder"}
 
+#: most pixels (height x width) an image may have to be decoded: Pillow's default guard
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+_MAX_PIXELS: contextvars.ContextVar[int] = contextvars.ContextVar("max_image_pixels", default=DEFAULT_MAX_IMAGE_PIXELS)
 
-def _tiff_array(path: Path) -> np.ndarray:
+
+@contextlib.contextmanager
+def max_image_pixels(limit: int | None) -> Iterator[int]:
+    """Within the block, images of up to ``limit`` pixels are decoded (None keeps the current limit)."""
+    if limit is None:
+        yield _MAX_PIXELS.get()
+        return
+    if int(limit) < 1:
+        raise DataError(f"The image pixel limit must be at least 1, got {limit}.")
+    token = _MAX_PIXELS.set(int(limit))
+    try:
+        yield int(limit)
+    finally:
+        _MAX_PIXELS.reset(token)
+
+
+def _too_large(path: Path, pixels: int | None, limit: int) -> DataError:
+    have = f"has {pixels:,} pixels" if pixels else "has too many pixels"
+    need = f"{pixels}" if pixels else "N"
+    return DataError(
+        f"The image {path} {have}, more than the limit of {limit:,} that guards against decompression bombs; "
+        f"pass --max-image-pixels {need} (or more) if you trust it."
+    )
+
+
+@contextlib.contextmanager
+def _pillow_limit(limit: int) -> Iterator[None]:
+    """Pillow's own guard set to ``limit`` (its warning silenced: :func:`read_image` checks the size itself)."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def _tiff_array(path: Path, limit: int) -> np.ndarray:
     import tifffile
 
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.ERROR)  # its warnings about a damaged file become our one sentence
     try:
-        return tifffile.imread(path)
+        with tifffile.TiffFile(path) as tf:
+            shape = tuple(tf.series[0].shape) if tf.series else ()
+            if not shape or 0 in shape:
+                raise DataError(f"The image {path} cannot be read; it holds no image data (a damaged TIFF file?).")
+            spatial = shape[:-1] if len(shape) == 3 and shape[-1] in (1, 3, 4) else shape
+            pixels = int(np.prod(spatial, dtype=np.int64))
+            if pixels > limit:
+                raise _too_large(path, pixels, limit)
+            return tf.asarray()
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"The image {path} cannot be decoded: it does not fit in memory.") from None
     except Exception as e:
         raise DataError(f"The image {path} cannot be read ({type(e).__name__}).") from None
+    finally:
+        log.setLevel(level)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3)."""
+def _pillow_array(path: Path, limit: int) -> np.ndarray:
+    try:
+        with _pillow_limit(limit), Image.open(path) as im:
+            pixels = im.size[0] * im.size[1]
+            if pixels > limit:
+                raise _too_large(path, pixels, limit)
+            im.load()
+            if im.mode in ("P", "LA", "PA", "CMYK", "YCbCr", "HSV", "1"):
+                im = im.convert("RGBA" if im.mode in ("P", "PA") else "RGB" if im.mode != "1" else "L")
+            return np.asarray(im)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's guard (a size found while decoding)
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, int(found.group(1)) if found else None, limit) from None
+    except MemoryError:
+        raise DataError(f"The image {path} cannot be decoded: it does not fit in memory.") from None
+    except Exception as e:  # any decoder failure: not an image, truncated, corrupt data
+        raise DataError(
+            f"The image {path} cannot be read; it is not a valid image or it is truncated ({str(e) or type(e).__name__})."
+        ) from None
+
+
+def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3).
+
+    Images with more than ``max_pixels`` pixels (default: the current limit, see
+    :func:`max_image_pixels`) are refused before they are decoded.
+    """
     path = Path(path)
+    limit = _MAX_PIXELS.get() if max_pixels is None else int(max_pixels)
     if path.suffix.lower() in {".tif", ".tiff"}:
-        arr = _tiff_array(path)
+        arr = _tiff_array(path, limit)
     else:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("P", "LA", "PA", "CMYK", "YCbCr", "HSV", "1"):
-                    im = im.convert("RGBA" if im.mode in ("P", "PA") else "RGB" if im.mode != "1" else "L")
-                arr = np.asarray(im)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(
-                f"The image {path} cannot be read; it is not a valid image or it is truncated ({e})."
-            ) from None
+        arr = _pillow_array(path, limit)
     return _to_chw(arr, path)
 
 
@@ -139,6 +231,7 @@ def normalise_dataset(ds: Dataset, normalise: str | tuple[Sequence[float], Seque
         std = std.expand(ds.x.shape[1]).clone()
     else:
         raise DataError(f"normalise must be 'none', 'dataset' or (mean, std); got {normalise!r}.")
+    ds.image_hashes()  # of the pixels as read, before they are normalised
     ds.x = (ds.x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     ds.mean, ds.std = mean.tolist(), std.tolist()
     return ds
@@ -151,6 +244,7 @@ def load_folder(
     normalise: str | tuple | None = None,
     masks: str = "auto",
     classes: Sequence[str] | None = None,
+    max_pixels: int | None = None,
 ) -> Dataset:
     """Read ``root/<class>/<id>.<ext>`` images (and masks) into a :class:`Dataset`.
 
@@ -165,7 +259,15 @@ def load_folder(
         "auto" reads masks when ``root/masks`` exists (then every image needs one);
         "required" fails without them; "none" ignores them.
     classes : class names in label order; default: sorted subfolder names.
+    max_pixels : int or None
+        Most pixels an image may have to be decoded (default: the current limit,
+        :data:`DEFAULT_MAX_IMAGE_PIXELS` unless raised with :func:`max_image_pixels`).
     """
+    with max_image_pixels(max_pixels):
+        return _load_folder(root, resize=resize, normalise=normalise, masks=masks, classes=classes)
+
+
+def _load_folder(root, *, resize, normalise, masks, classes) -> Dataset:
     root = Path(root)
     if not root.exists():
         raise DataError(f"The data folder {root} does not exist.")
@@ -183,7 +285,7 @@ def load_folder(
     files = [(k, c, p) for k, c in enumerate(classes) for p in _list_images(root / c)]
     if not files:
         raise DataError(f"The data folder {root} contains no images (expected {root}/<class>/<id>.png).")
-    arrays, ids, labels = [], [], []
+    arrays, ids, labels, hashes = [], [], [], []
     first = None
     for k, c, p in files:
         arr = read_image(p)
@@ -201,6 +303,7 @@ def load_folder(
                 f"The image {p} has {arr.shape[0]} channel(s) but {first[1]} has {first[0][0]}; convert them to one colour mode."
             )
         arrays.append(arr)
+        hashes.append(array_hash(arr))
         ids.append(f"{c}/{p.stem}")
         labels.append(k)
     x = torch.from_numpy(np.stack(arrays))
@@ -221,6 +324,7 @@ def load_folder(
         masks=mask_sets.pop("masks", None),
         extra_masks=mask_sets,
         source=str(root),
+        pixel_hashes=hashes,
     )
     return normalise_dataset(ds, normalise)
 
@@ -301,6 +405,7 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
         classes=classes,
         masks=masks,
         source=str(path),
+        pixel_hashes=[array_hash(x[i]) for i in range(len(x))],
     )
     return normalise_dataset(ds, normalise)
 
@@ -312,5 +417,6 @@ def load(path: str | Path, **kwargs) -> Dataset:
         kwargs.pop("resize", None)
         kwargs.pop("masks", None)
         kwargs.pop("classes", None)
+        kwargs.pop("max_pixels", None)
         return load_npz(p, **kwargs)
     return load_folder(p, **kwargs)

@@ -19,10 +19,17 @@ A pickled whole model (``torch.save(model)``)
     Refused unless ``trust_model=True``, because unpickling runs arbitrary code.
 
 Weights given with ``weights=`` are always read with ``weights_only=True``.
+
+Random initial weights (zoo, ``torchvision:NAME`` and factory specs) are drawn under
+``seed``: the model is built inside :func:`torch.random.fork_rng` with the CPU generator
+seeded, so the same spec and seed give the same weights on the same machine and the
+caller's global random state is left as it was. :func:`weights_hash` identifies the
+weights a model holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import zipfile
@@ -32,8 +39,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from xaiscope.data.hashing import state_dict_hash
 from xaiscope.errors import ModelError
 from xaiscope.models import zoo
+
+WEIGHT_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".pkl", ".bin"}
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -168,6 +178,33 @@ def _load_file(path: Path, trust_model: bool) -> nn.Module:
     )
 
 
+def is_file_spec(spec: str) -> bool:
+    """True when ``spec`` names a model file (weights with a sidecar, TorchScript, a pickle)."""
+    path = Path(spec)
+    return path.suffix in WEIGHT_FILE_SUFFIXES or path.exists()
+
+
+def random_weights(spec: str, weights: str | Path | None = None) -> bool:
+    """True when loading ``spec`` draws random initial weights that no file replaces
+    (a zoo, ``torchvision:NAME`` or factory spec without ``weights``)."""
+    return weights is None and not is_file_spec(spec)
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Draw from torch's CPU generator seeded with ``seed``; restore its state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        yield
+
+
+def weights_hash(model: nn.Module | dict) -> str:
+    """BLAKE2b-128 hex digest of a model's state dict (or of a state dict): every entry in
+    sorted key order with its dtype, shape and bytes. One pass over the weights."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return state_dict_hash(state)
+
+
 def load(
     spec: str,
     weights: str | Path | None = None,
@@ -175,22 +212,32 @@ def load(
     num_classes: int = 2,
     in_channels: int = 1,
     trust_model: bool = False,
+    seed: int = 0,
     **kwargs: Any,
 ) -> nn.Module:
-    """Load a model from ``spec`` (see the module docstring) in eval mode on the CPU."""
+    """Load a model from ``spec`` (see the module docstring) in eval mode on the CPU.
+
+    ``seed`` fixes the random initial weights of zoo, ``torchvision:NAME`` and factory
+    specs (the global random state is untouched); weights read from a file do not
+    depend on it.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError("The model spec is empty.")
     path = Path(spec)
-    if path.suffix in {".pt", ".pth", ".ts", ".pkl", ".bin"} or path.exists():
+    if is_file_spec(spec):
         if not path.exists():
             raise ModelError(f"The model file {path} does not exist.")
-        model = _load_file(path, trust_model)
+        with seeded(seed):
+            model = _load_file(path, trust_model)
     elif spec.startswith("torchvision:"):
-        model = _torchvision(spec.split(":", 1)[1], num_classes, in_channels)
+        with seeded(seed):
+            model = _torchvision(spec.split(":", 1)[1], num_classes, in_channels)
     elif spec.startswith("zoo:") or spec in zoo.ZOO:
-        model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
+        with seeded(seed):
+            model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
     elif ":" in spec and all(part.isidentifier() for part in spec.split(":", 1)[0].split(".")):
-        model = _factory(spec, {"num_classes": num_classes, "in_channels": in_channels, **kwargs})
+        with seeded(seed):
+            model = _factory(spec, {"num_classes": num_classes, "in_channels": in_channels, **kwargs})
     else:
         raise ModelError(
             f"The model spec {spec!r} is not a file, a zoo name ({', '.join(zoo.ZOO)}), "

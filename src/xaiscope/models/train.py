@@ -59,8 +59,9 @@ class TrainResult:
 
 def init_model(arch: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
     """Build zoo model ``arch`` with initial weights fixed by ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    from xaiscope.models.load import seeded
+
+    with seeded(seed):
         return zoo.build(arch, **kwargs)
 
 

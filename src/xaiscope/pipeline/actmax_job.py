@@ -23,7 +23,7 @@ from xaiscope import models
 from xaiscope.analyses.actmax import visualize
 from xaiscope.errors import ConfigError
 from xaiscope.io import atomic_path, ensure_dir, safe_name, write_json
-from xaiscope.pipeline.inputs import resolve_device
+from xaiscope.pipeline.inputs import model_seed, resolve_device
 
 
 def parse_ints(text: str, name: str, n: int) -> tuple[int, ...]:
@@ -108,7 +108,14 @@ def run_actmax(
         lo, hi = 0.0, 1.0
     if layer is None and (target is None or target < 0):
         raise ConfigError(f"--class must be a class index >= 0, got {target}.")
-    net = models.load(model, weights, num_classes=num_classes or 2, in_channels=chw[0], trust_model=trust_model)
+    net = models.load(
+        model,
+        weights,
+        num_classes=num_classes or 2,
+        in_channels=chw[0],
+        trust_model=trust_model,
+        seed=model_seed(seed, model),
+    )
     dev = resolve_device(device)
     net = net.to(dev)
     try:

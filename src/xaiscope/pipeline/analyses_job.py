@@ -15,6 +15,7 @@ from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_sensitivity, score_sensitivity
 from xaiscope.io import atomic_path, write_json
 from xaiscope.pipeline.config import setting_id
+from xaiscope.pipeline.inputs import model_seed
 
 if TYPE_CHECKING:
     from xaiscope.pipeline.runner import RunContext
@@ -29,7 +30,7 @@ def _write_parquet(df: pd.DataFrame, path) -> None:
 def default_settings(ctx: "RunContext") -> dict[str, str]:
     """Each method's first (default) setting id."""
     out: dict[str, str] = {}
-    for m in ctx.cfg.methods:
+    for m in ctx.cfg.method_entries():
         out[m.name] = setting_id(m.settings()[0])
     return out
 
@@ -61,7 +62,7 @@ def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
     cfg = ctx.cfg.analyses.sensitivity
     maps_rows, score_rows = [], []
     ids = ctx.dataset.ids
-    for m in ctx.cfg.methods:
+    for m in ctx.cfg.method_entries():
         settings = [setting_id(s) for s in m.settings()]
         if len(settings) < 2:
             continue
@@ -83,18 +84,20 @@ def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
         _write_parquet(pd.concat(score_rows, ignore_index=True), store.analyses / "sensitivity_scores.parquet")
 
 
-def _first_model(ctx: "RunContext", spec: str | None) -> tuple[str, str | None]:
+def _first_model(ctx: "RunContext", spec: str | None) -> tuple[str, str | None, int | None]:
+    """``(spec, weights, initial-weights seed)`` of an analysis' model: the one named, or
+    the run's first model with the seed its work units were computed with."""
     if spec is not None:
-        return spec, None
+        return spec, None, None
     m = ctx.cfg.models[0]
-    return m.spec, m.weights
+    return m.spec, m.weights, model_seed(ctx.cfg.seed, m.name)
 
 
 def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
     from xaiscope.pipeline.global_job import run_global
 
     g = ctx.cfg.analyses.global_maps
-    spec, weights = _first_model(ctx, g.model)
+    spec, weights, init_seed = _first_model(ctx, g.model)
     run_global(
         model=spec,
         weights=weights,
@@ -107,6 +110,7 @@ def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> N
         step=g.step,
         random_orders=g.random_orders,
         seed=ctx.cfg.seed,
+        init_seed=init_seed,
         batch_size=ctx.cfg.batch_size,
         device=ctx.cfg.device,
         out=store.analyses / "global",
@@ -134,7 +138,7 @@ def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None
     from xaiscope.pipeline.sis_job import run_sis
 
     s = ctx.cfg.analyses.sis
-    spec, weights = _first_model(ctx, s.model)
+    spec, weights, init_seed = _first_model(ctx, s.model)
     run_sis(
         model=spec,
         weights=[weights] if weights else None,
@@ -145,6 +149,8 @@ def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None
         max_images=s.images,
         batch_size=max(ctx.cfg.batch_size, 256),
         device=ctx.cfg.device,
+        seed=ctx.cfg.seed,
+        init_seed=init_seed,
         out=store.analyses / "sis",
     )
 

@@ -2,13 +2,19 @@
 
 Layout of a collection folder::
 
-    out/manifest.json        kind, arch, arch_kwargs, data, fingerprint, training settings, models
+    out/manifest.json        kind, arch, arch_kwargs, data, fingerprints, image hashes, training settings,
+                             models (with weights hashes)
     out/seed_0000.pt/.json   weights + sidecar per seed (``xaiscope.models.load`` reads them)
 
 Resuming: a seed whose weights and sidecar both exist is kept (not retrained), provided
-the manifest's architecture, data fingerprint and training settings equal the requested
-ones; otherwise the job refuses, so one collection never mixes settings. The manifest is
-rewritten (atomically) after every model, so an interrupted run keeps what it finished.
+the manifest's architecture, data fingerprints and training settings equal the requested
+ones and the weights file still holds the weights the manifest recorded (its weights
+hash); otherwise the job refuses with one sentence naming the change (how many training
+images changed, with an example id; which model file), so one collection never mixes
+settings or data. ``--refresh`` retrains just the stale models, ``--force`` every one.
+The manifest keeps per training image its label and pixel hash, and per model its
+weights hash; it is rewritten (atomically) after every model, so an interrupted run
+keeps what it finished.
 
 A folder of the user's own trained models needs no manifest: :func:`model_files` lists
 every ``.pt``, ``.pth`` or ``.ts`` file in it, each loaded with
@@ -73,6 +79,56 @@ def _read_manifest(out: Path) -> dict | None:
         raise DataError(f"The collection manifest {p} cannot be read ({e}).") from None
 
 
+def _file_hash(path: Path) -> str | None:
+    """Weights hash of a saved state dict (as :func:`xaiscope.models.weights_hash` of the loaded model)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return models.weights_hash(state) if isinstance(state, dict) else None
+
+
+def _identity_changes(old: dict, identity: dict, images: dict) -> list[tuple[str, str]]:
+    """What differs between an existing collection and the requested one, as ``(what, detail)`` pairs."""
+    from xaiscope.data.hashing import short
+    from xaiscope.pipeline.fingerprints import plural
+
+    changes = []
+    if old.get("fingerprint") != identity["fingerprint"]:
+        before = old.get("images") or {}
+        changed = [i for i, v in images.items() if i in before and before[i] != v]
+        added = [i for i in images if before and i not in before]
+        removed = [i for i in before if i not in images]
+        parts = [f"{plural(len(changed), 'image')} changed"] if changed else []
+        parts += [f"{len(added)} added"] if added else []
+        parts += [f"{len(removed)} removed"] if removed else []
+        example = (changed or added or removed or [None])[0]
+        detail = (
+            f"{', '.join(parts)}, e.g. {example}"
+            if parts
+            else f"fingerprint {short(old.get('fingerprint'))} -> {short(identity['fingerprint'])}"
+        )
+        changes.append(("training data", detail))
+    if old.get("test_fingerprint") != identity["test_fingerprint"]:
+        changes.append(
+            ("test data", f"fingerprint {short(old.get('test_fingerprint'))} -> {short(identity['test_fingerprint'])}")
+        )
+    before = old.get("training") or {}
+    diff = [k for k in identity["training"] if before.get(k) != identity["training"][k]]
+    if diff:
+        changes.append(
+            ("training settings", ", ".join(f"{k} {before.get(k)!r} -> {identity['training'][k]!r}" for k in diff))
+        )
+    if old.get("arch") != identity["arch"] or old.get("arch_kwargs") != identity["arch_kwargs"]:
+        changes.append(
+            (
+                "architecture",
+                f"{old.get('arch')} {old.get('arch_kwargs')} -> {identity['arch']} {identity['arch_kwargs']}",
+            )
+        )
+    return changes
+
+
 def run_collection(
     *,
     data: Path,
@@ -89,10 +145,23 @@ def run_collection(
     schedule: str = "cosine",
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
+    refresh: bool = False,
     console=None,
 ) -> dict:
-    """Train (or keep) one model per seed and write the manifest; return the manifest dict."""
+    """Train (or keep) one model per seed and write the manifest; return the manifest dict.
+
+    A finished model is kept when the collection's architecture, data fingerprints and
+    training settings equal the requested ones and its weights file still has the weights
+    hash the manifest recorded. Otherwise the job stops with one sentence naming the
+    change (:class:`~xaiscope.errors.StaleResultsError`) before anything is written;
+    ``refresh=True`` retrains just the stale models, ``force=True`` every requested one.
+    Models of a changed collection that are not requested again are dropped.
+    """
+    from xaiscope.data.hashing import short
+    from xaiscope.errors import StaleResultsError
     from xaiscope.models.train import init_model, save, train
+    from xaiscope.pipeline.fingerprints import plural, stale_sentence
     from xaiscope.pipeline.inputs import resolve_device
     from xaiscope.pipeline.train_job import read_pair
 
@@ -124,16 +193,44 @@ def run_collection(
         "test_fingerprint": None if test_ds is None else test_ds.fingerprint(),
         "training": training,
     }
+    images = {i: [int(y), h] for i, y, h in zip(train_ds.ids, train_ds.y.tolist(), train_ds.image_hashes())}
     old = _read_manifest(out)
     entries: dict[int, dict] = {}
+    stale: set[int] = set()
+    hashes: dict[int, str | None] = {}
     if old is not None:
-        for key, value in identity.items():
-            if old.get(key) != value:
-                raise ConfigError(
-                    f"The collection in {out} was made with a different {key} ({old.get(key)!r}); "
-                    "use the same settings and data to resume, or a new --out."
-                )
         entries = {int(e["seed"]): e for e in old.get("models", [])}
+        changes = _identity_changes(old, identity, images)
+        if changes:
+            stale = set(entries)
+            if not (force or refresh):
+                what = " and ".join(w for w, _ in changes)
+                detail = "; ".join(d for _, d in changes)
+                raise StaleResultsError(
+                    f"The collection in {out} was made with different {what} ({detail}); use --refresh to retrain "
+                    f"the {plural(len(stale), 'stale model')} or --force to retrain everything, or choose a new --out."
+                )
+        else:
+            reasons = []
+            for seed, e in sorted(entries.items()):
+                path = out / e["file"]
+                if not e.get("weights_hash") or not path.exists():
+                    continue
+                hashes[seed] = _file_hash(path)
+                if hashes[seed] != e["weights_hash"]:
+                    stale.add(seed)
+                    reasons.append(
+                        (f"model {e['file']}", f"weights hash {short(e['weights_hash'])} -> {short(hashes[seed])}")
+                    )
+            if reasons and not (force or refresh):
+                raise StaleResultsError(
+                    stale_sentence(reasons, f"the collection {out}", len(stale), thing="model", redo="retrain")
+                )
+    retrain = set(seed_list) if force else stale & set(seed_list)
+    for seed in sorted(stale - set(seed_list)):  # a stale model not requested again leaves the collection
+        e = entries.pop(seed)
+        for f in (out / e["file"], (out / e["file"]).with_suffix(".json")):
+            f.unlink(missing_ok=True)
     manifest = {
         "kind": "xaiscope-collection",
         **identity,
@@ -142,11 +239,12 @@ def run_collection(
         "normalisation": {"mean": train_ds.mean, "std": train_ds.std},
         "classes": train_ds.classes,
         "input_size": list(train_ds.shape),
+        "images": images,
         "models": [],
     }
     for seed in seed_list:
         path = model_path(out, seed)
-        if path.exists() and path.with_suffix(".json").exists():
+        if seed not in retrain and path.exists() and path.with_suffix(".json").exists():
             info = models.read_sidecar(str(path)) or {}
             extra = info.get("extra", {})
             entry = entries.get(seed) or {
@@ -156,6 +254,8 @@ def run_collection(
                 "test_acc": extra.get("test_acc"),
                 "seconds": extra.get("seconds"),
             }
+            if not entry.get("weights_hash"):  # finished before its manifest entry was written
+                entry["weights_hash"] = hashes.get(seed) or _file_hash(path)
             entry["status"] = "kept"
             if console is not None:
                 console.print(f"seed {seed}: kept {path.name}")
@@ -183,8 +283,9 @@ def run_collection(
                 "settings": res.settings,
                 "collection": str(out),
             }
+            net = res.model.cpu()
             save(
-                res.model.cpu(),
+                net,
                 path,
                 arch=arch,
                 arch_kwargs=arch_kwargs,
@@ -199,7 +300,8 @@ def run_collection(
                 "train_acc": res.train_acc,
                 "test_acc": res.test_acc,
                 "seconds": round(res.seconds, 3),
-                "status": "trained",
+                "weights_hash": models.weights_hash(net),
+                "status": "retrained" if seed in stale else "trained",
             }
             if console is not None:
                 acc = "" if res.test_acc is None else f", test accuracy {res.test_acc:.4f}"

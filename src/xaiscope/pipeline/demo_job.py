@@ -10,7 +10,9 @@
    a few images;
 4. (the CLI) write the report and print its path.
 
-``quick=True`` shrinks every size so the whole demo takes well under a minute.
+``quick=True`` shrinks every size so the whole demo takes well under a minute. Running
+the demo again keeps what is finished and recomputes whatever no longer matches its
+inputs (``refresh``).
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
         arch="small_cnn",
         seeds=list(range(size.seeds)),
         epochs=size.epochs,
+        refresh=True,
         console=console,
     )
     aligned_model = root / "aligned-model.pt"
@@ -205,5 +208,6 @@ def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
     cfg_dict = demo_config(root, size, quick)
     write_text(root / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     cfg = parse_config(cfg_dict, str(root / "config.yaml"))
-    run_dir = run(cfg, console=console, force=config_changed(cfg))
+    changed = config_changed(cfg)
+    run_dir = run(cfg, console=console, force=changed, refresh=not changed)
     return run_dir

@@ -45,9 +45,13 @@ def run_evaluate(
     device: str = "cpu",
     target: str | int = "true",
     trust_model: bool = False,
+    seed: int = 0,
     console=None,
 ) -> tuple[Path, int]:
-    """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows)."""
+    """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows).
+
+    ``seed`` fixes the random initial weights of a zoo, torchvision or factory spec
+    (:func:`~xaiscope.pipeline.inputs.model_seed`)."""
     import pandas as pd
     from rich.progress import Progress
 
@@ -64,7 +68,7 @@ def run_evaluate(
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
-    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model, seed=seed)
     batch_size, objs = settle_batch_size(batch_size, net, ds, dev, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
     if ds.masks is None:

@@ -42,9 +42,13 @@ def run_explain(
     target: str | int = "true",
     overlays: int = 8,
     trust_model: bool = False,
+    seed: int = 0,
     console=None,
 ) -> list[Path]:
-    """Compute and write ``out/<method>.npz`` (attributions, ids, targets, labels) and overlays."""
+    """Compute and write ``out/<method>.npz`` (attributions, ids, targets, labels) and overlays.
+
+    ``seed`` fixes the random initial weights of a zoo, torchvision or factory spec
+    (:func:`~xaiscope.pipeline.inputs.model_seed`)."""
     from rich.progress import Progress
 
     from xaiscope.errors import ConfigError
@@ -56,7 +60,7 @@ def run_explain(
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")
     explainers = build_explainers(methods, params, batch_size)
-    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model, seed=seed)
     batch_size, explainers = settle_batch_size(batch_size, net, ds, dev, explainers, params)
     ensure_dir(out)
     n_out = net(ds.x[:1].to(dev)).shape[1]

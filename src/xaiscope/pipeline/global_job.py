@@ -110,8 +110,13 @@ def run_global(
     device: str = "cpu",
     trust_model: bool = False,
     peppr_enabled: bool = True,
+    init_seed: int | None = None,
 ) -> dict[str, Any]:
-    """Compute and write global maps and PEPPR results (module docstring); return the summary dict."""
+    """Compute and write global maps and PEPPR results (module docstring); return the summary dict.
+
+    ``seed`` seeds the random orders and, unless ``init_seed`` is given, the random initial
+    weights of a zoo, torchvision or factory spec (:func:`~xaiscope.pipeline.inputs.model_seed`).
+    """
     params = params or {}
     unknown = [m for m in params if m != method]
     if unknown:
@@ -121,7 +126,9 @@ def run_global(
     fractions = default_fractions(step)
     parse_unit(unit)
     (explainer,) = build_explainers([method], params, batch_size)
-    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model)
+    net, ds, dev = open_inputs(
+        model, data, weights=weights, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
+    )
     batch_size, (explainer,) = settle_batch_size(batch_size, net, ds, dev, [explainer], params)
     ensure_dir(out)
     x, y = ds.x.to(dev), ds.y.to(dev)

@@ -9,6 +9,7 @@ import torch
 
 from xaiscope import data as xdata
 from xaiscope import explain, models
+from xaiscope.data.hashing import derive_seed
 from xaiscope.errors import DataError, ModelError
 
 
@@ -23,6 +24,14 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"Device {device!r} was requested but CUDA is not available on this machine.")
     return dev
+
+
+def model_seed(seed: int, name: str) -> int:
+    """The seed of a model's random initial weights: derived from the command's (or run's)
+    ``seed`` and the model's ``name`` (its name in a run, its spec on the command line),
+    so models of one run draw independent weights and the same seed and name always give
+    the same ones (:func:`xaiscope.data.hashing.derive_seed`)."""
+    return derive_seed(seed, name)
 
 
 def open_data(
@@ -75,11 +84,22 @@ def open_inputs(
     normalise=None,
     masks: str = "auto",
     trust_model: bool = False,
+    seed: int = 0,
+    init_seed: int | None = None,
 ) -> tuple[torch.nn.Module, xdata.Dataset, torch.device]:
-    """``(model on device, dataset, device)`` after checking that they fit."""
+    """``(model on device, dataset, device)`` after checking that they fit.
+
+    Random initial weights are drawn under ``init_seed``, by default
+    :func:`model_seed` of ``seed`` and the spec.
+    """
     ds = open_data(data_path, model_spec=model_spec, resize=resize, normalise=normalise, masks=masks)
     model = models.load(
-        model_spec, weights, num_classes=max(2, ds.num_classes), in_channels=ds.shape[0], trust_model=trust_model
+        model_spec,
+        weights,
+        num_classes=max(2, ds.num_classes),
+        in_channels=ds.shape[0],
+        trust_model=trust_model,
+        seed=model_seed(seed, model_spec) if init_seed is None else init_seed,
     )
     dev = resolve_device(device)
     model = model.to(dev)

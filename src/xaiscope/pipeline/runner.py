@@ -1,11 +1,16 @@
 """``xaiscope run``: plan the grid, compute missing work units, commit them, analyse.
 
-Steps: validate and record the config; open data and models; drop images whose model
-outputs are not finite (reported by id); plan units (model x method x setting x image
-batch); compute each unit not yet committed (locally or on Ray) and commit it from this
-process; consolidate the tidy tables; run the analyses (ranking, sensitivity, global
-maps + PEPPR, variability, SIS); write the manifest. Running the same command again
-skips committed units; ``force=True`` recomputes everything.
+Steps: validate and record the config; open data and models (random initial weights
+drawn under a seed derived from the run's seed and the model's name); drop images whose
+model outputs are not finite (reported by id); plan units (model x method x setting x
+image batch); compare the committed units' input records with the current inputs
+(:mod:`xaiscope.pipeline.fingerprints`); compute each unit not yet committed (locally or
+on Ray) and commit it, with its record, from this process; consolidate the tidy tables;
+run the analyses (ranking, sensitivity, global maps + PEPPR, variability, SIS); write the
+manifest. Running the same command again skips committed units whose inputs are
+unchanged; committed units whose model, images or settings changed stop the run with one
+sentence naming the change, unless ``refresh=True`` (recompute just those) or
+``force=True`` (recompute everything).
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import numpy as np
 import torch
 
 import xaiscope
-from xaiscope import evaluate, models
-from xaiscope.errors import ConfigError
+from xaiscope import evaluate, explain, models
+from xaiscope.data.hashing import hash_json
+from xaiscope.errors import ConfigError, StaleResultsError
+from xaiscope.pipeline import fingerprints
 from xaiscope.pipeline.config import RunConfig, dump_config, setting_id
-from xaiscope.pipeline.inputs import check_model_fits, open_data, resolve_device
+from xaiscope.pipeline.inputs import check_model_fits, model_seed, open_data, resolve_device
 from xaiscope.pipeline.store import RunStore
-from xaiscope.pipeline.units import Unit, UnitInputs, compute_unit, plan
+from xaiscope.pipeline.units import Unit, UnitInputs, compute_unit, metric_instance, plan
 
 
 class RunContext:
@@ -42,20 +49,65 @@ class RunContext:
                 f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none."
             )
         self.models: dict[str, torch.nn.Module] = {}
+        self.model_info: dict[str, dict[str, Any]] = {}
         for m in cfg.models:
+            seed = model_seed(cfg.seed, m.name)
             net = models.load(
                 m.spec,
                 m.weights,
                 num_classes=max(2, ds.num_classes),
                 in_channels=ds.shape[0],
                 trust_model=m.trust_model,
-            ).to(self.device)
+                seed=seed,
+            )
+            self.model_info[m.name] = {
+                "spec": m.spec,
+                "weights": m.weights,
+                "init_seed": seed if models.random_weights(m.spec, m.weights) else None,
+                "weights_hash": models.weights_hash(net),  # one pass over the weights as loaded
+            }
+            net = net.to(self.device)
             check_model_fits(net, ds, self.device)
             self.models[m.name] = net
         self.dataset, self.skipped = self._drop_non_finite(ds)
         self.targets = {name: self._targets(net) for name, net in self.models.items()}
         self.metrics = [(m.name, dict(m.hparams)) for m in metrics]
         self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
+        self.images = fingerprints.image_entries(self.dataset)
+        self.normalisation = fingerprints.normalisation_of(self.dataset)
+        resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
+        self._settings = {
+            (n, setting_id(s)): hash_json(
+                {
+                    "method": n,
+                    "hparams": explain.get(n, **{"batch_size": cfg.batch_size, **s}).hparams,
+                    "metrics": resolved_metrics,
+                    "target": cfg.data.target,
+                    "seed": cfg.seed,
+                }
+            )
+            for n, s in self.methods
+        }
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def unit_record(self, unit: Unit) -> dict[str, Any]:
+        """The record of the inputs ``unit`` is computed from (see :mod:`xaiscope.pipeline.fingerprints`)."""
+        rec = self._records.get(unit.id)
+        if rec is None:
+            rec = fingerprints.unit_record(
+                self.model_info[unit.model]["weights_hash"],
+                self._settings[(unit.method, unit.setting)],
+                self.normalisation,
+                self.images[unit.start : unit.stop],
+            )
+            self._records[unit.id] = rec
+        return rec
+
+    def model_label(self, name: str) -> str:
+        """How a message names a model: ``cnn (runs/model.pt)``."""
+        info = self.model_info[name]
+        with_weights = f" with weights {info['weights']}" if info["weights"] else ""
+        return f"{name} ({info['spec']}{with_weights})"
 
     def _drop_non_finite(self, ds):
         bad = torch.zeros(len(ds), dtype=torch.bool)
@@ -146,6 +198,21 @@ def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
         rows=rows,
         curves=curves,
         attrs={"model": unit.model, "method": unit.method, "setting": unit.setting, "hparams": dict(unit.hparams)},
+        record=ctx.unit_record(unit),
+    )
+
+
+def compare_units(store: RunStore, ctx: RunContext, units: list[Unit]) -> fingerprints.Comparison:
+    """Committed units against the planned ``units``: which are stale, which no longer belong, and why."""
+    planned = {u.id: u for u in units}
+    stored = {uid: store.unit_record(uid) for uid in sorted(store.unit_ids())}
+    current = {u.id: ctx.unit_record(u) for u in units}
+    return fingerprints.compare(
+        stored,
+        planned,
+        current,
+        {u.id: u.model for u in units},
+        {name: ctx.model_label(name) for name in ctx.models},
     )
 
 
@@ -175,11 +242,18 @@ def run(
     *,
     out: str | Path | None = None,
     force: bool = False,
+    refresh: bool = False,
     console=None,
     backend: str | None = None,
     address: str | None = None,
 ) -> Path:
-    """Run (or resume) the configured grid; return the run folder."""
+    """Run (or resume) the configured grid; return the run folder.
+
+    Committed units whose inputs changed (model weights, images, masks, labels,
+    normalisation, resolved settings) raise :class:`~xaiscope.errors.StaleResultsError`
+    naming the change, and nothing is written; ``refresh=True`` recomputes exactly those
+    units (and drops units that no longer belong to the plan), ``force=True`` everything.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     root = run_folder(cfg, out)
@@ -192,11 +266,27 @@ def run(
         )
     t0 = time.time()
     ctx = RunContext(cfg, console)  # bad data or models fail here, before anything is cleared or written
+    units = ctx.units()
+    changes = fingerprints.Comparison() if force else compare_units(store, ctx, units)
+    if changes:
+        sentence = fingerprints.stale_sentence(
+            changes.reasons,
+            f"the run folder {root}",
+            len(changes.stale),
+            n_gone=len(changes.gone),
+            unrecorded=changes.unrecorded,
+        )
+        if not refresh:
+            raise StaleResultsError(sentence)
+        if console is not None:
+            console.print(f"[yellow]refreshing: {sentence.split('; use --refresh')[0]}[/]", highlight=False)
     if force:
         store.clear()
     store.write_config(resolved)
-    units = ctx.units()
-    todo = [u for u in units if not store.is_done(u.id)]
+    for uid in changes.gone:
+        store.remove_unit(uid)
+    stale = {u.id for u in changes.stale}
+    todo = [u for u in units if u.id in stale or not store.is_done(u.id)]
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
             console.print(
@@ -232,13 +322,22 @@ def run(
 
     timings = run_analyses(store, ctx, results, console=console)
     store.write_manifest(
-        manifest(ctx, units, todo, {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)})
+        manifest(
+            ctx,
+            units,
+            todo,
+            {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)},
+            n_stale=len(stale),
+        )
     )
     return root
 
 
-def manifest(ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict[str, float]) -> dict[str, Any]:
-    """Versions, seeds, device, dataset fingerprint, timings and skipped images."""
+def manifest(
+    ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict[str, float], n_stale: int = 0
+) -> dict[str, Any]:
+    """Versions, seeds, device, dataset fingerprint, per model its initial-weights seed and
+    weights hash, per unit the fingerprints it was computed from, timings and skipped images."""
     import captum
     import zennit
 
@@ -261,10 +360,14 @@ def manifest(ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict
             "fingerprint": ds.fingerprint(),
             "masks": ds.masks is not None,
         },
-        "models": {m.name: m.spec for m in ctx.cfg.models},
+        "models": ctx.model_info,
         "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
         "metrics": [{"metric": n, "hparams": h} for n, h in ctx.metrics],
         "units": {"total": len(units), "computed_this_time": len(todo)},
+        "fingerprints": {
+            "stale_recomputed": n_stale,
+            "units": {u.id: fingerprints.summary(ctx.unit_record(u)) for u in units},
+        },
         "skipped_images": ctx.skipped,
         "timings_s": timings,
     }

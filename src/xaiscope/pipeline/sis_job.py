@@ -121,9 +121,14 @@ def run_sis(
     weights: list[str] | None = None,
     device: str = "cpu",
     trust_model: bool = False,
+    seed: int = 0,
+    init_seed: int | None = None,
     console=None,
 ) -> dict:
-    """Compute, write and cluster the SIS of the decision "class ``target`` with probability >= ``tau``"."""
+    """Compute, write and cluster the SIS of the decision "class ``target`` with probability >= ``tau``".
+
+    Random initial weights (zoo, torchvision or factory specs) are drawn under ``init_seed``,
+    by default :func:`~xaiscope.pipeline.inputs.model_seed` of ``seed`` and each spec."""
     from rich.progress import Progress
 
     specs = [model] if isinstance(model, str) else list(model)
@@ -152,7 +157,9 @@ def run_sis(
     all_sis, rows, per_model = [], [], []
     start_all = time.perf_counter()
     for spec, w, source in zip(specs, weights or [None] * len(specs), sources):
-        net, ds, dev = open_inputs(spec, data, weights=w, device=device, trust_model=trust_model)
+        net, ds, dev = open_inputs(
+            spec, data, weights=w, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
+        )
         n_out = models.forward(net, ds.x[:1].to(dev)).shape[1]
         if target >= n_out:
             raise ConfigError(

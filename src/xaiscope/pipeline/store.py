@@ -18,6 +18,12 @@ Layout::
 A unit is committed by first writing its attribution chunk, then renaming its parquet
 file into place; a unit whose parquet file exists is finished and skipped on resume, so a
 run killed at any point resumes with no duplicate, missing or half-written rows.
+
+Each unit's parquet file carries, in its schema metadata (pandas ``attrs``, key ``xaiscope.unit``), the
+record of the inputs it was computed from: the model's weights hash, the hash of the
+method and metric settings, the normalisation, and per image its id, label, pixel hash
+and mask hash (:meth:`RunStore.unit_record`). Written in the same atomic rename as the
+rows, the record can never disagree with them.
 """
 
 from __future__ import annotations
@@ -34,8 +40,14 @@ import pandas as pd
 from xaiscope.errors import OutputError
 from xaiscope.io import atomic_path, ensure_dir, write_json, write_text
 
+UNIT_RECORD_KEY = "xaiscope.unit"
 RESULT_COLUMNS = ["image_id", "label", "target", "model", "method", "setting", "metric", "value"]
 CURVE_COLUMNS = ["image_id", "model", "method", "setting", "metric", "step", "fraction", "value"]
+
+
+def _without_attrs(df: pd.DataFrame) -> pd.DataFrame:
+    df.attrs = {}
+    return df
 
 
 def setting_key(model: str, method: str, setting: str) -> str:
@@ -100,10 +112,39 @@ class RunStore:
     def is_done(self, unit_id: str) -> bool:
         return self.unit_path(unit_id).exists()
 
+    def unit_ids(self) -> set[str]:
+        """Ids of every committed unit."""
+        if not self.units_dir.exists():
+            return set()
+        return {
+            p.name[: -len(".parquet")]
+            for p in self.units_dir.glob("*.parquet")
+            if not p.name.endswith(".curves.parquet") and not p.name.startswith(".")
+        }
+
+    def unit_record(self, unit_id: str) -> dict[str, Any] | None:
+        """The input record a committed unit was written with (None when it has none)."""
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_schema(self.unit_path(unit_id)).metadata or {}
+            attrs = json.loads(meta.get(b"PANDAS_ATTRS") or b"{}")
+        except (OSError, ValueError):
+            return None
+        record = attrs.get(UNIT_RECORD_KEY) if isinstance(attrs, dict) else None
+        return record if isinstance(record, dict) else None
+
+    def remove_unit(self, unit_id: str) -> None:
+        """Delete a committed unit's rows and curves (its attribution chunk is overwritten when recomputed)."""
+        self.unit_path(unit_id).unlink(missing_ok=True)
+        (self.units_dir / f"{unit_id}.curves.parquet").unlink(missing_ok=True)
+
     def _array(self, key: str, shape: tuple[int, ...], chunk: int, attrs: dict[str, Any]):
         import zarr
 
         group = zarr.open_group(str(self.zarr_path), mode="a")
+        if key in group and group[key].shape != shape:  # the data now has another number of images
+            group[key].resize(shape)
         arr = group.require_array(key, shape=shape, chunks=(chunk, *shape[1:]), dtype="float32", fill_value=np.nan)
         if not arr.attrs.get("setting"):
             arr.attrs.update(attrs)
@@ -121,8 +162,9 @@ class RunStore:
         rows: pd.DataFrame,
         curves: pd.DataFrame | None,
         attrs: dict[str, Any],
+        record: dict[str, Any] | None = None,
     ) -> None:
-        """Write a unit's attribution chunk, then commit its rows atomically."""
+        """Write a unit's attribution chunk, then commit its rows (with its input ``record``) atomically."""
         try:
             arr = self._array(key, shape, chunk, attrs)
             arr[start : start + attributions.shape[0]] = attributions.astype(np.float32)
@@ -134,6 +176,9 @@ class RunStore:
         if curves is not None and len(curves):
             with atomic_path(self.units_dir / f"{unit_id}.curves.parquet") as tmp:
                 curves.to_parquet(tmp, index=False)
+        if record is not None:
+            rows = rows.copy(deep=False)
+            rows.attrs = {UNIT_RECORD_KEY: record}  # pandas keeps attrs in the file's schema metadata
         with atomic_path(self.unit_path(unit_id)) as tmp:
             rows.to_parquet(tmp, index=False)
 
@@ -144,7 +189,7 @@ class RunStore:
             if self.units_dir.exists()
             else []
         )
-        frames = [pd.read_parquet(p) for p in parts]
+        frames = [_without_attrs(pd.read_parquet(p)) for p in parts]
         results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESULT_COLUMNS)
         results = results.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(
             drop=True
@@ -153,7 +198,7 @@ class RunStore:
             results.to_parquet(tmp, index=False)
         cparts = sorted(self.units_dir.glob("*.curves.parquet")) if self.units_dir.exists() else []
         curves = (
-            pd.concat([pd.read_parquet(p) for p in cparts], ignore_index=True)
+            pd.concat([_without_attrs(pd.read_parquet(p)) for p in cparts], ignore_index=True)
             if cparts
             else pd.DataFrame(columns=CURVE_COLUMNS)
         )

@@ -131,6 +131,11 @@ def run_transfer(
         "data": str(train_ds.source),
         "test": str(test_ds.source),
         "sources": described,
+        "fingerprints": {
+            "data": train_ds.fingerprint(),
+            "test": test_ds.fingerprint(),
+            "sources": {name: ds.fingerprint() for name, ds in sources.items()},
+        },
         "n_runs": int(res.runs[["source", "frozen_blocks", "seed"]].drop_duplicates().shape[0]),
         "files": ["runs.csv", "runs.parquet", "effects.csv", "effects.parquet", "transfer.png"],
     }

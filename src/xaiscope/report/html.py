@@ -439,7 +439,9 @@ def generic_sections(run: RunView) -> list[dict[str, Any]]:
 def environment_section(run: RunView) -> dict[str, Any]:
     from xaiscope.report.artefacts import _flatten
 
-    rows = [(k, v) for k, v in _flatten(run.manifest) if not k.startswith(("methods.", "metrics."))]
+    rows = [
+        (k, v) for k, v in _flatten(run.manifest) if not k.startswith(("methods.", "metrics.", "fingerprints.units."))
+    ]
     return {
         "manifest": table_from_df(pd.DataFrame(rows, columns=["key", "value"]), max_rows=500) if rows else None,
         "config": run.config_text,
