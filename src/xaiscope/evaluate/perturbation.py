@@ -1,41 +1,61 @@
-"""The faithfulness mechanism: order features, change them step by step, measure the model.
+"""The perturbation mechanism: order features, change them step by step, measure the model.
 
-A faithfulness metric is a declaration of four pieces:
+A metric built on it is a :class:`Perturbation` declaration of six pieces, consumed by
+one generic :class:`PerturbationMetric`:
 
-- **units**: the features that are changed together: pixels, square patches (on a grid
-  padded as Quantus pads it), SLIC superpixels, or random subsets of pixels. A unit
-  covers all channels of its pixels. Each unit gets an attribution score (sum or mean
-  of the map over its pixels).
-- **steps**: which units are changed at step ``t``: a prefix of the unit order
-  (cumulative: units ranked ``< hi_t``), a window of it (``lo_t <= rank < hi_t``), or a
-  random subset. ``order`` is ``morf`` (most relevant first), ``lerf`` (least first) or
-  ``random`` (seeded).
+- **features** (a feature space): the units that are changed together: :class:`Pixels`,
+  square :class:`Patches` (on a grid padded as Quantus pads it) or SLIC
+  :class:`Superpixels`. A unit covers all channels of its pixels and gets an attribution
+  score (sum or mean of the map over its pixels).
+- **order**: ``morf`` (most relevant first), ``lerf`` (least first), ``random`` (seeded)
+  or ``raster`` (unit index order).
+- **schedule**: which units are changed at step ``t``: fixed :class:`Fractions` of the
+  units, :class:`Cumulative` prefixes of the order (``k`` units more per step),
+  :class:`Windows` of it (the next ``k`` units alone), :class:`Percentages`,
+  :class:`RandomSubsets` of the pixels, or a :class:`Single` step changing every unit.
+  The schedule's step count is a :class:`~xaiscope.evaluate.cost.Count` of the units, so
+  a metric's pass count and its formula follow from the declaration.
 - **fill**: what replaces a changed pixel: ``black`` (the image's minimum, as Quantus),
   ``zero``, ``mean`` (the image's mean), ``blur`` (Gaussian blur of the image),
   ``uniform`` (one U(low, high) value per perturbed image, as Quantus' "uniform"
-  baseline), or noisy linear imputation (ROAD). For insertion the roles swap: the
-  chosen units show the image and the rest shows the fill.
-- **summary** of the resulting curve ``f_y(x_t)``: area, correlation, monotonicity,
-  accuracy (declared in ``faithfulness.py``).
+  baseline), ``running_mean`` (the mean of the image as it is when a unit is removed) or
+  ``noisy_linear`` imputation (ROAD). For insertion the roles swap: the chosen units show
+  the image and the rest shows the fill.
+- **output** read from the model: ``softmax`` / ``logit`` of the target ``f_y``,
+  ``correct`` (the prediction is the target) or ``class`` (the predicted class); with
+  ``base`` the unperturbed images are read too (one pass each).
+- **summary** of the resulting :class:`Curve`: :func:`area`, :func:`correlation`,
+  :func:`mean`, or the metric's own ``summarise``.
 
 All (image, step) pairs are built lazily in chunks of ``batch_size`` perturbed images
 and each chunk goes to the model through :func:`xaiscope.models.forward`; nothing
-loops over images in Python and nothing leaves the device.
+loops over images in Python and nothing leaves the device. Image shape is handled by
+the feature space (which pixels form a unit) and the fill (what a changed pixel
+becomes) only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import draws
+from xaiscope.errors import MetricError
+from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate.base import Metric, Param
+from xaiscope.evaluate.cost import Count, Env, H, W, ceil, floor, number, setting, smallest, symbol
 from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
+ORDERS = ("morf", "lerf", "random")
+
+
+def fill_param(default: str, extra: tuple = (), choices: tuple = FILLS) -> Param:
+    """The ``fill`` setting: value for changed pixels."""
+    return Param(default, str, "value for changed pixels", choices=choices + extra)
 
 
 # ----------------------------------------------------------------------------- units
@@ -105,6 +125,8 @@ def superpixel_units(x: torch.Tensor, m: torch.Tensor, n_segments: int = 100, co
 
 def ranks(units: Units, order: str = "morf", generator: torch.Generator | None = None) -> torch.Tensor:
     """Position ``[N, U]`` of each unit in the order (padding units last)."""
+    if order == "raster":
+        return torch.arange(units.size, device=units.scores.device).expand(units.scores.shape[0], -1)
     s = units.scores.double()
     pad = torch.arange(units.size, device=s.device).view(1, -1) >= units.count.view(-1, 1)
     if order == "random":
@@ -166,15 +188,21 @@ class RankSteps(Steps):
 
 
 class SubsetSteps(Steps):
-    """Step t changes the pixel subset ``idx[n, t]`` (``[N, T, S]`` pixel indices)."""
+    """Step t changes the pixel subset ``idx[n, t]`` (``[N, T, S]`` pixel indices); ``scores``
+    ``[N, H*W]`` are the pixels' attributions."""
 
-    def __init__(self, idx: torch.Tensor, hw: int):
-        self.idx, self.hw, self.T = idx, hw, idx.shape[1]
+    def __init__(self, idx: torch.Tensor, hw: int, scores: torch.Tensor):
+        self.idx, self.hw, self.T, self.scores = idx, hw, idx.shape[1], scores
 
     def mask(self, n_idx, t_idx):
         sel = self.idx[n_idx, t_idx]
         m = torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device)
         return m.scatter_(1, sel, True)
+
+    def unit_sums(self) -> torch.Tensor:
+        """Attribution sum of each step's subset ``[N, T]``."""
+        n, t, s = self.idx.shape
+        return self.scores.double().gather(1, self.idx.flatten(1)).view(n, t, s).sum(-1)
 
 
 def cumulative(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,16 +216,6 @@ def windows(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor,
     """``(lo, hi)`` for steps changing the next ``k`` units only (not cumulative)."""
     lo, hi = cumulative(k, total, limit)
     return hi - k, hi
-
-
-def pixel_steps(
-    m: torch.Tensor, k: int, order: str = "morf", *, cumulative_steps: bool = True, limit: int | None = None
-) -> RankSteps:
-    """Steps over the pixels of maps ``m`` ``[N, H, W]`` in ``order`` (``morf`` / ``lerf``):
-    ``k`` pixels per step, cumulatively (prefixes of the order) or one window at a time."""
-    units = pixel_units(m)
-    lo, hi = (cumulative if cumulative_steps else windows)(k, units.size, limit)
-    return RankSteps(units, ranks(units, order), lo, hi)
 
 
 # ----------------------------------------------------------------------------- fills
@@ -245,6 +263,39 @@ def make_fill(
         vals = draws.uniform(g, (T, x.shape[0]), low, high, x.device).t()
         return scalar_fill(vals)
     return image_fill(kind, x, sigma=sigma)
+
+
+def running_mean_fill(x: torch.Tensor, steps: RankSteps) -> Fill:
+    """At step t a newly changed unit takes the mean of the image after steps 1..t-1 and keeps
+    it (Quantus' IROF fill, run one image at a time)."""
+    n, c, h, w = x.shape
+    cur = x.clone()
+    mu_t = torch.empty(n, steps.T, device=x.device, dtype=torch.float64)
+    idx = torch.arange(n, device=x.device)
+    for t in range(steps.T):
+        mu = cur.flatten(1).mean(1)
+        mu_t[:, t] = mu.double()
+        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, h, w)
+        if t > 0:
+            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, h, w)
+        cur = torch.where(new, mu.view(-1, 1, 1, 1).to(cur.dtype), cur)
+    per_pix = mu_t.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype).view(n, 1, h, w)
+    base = per_pix.expand_as(x)
+
+    def fill(xb, mb, n_idx, t_idx):
+        return base[n_idx]
+
+    return fill
+
+
+def fill_for(kind: str, x: torch.Tensor, steps: Steps, hp: dict) -> Fill:
+    """The fill named ``kind`` for these steps; its settings (``seed``, ``sigma``, ``noise``)
+    come from ``hp``."""
+    if kind == "noisy_linear":
+        return noisy_linear_fill(x, hp["noise"], hp["seed"])
+    if kind == "running_mean":
+        return running_mean_fill(x, steps)
+    return make_fill(kind, x, steps.T, seed=hp.get("seed", 0), sigma=hp.get("sigma", 5.0))
 
 
 def neighbour_mean(v: torch.Tensor) -> torch.Tensor:
@@ -326,6 +377,16 @@ def target_score(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tenso
     return out.gather(1, y.view(-1, 1)).squeeze(1)
 
 
+def readout(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
+    """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target,
+    ``correct`` (1 where the prediction is the target) or ``class`` (the predicted class)."""
+    if output == "correct":
+        return (out.argmax(1) == y).double()
+    if output == "class":
+        return out.argmax(1)
+    return target_score(out, y, output)
+
+
 def run(
     model,
     x: torch.Tensor,
@@ -337,13 +398,12 @@ def run(
     output: str = "softmax",
     insertion: bool = False,
     valid: torch.Tensor | None = None,
-    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Model values ``[N, T]`` after each step (NaN where ``valid`` [N, T] is False).
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the
-    image there and the fill elsewhere. ``reduce(outputs, y)`` -> ``[B]`` (default
-    :func:`target_score`). Pairs are sent to the model ``batch_size`` at a time.
+    image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
+    sent to the model ``batch_size`` at a time.
     """
     n, c, h, w = x.shape
     T = steps.T
@@ -351,7 +411,6 @@ def run(
     pairs = torch.arange(n * T, device=x.device)
     if valid is not None:
         pairs = pairs[valid.reshape(-1)]
-    red = reduce or (lambda out, yb: target_score(out, yb, output))
     for sl in iter_chunks(pairs.numel(), batch_size):
         p = pairs[sl]
         n_idx, t_idx = p // T, p % T
@@ -360,12 +419,348 @@ def run(
         fb = fill(xb, mb, n_idx, t_idx)
         xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
         out = models.forward(model, xp, batch_size=batch_size)
-        if sl.start == 0:  # once per run: reductions that compare with y (ROAD) do not index by it
+        if sl.start == 0:  # once per run: readouts that compare with y (ROAD) do not index by it
             check_target_range(y, out.shape[1])
-        vals[p] = red(out, y[n_idx]).double()
+        vals[p] = readout(out, y[n_idx], output).double()
     return vals.view(n, T)
 
 
 def base_scores(model, x, y, *, batch_size: int, output: str = "softmax") -> torch.Tensor:
-    """``f_y(x)`` of the unperturbed images (one pass each)."""
-    return target_score(models.forward(model, x, batch_size=batch_size), y, output).double()
+    """``f_y(x)`` (or another :func:`readout`) of the unperturbed images (one pass each)."""
+    return readout(models.forward(model, x, batch_size=batch_size), y, output).double()
+
+
+# ----------------------------------------------------------------------- declarations
+def resolve(hp: dict, v):
+    """A declared value: a string that names a setting reads it from ``hp``; anything else is the value."""
+    return hp[v] if isinstance(v, str) and v in hp else v
+
+
+def _count(v) -> Count:
+    return setting(v) if isinstance(v, str) else number(v)
+
+
+class Pixels:
+    """Every pixel (all its channels) is a unit; its score is the map value."""
+
+    def units(self, x: torch.Tensor, m: torch.Tensor, hp: dict) -> Units:
+        return pixel_units(m)
+
+    def count(self) -> Count:
+        return H * W
+
+
+@dataclass(frozen=True)
+class Patches:
+    """Square patches of side ``size`` (a setting name or a number); score = sum of the map."""
+
+    size: str | int = "patch_size"
+
+    def units(self, x, m, hp) -> Units:
+        p = resolve(hp, self.size)
+        return pixel_units(m) if p == 1 else patch_units(m, p)
+
+    def count(self) -> Count:
+        p = _count(self.size)
+        return ceil(H / p) * ceil(W / p)
+
+
+@dataclass(frozen=True)
+class Superpixels:
+    """SLIC superpixels of each image; score = mean of the map over the superpixel."""
+
+    segments: str = "n_segments"
+    compactness: str = "compactness"
+
+    def units(self, x, m, hp) -> Units:
+        return superpixel_units(x, m, hp[self.segments], hp[self.compactness])
+
+    def count(self) -> Count:
+        return symbol(f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True)
+
+
+class Schedule:
+    """Which units change at each step. ``count(u)`` is the number of steps T for ``u`` units
+    (a :class:`Count`: the same expression gives T at run time and the pass formula)."""
+
+    def count(self, u: Count) -> Count:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def steps(self, units: Units, rank: torch.Tensor | None, hp: dict, x: torch.Tensor, name: str = "") -> Steps:
+        t = int(self.count(number(units.size))(Env(hp)))
+        lo, hi = self.bounds(t, units.size, hp)
+        return RankSteps(units, rank, lo, hi)
+
+    def bounds(self, t: int, u: int, hp: dict) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """``(lo, hi)`` ``[T]``: units ranked ``lo_t <= rank < hi_t`` change at step t."""
+        raise NotImplementedError
+
+    def axis(self, t: int, hp: dict) -> torch.Tensor:
+        """The curve's x values ``[T]`` (default: step numbers 1..T)."""
+        return torch.arange(1, t + 1)
+
+    def spacing(self, hp: dict) -> float:
+        """Distance between two curve points for areas."""
+        return 1.0
+
+    def valid(self, units: Units, steps: Steps) -> torch.Tensor | None:
+        """``[N, T]`` pairs worth a model pass (None: all)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Fractions(Schedule):
+    """Fixed fractions ``t / T`` of the units, t = 0..T (``T`` = setting ``steps``), cumulatively:
+    the curve starts at the unchanged image."""
+
+    steps_setting: str = "steps"
+
+    def count(self, u):
+        return setting(self.steps_setting) + 1
+
+    def bounds(self, t, u, hp):
+        frac = self.axis(t, hp)
+        hi = torch.round(frac * u).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(t, dtype=torch.float64) / (t - 1)
+
+    def spacing(self, hp):
+        return 1.0 / hp[self.steps_setting]
+
+
+@dataclass(frozen=True)
+class Cumulative(Schedule):
+    """``k`` more units per step, cumulatively: ``hi_t = min(t k, U)``, t = 1..T, with
+    ``T = ceil(U / k)``, at most ``limit``, or ``floor(share U / k)``."""
+
+    k: str | int = 1
+    limit: str | None = None
+    share: str | None = None
+
+    def count(self, u):
+        k = _count(self.k)
+        if self.share is not None:
+            return floor(setting(self.share) * u / k)
+        t = u if self.k == 1 else ceil(u / k)
+        return smallest(t, setting(self.limit)) if self.limit is not None else t
+
+    def bounds(self, t, u, hp):
+        return cumulative(resolve(hp, self.k), u, t)
+
+    def valid(self, units, steps):
+        # units beyond an image's own count (superpixels) are padding: steps that add none are skipped
+        if bool((units.count == units.size).all()):
+            return None
+        before = torch.cat([torch.zeros_like(steps.hi[:, :1]), steps.hi[:, :-1]], 1)
+        return before < units.count.view(-1, 1)
+
+
+@dataclass(frozen=True)
+class Windows(Schedule):
+    """The next ``k`` units alone at each step (not cumulative), T = ceil(U / k) windows, each
+    repeated ``repeat`` times in a row."""
+
+    k: str | int = 1
+    repeat: str | None = None
+
+    def count(self, u):
+        t = ceil(u / _count(self.k))
+        return t * setting(self.repeat) if self.repeat is not None else t
+
+    def bounds(self, t, u, hp):
+        lo, hi = windows(resolve(hp, self.k), u)
+        if self.repeat is not None:
+            lo, hi = lo.repeat_interleave(hp[self.repeat]), hi.repeat_interleave(hp[self.repeat])
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class Percentages(Schedule):
+    """The first ``p`` % of the units in order, for p = 1, 1 + s, ... < 100 (``s`` = setting ``step``)."""
+
+    step: str = "percentage_step"
+
+    def count(self, u):
+        s = self.step
+        return symbol(f"len(range(1, 100, {s}))", lambda env: len(range(1, 100, env.hparams[s])))
+
+    def bounds(self, t, u, hp):
+        hi = (u * self.axis(t, hp).double() / 100).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(1, 100, hp[self.step])
+
+
+@dataclass(frozen=True)
+class RandomSubsets(Schedule):
+    """Step t changes a random subset of ``size`` pixels, ``runs`` subsets per image, drawn
+    from stream ``stream`` of the seed."""
+
+    runs: str = "nr_runs"
+    size: str = "subset_size"
+    stream: int = 3
+
+    def count(self, u):
+        return setting(self.runs)
+
+    def steps(self, units, rank, hp, x, name=""):
+        s, hw = hp[self.size], units.size
+        if s >= hw:
+            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} pixels of an image.")
+        g = draws.generator(hp["seed"], x.device, self.stream)
+        idx = draws.subsets(g, x.shape[0], hp[self.runs], hw, s, x.device)
+        return SubsetSteps(idx, hw, units.scores)
+
+
+class Single(Schedule):
+    """One step that changes every unit."""
+
+    def count(self, u):
+        return number(1)
+
+    def bounds(self, t, u, hp):
+        return torch.tensor([0]), torch.tensor([u])
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """A metric's use of the mechanism (see the module docstring). ``order``, ``fill`` and
+    ``output`` name a setting or give the value; ``stream`` seeds a random order; ``curve``
+    is what :meth:`PerturbationMetric.curves` shows and ``summary`` reduces: the model
+    ``values`` or their ``drop`` from the unperturbed image (``base``)."""
+
+    features: Pixels | Patches | Superpixels | None = None
+    order: str | None = "morf"
+    schedule: Schedule | None = None
+    fill: str = "fill"
+    output: str = "output"
+    base: bool = False
+    insertion: bool = False
+    curve: str = "values"
+    summary: Callable[[Curve], torch.Tensor] | None = None
+    stream: int = 0
+
+    def cost(self) -> Count:
+        """Model passes per image: the base pass plus one per step."""
+        steps = self.schedule.count(self.features.count()) if self.schedule is not None else number(0)
+        return (1 if self.base else 0) + steps
+
+
+@dataclass
+class Curve:
+    """One evaluation of a declaration: the inputs, the steps, and what the model gave.
+
+    ``base`` ``[N]``: the readout of the unperturbed images (with ``base``); ``values``
+    ``[N, T]``: the readout after each step (NaN where ``valid`` is False); ``curve``: the
+    declared curve (``values`` or ``base - values``); ``axis`` ``[T]``: its x values.
+    """
+
+    x: torch.Tensor
+    a: torch.Tensor
+    m: torch.Tensor
+    hp: dict
+    base: torch.Tensor | None = None
+    units: Units | None = None
+    steps: Steps | None = None
+    fill: Fill | None = None
+    values: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    curve: torch.Tensor | None = None
+    axis: torch.Tensor | None = None
+    spacing: float = 1.0
+
+    def drop(self) -> torch.Tensor:
+        """``f(x) - f(x_t)`` ``[N, T]``."""
+        return self.base.unsqueeze(1) - self.values
+
+
+def area(c: Curve) -> torch.Tensor:
+    """Trapezoid area under the curve (spacing of the schedule)."""
+    return stats.trapz(c.curve, dx=c.spacing)
+
+
+def correlation(c: Curve) -> torch.Tensor:
+    """Pearson correlation over steps of the changed units' attribution sum and the output drop."""
+    return stats.pearson(c.steps.unit_sums(), c.drop())
+
+
+def mean(c: Curve) -> torch.Tensor:
+    """Mean of the curve over steps."""
+    return c.curve.mean(1)
+
+
+class PerturbationMetric(Metric):
+    """A metric declared by a :class:`Perturbation` (class attribute ``perturbation``): its
+    score is ``summarise(evaluate(...))`` and its pass count ``perturbation.cost()``.
+    Subclasses change :meth:`summarise` or :meth:`run` where a metric differs."""
+
+    needs = frozenset({"model"})
+    perturbation: ClassVar[Perturbation] = Perturbation()
+
+    def __init_subclass__(cls, **kw):
+        if "perturbation" in cls.__dict__ and "cost" not in cls.__dict__:
+            cls.cost = cls.perturbation.cost()
+        super().__init_subclass__(**kw)
+
+    def _score(self, model, x, y, a, mask, explainer):
+        return self.summarise(self.evaluate(model, x, y, a))
+
+    def summarise(self, c: Curve) -> torch.Tensor:
+        return self.perturbation.summary(c)
+
+    def evaluate(self, model, x, y, a) -> Curve:
+        """Build the steps, run them through the model and collect the :class:`Curve`."""
+        spec, hp = self.perturbation, self.hparams
+        c = Curve(x, a, self.map(a), hp)
+        output = resolve(hp, spec.output)
+        sched = spec.schedule
+        if sched is not None:
+            c.units = spec.features.units(x, c.m, hp)
+            order = resolve(hp, spec.order)
+            g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
+            c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
+            c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
+        if spec.base:
+            c.base = base_scores(model, x, y, batch_size=self.batch_size, output=output)
+        if sched is not None:
+            c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, sched.valid(c.units, c.steps))
+            c.curve = c.drop() if spec.curve == "drop" else c.values
+            c.axis = sched.axis(c.steps.T, hp).to(x.device)
+            c.spacing = sched.spacing(hp)
+        return c
+
+    def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None):
+        """``(values [N, T], valid [N, T])``: the readout of every (image, step) pair."""
+        v = run(
+            model,
+            x,
+            y,
+            steps,
+            fill,
+            batch_size=self.batch_size,
+            output=output,
+            insertion=self.perturbation.insertion,
+            valid=valid,
+        )
+        return v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
+
+    def _checked_curve(self, model, x, y, a) -> Curve:
+        if self.perturbation.schedule is None:
+            raise MetricError(f"{self.name} changes no pixels: it has no curve.")
+        x, y, a, _ = self._check(model, x, y, a, None, None)
+        with models.eval_mode(model):
+            return self.evaluate(model, x, y, a)
+
+    def curves(self, model, x, y, a, mask=None, explainer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(axis [T], curve [N, T])``: the declared curve and its x values."""
+        c = self._checked_curve(model, x, y, a)
+        return c.axis, c.curve
+
+    def score_and_curves(self, model, x, y, a, mask=None, explainer=None):
+        """``(scores [N], axis [T], curve [N, T])`` from one set of model passes (what
+        ``__call__`` and :meth:`curves` give, without computing the curve twice)."""
+        c = self._checked_curve(model, x, y, a)
+        return self.summarise(c).to(device=c.x.device, dtype=torch.float32), c.axis, c.curve

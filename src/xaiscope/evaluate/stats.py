@@ -73,6 +73,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rank(a), rank(b))
 
 
+def agreement(label: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
+    """For each item i, the share of the items j with ``close[i, j]`` whose ``label`` equals
+    ``label[i]`` (``label`` ``[N]``, ``close`` ``[N, N]``); 0 where none is close."""
+    same = label.view(1, -1) == label.view(-1, 1)
+    cnt = close.sum(-1)
+    share = (same & close).sum(-1).double() / cnt.clamp_min(1)
+    return torch.where(cnt > 0, share, torch.zeros_like(share))
+
+
 def trapz(v: torch.Tensor, dx: float = 1.0) -> torch.Tensor:
     """Trapezoid area of each row with spacing ``dx`` (``np.trapezoid(v, dx=dx, axis=-1)``)."""
     v = v.double()
