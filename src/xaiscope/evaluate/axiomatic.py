@@ -9,7 +9,7 @@ import torch
 from xaiscope import models
 from xaiscope.errors import MetricError
 from xaiscope.evaluate import perturbation as P
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Metric, Param, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, Metric, Param, register
 from xaiscope.evaluate.cost import E
 from xaiscope.explain.postprocess import pool
 
@@ -34,7 +34,7 @@ class Completeness(P.PerturbationMetric):
         "abs": ABS,
         "normalise": NORM_F,
     }
-    perturbation = P.Perturbation(P.Pixels(), "raster", P.Single(), output="score", base=True)
+    spec = P.Perturbation(P.Pixels(), "raster", P.Single(), output="score", base=True)
 
     def summarise(self, c):
         s = c.m.flatten(1).double().sum(1)
@@ -56,15 +56,11 @@ class NonSensitivity(P.PerturbationMetric):
 
     name, category, direction = "non_sensitivity", "axiomatic", "lower"
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {
-        "eps": Param(1e-5, float, "threshold", low=0.0),
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "fill": P.fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    perturbation = P.Perturbation(P.Pixels(), "raster", P.Windows("features_in_step"), base=True)
+    params = P.settings(
+        {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": Param(1, int, "pixels per step", low=1)},
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(P.Pixels(), "raster", P.Windows("features_in_step"), base=True)
 
     def summarise(self, c):
         m, eps = c.m.flatten(1), self.hparams["eps"]

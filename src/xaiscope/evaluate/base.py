@@ -8,8 +8,9 @@ ranges; the same class the explain layer uses), a ``cost`` (model passes per ima
 :class:`~xaiscope.evaluate.cost.Count` expression of the settings, the image size, the
 explainer's passes E and the model's layers L, which also gives the ``passes_formula``
 text), and a ``_score`` that returns one float per image. Metrics of one family are
-declarations of that family's mechanism (``perturbation.py``, ``robustness.py``,
-``randomisation.py``), from which their ``cost`` follows.
+declarations (class attribute ``spec``) of that family's mechanism
+(``perturbation.py``, ``robustness.py``, ``randomisation.py``), from which their
+``cost`` follows.
 
 Calling ``metric(model, x, y, a, mask=None, explainer=None)`` validates the inputs,
 puts the model in eval mode (restoring it afterwards, also on errors), and returns a
@@ -62,7 +63,11 @@ class Metric:
     reference: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     stochastic: ClassVar[bool] = False
-    #: model passes per image (E = explainer passes, L = layers with parameters)
+    #: the declaration of the family's mechanism the metric uses (``Perturbation``,
+    #: ``Reexplanation``, ``Randomisation``), or None
+    spec: ClassVar[Any] = None
+    #: model passes per image (E = explainer passes, L = layers with parameters); by default
+    #: ``spec.cost()``
     cost: ClassVar[Count] = number(0)
     #: ``str(cost)``, set for every subclass
     passes_formula: ClassVar[str] = "0"
@@ -71,6 +76,8 @@ class Metric:
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
+        if "spec" in cls.__dict__ and "cost" not in cls.__dict__:
+            cls.cost = cls.spec.cost()
         cls.passes_formula = str(cls.cost)
 
     def __init__(self, **hparams: Any) -> None:

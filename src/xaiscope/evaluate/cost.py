@@ -17,6 +17,7 @@ that needs an unknown quantity (no shape, no explainer, no model) is NaN.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Callable
 
@@ -67,53 +68,42 @@ class Count:
     def _in(self, prec: int) -> str:
         return f"({self.text})" if self.prec < prec else self.text
 
-    def __add__(self, other) -> Count:
-        other = count(other)
-        if self.const == 0:
-            return other
-        if other.const == 0:
-            return self
-        if self.const is not None and other.const is not None:
-            return number(self.const + other.const)
+    def _join(self, other: Count, op: str, f: Callable[[float, float], float], prec: int, right: int) -> Count:
+        """``self op other``, ``other`` parenthesised when it binds looser than ``right``."""
         return Count(
-            f"{self._in(_SUM)} + {other._in(_SUM)}",
-            lambda env: self(env) + other(env),
-            _SUM,
+            f"{self._in(prec)}{op}{other._in(right)}",
+            lambda env: f(self(env), other(env)),
+            prec,
             shaped=self.shaped or other.shaped,
         )
+
+    def __add__(self, other) -> Count:
+        other = count(other)
+        if self.const is not None and other.const is not None:
+            return number(self.const + other.const)
+        if self.const == 0 or other.const == 0:
+            return other if self.const == 0 else self
+        return self._join(other, " + ", operator.add, _SUM, _SUM)
 
     def __radd__(self, other) -> Count:
         return count(other) + self
 
     def __mul__(self, other) -> Count:
         other = count(other)
-        if self.const == 1:
-            return other
-        if other.const == 1:
-            return self
         if self.const is not None and other.const is not None:
             return number(self.const * other.const)
+        if self.const == 1 or other.const == 1:
+            return other if self.const == 1 else self
         # a factor of image sizes prints tight (H*W, share*H*W, ceil(H/p)*ceil(W/p)), others spaced
         op = "*" if other.shaped and (self.shaped or self.symbol) else " * "
-        return Count(
-            f"{self._in(_PRODUCT)}{op}{other._in(_PRODUCT)}",
-            lambda env: self(env) * other(env),
-            _PRODUCT,
-            shaped=self.shaped or other.shaped,
-        )
+        return self._join(other, op, operator.mul, _PRODUCT, _PRODUCT)
 
     def __rmul__(self, other) -> Count:
         return count(other) * self
 
     def __truediv__(self, other) -> Count:
-        other = count(other)
         op = "/" if self.prec == _ATOM else " / "
-        return Count(
-            f"{self._in(_PRODUCT)}{op}{other._in(_PRODUCT + 1)}",
-            lambda env: self(env) / other(env),
-            _PRODUCT,
-            shaped=self.shaped or other.shaped,
-        )
+        return self._join(count(other), op, operator.truediv, _PRODUCT, _PRODUCT + 1)
 
     def when(self, name: str, value, extra: Count) -> Count:
         """``self``, plus ``extra`` where setting ``name`` equals ``value``."""

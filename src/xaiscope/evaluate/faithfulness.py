@@ -15,21 +15,8 @@ import torch
 
 from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate import stats
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Param, register
-from xaiscope.evaluate.perturbation import (
-    Cumulative,
-    Fractions,
-    Patches,
-    Percentages,
-    Perturbation,
-    Pixels,
-    RandomSubsets,
-    Superpixels,
-    Windows,
-    area,
-    correlation,
-    fill_param,
-)
+from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, OUTPUT_P, Param, register
+from xaiscope.evaluate.perturbation import settings
 
 ORDER = Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=P.ORDERS)
 FEATURES_IN_STEP = Param(1, int, "pixels changed per step", low=1)
@@ -46,12 +33,12 @@ class _Curve(_Faithfulness):
         "steps": Param(20, int, "number of steps T; the curve has T+1 points", low=1),
         "order": ORDER,
         "patch_size": Param(1, int, "side of the square units (1 = pixels)", low=1),
-        "fill": fill_param("black"),
+        "fill": P.fill_param("black"),
         "sigma": Param(5.0, float, "blur standard deviation in pixels (fill='blur')", low=0.0),
         "output": OUTPUT_P,
         "abs": ABS,
     }
-    perturbation = Perturbation(Patches(), "order", Fractions(), summary=area, stream=1)
+    spec = P.Perturbation(P.Patches(), "order", P.Fractions(), summary=P.area, stream=1)
 
 
 @register
@@ -81,8 +68,8 @@ class Insertion(_Curve):
 
     name, direction, stochastic = "insertion", "higher", True
     reference = "Petsiuk et al. 2018, RISE, BMVC, arXiv:1806.07421"
-    params = {**_Curve.params, "fill": fill_param("blur")}
-    perturbation = Perturbation(Patches(), "order", Fractions(), insertion=True, summary=area, stream=1)
+    params = {**_Curve.params, "fill": P.fill_param("blur")}
+    spec = P.Perturbation(P.Patches(), "order", P.Fractions(), insertion=True, summary=P.area, stream=1)
 
 
 # ------------------------------------------------------------------ Quantus curve metrics
@@ -99,14 +86,8 @@ class PixelFlipping(_Faithfulness):
 
     name, direction = "pixel_flipping", "lower"
     reference = "Bach et al. 2015, PLoS ONE 10(7):e0130140"
-    params = {
-        "features_in_step": FEATURES_IN_STEP,
-        "fill": fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(Pixels(), "morf", Cumulative("features_in_step"), summary=area)
+    params = settings({"features_in_step": FEATURES_IN_STEP})
+    spec = P.Perturbation(P.Pixels(), "morf", P.Cumulative("features_in_step"), summary=P.area)
 
 
 @register
@@ -122,17 +103,15 @@ class RegionPerturbation(_Faithfulness):
 
     name, direction, stochastic = "region_perturbation", "higher", True
     reference = "Samek et al. 2017, IEEE TNNLS 28(11):2660-2673"
-    params = {
-        "patch_size": PATCH_SIZE,
-        "regions_evaluation": Param(100, int, "steps", low=1),
-        "order": ORDER,
-        "fill": fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(
-        Patches(), "order", Cumulative(limit="regions_evaluation"), base=True, curve="drop", summary=area, stream=2
+    params = settings({"patch_size": PATCH_SIZE, "regions_evaluation": Param(100, int, "steps", low=1), "order": ORDER})
+    spec = P.Perturbation(
+        P.Patches(),
+        "order",
+        P.Cumulative(limit="regions_evaluation"),
+        base=True,
+        curve="drop",
+        summary=P.area,
+        stream=2,
     )
 
 
@@ -148,8 +127,8 @@ class Selectivity(_Faithfulness):
 
     name, direction = "selectivity", "lower"
     reference = "Montavon et al. 2018, Digital Signal Processing 73:1-15"
-    params = {"patch_size": PATCH_SIZE, "fill": fill_param("black"), "output": OUTPUT_P, "abs": ABS, "normalise": NORM}
-    perturbation = Perturbation(Patches(), "morf", Cumulative(), summary=area)
+    params = settings({"patch_size": PATCH_SIZE})
+    spec = P.Perturbation(P.Patches(), "morf", P.Cumulative(), summary=P.area)
 
 
 # ------------------------------------------------------------------ correlation metrics
@@ -166,15 +145,14 @@ class FaithfulnessCorrelation(_Faithfulness):
 
     name, direction, stochastic = "faithfulness_correlation", "higher", True
     reference = "Bhatt et al. 2020, IJCAI, arXiv:2005.00631"
-    params = {
-        "nr_runs": Param(100, int, "random subsets", low=2),
-        "subset_size": Param(224, int, "pixels per subset", low=1),
-        "fill": fill_param("black"),
-        "output": OUTPUT_L,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(Pixels(), None, RandomSubsets(), base=True, summary=correlation)
+    params = settings(
+        {
+            "nr_runs": Param(100, int, "random subsets", low=2),
+            "subset_size": Param(224, int, "pixels per subset", low=1),
+        },
+        output=OUTPUT_L,
+    )
+    spec = P.Perturbation(P.Pixels(), None, P.RandomSubsets(), base=True, summary=P.correlation)
 
 
 @register
@@ -189,8 +167,8 @@ class FaithfulnessEstimate(_Faithfulness):
 
     name, direction = "faithfulness_estimate", "higher"
     reference = "Alvarez-Melis & Jaakkola 2018, NeurIPS, arXiv:1806.07538"
-    params = {**PixelFlipping.params, "output": OUTPUT_L}
-    perturbation = Perturbation(Pixels(), "morf", Windows("features_in_step"), base=True, summary=correlation)
+    params = settings({"features_in_step": FEATURES_IN_STEP}, output=OUTPUT_L)
+    spec = P.Perturbation(P.Pixels(), "morf", P.Windows("features_in_step"), base=True, summary=P.correlation)
 
 
 @register
@@ -209,9 +187,9 @@ class Monotonicity(_Faithfulness):
 
     name, direction = "monotonicity", "higher"
     reference = "Arya et al. 2019, arXiv:1909.03012"
-    params = {**PixelFlipping.params, "abs": ABS_T}
-    perturbation = Perturbation(Pixels(), "lerf", Cumulative("features_in_step"), insertion=True)
-    cost = perturbation.cost().at_most()
+    params = settings({"features_in_step": FEATURES_IN_STEP}, absolute=ABS_T)
+    spec = P.Perturbation(P.Pixels(), "lerf", P.Cumulative("features_in_step"), insertion=True)
+    cost = spec.cost().at_most()
 
     def run(self, model, x, y, steps, fill, output, valid):
         """Steps in blocks, in order; an image whose curve has already decreased scores 0
@@ -256,16 +234,16 @@ class MonotonicityCorrelation(_Faithfulness):
 
     name, direction, stochastic = "monotonicity_correlation", "higher", True
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "nr_samples": Param(100, int, "repeats", low=1),
-        "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0),
-        "fill": fill_param("uniform"),
-        "output": OUTPUT_P,
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(Pixels(), "lerf", Windows("features_in_step", repeat="nr_samples"), base=True)
+    params = settings(
+        {
+            "features_in_step": FEATURES_IN_STEP,
+            "nr_samples": Param(100, int, "repeats", low=1),
+            "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0),
+        },
+        fill="uniform",
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(P.Pixels(), "lerf", P.Windows("features_in_step", repeat="nr_samples"), base=True)
 
     def summarise(self, c):
         f0, r = c.base, self.hparams["nr_samples"]
@@ -290,13 +268,14 @@ class SensitivityN(_Faithfulness):
 
     name, direction = "sensitivity_n", "higher"
     reference = "Ancona et al. 2018, ICLR, arXiv:1711.06104"
-    params = {
-        "features_in_step": FEATURES_IN_STEP,
-        "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
-        **PixelFlipping.params,
-    }
-    perturbation = Perturbation(
-        Pixels(), "morf", Cumulative("features_in_step", share="n_max_percentage"), base=True, summary=correlation
+    params = settings(
+        {
+            "features_in_step": FEATURES_IN_STEP,
+            "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
+        }
+    )
+    spec = P.Perturbation(
+        P.Pixels(), "morf", P.Cumulative("features_in_step", share="n_max_percentage"), base=True, summary=P.correlation
     )
 
     def per_n(self, model, x, y, a) -> torch.Tensor:
@@ -324,15 +303,14 @@ class IROF(_Faithfulness):
 
     name, direction = "irof", "higher"
     reference = "Rieger & Hansen 2020, arXiv:2003.08747"
-    params = {
-        "n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
-        "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
-        "fill": fill_param("mean", ("running_mean",)),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(Superpixels(), "morf", Cumulative(), base=True)
+    params = settings(
+        {
+            "n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
+            "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
+        },
+        fill=P.fill_param("mean", ("running_mean",)),
+    )
+    spec = P.Perturbation(P.Superpixels(), "morf", P.Cumulative(), base=True)
 
     def summarise(self, c):
         curve = torch.where(c.valid, c.values / c.base.unsqueeze(1), torch.zeros_like(c.values))
@@ -357,13 +335,15 @@ class ROAD(_Faithfulness):
 
     name, direction, stochastic = "road", "lower", True
     reference = "Rong et al. 2022, ICML, arXiv:2202.00449"
-    params = {
-        "percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
-        "noise": Param(0.01, float, "imputation noise std", low=0.0),
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(Pixels(), "morf", Percentages(), "noisy_linear", "correct", summary=P.mean)
+    params = settings(
+        {
+            "percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
+            "noise": Param(0.01, float, "imputation noise std", low=0.0),
+        },
+        fill=None,
+        output=None,
+    )
+    spec = P.Perturbation(P.Pixels(), "morf", P.Percentages(), "noisy_linear", "correct", summary=P.mean)
 
 
 @register
@@ -379,13 +359,8 @@ class Infidelity(_Faithfulness):
 
     name, direction = "infidelity", "lower"
     reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = {
-        **Selectivity.params,
-        "patch_size": Param(4, int, "patch side", low=1),
-        "output": OUTPUT_L,
-        "normalise": NORM_F,
-    }
-    perturbation = Perturbation(Patches(), "raster", Cumulative(), base=True)
+    params = settings({"patch_size": Param(4, int, "patch side", low=1)}, output=OUTPUT_L, normalise=NORM_F)
+    spec = P.Perturbation(P.Patches(), "raster", P.Cumulative(), base=True)
 
     def summarise(self, c):
         x, a, hp = c.x, c.a, self.hparams
@@ -415,12 +390,13 @@ class Sufficiency(_Faithfulness):
 
     name, direction, set_level = "sufficiency", "higher", True
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {
-        "threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0),
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    perturbation = Perturbation(output="class", base=True)
+    params = settings(
+        {"threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0)},
+        fill=None,
+        output=None,
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(output="class", base=True)
 
     def summarise(self, c):
         return stats.agreement(c.base, _close_pairs(c.m.flatten(1).double(), self.hparams["threshold"]))

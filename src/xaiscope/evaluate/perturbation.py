@@ -27,6 +27,9 @@ one generic :class:`PerturbationMetric`:
 - **summary** of the resulting :class:`Curve`: :func:`area`, :func:`correlation`,
   :func:`mean`, or the metric's own ``summarise``.
 
+A metric is a :class:`PerturbationMetric` whose class attribute ``spec`` is its
+:class:`Perturbation`; its ``cost`` (model passes per image) follows from it.
+
 All (image, step) pairs are built lazily in chunks of ``batch_size`` perturbed images
 and each chunk goes to the model through :func:`xaiscope.models.forward`; nothing
 loops over images in Python and nothing leaves the device. Image shape is handled by
@@ -45,7 +48,7 @@ import torch
 from xaiscope import models
 from xaiscope.errors import MetricError
 from xaiscope.evaluate import draws, stats
-from xaiscope.evaluate.base import Metric, Param
+from xaiscope.evaluate.base import ABS, NORM, OUTPUT_P, Metric, Param
 from xaiscope.evaluate.cost import Count, Env, H, W, ceil, floor, number, setting, smallest, symbol
 from xaiscope.models.forward import check_target_range, iter_chunks
 
@@ -58,7 +61,15 @@ def fill_param(default: str, extra: tuple = (), choices: tuple = FILLS) -> Param
     return Param(default, str, "value for changed pixels", choices=choices + extra)
 
 
-# ----------------------------------------------------------------------------- units
+def settings(first: dict, fill="black", output=OUTPUT_P, absolute=ABS, normalise=NORM) -> dict[str, Param]:
+    """A metric's settings: ``first``, then ``fill`` (a default fill name or a Param), ``output``,
+    ``abs`` and ``normalise``; None leaves one out."""
+    rest = {"fill": fill_param(fill) if isinstance(fill, str) else fill, "output": output}
+    rest.update({"abs": absolute, "normalise": normalise})
+    return {**first, **{k: v for k, v in rest.items() if v is not None}}
+
+
+# ----------------------------------------------------------------------- feature spaces
 @dataclass
 class Units:
     """A partition of each image's pixels into units.
@@ -78,78 +89,111 @@ class Units:
 
 def pixel_units(m: torch.Tensor) -> Units:
     """Every pixel is a unit; score = map value. ``m``: ``[N, H, W]``."""
-    n = m.shape[0]
-    hw = m[0].numel()
-    ids = torch.arange(hw, device=m.device).expand(n, hw)
-    return Units(ids, m.flatten(1), torch.full((n,), hw, device=m.device))
+    n, hw = m.shape[0], m[0].numel()
+    return Units(torch.arange(hw, device=m.device).expand(n, hw), m.flatten(1), torch.full((n,), hw, device=m.device))
+
+
+def resolve(hp: dict, v):
+    """A declared value: a string that names a setting reads it from ``hp``; anything else is the value."""
+    return hp[v] if isinstance(v, str) and v in hp else v
+
+
+def _count(v) -> Count:
+    return setting(v) if isinstance(v, str) else number(v)
+
+
+class Pixels:
+    """Every pixel (all its channels) is a unit; its score is the map value."""
+
+    def units(self, x: torch.Tensor, m: torch.Tensor, hp: dict) -> Units:
+        return pixel_units(m)
+
+    def count(self) -> Count:
+        return H * W
 
 
 def patch_grid(h: int, w: int, p: int, device) -> tuple[torch.Tensor, int]:
     """Patch id of each pixel on a ``p x p`` grid padded like Quantus (floor/ceil halves)."""
     ph = (p - h % p) // 2 if h % p else 0
     pw = (p - w % p) // 2 if w % p else 0
-    gh, gw = math.ceil(h / p), math.ceil(w / p)
     rows = (torch.arange(h, device=device) + ph) // p
     cols = (torch.arange(w, device=device) + pw) // p
-    return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), gh * gw
+    gw = math.ceil(w / p)
+    return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), math.ceil(h / p) * gw
 
 
-def patch_units(m: torch.Tensor, p: int) -> Units:
-    """Square patches of side ``p``; score = sum of the map over the patch."""
-    n, h, w = m.shape
-    pid, count = patch_grid(h, w, p, m.device)
-    scores = torch.zeros(n, count, device=m.device, dtype=m.dtype).index_add_(1, pid, m.flatten(1))
-    return Units(pid.expand(n, -1), scores, torch.full((n,), count, device=m.device))
+@dataclass(frozen=True)
+class Patches:
+    """Square patches of side ``size`` (a setting or a number) on :func:`patch_grid`; score = sum of the map."""
+
+    size: str | int = "patch_size"
+
+    def units(self, x, m, hp) -> Units:
+        p, (n, h, w) = resolve(hp, self.size), m.shape
+        if p == 1:
+            return pixel_units(m)
+        pid, count = patch_grid(h, w, p, m.device)
+        scores = torch.zeros(n, count, device=m.device, dtype=m.dtype).index_add_(1, pid, m.flatten(1))
+        return Units(pid.expand(n, -1), scores, torch.full((n,), count, device=m.device))
+
+    def count(self) -> Count:
+        p = _count(self.size)
+        return ceil(H / p) * ceil(W / p)
 
 
-def superpixel_units(x: torch.Tensor, m: torch.Tensor, n_segments: int = 100, compactness: float = 10.0) -> Units:
-    """SLIC superpixels of each image (scikit-image, ``start_label=0``); score = mean of the map.
+@dataclass(frozen=True)
+class Superpixels:
+    """SLIC superpixels of each image (scikit-image, ``start_label=0``, on the CPU once per
+    image); score = mean of the map over the superpixel."""
 
-    Segmentation runs on the CPU once per image (no model calls)."""
-    from skimage.segmentation import slic
+    segments: str = "n_segments"
+    compactness: str = "compactness"
 
-    n = x.shape[0]
-    segs = []
-    for i in range(n):
-        img = x[i].detach().permute(1, 2, 0).double().cpu().numpy()
-        segs.append(torch.as_tensor(slic(img, n_segments=n_segments, compactness=compactness, start_label=0)).flatten())
-    ids = torch.stack(segs).to(m.device).long()
-    count = ids.amax(1) + 1
-    u = int(count.max())
-    flat = m.flatten(1).double()
-    sums = torch.zeros(n, u, device=m.device, dtype=torch.float64).scatter_add_(1, ids, flat)
-    cnt = torch.zeros(n, u, device=m.device, dtype=torch.float64).scatter_add_(1, ids, torch.ones_like(flat))
-    scores = torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, -math.inf))
-    return Units(ids, scores, count)
+    def units(self, x, m, hp) -> Units:
+        from skimage.segmentation import slic
+
+        n, kw = x.shape[0], {"n_segments": hp[self.segments], "compactness": hp[self.compactness], "start_label": 0}
+        imgs = x.detach().permute(0, 2, 3, 1).double().cpu().numpy()
+        ids = torch.stack([torch.as_tensor(slic(imgs[i], **kw)).flatten() for i in range(n)]).to(m.device).long()
+        count = ids.amax(1) + 1
+        flat = m.flatten(1).double()
+        sums = torch.zeros(n, int(count.max()), device=m.device, dtype=torch.float64).scatter_add_(1, ids, flat)
+        cnt = torch.zeros_like(sums).scatter_add_(1, ids, torch.ones_like(flat))
+        return Units(ids, torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, -math.inf)), count)
+
+    def count(self) -> Count:
+        return symbol(f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True)
 
 
 def ranks(units: Units, order: str = "morf", generator: torch.Generator | None = None) -> torch.Tensor:
-    """Position ``[N, U]`` of each unit in the order (padding units last)."""
-    if order == "raster":
-        return torch.arange(units.size, device=units.scores.device).expand(units.scores.shape[0], -1)
+    """Position ``[N, U]`` of each unit in the order (padding units last): ``morf``, ``lerf``,
+    ``random`` (keys from ``generator``) or ``raster`` (unit index)."""
     s = units.scores.double()
-    pad = torch.arange(units.size, device=s.device).view(1, -1) >= units.count.view(-1, 1)
+    pos = torch.arange(units.size, device=s.device).expand(s.shape[0], -1)
+    if order == "raster":
+        return pos
+    pad = pos >= units.count.view(-1, 1)
     if order == "random":
-        key = torch.rand(s.shape, generator=generator, device=s.device)
-        key = torch.where(pad, torch.full_like(key, 2.0), key)
-        idx = key.argsort(dim=1, stable=True)
+        key = torch.where(pad, 2.0, torch.rand(s.shape, generator=generator, device=s.device))
     else:
-        key = -s if order == "morf" else s
-        key = torch.where(pad, torch.full_like(key, math.inf), key)
-        idx = key.argsort(dim=1, stable=True)
-    r = torch.empty_like(idx)
-    r.scatter_(1, idx, torch.arange(units.size, device=s.device).expand_as(idx))
-    return r
+        key = torch.where(pad, math.inf, -s if order == "morf" else s)
+    return torch.empty_like(pos).scatter_(1, key.argsort(dim=1, stable=True), pos)
 
 
 # ----------------------------------------------------------------------------- steps
 class Steps:
-    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``."""
+    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``;
+    ``unit_sums()`` -> ``[N, T]`` attribution sum of each step's changed units."""
 
     T: int
 
     def mask(self, n_idx: torch.Tensor, t_idx: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def _per_image(v, n: int, device) -> torch.Tensor:
+    v = torch.as_tensor(v, device=device).long()
+    return v.expand(n, -1) if v.dim() <= 1 else v
 
 
 class RankSteps(Steps):
@@ -158,18 +202,7 @@ class RankSteps(Steps):
     def __init__(self, units: Units, rank: torch.Tensor, lo, hi):
         self.units, self.rank = units, rank
         self.pix_rank = rank.gather(1, units.ids)  # [N, HW]
-        dev = rank.device
-        n = rank.shape[0]
-        self.lo = (
-            torch.as_tensor(lo, device=dev).long().expand(n, -1)
-            if torch.as_tensor(lo).dim() <= 1
-            else torch.as_tensor(lo, device=dev).long()
-        )
-        self.hi = (
-            torch.as_tensor(hi, device=dev).long().expand(n, -1)
-            if torch.as_tensor(hi).dim() <= 1
-            else torch.as_tensor(hi, device=dev).long()
-        )
+        self.lo, self.hi = _per_image(lo, rank.shape[0], rank.device), _per_image(hi, rank.shape[0], rank.device)
         self.T = self.hi.shape[1]
 
     def mask(self, n_idx, t_idx):
@@ -182,8 +215,8 @@ class RankSteps(Steps):
         scores = self.units.scores.double()
         n = scores.shape[0]
         cs = torch.cat([torch.zeros_like(scores[:, :1]), scores.gather(1, self.rank.argsort(dim=1)).cumsum(1)], 1)
-        lo = self.lo if lo is None else torch.as_tensor(lo, device=scores.device).long().expand(n, -1)
-        hi = self.hi if hi is None else torch.as_tensor(hi, device=scores.device).long().expand(n, -1)
+        lo = self.lo if lo is None else _per_image(lo, n, scores.device)
+        hi = self.hi if hi is None else _per_image(hi, n, scores.device)
         return cs.gather(1, hi) - cs.gather(1, lo)
 
 
@@ -196,11 +229,9 @@ class SubsetSteps(Steps):
 
     def mask(self, n_idx, t_idx):
         sel = self.idx[n_idx, t_idx]
-        m = torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device)
-        return m.scatter_(1, sel, True)
+        return torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device).scatter_(1, sel, True)
 
     def unit_sums(self) -> torch.Tensor:
-        """Attribution sum of each step's subset ``[N, T]``."""
         n, t, s = self.idx.shape
         return self.scores.double().gather(1, self.idx.flatten(1)).view(n, t, s).sum(-1)
 
@@ -212,85 +243,200 @@ def cumulative(k: int, total: int, limit: int | None = None) -> tuple[torch.Tens
     return torch.zeros_like(hi), hi
 
 
-def windows(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lo, hi)`` for steps changing the next ``k`` units only (not cumulative)."""
-    lo, hi = cumulative(k, total, limit)
-    return hi - k, hi
+# --------------------------------------------------------------------------- schedules
+class Schedule:
+    """Which units change at each step. ``count(u)`` is the number of steps T for ``u`` units
+    (a :class:`Count`: the same expression gives T at run time and the pass formula)."""
+
+    def count(self, u: Count) -> Count:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def steps(self, units: Units, rank: torch.Tensor | None, hp: dict, x: torch.Tensor, name: str = "") -> Steps:
+        t = int(self.count(number(units.size))(Env(hp)))
+        return RankSteps(units, rank, *self.bounds(t, units.size, hp))
+
+    def bounds(self, t: int, u: int, hp: dict) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """``(lo, hi)`` ``[T]``: units ranked ``lo_t <= rank < hi_t`` change at step t."""
+        raise NotImplementedError
+
+    def axis(self, t: int, hp: dict) -> torch.Tensor:
+        """The curve's x values ``[T]`` (default: step numbers 1..T)."""
+        return torch.arange(1, t + 1)
+
+    def spacing(self, hp: dict) -> float:
+        """Distance between two curve points for areas."""
+        return 1.0
+
+    def valid(self, units: Units, steps: Steps) -> torch.Tensor | None:
+        """``[N, T]`` pairs worth a model pass (None: all)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Fractions(Schedule):
+    """Fixed fractions ``t / T`` of the units, t = 0..T (``T`` = setting ``n``), cumulatively:
+    the curve starts at the unchanged image."""
+
+    n: str = "steps"
+
+    def count(self, u):
+        return setting(self.n) + 1
+
+    def bounds(self, t, u, hp):
+        hi = torch.round(self.axis(t, hp) * u).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(t, dtype=torch.float64) / (t - 1)
+
+    def spacing(self, hp):
+        return 1.0 / hp[self.n]
+
+
+@dataclass(frozen=True)
+class Cumulative(Schedule):
+    """``k`` more units per step, cumulatively: ``hi_t = min(t k, U)``, t = 1..T, with
+    ``T = ceil(U / k)``, at most ``limit``, or ``floor(share U / k)``."""
+
+    k: str | int = 1
+    limit: str | None = None
+    share: str | None = None
+
+    def count(self, u):
+        k = _count(self.k)
+        if self.share is not None:
+            return floor(setting(self.share) * u / k)
+        t = u if self.k == 1 else ceil(u / k)
+        return smallest(t, setting(self.limit)) if self.limit is not None else t
+
+    def bounds(self, t, u, hp):
+        return cumulative(resolve(hp, self.k), u, t)
+
+    def valid(self, units, steps):
+        # units beyond an image's own count (superpixels) are padding: steps that add none are skipped
+        if bool((units.count == units.size).all()):
+            return None
+        return torch.cat([torch.zeros_like(steps.hi[:, :1]), steps.hi[:, :-1]], 1) < units.count.view(-1, 1)
+
+
+@dataclass(frozen=True)
+class Windows(Schedule):
+    """The next ``k`` units alone at each step (not cumulative), T = ceil(U / k) windows, each
+    repeated ``repeat`` times in a row."""
+
+    k: str | int = 1
+    repeat: str | None = None
+
+    def count(self, u):
+        t = ceil(u / _count(self.k))
+        return t * setting(self.repeat) if self.repeat is not None else t
+
+    def bounds(self, t, u, hp):
+        k, r = resolve(hp, self.k), hp[self.repeat] if self.repeat is not None else 1
+        _, hi = cumulative(k, u)
+        return (hi - k).repeat_interleave(r), hi.repeat_interleave(r)
+
+
+@dataclass(frozen=True)
+class Percentages(Schedule):
+    """The first ``p`` % of the units in order, for p = 1, 1 + s, ... < 100 (``s`` = setting ``step``)."""
+
+    step: str = "percentage_step"
+
+    def count(self, u):
+        s = self.step
+        return symbol(f"len(range(1, 100, {s}))", lambda env: len(range(1, 100, env.hparams[s])))
+
+    def bounds(self, t, u, hp):
+        hi = (u * self.axis(t, hp).double() / 100).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(1, 100, hp[self.step])
+
+
+@dataclass(frozen=True)
+class RandomSubsets(Schedule):
+    """Step t changes a random subset of ``size`` pixels, ``runs`` subsets per image, drawn
+    from stream ``stream`` of the seed."""
+
+    runs: str = "nr_runs"
+    size: str = "subset_size"
+    stream: int = 3
+
+    def count(self, u):
+        return setting(self.runs)
+
+    def steps(self, units, rank, hp, x, name=""):
+        s, hw = hp[self.size], units.size
+        if s >= hw:
+            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} pixels of an image.")
+        g = draws.generator(hp["seed"], x.device, self.stream)
+        return SubsetSteps(draws.subsets(g, x.shape[0], hp[self.runs], hw, s, x.device), hw, units.scores)
+
+
+class Single(Schedule):
+    """One step that changes every unit."""
+
+    def count(self, u):
+        return number(1)
+
+    def bounds(self, t, u, hp):
+        return torch.tensor([0]), torch.tensor([u])
 
 
 # ----------------------------------------------------------------------------- fills
 Fill = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def image_fill(kind: str, x: torch.Tensor, *, sigma: float = 5.0, value: float = 0.0) -> Fill:
-    """A fill that depends on the image only: black/zero/mean/blur/constant."""
-    if kind == "black":
-        base = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x)
-    elif kind == "zero":
-        base = torch.zeros_like(x)
-    elif kind == "mean":
-        base = x.flatten(1).mean(1).view(-1, 1, 1, 1).expand_as(x)
-    elif kind == "blur":
-        from xaiscope.explain.references import gaussian_blur
-
-        base = gaussian_blur(x, sigma)
-    elif kind == "constant":
-        base = torch.full_like(x, value)
-    else:  # pragma: no cover - validated by the metric's Param
-        raise ValueError(kind)
-
-    def fill(xb, mb, n_idx, t_idx):
-        return base[n_idx]
-
-    return fill
+def _per_image_fill(base: torch.Tensor) -> Fill:
+    return lambda xb, mb, n_idx, t_idx: base[n_idx]
 
 
 def scalar_fill(values: torch.Tensor) -> Fill:
     """One fill value per (image, step): ``values`` ``[N, T]``."""
-
-    def fill(xb, mb, n_idx, t_idx):
-        return values[n_idx, t_idx].view(-1, 1, 1, 1).to(xb.dtype).expand_as(xb)
-
-    return fill
+    return lambda xb, mb, n_idx, t_idx: values[n_idx, t_idx].view(-1, *[1] * (xb.dim() - 1)).to(xb.dtype).expand_as(xb)
 
 
 def make_fill(
     kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float = 0.0, high: float = 1.0, sigma: float = 5.0
 ) -> Fill:
-    """Fill by name; ``uniform`` draws one U(low, high) value per (image, step) from ``seed``."""
+    """Fill by name: ``black`` (the image's minimum), ``zero``, ``mean`` (the image's mean), ``blur``
+    (Gaussian of ``sigma`` pixels) or ``uniform`` (one U(low, high) value per (image, step) from ``seed``)."""
     if kind == "uniform":
         g = draws.generator(seed, x.device, stream=11)
-        vals = draws.uniform(g, (T, x.shape[0]), low, high, x.device).t()
-        return scalar_fill(vals)
-    return image_fill(kind, x, sigma=sigma)
+        return scalar_fill(draws.uniform(g, (T, x.shape[0]), low, high, x.device).t())
+    if kind == "blur":
+        from xaiscope.explain.references import gaussian_blur
+
+        return _per_image_fill(gaussian_blur(x, sigma))
+    if kind == "zero":
+        return _per_image_fill(torch.zeros_like(x))
+    flat = x.flatten(1)
+    value = flat.amin(1) if kind == "black" else flat.mean(1)
+    return _per_image_fill(value.view(-1, *[1] * (x.dim() - 1)).expand_as(x))
 
 
 def running_mean_fill(x: torch.Tensor, steps: RankSteps) -> Fill:
     """At step t a newly changed unit takes the mean of the image after steps 1..t-1 and keeps
     it (Quantus' IROF fill, run one image at a time)."""
-    n, c, h, w = x.shape
-    cur = x.clone()
+    n, ones = x.shape[0], [1] * (x.dim() - 2)
+    cur, idx = x.clone(), torch.arange(n, device=x.device)
     mu_t = torch.empty(n, steps.T, device=x.device, dtype=torch.float64)
-    idx = torch.arange(n, device=x.device)
     for t in range(steps.T):
         mu = cur.flatten(1).mean(1)
         mu_t[:, t] = mu.double()
-        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, h, w)
+        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, *x.shape[2:])
         if t > 0:
-            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, h, w)
-        cur = torch.where(new, mu.view(-1, 1, 1, 1).to(cur.dtype), cur)
-    per_pix = mu_t.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype).view(n, 1, h, w)
-    base = per_pix.expand_as(x)
-
-    def fill(xb, mb, n_idx, t_idx):
-        return base[n_idx]
-
-    return fill
+            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, *x.shape[2:])
+        cur = torch.where(new, mu.view(-1, 1, *ones).to(cur.dtype), cur)
+    per_pix = mu_t.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype)
+    return _per_image_fill(per_pix.view(n, 1, *x.shape[2:]).expand_as(x))
 
 
 def fill_for(kind: str, x: torch.Tensor, steps: Steps, hp: dict) -> Fill:
-    """The fill named ``kind`` for these steps; its settings (``seed``, ``sigma``, ``noise``)
-    come from ``hp``."""
+    """The fill named ``kind`` (:func:`make_fill`, ``running_mean`` or ``noisy_linear``) for these
+    steps; its settings (``seed``, ``sigma``, ``noise``) come from ``hp``."""
     if kind == "noisy_linear":
         return noisy_linear_fill(x, hp["noise"], hp["seed"])
     if kind == "running_mean":
@@ -405,8 +551,7 @@ def run(
     image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
     sent to the model ``batch_size`` at a time.
     """
-    n, c, h, w = x.shape
-    T = steps.T
+    n, T = x.shape[0], steps.T
     vals = torch.full((n * T,), float("nan"), device=x.device, dtype=torch.float64)
     pairs = torch.arange(n * T, device=x.device)
     if valid is not None:
@@ -415,7 +560,7 @@ def run(
         p = pairs[sl]
         n_idx, t_idx = p // T, p % T
         xb = x[n_idx]
-        mb = steps.mask(n_idx, t_idx).view(-1, 1, h, w)
+        mb = steps.mask(n_idx, t_idx).view(-1, 1, *x.shape[2:])
         fb = fill(xb, mb, n_idx, t_idx)
         xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
         out = models.forward(model, xp, batch_size=batch_size)
@@ -431,200 +576,6 @@ def base_scores(model, x, y, *, batch_size: int, output: str = "softmax") -> tor
 
 
 # ----------------------------------------------------------------------- declarations
-def resolve(hp: dict, v):
-    """A declared value: a string that names a setting reads it from ``hp``; anything else is the value."""
-    return hp[v] if isinstance(v, str) and v in hp else v
-
-
-def _count(v) -> Count:
-    return setting(v) if isinstance(v, str) else number(v)
-
-
-class Pixels:
-    """Every pixel (all its channels) is a unit; its score is the map value."""
-
-    def units(self, x: torch.Tensor, m: torch.Tensor, hp: dict) -> Units:
-        return pixel_units(m)
-
-    def count(self) -> Count:
-        return H * W
-
-
-@dataclass(frozen=True)
-class Patches:
-    """Square patches of side ``size`` (a setting name or a number); score = sum of the map."""
-
-    size: str | int = "patch_size"
-
-    def units(self, x, m, hp) -> Units:
-        p = resolve(hp, self.size)
-        return pixel_units(m) if p == 1 else patch_units(m, p)
-
-    def count(self) -> Count:
-        p = _count(self.size)
-        return ceil(H / p) * ceil(W / p)
-
-
-@dataclass(frozen=True)
-class Superpixels:
-    """SLIC superpixels of each image; score = mean of the map over the superpixel."""
-
-    segments: str = "n_segments"
-    compactness: str = "compactness"
-
-    def units(self, x, m, hp) -> Units:
-        return superpixel_units(x, m, hp[self.segments], hp[self.compactness])
-
-    def count(self) -> Count:
-        return symbol(f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True)
-
-
-class Schedule:
-    """Which units change at each step. ``count(u)`` is the number of steps T for ``u`` units
-    (a :class:`Count`: the same expression gives T at run time and the pass formula)."""
-
-    def count(self, u: Count) -> Count:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def steps(self, units: Units, rank: torch.Tensor | None, hp: dict, x: torch.Tensor, name: str = "") -> Steps:
-        t = int(self.count(number(units.size))(Env(hp)))
-        lo, hi = self.bounds(t, units.size, hp)
-        return RankSteps(units, rank, lo, hi)
-
-    def bounds(self, t: int, u: int, hp: dict) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
-        """``(lo, hi)`` ``[T]``: units ranked ``lo_t <= rank < hi_t`` change at step t."""
-        raise NotImplementedError
-
-    def axis(self, t: int, hp: dict) -> torch.Tensor:
-        """The curve's x values ``[T]`` (default: step numbers 1..T)."""
-        return torch.arange(1, t + 1)
-
-    def spacing(self, hp: dict) -> float:
-        """Distance between two curve points for areas."""
-        return 1.0
-
-    def valid(self, units: Units, steps: Steps) -> torch.Tensor | None:
-        """``[N, T]`` pairs worth a model pass (None: all)."""
-        return None
-
-
-@dataclass(frozen=True)
-class Fractions(Schedule):
-    """Fixed fractions ``t / T`` of the units, t = 0..T (``T`` = setting ``steps``), cumulatively:
-    the curve starts at the unchanged image."""
-
-    steps_setting: str = "steps"
-
-    def count(self, u):
-        return setting(self.steps_setting) + 1
-
-    def bounds(self, t, u, hp):
-        frac = self.axis(t, hp)
-        hi = torch.round(frac * u).long()
-        return torch.zeros_like(hi), hi
-
-    def axis(self, t, hp):
-        return torch.arange(t, dtype=torch.float64) / (t - 1)
-
-    def spacing(self, hp):
-        return 1.0 / hp[self.steps_setting]
-
-
-@dataclass(frozen=True)
-class Cumulative(Schedule):
-    """``k`` more units per step, cumulatively: ``hi_t = min(t k, U)``, t = 1..T, with
-    ``T = ceil(U / k)``, at most ``limit``, or ``floor(share U / k)``."""
-
-    k: str | int = 1
-    limit: str | None = None
-    share: str | None = None
-
-    def count(self, u):
-        k = _count(self.k)
-        if self.share is not None:
-            return floor(setting(self.share) * u / k)
-        t = u if self.k == 1 else ceil(u / k)
-        return smallest(t, setting(self.limit)) if self.limit is not None else t
-
-    def bounds(self, t, u, hp):
-        return cumulative(resolve(hp, self.k), u, t)
-
-    def valid(self, units, steps):
-        # units beyond an image's own count (superpixels) are padding: steps that add none are skipped
-        if bool((units.count == units.size).all()):
-            return None
-        before = torch.cat([torch.zeros_like(steps.hi[:, :1]), steps.hi[:, :-1]], 1)
-        return before < units.count.view(-1, 1)
-
-
-@dataclass(frozen=True)
-class Windows(Schedule):
-    """The next ``k`` units alone at each step (not cumulative), T = ceil(U / k) windows, each
-    repeated ``repeat`` times in a row."""
-
-    k: str | int = 1
-    repeat: str | None = None
-
-    def count(self, u):
-        t = ceil(u / _count(self.k))
-        return t * setting(self.repeat) if self.repeat is not None else t
-
-    def bounds(self, t, u, hp):
-        lo, hi = windows(resolve(hp, self.k), u)
-        if self.repeat is not None:
-            lo, hi = lo.repeat_interleave(hp[self.repeat]), hi.repeat_interleave(hp[self.repeat])
-        return lo, hi
-
-
-@dataclass(frozen=True)
-class Percentages(Schedule):
-    """The first ``p`` % of the units in order, for p = 1, 1 + s, ... < 100 (``s`` = setting ``step``)."""
-
-    step: str = "percentage_step"
-
-    def count(self, u):
-        s = self.step
-        return symbol(f"len(range(1, 100, {s}))", lambda env: len(range(1, 100, env.hparams[s])))
-
-    def bounds(self, t, u, hp):
-        hi = (u * self.axis(t, hp).double() / 100).long()
-        return torch.zeros_like(hi), hi
-
-    def axis(self, t, hp):
-        return torch.arange(1, 100, hp[self.step])
-
-
-@dataclass(frozen=True)
-class RandomSubsets(Schedule):
-    """Step t changes a random subset of ``size`` pixels, ``runs`` subsets per image, drawn
-    from stream ``stream`` of the seed."""
-
-    runs: str = "nr_runs"
-    size: str = "subset_size"
-    stream: int = 3
-
-    def count(self, u):
-        return setting(self.runs)
-
-    def steps(self, units, rank, hp, x, name=""):
-        s, hw = hp[self.size], units.size
-        if s >= hw:
-            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} pixels of an image.")
-        g = draws.generator(hp["seed"], x.device, self.stream)
-        idx = draws.subsets(g, x.shape[0], hp[self.runs], hw, s, x.device)
-        return SubsetSteps(idx, hw, units.scores)
-
-
-class Single(Schedule):
-    """One step that changes every unit."""
-
-    def count(self, u):
-        return number(1)
-
-    def bounds(self, t, u, hp):
-        return torch.tensor([0]), torch.tensor([u])
-
-
 @dataclass(frozen=True)
 class Perturbation:
     """A metric's use of the mechanism (see the module docstring). ``order``, ``fill`` and
@@ -661,7 +612,6 @@ class Curve:
     x: torch.Tensor
     a: torch.Tensor
     m: torch.Tensor
-    hp: dict
     base: torch.Tensor | None = None
     units: Units | None = None
     steps: Steps | None = None
@@ -693,33 +643,25 @@ def mean(c: Curve) -> torch.Tensor:
 
 
 class PerturbationMetric(Metric):
-    """A metric declared by a :class:`Perturbation` (class attribute ``perturbation``): its
-    score is ``summarise(evaluate(...))`` and its pass count ``perturbation.cost()``.
-    Subclasses change :meth:`summarise` or :meth:`run` where a metric differs."""
+    """A metric declared by a :class:`Perturbation` (class attribute ``spec``): its score is
+    ``summarise(evaluate(...))``. Subclasses change :meth:`summarise` or :meth:`run` where a
+    metric differs."""
 
     needs = frozenset({"model"})
-    perturbation: ClassVar[Perturbation] = Perturbation()
-
-    def __init_subclass__(cls, **kw):
-        if "perturbation" in cls.__dict__ and "cost" not in cls.__dict__:
-            cls.cost = cls.perturbation.cost()
-        super().__init_subclass__(**kw)
+    spec: ClassVar[Perturbation] = Perturbation()
 
     def _score(self, model, x, y, a, mask, explainer):
         return self.summarise(self.evaluate(model, x, y, a))
 
     def summarise(self, c: Curve) -> torch.Tensor:
-        return self.perturbation.summary(c)
+        return self.spec.summary(c)
 
     def evaluate(self, model, x, y, a) -> Curve:
         """Build the steps, run them through the model and collect the :class:`Curve`."""
-        spec, hp = self.perturbation, self.hparams
-        c = Curve(x, a, self.map(a), hp)
-        output = resolve(hp, spec.output)
-        sched = spec.schedule
+        spec, hp = self.spec, self.hparams
+        c, sched, output = Curve(x, a, self.map(a)), spec.schedule, resolve(hp, spec.output)
         if sched is not None:
-            c.units = spec.features.units(x, c.m, hp)
-            order = resolve(hp, spec.order)
+            c.units, order = spec.features.units(x, c.m, hp), resolve(hp, spec.order)
             g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
             c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
             c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
@@ -728,27 +670,17 @@ class PerturbationMetric(Metric):
         if sched is not None:
             c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, sched.valid(c.units, c.steps))
             c.curve = c.drop() if spec.curve == "drop" else c.values
-            c.axis = sched.axis(c.steps.T, hp).to(x.device)
-            c.spacing = sched.spacing(hp)
+            c.axis, c.spacing = sched.axis(c.steps.T, hp).to(x.device), sched.spacing(hp)
         return c
 
     def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None):
         """``(values [N, T], valid [N, T])``: the readout of every (image, step) pair."""
-        v = run(
-            model,
-            x,
-            y,
-            steps,
-            fill,
-            batch_size=self.batch_size,
-            output=output,
-            insertion=self.perturbation.insertion,
-            valid=valid,
-        )
+        kw = {"batch_size": self.batch_size, "output": output, "insertion": self.spec.insertion}
+        v = run(model, x, y, steps, fill, valid=valid, **kw)
         return v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
 
     def _checked_curve(self, model, x, y, a) -> Curve:
-        if self.perturbation.schedule is None:
+        if self.spec.schedule is None:
             raise MetricError(f"{self.name} changes no pixels: it has no curve.")
         x, y, a, _ = self._check(model, x, y, a, None, None)
         with models.eval_mode(model):

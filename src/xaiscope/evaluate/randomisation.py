@@ -103,24 +103,19 @@ class Randomisation:
 
 
 class _Randomisation(Metric):
-    """A metric declared by a :class:`Randomisation` (class attribute ``randomisation``)."""
+    """A metric declared by a :class:`Randomisation` (class attribute ``spec``)."""
 
     category = "randomisation"
     needs = frozenset({"model", "explainer"})
-    randomisation: ClassVar[Randomisation]
-
-    def __init_subclass__(cls, **kw):
-        if "randomisation" in cls.__dict__:
-            cls.cost = cls.randomisation.cost()
-        super().__init_subclass__(**kw)
+    spec: ClassVar[Randomisation]
 
     def _explains_itself(self) -> bool:
-        return self.randomisation.reference == "explained"
+        return self.spec.reference == "explained"
 
     def _explain(self, explainer, model, x, y) -> torch.Tensor:
         """The map of ``model`` for ``(x, y)``, pooled by sum (with ``smooth``: the mean over the
         noisy copies, in float64), then ``normalise`` / ``abs``."""
-        smooth = self.randomisation.smooth
+        smooth = self.spec.smooth
         if smooth:
             k = self.hparams[smooth]
             xs = torch.cat([(x.unsqueeze(0) + self._noise(x, k)).flatten(0, 1), x]) if k > 1 else x
@@ -139,7 +134,7 @@ class _Randomisation(Metric):
 
     def _randomised(self, model, x, y) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor]]:
         """``(name, model, targets)`` to explain and compare, in order."""
-        spec, hp = self.randomisation, self.hparams
+        spec, hp = self.spec, self.hparams
         if spec.randomise == "target":
             k = hp["num_classes"] or models.forward(model, x[:1]).shape[1]
             check_target_range(y, k)
@@ -158,7 +153,7 @@ class _Randomisation(Metric):
             return self._layers(model, x, y, a, explainer)
 
     def _layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
-        spec, hp = self.randomisation, self.hparams
+        spec, hp = self.spec, self.hparams
         explained = spec.reference == "explained"
         ref = self._explain(explainer, model, x, y) if explained else self.map(a)
         score = spec.compare(ref, hp)
@@ -206,7 +201,7 @@ class ModelParameterRandomisation(_Randomisation):
         "abs": ABS_T,
         "normalise": NORM,
     }
-    randomisation = Randomisation()
+    spec = Randomisation()
 
 
 @register
@@ -234,7 +229,7 @@ class SmoothModelParameterRandomisation(_Randomisation):
         "seed": Param(42, int, "seed of the re-initialisation and the noise", low=0),
         "abs": ABS_T,
     }
-    randomisation = Randomisation(reference="explained", smooth="nr_samples")
+    spec = Randomisation(reference="explained", smooth="nr_samples")
 
 
 def discrete_entropy(m: torch.Tensor, bins: int = 100) -> torch.Tensor:
@@ -275,7 +270,7 @@ class EfficientModelParameterRandomisation(_Randomisation):
         "abs": ABS,
         "normalise": NORM_F,
     }
-    randomisation = Randomisation("all_layers", "explained", entropy_rise)
+    spec = Randomisation("all_layers", "explained", entropy_rise)
 
 
 @register
@@ -299,4 +294,4 @@ class RandomLogit(_Randomisation):
         "abs": ABS,
         "normalise": NORM,
     }
-    randomisation = Randomisation("target")
+    spec = Randomisation("target")

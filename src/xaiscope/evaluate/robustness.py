@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Callable, ClassVar
 
 import torch
@@ -161,23 +160,16 @@ class Reference:
 
 @dataclass
 class Draws:
-    """One group of ``k`` draws: images ``[k, N, ...]``, maps ``[k, N, H, W]``, logits ``[k N, K]``
-    and the layers' relative distance ``[k N]`` where the declaration asks for them."""
+    """One group of ``k`` draws: images ``xp`` ``[k, N, ...]``, maps ``ap`` ``[k, N, H, W]``,
+    logits ``[k N, K]`` and the layers' relative distance ``[k N]`` where the declaration asks
+    for them; ``x`` and ``a`` give images and maps as ``[k, N, D]`` (float64)."""
 
     xp: torch.Tensor
     ap: torch.Tensor
     logits: torch.Tensor | None = None
     layers: torch.Tensor | None = None
-
-    @cached_property
-    def x(self) -> torch.Tensor:
-        """Images ``[k, N, D]`` (float64)."""
-        return self.xp.flatten(2).double()
-
-    @cached_property
-    def a(self) -> torch.Tensor:
-        """Maps ``[k, N, D]`` (float64)."""
-        return self.ap.flatten(2).double()
+    x = property(lambda self: self.xp.flatten(2).double())
+    a = property(lambda self: self.ap.flatten(2).double())
 
 
 def map_change(r: Reference, d: Draws) -> torch.Tensor:
@@ -263,23 +255,18 @@ class _Logits:
 
 
 class Robustness(Metric):
-    """A metric declared by a :class:`Reexplanation` (class attribute ``reexplanation``)."""
+    """A metric declared by a :class:`Reexplanation` (class attribute ``spec``)."""
 
     category, direction = "robustness", "lower"
     needs = frozenset({"model", "explainer"})
     stochastic = True
-    reexplanation: ClassVar[Reexplanation]
-
-    def __init_subclass__(cls, **kw):
-        if "reexplanation" in cls.__dict__:
-            cls.cost = cls.reexplanation.cost()
-        super().__init_subclass__(**kw)
+    spec: ClassVar[Reexplanation]
 
     def _explains_itself(self) -> bool:
-        return self.reexplanation.explain_reference
+        return self.spec.explain_reference
 
     def _score(self, model, x, y, a, mask, explainer):
-        spec = self.reexplanation
+        spec = self.spec
         fwd = None
         if spec.forward == "logits":
             fwd = _Logits(model, self.batch_size)
@@ -298,7 +285,7 @@ class Robustness(Metric):
 
     def reexplain(self, model, x, y, explainer, compare: Callable[[Draws], torch.Tensor], fwd=None) -> torch.Tensor:
         """``[k, N]`` values of ``compare`` over the ``k`` draws, in groups of about ``batch_size`` images."""
-        spec, hp = self.reexplanation, self.hparams
+        spec, hp = self.spec, self.hparams
         n, k = x.shape[0], hp[spec.draws]
         per = max(1, self.batch_size // n)
         out = []
@@ -314,16 +301,18 @@ class Robustness(Metric):
         return torch.cat(out, 0)
 
 
-SENSITIVITY = {
-    "nr_samples": Param(200, int, "perturbations per image", low=1),
-    "lower_bound": Param(0.2, float, "noise radius r: uniform in [-r, r]", low=0.0),
-    "abs": ABS,
-    "normalise": NORM_F,
-}
+class _Sensitivity(Robustness):
+    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
+    params = {
+        "nr_samples": Param(200, int, "perturbations per image", low=1),
+        "lower_bound": Param(0.2, float, "noise radius r: uniform in [-r, r]", low=0.0),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
 
 
 @register
-class MaxSensitivity(Robustness):
+class MaxSensitivity(_Sensitivity):
     """Max-sensitivity: ``max_k ||a(x) - a(x + d_k)||_F / ||a(x)||_F`` with ``d_k`` uniform noise
     in the L-inf ball of radius ``lower_bound``.
 
@@ -332,13 +321,11 @@ class MaxSensitivity(Robustness):
     """
 
     name = "max_sensitivity"
-    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = SENSITIVITY
-    reexplanation = Reexplanation(Uniform(radius="lower_bound"), map_change)
+    spec = Reexplanation(Uniform(radius="lower_bound"), map_change)
 
 
 @register
-class AvgSensitivity(Robustness):
+class AvgSensitivity(_Sensitivity):
     """Avg-sensitivity: the mean over draws of ``||a(x) - a(x + d_k)||_F / ||a(x)||_F``
     (uniform noise of radius ``lower_bound``).
 
@@ -346,9 +333,7 @@ class AvgSensitivity(Robustness):
     """
 
     name = "avg_sensitivity"
-    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = SENSITIVITY
-    reexplanation = Reexplanation(Uniform(radius="lower_bound"), map_change, "mean")
+    spec = Reexplanation(Uniform(radius="lower_bound"), map_change, "mean")
 
 
 @register
@@ -369,23 +354,28 @@ class LocalLipschitz(Robustness):
         "abs": ABS,
         "normalise": NORM,
     }
-    reexplanation = Reexplanation(Normal(), lipschitz)
+    spec = Reexplanation(Normal(), lipschitz)
 
 
-RELATIVE = {
-    "nr_samples": Param(200, int, "perturbations per image", low=1),
-    "lower_bound": Param(0.02, float, "noise low (uniform in [low, high])"),
-    "upper_bound": Param(0.2, float, "noise high"),
-    "eps_min": Param(1e-6, float, "guard against division by zero", low=0.0),
-    "nan_when_prediction_changes": Param(True, bool, "ignore draws that change the prediction"),
-    "abs": ABS,
-    "normalise": NORM_F,
-}
-UNIFORM = Uniform("lower_bound", "upper_bound")
+def _relative(denominator: Callable[[Reference, Draws], torch.Tensor], forward: str = "logits") -> Reexplanation:
+    return Reexplanation(Uniform("lower_bound", "upper_bound"), relative_stability(denominator), forward=forward)
+
+
+class _Relative(Robustness):
+    reference = "Agarwal et al. 2022, arXiv:2203.06877"
+    params = {
+        "nr_samples": Param(200, int, "perturbations per image", low=1),
+        "lower_bound": Param(0.02, float, "noise low (uniform in [low, high])"),
+        "upper_bound": Param(0.2, float, "noise high"),
+        "eps_min": Param(1e-6, float, "guard against division by zero", low=0.0),
+        "nan_when_prediction_changes": Param(True, bool, "ignore draws that change the prediction"),
+        "abs": ABS,
+        "normalise": NORM_F,
+    }
 
 
 @register
-class RelativeInputStability(Robustness):
+class RelativeInputStability(_Relative):
     """Relative input stability: ``max_k ||(a - a_k) / a||_F / ||(x - x_k) / x||_F`` over uniform
     perturbations ``x_k`` (``[lower_bound, upper_bound]``) that keep the prediction
     (zeros are replaced by ``eps_min`` in divisions).
@@ -396,28 +386,22 @@ class RelativeInputStability(Robustness):
     which we do. Lower is better; passes = 1 + nr_samples * (E + 1).
     """
 
-    name = "relative_input_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-    params = RELATIVE
-    reexplanation = Reexplanation(UNIFORM, relative_stability(_input_change), forward="logits")
+    name, spec = "relative_input_stability", _relative(_input_change)
 
 
 @register
-class RelativeOutputStability(Robustness):
+class RelativeOutputStability(_Relative):
     """Relative output stability: ``max_k ||(a - a_k) / a||_F / ||h(x) - h(x_k)||_2`` with ``h``
     the logits; draws that change the prediction are ignored (see relative_input_stability).
 
     Agarwal et al. 2022, arXiv:2203.06877. Lower is better; passes = 1 + nr_samples * (E + 1).
     """
 
-    name = "relative_output_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-    params = RELATIVE
-    reexplanation = Reexplanation(UNIFORM, relative_stability(_logit_change), forward="logits")
+    name, spec = "relative_output_stability", _relative(_logit_change)
 
 
 @register
-class RelativeRepresentationStability(Robustness):
+class RelativeRepresentationStability(_Relative):
     """Relative representation stability: ``max_k ||(a - a_k) / a||_F / ||(L(x) - L(x_k)) / L(x)||_2``
     with ``L`` the outputs of every leaf module of the model, concatenated (as Quantus'
     default); draws that change the prediction are ignored.
@@ -426,9 +410,7 @@ class RelativeRepresentationStability(Robustness):
     """
 
     name = "relative_representation_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-    params = RELATIVE
-    reexplanation = Reexplanation(UNIFORM, relative_stability(_layer_change), forward="layers")
+    spec = _relative(_layer_change, "layers")
 
 
 @register
@@ -444,7 +426,7 @@ class Continuity(Robustness):
     name, stochastic = "continuity", False
     reference = "Montavon et al. 2018, Digital Signal Processing 73:1-15"
     params = {"nr_steps": Param(28, int, "translations", low=1), "abs": ABS_T, "normalise": NORM}
-    reexplanation = Reexplanation(Shifts(), continuity_ratio, draws="nr_steps", explain_reference=True)
+    spec = Reexplanation(Shifts(), continuity_ratio, draws="nr_steps", explain_reference=True)
 
 
 @register
@@ -461,13 +443,16 @@ class Consistency(P.PerturbationMetric):
 
     name, category, direction, set_level = "consistency", "robustness", "higher", True
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {
-        "discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
-        "n": Param(5, int, "pixels in the label", low=1),
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    perturbation = P.Perturbation(output="class", base=True)
+    params = P.settings(
+        {
+            "discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
+            "n": Param(5, int, "pixels in the label", low=1),
+        },
+        fill=None,
+        output=None,
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(output="class", base=True)
 
     def summarise(self, c):
         m, k = c.m.flatten(1), self.hparams["n"]
