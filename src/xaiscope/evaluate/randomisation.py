@@ -128,7 +128,7 @@ class _Randomisation(Metric):
 
     def _noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """``[k - 1, N, ...]`` Gaussian noise of std ``noise_magnitude * (max - min)`` of each image."""
-        rng = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
+        rng = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, *[1] * (x.dim() - 1))
         g = draws.generator(self.hparams["seed"], x.device, 7)
         return draws.normal(g, (k - 1, *x.shape), 0.0, 1.0, x.device) * rng * self.hparams["noise_magnitude"]
 
