@@ -34,7 +34,7 @@ class Completeness(P.PerturbationMetric):
         "abs": ABS,
         "normalise": NORM_F,
     }
-    spec = P.Perturbation(P.Pixels(), "raster", P.Single(), output="score", base=True)
+    spec = P.Perturbation(P.Pixels(), None, P.Single(), output="score", base=True)
 
     def summarise(self, c):
         s = c.m.flatten(1).double().sum(1)

@@ -191,7 +191,7 @@ class Monotonicity(_Faithfulness):
     spec = P.Perturbation(P.Pixels(), "lerf", P.Cumulative("features_in_step"), insertion=True)
     cost = spec.cost().at_most()
 
-    def run(self, model, x, y, steps, fill, output, valid):
+    def run(self, model, x, y, steps, fill, output, valid, base):
         """Steps in blocks, in order; an image whose curve has already decreased scores 0
         whatever follows, so its later steps are never sent to the model."""
         n, t_all = x.shape[0], steps.T
@@ -204,11 +204,11 @@ class Monotonicity(_Faithfulness):
             t1 = min(t_all, t0 + max(1, self.batch_size // int(ok.sum())))
             block = torch.zeros(n, t_all, dtype=torch.bool, device=x.device)
             block[:, t0:t1] = ok.view(-1, 1)
-            v, _ = super().run(model, x, y, steps, fill, output, block)
+            _, v, _ = super().run(model, x, y, steps, fill, output, block, False)
             values, seen = torch.where(block, v, values), seen | block
             ok &= _rises(last, v[:, t0:t1], block[:, t0:t1])
             last, t0 = v[:, t1 - 1], t1
-        return values, seen
+        return None, values, seen
 
     def summarise(self, c):
         return _rises(torch.full_like(c.values[:, 0], -math.inf), c.values, c.valid).double()

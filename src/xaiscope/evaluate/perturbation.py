@@ -381,8 +381,23 @@ class Single(Schedule):
     def count(self, u):
         return number(1)
 
-    def bounds(self, t, u, hp):
-        return torch.tensor([0]), torch.tensor([u])
+    def steps(self, units, rank, hp, x, name=""):
+        return AllSteps(units)
+
+
+class AllSteps(Steps):
+    """One step that changes every pixel."""
+
+    T = 1
+
+    def __init__(self, units: Units):
+        self.units = units
+
+    def mask(self, n_idx, t_idx):
+        return torch.ones(1, 1, dtype=torch.bool, device=n_idx.device).expand(n_idx.shape[0], self.units.ids.shape[1])
+
+    def unit_sums(self) -> torch.Tensor:
+        return self.units.scores.double().sum(1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- fills
@@ -544,30 +559,38 @@ def run(
     output: str = "softmax",
     insertion: bool = False,
     valid: torch.Tensor | None = None,
-) -> torch.Tensor:
+    base: bool = False,
+):
     """Model values ``[N, T]`` after each step (NaN where ``valid`` [N, T] is False).
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the
     image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
-    sent to the model ``batch_size`` at a time.
+    sent to the model ``batch_size`` at a time. With ``base`` the unperturbed images go
+    first in the same calls and the result is ``(base [N], values [N, T])``.
     """
     n, T = x.shape[0], steps.T
-    vals = torch.full((n * T,), float("nan"), device=x.device, dtype=torch.float64)
+    nb = n if base else 0
+    vals = torch.full((nb + n * T,), float("nan"), device=x.device, dtype=torch.float64)
     pairs = torch.arange(n * T, device=x.device)
     if valid is not None:
         pairs = pairs[valid.reshape(-1)]
+    pairs = torch.cat([torch.arange(-nb, 0, device=x.device), pairs])  # p < 0: image p + N unperturbed
     for sl in iter_chunks(pairs.numel(), batch_size):
         p = pairs[sl]
-        n_idx, t_idx = p // T, p % T
+        k = max(0, min(sl.stop, nb) - sl.start)  # unperturbed images in this chunk
+        n_idx, t_idx = p[k:] // T, p[k:] % T
         xb = x[n_idx]
         mb = steps.mask(n_idx, t_idx).view(-1, 1, *x.shape[2:])
         fb = fill(xb, mb, n_idx, t_idx)
         xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
+        if k:
+            n_idx = torch.cat([p[:k] + n, n_idx])
+            xp = torch.cat([x[n_idx[:k]], xp])
         out = models.forward(model, xp, batch_size=batch_size)
         if sl.start == 0:  # once per run: readouts that compare with y (ROAD) do not index by it
             check_target_range(y, out.shape[1])
-        vals[p] = readout(out, y[n_idx], output).double()
-    return vals.view(n, T)
+        vals[p + nb] = readout(out, y[n_idx], output).double()
+    return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
 
 
 def base_scores(model, x, y, *, batch_size: int, output: str = "softmax") -> torch.Tensor:
@@ -665,19 +688,22 @@ class PerturbationMetric(Metric):
             g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
             c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
             c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
-        if spec.base:
-            c.base = base_scores(model, x, y, batch_size=self.batch_size, output=output)
-        if sched is not None:
-            c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, sched.valid(c.units, c.steps))
+        if sched is None:
+            c.base = base_scores(model, x, y, batch_size=self.batch_size, output=output) if spec.base else None
+        else:
+            valid = sched.valid(c.units, c.steps)
+            c.base, c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, valid, spec.base)
             c.curve = c.drop() if spec.curve == "drop" else c.values
             c.axis, c.spacing = sched.axis(c.steps.T, hp).to(x.device), sched.spacing(hp)
         return c
 
-    def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None):
-        """``(values [N, T], valid [N, T])``: the readout of every (image, step) pair."""
+    def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None, base: bool):
+        """``(base [N] or None, values [N, T], valid [N, T])``: the readout of the unperturbed
+        images (with ``base``, in the same model calls) and of every (image, step) pair."""
         kw = {"batch_size": self.batch_size, "output": output, "insertion": self.spec.insertion}
-        v = run(model, x, y, steps, fill, valid=valid, **kw)
-        return v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
+        out = run(model, x, y, steps, fill, valid=valid, base=base, **kw)
+        f0, v = out if base else (None, out)
+        return f0, v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
 
     def _checked_curve(self, model, x, y, a) -> Curve:
         if self.spec.schedule is None:
