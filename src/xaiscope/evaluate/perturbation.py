@@ -577,19 +577,18 @@ def run(
     pairs = torch.cat([torch.arange(-nb, 0, device=x.device), pairs])  # p < 0: image p + N unperturbed
     for sl in iter_chunks(pairs.numel(), batch_size):
         p = pairs[sl]
-        k = max(0, min(sl.stop, nb) - sl.start)  # unperturbed images in this chunk
+        k = max(0, min(sl.stop, nb) - sl.start)  # unperturbed images in this chunk: x[sl.start : sl.start + k]
         n_idx, t_idx = p[k:] // T, p[k:] % T
         xb = x[n_idx]
         mb = steps.mask(n_idx, t_idx).view(-1, 1, *x.shape[2:])
         fb = fill(xb, mb, n_idx, t_idx)
-        xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
+        xp, yb = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb), y[n_idx]
         if k:
-            n_idx = torch.cat([p[:k] + n, n_idx])
-            xp = torch.cat([x[n_idx[:k]], xp])
+            xp, yb = torch.cat([x[sl.start : sl.start + k], xp]), torch.cat([y[sl.start : sl.start + k], yb])
         out = models.forward(model, xp, batch_size=batch_size)
         if sl.start == 0:  # once per run: readouts that compare with y (ROAD) do not index by it
             check_target_range(y, out.shape[1])
-        vals[p + nb] = readout(out, y[n_idx], output).double()
+        vals[p + nb] = readout(out, yb, output).double()
     return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
 
 
