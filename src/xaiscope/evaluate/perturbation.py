@@ -531,21 +531,14 @@ def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max
 
 
 # ------------------------------------------------------------------------------ run
-def target_score(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
-    """``f_y`` from model outputs: softmax probability or logit."""
-    if output == "softmax":
-        out = out.softmax(dim=1)
-    return out.gather(1, y.view(-1, 1)).squeeze(1)
-
-
 def readout(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
-    """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target,
-    ``correct`` (1 where the prediction is the target) or ``class`` (the predicted class)."""
+    """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target
+    ``f_y``, ``correct`` (1 where the prediction is the target) or ``class`` (the predicted class)."""
     if output == "correct":
         return (out.argmax(1) == y).double()
     if output == "class":
         return out.argmax(1)
-    return target_score(out, y, output)
+    return (out.softmax(dim=1) if output == "softmax" else out).gather(1, y.view(-1, 1)).squeeze(1)
 
 
 def run(
@@ -590,11 +583,6 @@ def run(
             check_target_range(y, out.shape[1])
         vals[p + nb] = readout(out, yb, output).double()
     return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
-
-
-def base_scores(model, x, y, *, batch_size: int, output: str = "softmax") -> torch.Tensor:
-    """``f_y(x)`` (or another :func:`readout`) of the unperturbed images (one pass each)."""
-    return readout(models.forward(model, x, batch_size=batch_size), y, output).double()
 
 
 # ----------------------------------------------------------------------- declarations
@@ -682,18 +670,18 @@ class PerturbationMetric(Metric):
         """Build the steps, run them through the model and collect the :class:`Curve`."""
         spec, hp = self.spec, self.hparams
         c, sched, output = Curve(x, a, self.map(a)), spec.schedule, resolve(hp, spec.output)
-        if sched is not None:
-            c.units, order = spec.features.units(x, c.m, hp), resolve(hp, spec.order)
-            g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
-            c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
-            c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
-        if sched is None:
-            c.base = base_scores(model, x, y, batch_size=self.batch_size, output=output) if spec.base else None
-        else:
-            valid = sched.valid(c.units, c.steps)
-            c.base, c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, valid, spec.base)
-            c.curve = c.drop() if spec.curve == "drop" else c.values
-            c.axis, c.spacing = sched.axis(c.steps.T, hp).to(x.device), sched.spacing(hp)
+        if sched is None:  # no perturbation: the unperturbed images only
+            if spec.base:
+                c.base = readout(models.forward(model, x, batch_size=self.batch_size), y, output).double()
+            return c
+        c.units, order = spec.features.units(x, c.m, hp), resolve(hp, spec.order)
+        g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
+        c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
+        c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
+        valid = sched.valid(c.units, c.steps)
+        c.base, c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, valid, spec.base)
+        c.curve = c.drop() if spec.curve == "drop" else c.values
+        c.axis, c.spacing = sched.axis(c.steps.T, hp).to(x.device), sched.spacing(hp)
         return c
 
     def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None, base: bool):
