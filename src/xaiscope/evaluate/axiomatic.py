@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 
 from xaiscope import models
 from xaiscope.errors import MetricError
 from xaiscope.evaluate import perturbation as P
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Metric, Param, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, Metric, Param, register
+from xaiscope.evaluate.cost import E
 from xaiscope.explain.postprocess import pool
 
 
 @register
-class Completeness(Metric):
+class Completeness(P.PerturbationMetric):
     """Completeness gap ``|sum(a) - (f_y(x) - f_y(x'))|`` with ``x'`` the fill (default: the
     image minimum, Quantus' "black"), ``f`` the logit.
 
@@ -26,33 +26,26 @@ class Completeness(Metric):
     """
 
     name, category, direction = "completeness", "axiomatic", "lower"
-    needs = frozenset({"model"})
     reference = "Sundararajan et al. 2017, ICML, arXiv:1703.01365"
     params = {
         "output": Param("gap", str, "gap or Quantus' exact equality", choices=("gap", "equal")),
-        "fill": Param("black", str, "baseline", choices=P.FILLS[:4]),
+        "fill": P.fill_param("black", choices=P.FILLS[:4]),
         "score": OUTPUT_L,
         "abs": ABS,
         "normalise": NORM_F,
     }
-    passes_formula = "2"
+    spec = P.Perturbation(P.Pixels(), None, P.Single(), output="score", base=True)
 
-    def _passes(self, shape, e):
-        return 2
-
-    def _score(self, model, x, y, a, mask, explainer):
-        base = P.image_fill(self.hparams["fill"], x)(x, None, torch.arange(x.shape[0], device=x.device), None)
-        out = models.forward(model, torch.cat([x, base]), batch_size=self.batch_size)
-        f = P.target_score(out, y.repeat(2), self.hparams["score"]).double().view(2, -1)
-        s = self.map(a).flatten(1).double().sum(1)
-        d = f[0] - f[1]
+    def summarise(self, c):
+        s = c.m.flatten(1).double().sum(1)
+        d = c.drop()[:, 0]
         if self.hparams["output"] == "equal":
             return (s.float() == d.float()).double()
         return (s - d).abs()
 
 
 @register
-class NonSensitivity(Metric):
+class NonSensitivity(P.PerturbationMetric):
     """Non-sensitivity: the number of pixels where "has (near-)zero attribution" (``a < eps``)
     and "changing it alone moves ``f_y`` by less than ``eps``" disagree; each window of
     ``features_in_step`` pixels in raster order is set to the fill separately.
@@ -62,41 +55,17 @@ class NonSensitivity(Metric):
     """
 
     name, category, direction = "non_sensitivity", "axiomatic", "lower"
-    needs = frozenset({"model"})
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {
-        "eps": Param(1e-5, float, "threshold", low=0.0),
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "fill": Param("black", str, "value for changed pixels", choices=P.FILLS),
-        "output": OUTPUT_P,
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + ceil(H*W / features_in_step)"
+    params = P.settings(
+        {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": Param(1, int, "pixels per step", low=1)},
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(P.Pixels(), "raster", P.Windows("features_in_step"), base=True)
 
-    def _passes(self, shape, e):
-        return 1 + math.ceil(shape[1] * shape[2] / self.hparams["features_in_step"])
-
-    def _score(self, model, x, y, a, mask, explainer):
-        m = self.map(a).flatten(1)
-        n, hw = m.shape
-        k = self.hparams["features_in_step"]
-        units = P.pixel_units(m)
-        raster = torch.arange(hw, device=x.device).expand(n, -1)
-        lo, hi = P.windows(k, hw)
-        steps = P.RankSteps(units, raster, lo, hi)
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.hparams["output"])
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T),
-            batch_size=self.batch_size,
-            output=self.hparams["output"],
-        )
-        no_effect = ((v - f0.unsqueeze(1)).abs() < self.hparams["eps"]).repeat_interleave(k, dim=1)[:, :hw]
-        return (no_effect ^ (m < self.hparams["eps"])).sum(1).double()
+    def summarise(self, c):
+        m, eps = c.m.flatten(1), self.hparams["eps"]
+        no_effect = (c.drop().abs() < eps).repeat_interleave(self.hparams["features_in_step"], dim=1)
+        return (no_effect[:, : m.shape[1]] ^ (m < eps)).sum(1).double()
 
 
 def shifted_model(model: torch.nn.Module, shift: float, shape) -> torch.nn.Module:
@@ -132,10 +101,7 @@ class InputInvariance(Metric):
         "abs": ABS,
         "normalise": NORM_F,
     }
-    passes_formula = "E"
-
-    def _passes(self, shape, e):
-        return e
+    cost = E
 
     def _score(self, model, x, y, a, mask, explainer):
         shift = self.hparams["input_shift"]

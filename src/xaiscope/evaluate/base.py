@@ -4,9 +4,13 @@ A metric is declared as a subclass of :class:`Metric` with a ``name``, a ``categ
 a ``direction`` ("higher" or "lower" is better), what it ``needs`` (a subset of
 ``{"model", "mask", "explainer"}``), a ``reference``, a dict of
 :class:`~xaiscope.explain.base.Param` (hyperparameters with defaults, types and
-ranges; the same class the explain layer uses), a ``passes_formula`` (model passes per
-image, as text) with its ``_passes`` implementation, and a ``_score`` that returns one
-float per image.
+ranges; the same class the explain layer uses), a ``cost`` (model passes per image, a
+:class:`~xaiscope.evaluate.cost.Count` expression of the settings, the image size, the
+explainer's passes E and the model's layers L, which also gives the ``passes_formula``
+text), and a ``_score`` that returns one float per image. Metrics of one family are
+declarations (class attribute ``spec``) of that family's mechanism
+(``perturbation.py``, ``robustness.py``, ``randomisation.py``), from which their
+``cost`` follows.
 
 Calling ``metric(model, x, y, a, mask=None, explainer=None)`` validates the inputs,
 puts the model in eval mode (restoring it afterwards, also on errors), and returns a
@@ -29,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from xaiscope.errors import MethodError, MetricError, did_you_mean
+from xaiscope.evaluate.cost import Count, Env, number
 from xaiscope.explain.base import Param
 from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import check_targets, friendly_model_errors
@@ -58,10 +63,22 @@ class Metric:
     reference: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     stochastic: ClassVar[bool] = False
-    #: model passes per image as a formula of the hyperparameters (E = explainer passes)
+    #: the declaration of the family's mechanism the metric uses (``Perturbation``,
+    #: ``Reexplanation``, ``Randomisation``), or None
+    spec: ClassVar[Any] = None
+    #: model passes per image (E = explainer passes, L = layers with parameters); by default
+    #: ``spec.cost()``
+    cost: ClassVar[Count] = number(0)
+    #: ``str(cost)``, set for every subclass
     passes_formula: ClassVar[str] = "0"
     #: the score is computed from a whole set of images together (e.g. sufficiency)
     set_level: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "spec" in cls.__dict__ and "cost" not in cls.__dict__:
+            cls.cost = cls.spec.cost()
+        cls.passes_formula = str(cls.cost)
 
     def __init__(self, **hparams: Any) -> None:
         allowed = dict(self.params)
@@ -91,17 +108,16 @@ class Metric:
     def batch_size(self) -> int:
         return int(self.hparams.get("batch_size", BATCH.default))
 
-    def passes(self, shape: tuple[int, int, int] | None = None, explainer=None) -> float:
-        """Model passes per image for these settings.
+    def passes(self, shape: tuple[int, int, int] | None = None, explainer=None, model=None) -> float:
+        """Model passes per image for these settings (``cost``; NaN where it needs what is not given).
 
         ``shape`` = (C, H, W) where the count depends on the image size; ``explainer``
-        gives E (its passes per image) for explainer-based metrics.
+        gives E (its passes per image) for explainer-based metrics; ``model`` gives L
+        (its layers with parameters) for randomisation metrics.
         """
         e = float(explainer.passes(shape)) if explainer is not None else float("nan")
-        return float(self._passes(shape, e))
-
-    def _passes(self, shape, e: float) -> float:
-        return 0.0
+        layers = float(n_layers(model)) if model is not None else float("nan")
+        return self.cost(Env(self.hparams, shape, e, layers))
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -170,6 +186,11 @@ def normalise_max(m: torch.Tensor) -> torch.Tensor:
     """Divide each image's map by its largest magnitude (all-zero maps stay zero)."""
     d = m.abs().flatten(1).amax(dim=1).view(-1, *([1] * (m.dim() - 1)))
     return torch.where(d > 0, m / torch.where(d > 0, d, torch.ones_like(d)), m)
+
+
+def n_layers(model: torch.nn.Module) -> int:
+    """Modules with ``reset_parameters`` (the layers a randomisation test re-initialises)."""
+    return sum(1 for _, m in model.named_modules() if hasattr(m, "reset_parameters"))
 
 
 def _check_declaration(cls: type[Metric]) -> None:

@@ -1,9 +1,10 @@
 """Faithfulness metrics: declarations of the perturbation mechanism (``perturbation.py``).
 
-Each metric names its units, order, steps, fill and curve summary. Where the
-definition matches Quantus 0.6 the defaults give Quantus' numbers (for single-channel
-images: Quantus treats every channel value as a feature, we treat every pixel, with
-all its channels, as one).
+Each metric names its feature space, order, schedule, fill, readout and curve summary
+in a :class:`~xaiscope.evaluate.perturbation.Perturbation`; its pass count follows from
+the declaration. Where the definition matches Quantus 0.6 the defaults give Quantus'
+numbers (for single-channel images: Quantus treats every channel value as a feature, we
+treat every pixel, with all its channels, as one).
 """
 
 from __future__ import annotations
@@ -12,92 +13,40 @@ import math
 
 import torch
 
-from xaiscope import models
-from xaiscope.errors import MetricError
-from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate import perturbation as P
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, OUTPUT_L, OUTPUT_P, Metric, Param, register
+from xaiscope.evaluate import stats
+from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, OUTPUT_P, Param, register
+from xaiscope.evaluate.perturbation import settings
+
+ORDER = Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=P.ORDERS)
+FEATURES_IN_STEP = Param(1, int, "pixels changed per step", low=1)
+PATCH_SIZE = Param(8, int, "patch side", low=1)
 
 
-def _hw(shape) -> int:
-    return shape[1] * shape[2] if shape is not None else float("nan")
-
-
-class _Faithfulness(Metric):
+class _Faithfulness(P.PerturbationMetric):
     category = "faithfulness"
-    needs = frozenset({"model"})
-
-    def output(self):
-        return self.hparams.get("output", "softmax")
-
-
-def _fill_param(default: str, extra: tuple = ()) -> Param:
-    return Param(default, str, "value for changed pixels", choices=P.FILLS + extra)
 
 
 # ------------------------------------------------------------------ deletion / insertion
 class _Curve(_Faithfulness):
-    """Deletion / insertion: shared code."""
-
-    insertion = False
     params = {
         "steps": Param(20, int, "number of steps T; the curve has T+1 points", low=1),
-        "order": Param(
-            "morf", str, "most relevant first (morf), least (lerf) or random", choices=("morf", "lerf", "random")
-        ),
+        "order": ORDER,
         "patch_size": Param(1, int, "side of the square units (1 = pixels)", low=1),
-        "fill": _fill_param("black"),
+        "fill": P.fill_param("black"),
         "sigma": Param(5.0, float, "blur standard deviation in pixels (fill='blur')", low=0.0),
         "output": OUTPUT_P,
         "abs": ABS,
     }
-    passes_formula = "steps + 1"
-
-    def _passes(self, shape, e):
-        return self.hparams["steps"] + 1
-
-    def curves(self, model, x, y, a, mask=None, explainer=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fractions [T+1], values [N, T+1])``: f_y after changing each fraction of units
-        (fraction 0 = the image itself for deletion, the fill alone for insertion)."""
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            return self._curves(model, x, y, a)
-
-    def score_and_curves(self, model, x, y, a, mask=None, explainer=None):
-        """``(scores [N], fractions [T+1], values [N, T+1])`` from one set of model passes
-        (what ``__call__`` and :meth:`curves` give, without computing the curve twice)."""
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            frac, vals = self._curves(model, x, y, a)
-        scores = stats.trapz(vals, dx=1.0 / self.hparams["steps"])
-        return scores.to(device=x.device, dtype=torch.float32), frac, vals
-
-    def _curves(self, model, x, y, a):
-        hp = self.hparams
-        m = self.map(a)
-        units = P.pixel_units(m) if hp["patch_size"] == 1 else P.patch_units(m, hp["patch_size"])
-        g = draws.generator(hp["seed"], x.device, 1)
-        rank = P.ranks(units, hp["order"], g)
-        t = hp["steps"]
-        frac = torch.arange(t + 1, dtype=torch.float64) / t
-        hi = torch.round(frac * units.size).long()
-        steps = P.RankSteps(units, rank, torch.zeros_like(hi), hi)
-        fill = P.make_fill(hp["fill"], x, t + 1, seed=hp["seed"], sigma=hp["sigma"])
-        vals = P.run(
-            model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), insertion=self.insertion
-        )
-        return frac.to(x.device), vals
-
-    def _score(self, model, x, y, a, mask, explainer):
-        frac, vals = self._curves(model, x, y, a)
-        return stats.trapz(vals, dx=1.0 / self.hparams["steps"])
+    spec = P.Perturbation(P.Patches(), "order", P.Fractions(), summary=P.area, stream=1)
 
 
 @register
 class Deletion(_Curve):
     """Deletion: change the most relevant units first (fixed fractions ``t/T`` of the units,
     t = 0..T) to the fill and record ``f_y``; score = area under the curve over the
-    fraction axis ([0, 1], trapezoid). ``curves()`` returns the whole curve.
+    fraction axis ([0, 1], trapezoid). ``curves()`` returns ``(fractions [T+1], f_y [N, T+1])``
+    (fraction 0 = the image itself).
 
     Petsiuk et al. 2018, "RISE", BMVC, arXiv:1806.07421; Samek et al. 2017 (MoRF).
     Lower is better; passes = steps + 1.
@@ -111,14 +60,16 @@ class Deletion(_Curve):
 class Insertion(_Curve):
     """Insertion: start from the fill (default a Gaussian blur of the image, sigma 5 px) and
     reveal the most relevant units first in fixed fractions ``t/T``; score = area under
-    ``f_y`` over the fraction axis. ``curves()`` returns the whole curve.
+    ``f_y`` over the fraction axis. ``curves()`` returns the whole curve (fraction 0 = the
+    fill alone).
 
     Petsiuk et al. 2018, "RISE", BMVC, arXiv:1806.07421. Higher is better; passes = steps + 1.
     """
 
-    name, direction, stochastic, insertion = "insertion", "higher", True, True
+    name, direction, stochastic = "insertion", "higher", True
     reference = "Petsiuk et al. 2018, RISE, BMVC, arXiv:1806.07421"
-    params = {**_Curve.params, "fill": _fill_param("blur")}
+    params = {**_Curve.params, "fill": P.fill_param("blur")}
+    spec = P.Perturbation(P.Patches(), "order", P.Fractions(), insertion=True, summary=P.area, stream=1)
 
 
 # ------------------------------------------------------------------ Quantus curve metrics
@@ -127,7 +78,7 @@ class PixelFlipping(_Faithfulness):
     """Pixel flipping: change ``features_in_step`` pixels at a time, most relevant first and
     cumulatively, to the fill; record ``f_y`` after each step (T = ceil(HW / k) points,
     the unchanged image not included); score = trapezoid area with unit spacing
-    (Quantus' ``return_auc_per_sample``). ``curves()`` gives the curve.
+    (Quantus' ``return_auc_per_sample``). ``curves()`` gives ``(steps [T], f_y [N, T])``.
 
     Bach et al. 2015, "On pixel-wise explanations ... by LRP", PLoS ONE 10:e0130140.
     Lower is better; passes = ceil(H W / features_in_step).
@@ -135,49 +86,16 @@ class PixelFlipping(_Faithfulness):
 
     name, direction = "pixel_flipping", "lower"
     reference = "Bach et al. 2015, PLoS ONE 10(7):e0130140"
-    params = {
-        "features_in_step": Param(1, int, "pixels changed per step", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "ceil(H*W / features_in_step)"
-
-    def _passes(self, shape, e):
-        return math.ceil(_hw(shape) / self.hparams["features_in_step"])
-
-    def curves(self, model, x, y, a, mask=None, explainer=None):
-        """``(steps [T], values [N, T])``: f_y after each step."""
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            v = self._values(model, x, y, a)
-        return torch.arange(1, v.shape[1] + 1, device=x.device), v
-
-    def _values(self, model, x, y, a):
-        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "morf")
-        fill = P.make_fill(self.hparams["fill"], x, steps.T)
-        return P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output())
-
-    def _score(self, model, x, y, a, mask, explainer):
-        return stats.trapz(self._values(model, x, y, a))
-
-
-class _Patches(_Faithfulness):
-    def _patch_steps(self, x, a, limit=None):
-        units = P.patch_units(self.map(a), self.hparams["patch_size"])
-        order = self.hparams.get("order", "morf")
-        g = draws.generator(self.hparams.get("seed", 0), x.device, 2)
-        lo, hi = P.cumulative(1, units.size, limit)
-        return P.RankSteps(units, P.ranks(units, order, g), lo, hi)
+    params = settings({"features_in_step": FEATURES_IN_STEP})
+    spec = P.Perturbation(P.Pixels(), "morf", P.Cumulative("features_in_step"), summary=P.area)
 
 
 @register
-class RegionPerturbation(_Patches):
+class RegionPerturbation(_Faithfulness):
     """Region perturbation: change ``patch_size`` x ``patch_size`` patches one at a time,
     cumulatively, in ``order`` of their attribution sum, for ``regions_evaluation`` steps;
-    curve = ``f_y(x) - f_y(x_t)``; score = trapezoid area with unit spacing (Quantus returns
-    the curve; its ``get_auc_score`` is the mean of these areas).
+    curve = ``f_y(x) - f_y(x_t)`` (``curves()``); score = trapezoid area with unit spacing
+    (Quantus returns the curve; its ``get_auc_score`` is the mean of these areas).
 
     Samek et al. 2017, "Evaluating the visualization of what a DNN has learned", IEEE TNNLS
     28:2660. Higher is better (for MoRF); passes = 1 + min(patches, regions_evaluation).
@@ -185,48 +103,20 @@ class RegionPerturbation(_Patches):
 
     name, direction, stochastic = "region_perturbation", "higher", True
     reference = "Samek et al. 2017, IEEE TNNLS 28(11):2660-2673"
-    params = {
-        "patch_size": Param(8, int, "patch side", low=1),
-        "regions_evaluation": Param(100, int, "steps", low=1),
-        "order": Param("morf", str, "unit order", choices=("morf", "lerf", "random")),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + min(ceil(H/patch_size)*ceil(W/patch_size), regions_evaluation)"
-
-    def _passes(self, shape, e):
-        p = self.hparams["patch_size"]
-        return 1 + min(math.ceil(shape[1] / p) * math.ceil(shape[2] / p), self.hparams["regions_evaluation"])
-
-    def _values(self, model, x, y, a):
-        steps = self._patch_steps(x, a, self.hparams["regions_evaluation"])
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T),
-            batch_size=self.batch_size,
-            output=self.output(),
-        )
-        return f0.unsqueeze(1) - v
-
-    def curves(self, model, x, y, a, mask=None, explainer=None):
-        """``(steps [T], f(x) - f(x_t) [N, T])``."""
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            v = self._values(model, x, y, a)
-        return torch.arange(1, v.shape[1] + 1, device=x.device), v
-
-    def _score(self, model, x, y, a, mask, explainer):
-        return stats.trapz(self._values(model, x, y, a))
+    params = settings({"patch_size": PATCH_SIZE, "regions_evaluation": Param(100, int, "steps", low=1), "order": ORDER})
+    spec = P.Perturbation(
+        P.Patches(),
+        "order",
+        P.Cumulative(limit="regions_evaluation"),
+        base=True,
+        curve="drop",
+        summary=P.area,
+        stream=2,
+    )
 
 
 @register
-class Selectivity(_Patches):
+class Selectivity(_Faithfulness):
     """Selectivity: change all ``patch_size`` patches one at a time, most relevant first,
     cumulatively; curve = ``f_y(x_t)``; score = trapezoid area with unit spacing (Quantus'
     ``get_auc_score`` per image).
@@ -237,31 +127,8 @@ class Selectivity(_Patches):
 
     name, direction = "selectivity", "lower"
     reference = "Montavon et al. 2018, Digital Signal Processing 73:1-15"
-    params = {
-        "patch_size": Param(8, int, "patch side", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "ceil(H/patch_size)*ceil(W/patch_size)"
-
-    def _passes(self, shape, e):
-        p = self.hparams["patch_size"]
-        return math.ceil(shape[1] / p) * math.ceil(shape[2] / p)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        steps = self._patch_steps(x, a)
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T),
-            batch_size=self.batch_size,
-            output=self.output(),
-        )
-        return stats.trapz(v)
+    params = settings({"patch_size": PATCH_SIZE})
+    spec = P.Perturbation(P.Patches(), "morf", P.Cumulative(), summary=P.area)
 
 
 # ------------------------------------------------------------------ correlation metrics
@@ -278,42 +145,14 @@ class FaithfulnessCorrelation(_Faithfulness):
 
     name, direction, stochastic = "faithfulness_correlation", "higher", True
     reference = "Bhatt et al. 2020, IJCAI, arXiv:2005.00631"
-    params = {
-        "nr_runs": Param(100, int, "random subsets", low=2),
-        "subset_size": Param(224, int, "pixels per subset", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_L,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + nr_runs"
-
-    def _passes(self, shape, e):
-        return 1 + self.hparams["nr_runs"]
-
-    def _score(self, model, x, y, a, mask, explainer):
-        m = self.map(a).flatten(1).double()
-        n, hw = m.shape
-        s = self.hparams["subset_size"]
-        if s >= hw:
-            raise MetricError(
-                f"faithfulness_correlation: subset_size {s} must be smaller than the {hw} pixels of an image."
-            )
-        g = draws.generator(self.hparams["seed"], x.device, 3)
-        idx = draws.subsets(g, n, self.hparams["nr_runs"], hw, s, x.device)
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        steps = P.SubsetSteps(idx, hw)
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T, seed=self.hparams["seed"]),
-            batch_size=self.batch_size,
-            output=self.output(),
-        )
-        att = m.gather(1, idx.flatten(1)).view(n, steps.T, s).sum(-1)
-        return stats.pearson(att, f0.unsqueeze(1) - v)
+    params = settings(
+        {
+            "nr_runs": Param(100, int, "random subsets", low=2),
+            "subset_size": Param(224, int, "pixels per subset", low=1),
+        },
+        output=OUTPUT_L,
+    )
+    spec = P.Perturbation(P.Pixels(), None, P.RandomSubsets(), base=True, summary=P.correlation)
 
 
 @register
@@ -328,31 +167,8 @@ class FaithfulnessEstimate(_Faithfulness):
 
     name, direction = "faithfulness_estimate", "higher"
     reference = "Alvarez-Melis & Jaakkola 2018, NeurIPS, arXiv:1806.07538"
-    params = {
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_L,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + ceil(H*W / features_in_step)"
-
-    def _passes(self, shape, e):
-        return 1 + math.ceil(_hw(shape) / self.hparams["features_in_step"])
-
-    def _score(self, model, x, y, a, mask, explainer):
-        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "morf", cumulative_steps=False)
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T),
-            batch_size=self.batch_size,
-            output=self.output(),
-        )
-        return stats.pearson(steps.unit_sums(), f0.unsqueeze(1) - v)
+    params = settings({"features_in_step": FEATURES_IN_STEP}, output=OUTPUT_L)
+    spec = P.Perturbation(P.Pixels(), "morf", P.Windows("features_in_step"), base=True, summary=P.correlation)
 
 
 @register
@@ -371,39 +187,37 @@ class Monotonicity(_Faithfulness):
 
     name, direction = "monotonicity", "higher"
     reference = "Arya et al. 2019, arXiv:1909.03012"
-    params = {
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    passes_formula = "ceil(H*W / features_in_step) at most"
+    params = settings({"features_in_step": FEATURES_IN_STEP}, absolute=ABS_T)
+    spec = P.Perturbation(P.Pixels(), "lerf", P.Cumulative("features_in_step"), insertion=True)
+    cost = spec.cost().at_most()
 
-    def _passes(self, shape, e):
-        return math.ceil(_hw(shape) / self.hparams["features_in_step"])
-
-    def _score(self, model, x, y, a, mask, explainer):
-        steps = P.pixel_steps(self.map(a), self.hparams["features_in_step"], "lerf")
-        fill = P.make_fill(self.hparams["fill"], x, steps.T)
-        n, T = x.shape[0], steps.T
-        # Steps are evaluated in blocks, in order; an image whose curve has already decreased
-        # scores 0 whatever follows, so its later steps are never sent to the model.
+    def run(self, model, x, y, steps, fill, output, valid, base):
+        """Steps in blocks, in order; an image whose curve has already decreased scores 0
+        whatever follows, so its later steps are never sent to the model."""
+        n, t_all = x.shape[0], steps.T
         ok = torch.ones(n, dtype=torch.bool, device=x.device)
         last = torch.full((n,), -math.inf, dtype=torch.float64, device=x.device)
+        values = torch.full((n, t_all), math.nan, dtype=torch.float64, device=x.device)
+        seen = torch.zeros(n, t_all, dtype=torch.bool, device=x.device)
         t0 = 0
-        while t0 < T and bool(ok.any()):
-            t1 = min(T, t0 + max(1, self.batch_size // int(ok.sum())))
-            valid = torch.zeros(n, T, dtype=torch.bool, device=x.device)
-            valid[:, t0:t1] = ok.view(-1, 1)
-            v = P.run(
-                model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), insertion=True, valid=valid
-            )[:, t0:t1]
-            prev = torch.cat([last.view(-1, 1), v], dim=1)
-            ok &= (prev.diff(dim=1) >= 0).all(dim=1)
-            last = v[:, -1]
-            t0 = t1
-        return ok.double()
+        while t0 < t_all and bool(ok.any()):
+            t1 = min(t_all, t0 + max(1, self.batch_size // int(ok.sum())))
+            block = torch.zeros(n, t_all, dtype=torch.bool, device=x.device)
+            block[:, t0:t1] = ok.view(-1, 1)
+            _, v, _ = super().run(model, x, y, steps, fill, output, block, False)
+            values, seen = torch.where(block, v, values), seen | block
+            ok &= _rises(last, v[:, t0:t1], block[:, t0:t1])
+            last, t0 = v[:, t1 - 1], t1
+        return None, values, seen
+
+    def summarise(self, c):
+        return _rises(torch.full_like(c.values[:, 0], -math.inf), c.values, c.valid).double()
+
+
+def _rises(start: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[N]``: every evaluated value of ``v`` ``[N, T]`` is >= the one before (``start`` first)."""
+    d = torch.cat([start.view(-1, 1), v], 1).diff(dim=1)
+    return ((d >= 0) | ~valid).all(dim=1)
 
 
 @register
@@ -420,41 +234,23 @@ class MonotonicityCorrelation(_Faithfulness):
 
     name, direction, stochastic = "monotonicity_correlation", "higher", True
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
-    params = {
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "nr_samples": Param(100, int, "repeats", low=1),
-        "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0),
-        "fill": _fill_param("uniform"),
-        "output": OUTPUT_P,
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + ceil(H*W / features_in_step) * nr_samples"
+    params = settings(
+        {
+            "features_in_step": FEATURES_IN_STEP,
+            "nr_samples": Param(100, int, "repeats", low=1),
+            "eps": Param(1e-5, float, "smallest |f| that rescales", low=0.0),
+        },
+        fill="uniform",
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(P.Pixels(), "lerf", P.Windows("features_in_step", repeat="nr_samples"), base=True)
 
-    def _passes(self, shape, e):
-        return 1 + math.ceil(_hw(shape) / self.hparams["features_in_step"]) * self.hparams["nr_samples"]
-
-    def _score(self, model, x, y, a, mask, explainer):
-        hp = self.hparams
-        units = P.pixel_units(self.map(a))
-        rank = P.ranks(units, "lerf")
-        lo, hi = P.windows(hp["features_in_step"], units.size)
-        t, r = lo.numel(), hp["nr_samples"]
-        steps = P.RankSteps(units, rank, lo.repeat_interleave(r), hi.repeat_interleave(r))
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(hp["fill"], x, steps.T, seed=hp["seed"]),
-            batch_size=self.batch_size,
-            output=self.output(),
-        ).view(-1, t, r)
-        inv = torch.where(f0.abs() >= hp["eps"], 1.0 / f0.abs(), torch.ones_like(f0)) ** 2
+    def summarise(self, c):
+        f0, r = c.base, self.hparams["nr_samples"]
+        v = c.values.view(f0.shape[0], -1, r)
+        inv = torch.where(f0.abs() >= self.hparams["eps"], 1.0 / f0.abs(), torch.ones_like(f0)) ** 2
         var = ((v - f0.view(-1, 1, 1)) ** 2).mean(-1) * inv.unsqueeze(1)
-        att = steps.unit_sums(lo, hi)
-        return stats.spearman(att, var)
+        return stats.spearman(c.steps.unit_sums()[:, ::r], var)
 
 
 @register
@@ -472,48 +268,22 @@ class SensitivityN(_Faithfulness):
 
     name, direction = "sensitivity_n", "higher"
     reference = "Ancona et al. 2018, ICLR, arXiv:1711.06104"
-    params = {
-        "features_in_step": Param(1, int, "pixels per step", low=1),
-        "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + floor(n_max_percentage*H*W / features_in_step)"
-
-    def _limit(self, hw):
-        return int(self.hparams["n_max_percentage"] * hw // self.hparams["features_in_step"])
-
-    def _passes(self, shape, e):
-        return 1 + self._limit(_hw(shape))
-
-    def _parts(self, model, x, y, a):
-        m, k = self.map(a), self.hparams["features_in_step"]
-        steps = P.pixel_steps(m, k, "morf", limit=self._limit(m[0].numel()))
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(
-            model,
-            x,
-            y,
-            steps,
-            P.make_fill(self.hparams["fill"], x, steps.T),
-            batch_size=self.batch_size,
-            output=self.output(),
-        )
-        return f0.unsqueeze(1) - v, steps.unit_sums(), steps.unit_sums(steps.hi - k, steps.hi)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        deltas, cum, _ = self._parts(model, x, y, a)
-        return stats.pearson(cum, deltas)
+    params = settings(
+        {
+            "features_in_step": FEATURES_IN_STEP,
+            "n_max_percentage": Param(0.8, float, "largest share of pixels removed", low=0.0, high=1.0),
+        }
+    )
+    spec = P.Perturbation(
+        P.Pixels(), "morf", P.Cumulative("features_in_step", share="n_max_percentage"), base=True, summary=P.correlation
+    )
 
     def per_n(self, model, x, y, a) -> torch.Tensor:
         """Quantus' output: for each step, the Pearson correlation across images between the
         step's window attribution sum and the output drop (``[T]``)."""
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            deltas, _, win = self._parts(model, x, y, a)
-        return stats.pearson(deltas.t(), win.t())
+        c = self._checked_curve(model, x, y, a)
+        hi = c.steps.hi
+        return stats.pearson(c.drop().t(), c.steps.unit_sums(hi - self.hparams["features_in_step"], hi).t())
 
 
 @register
@@ -533,58 +303,21 @@ class IROF(_Faithfulness):
 
     name, direction = "irof", "higher"
     reference = "Rieger & Hansen 2020, arXiv:2003.08747"
-    params = {
-        "n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
-        "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
-        "fill": _fill_param("mean", ("running_mean",)),
-        "output": OUTPUT_P,
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "1 + K (superpixels, about n_segments)"
+    params = settings(
+        {
+            "n_segments": Param(100, int, "SLIC target number of superpixels", low=2),
+            "compactness": Param(10.0, float, "SLIC compactness", low=0.0),
+        },
+        fill=P.fill_param("mean", ("running_mean",)),
+    )
+    spec = P.Perturbation(P.Superpixels(), "morf", P.Cumulative(), base=True)
 
-    def _passes(self, shape, e):
-        return 1 + self.hparams["n_segments"]
-
-    def _score(self, model, x, y, a, mask, explainer):
-        hp = self.hparams
-        units = P.superpixel_units(x, self.map(a), hp["n_segments"], hp["compactness"])
-        rank = P.ranks(units, "morf")
-        lo, hi = P.cumulative(1, units.size)
-        steps = P.RankSteps(units, rank, lo, hi)
-        valid = torch.arange(steps.T, device=x.device).view(1, -1) < units.count.view(-1, 1)
-        if hp["fill"] == "running_mean":
-            mu = _running_means(x, steps)  # a superpixel keeps the value it got when it was removed
-            per_pix = mu.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype).view(x.shape[0], 1, *x.shape[2:])
-            base = per_pix.expand_as(x)
-
-            def fill(xb, mb, n_idx, t_idx):
-                return base[n_idx]
-        else:
-            fill = P.make_fill(hp["fill"], x, steps.T)
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output(), valid=valid)
-        curve = torch.where(valid, v / f0.unsqueeze(1), torch.zeros_like(v))
+    def summarise(self, c):
+        curve = torch.where(c.valid, c.values / c.base.unsqueeze(1), torch.zeros_like(c.values))
+        count = c.units.count
         # trapezoid over each image's own K points
-        k = units.count.double()
-        inner = curve.sum(1) - curve[:, 0] / 2 - curve.gather(1, (units.count - 1).view(-1, 1)).squeeze(1) / 2
-        return k - torch.where(units.count > 1, inner, torch.zeros_like(inner))
-
-
-def _running_means(x: torch.Tensor, steps) -> torch.Tensor:
-    """Quantus' IROF fill at step t: the mean of the image after steps 1..t-1 (``[N, T]``)."""
-    n, c, h, w = x.shape
-    cur = x.clone()
-    out = torch.empty(n, steps.T, device=x.device, dtype=torch.float64)
-    idx = torch.arange(n, device=x.device)
-    for t in range(steps.T):
-        mu = cur.flatten(1).mean(1)
-        out[:, t] = mu.double()
-        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, h, w)
-        if t > 0:
-            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, h, w)
-        cur = torch.where(new, mu.view(-1, 1, 1, 1).to(cur.dtype), cur)
-    return out
+        inner = curve.sum(1) - curve[:, 0] / 2 - curve.gather(1, (count - 1).view(-1, 1)).squeeze(1) / 2
+        return count.double() - torch.where(count > 1, inner, torch.zeros_like(inner))
 
 
 @register
@@ -602,35 +335,15 @@ class ROAD(_Faithfulness):
 
     name, direction, stochastic = "road", "lower", True
     reference = "Rong et al. 2022, ICML, arXiv:2202.00449"
-    params = {
-        "percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
-        "noise": Param(0.01, float, "imputation noise std", low=0.0),
-        "abs": ABS,
-        "normalise": NORM,
-    }
-    passes_formula = "len(range(1, 100, percentage_step))"
-
-    def _passes(self, shape, e):
-        return len(range(1, 100, self.hparams["percentage_step"]))
-
-    def curves(self, model, x, y, a, mask=None, explainer=None):
-        x, y, a, _ = self._check(model, x, y, a, None, None)
-        with models.eval_mode(model):
-            return self._curves(model, x, y, a)
-
-    def _curves(self, model, x, y, a):
-        pct = torch.arange(1, 100, self.hparams["percentage_step"])
-        units = P.pixel_units(self.map(a))
-        hi = (units.size * pct.double() / 100).long()
-        steps = P.RankSteps(units, P.ranks(units, "morf"), torch.zeros_like(hi), hi)
-        fill = P.noisy_linear_fill(x, self.hparams["noise"], self.hparams["seed"])
-        v = P.run(
-            model, x, y, steps, fill, batch_size=self.batch_size, reduce=lambda out, yb: (out.argmax(1) == yb).double()
-        )
-        return pct.to(x.device), v
-
-    def _score(self, model, x, y, a, mask, explainer):
-        return self._curves(model, x, y, a)[1].mean(1)
+    params = settings(
+        {
+            "percentage_step": Param(2, int, "spacing of the percentages 1, 1+s, ... < 100", low=1, high=99),
+            "noise": Param(0.01, float, "imputation noise std", low=0.0),
+        },
+        fill=None,
+        output=None,
+    )
+    spec = P.Perturbation(P.Pixels(), "morf", P.Percentages(), "noisy_linear", "correct", summary=P.mean)
 
 
 @register
@@ -646,42 +359,22 @@ class Infidelity(_Faithfulness):
 
     name, direction = "infidelity", "lower"
     reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = {
-        "patch_size": Param(4, int, "patch side", low=1),
-        "fill": _fill_param("black"),
-        "output": OUTPUT_L,
-        "abs": ABS,
-        "normalise": NORM_F,
-    }
-    passes_formula = "1 + ceil(H/patch_size)*ceil(W/patch_size)"
+    params = settings({"patch_size": Param(4, int, "patch side", low=1)}, output=OUTPUT_L, normalise=NORM_F)
+    spec = P.Perturbation(P.Patches(), "raster", P.Cumulative(), base=True)
 
-    def _passes(self, shape, e):
-        p = self.hparams["patch_size"]
-        return 1 + math.ceil(shape[1] / p) * math.ceil(shape[2] / p)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        n, c, h, w = x.shape
-        m = self.map(a)
-        pid, count = P.patch_grid(h, w, self.hparams["patch_size"], x.device)
-        units = P.Units(
-            pid.expand(n, -1), torch.zeros(n, count, device=x.device), torch.full((n,), count, device=x.device)
-        )
-        raster = torch.arange(count, device=x.device).expand(n, -1)
-        lo, hi = P.cumulative(1, count)
-        steps = P.RankSteps(units, raster, lo, hi)
-        fill = P.make_fill(self.hparams["fill"], x, steps.T)
-        f0 = P.base_scores(model, x, y, batch_size=self.batch_size, output=self.output())
-        v = P.run(model, x, y, steps, fill, batch_size=self.batch_size, output=self.output())
+    def summarise(self, c):
+        x, a, hp = c.x, c.a, self.hparams
+        n, ch = x.shape[:2]
         # attribution-weighted change sum(a * (x - x_t)): x - x_t = (x - fill) on removed pixels
-        base = fill(x, None, torch.arange(n, device=x.device), torch.zeros(n, dtype=torch.long, device=x.device))
-        diff = (x - base).double()
-        if a.dim() == 4 and a.shape[1] == c and not self.hparams["abs"] and not self.hparams["normalise"]:
+        fill = c.fill(x, None, torch.arange(n, device=x.device), torch.zeros(n, dtype=torch.long, device=x.device))
+        diff = (x - fill).double()
+        if a.dim() == 4 and a.shape[1] == ch and not hp["abs"] and not hp["normalise"]:
             per_pix = (a.double() * diff).sum(1).flatten(1)
         else:
-            per_pix = (m.double().unsqueeze(1) * diff).sum(1).flatten(1)
-        per_patch = torch.zeros(n, count, device=x.device, dtype=torch.float64).index_add_(1, pid, per_pix)
-        asum = per_patch.cumsum(1)
-        return ((f0.unsqueeze(1) - v - asum) ** 2).mean(1)
+            per_pix = (c.m.double().unsqueeze(1) * diff).sum(1).flatten(1)
+        per_patch = torch.zeros(n, c.units.size, device=x.device, dtype=torch.float64)
+        per_patch.index_add_(1, c.units.ids[0], per_pix)
+        return ((c.drop() - per_patch.cumsum(1)) ** 2).mean(1)
 
 
 @register
@@ -697,25 +390,16 @@ class Sufficiency(_Faithfulness):
 
     name, direction, set_level = "sufficiency", "higher", True
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {
-        "threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0),
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    passes_formula = "1"
+    params = settings(
+        {"threshold": Param(0.6, float, "closeness threshold on normalised distances", low=0.0)},
+        fill=None,
+        output=None,
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(output="class", base=True)
 
-    def _passes(self, shape, e):
-        return 1
-
-    def _score(self, model, x, y, a, mask, explainer):
-        m = self.map(a).flatten(1).double()
-        sim = _close_pairs(m, self.hparams["threshold"])
-        pred = models.forward(model, x, batch_size=self.batch_size).argmax(1)
-        same = pred.view(1, -1) == pred.view(-1, 1)
-        cnt = sim.sum(-1)
-        return torch.where(
-            cnt > 0, (same & sim).sum(-1).double() / cnt.clamp_min(1), torch.zeros_like(cnt, dtype=torch.float64)
-        )
+    def summarise(self, c):
+        return stats.agreement(c.base, _close_pairs(c.m.flatten(1).double(), self.hparams["threshold"]))
 
 
 def _close_pairs(m: torch.Tensor, threshold: float) -> torch.Tensor:

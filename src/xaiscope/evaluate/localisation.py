@@ -104,8 +104,7 @@ class PointingGame(_Localisation):
     name = "pointing_game"
     reference = "Zhang et al. 2018, IJCV 126:1084-1102"
     params = {
-        "abs": ABS,
-        "normalise": NORM,
+        **_Localisation.params,
         "tolerance": Param(0, int, "hit radius in pixels", low=0),
         "weighted": Param(False, bool, "weight hits by 1 - mask share"),
     }
@@ -136,11 +135,9 @@ class TopKIntersection(_Localisation):
     0 passes; NaN for an empty mask.
     """
 
-    name = "top_k_intersection"
-    reference = "Theiner et al. 2022, WACV, arXiv:2104.14995"
+    name, reference = "top_k_intersection", "Theiner et al. 2022, WACV, arXiv:2104.14995"
     params = {
-        "abs": ABS,
-        "normalise": NORM,
+        **_Localisation.params,
         "k": Param(1000, int, "number of top pixels", low=1),
         "concept_influence": Param(False, bool, "scale by image size over mask size"),
     }
@@ -207,8 +204,18 @@ class Focus(_Localisation):
         return _nan_where((p * s).sum(-1) / (p.sum(-1) + 1e-9), empty)
 
 
+class _Ranking(_Localisation):
+    """The map as a score that ranks the mask pixels above the others, rated by ``statistic``."""
+
+    statistic = staticmethod(stats.auroc)
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m, s, empty = self._flat(a, mask)
+        return _nan_where(self.statistic(m, s), empty)
+
+
 @register
-class AUROC(_Localisation):
+class AUROC(_Ranking):
     """Area under the ROC curve of the map as a score for the mask pixels (ties count 1/2).
 
     Fawcett 2006, "An introduction to ROC analysis", Pattern Recognition Letters 27:861.
@@ -218,13 +225,9 @@ class AUROC(_Localisation):
     name = "auroc"
     reference = "Fawcett 2006, Pattern Recognition Letters 27:861-874"
 
-    def _score(self, model, x, y, a, mask, explainer):
-        m, s, empty = self._flat(a, mask)
-        return _nan_where(stats.auroc(m, s), empty)
-
 
 @register
-class AveragePrecision(_Localisation):
+class AveragePrecision(_Ranking):
     """Average precision of the map as a score for the mask pixels,
     ``sum_k (R_k - R_{k-1}) P_k`` over distinct thresholds (scikit-learn's definition).
 
@@ -232,12 +235,8 @@ class AveragePrecision(_Localisation):
     0 passes; NaN for an empty mask.
     """
 
-    name = "average_precision"
+    name, statistic = "average_precision", staticmethod(stats.average_precision)
     reference = "Zhu 2004, Recall, precision and average precision, Univ. Waterloo"
-
-    def _score(self, model, x, y, a, mask, explainer):
-        m, s, empty = self._flat(a, mask)
-        return _nan_where(stats.average_precision(m, s), empty)
 
 
 @register

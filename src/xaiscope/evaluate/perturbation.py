@@ -1,44 +1,75 @@
-"""The faithfulness mechanism: order features, change them step by step, measure the model.
+"""The perturbation mechanism: order features, change them step by step, measure the model.
 
-A faithfulness metric is a declaration of four pieces:
+A metric built on it is a :class:`Perturbation` declaration of six pieces, consumed by
+one generic :class:`PerturbationMetric`:
 
-- **units**: the features that are changed together: pixels, square patches (on a grid
-  padded as Quantus pads it), SLIC superpixels, or random subsets of pixels. A unit
-  covers all channels of its pixels. Each unit gets an attribution score (sum or mean
-  of the map over its pixels).
-- **steps**: which units are changed at step ``t``: a prefix of the unit order
-  (cumulative: units ranked ``< hi_t``), a window of it (``lo_t <= rank < hi_t``), or a
-  random subset. ``order`` is ``morf`` (most relevant first), ``lerf`` (least first) or
-  ``random`` (seeded).
+- **features** (a feature space): the units that are changed together: :class:`Pixels`,
+  square :class:`Patches` (on a grid padded as Quantus pads it) or SLIC
+  :class:`Superpixels`. A unit covers all channels of its pixels and gets an attribution
+  score (sum or mean of the map over its pixels).
+- **order**: ``morf`` (most relevant first), ``lerf`` (least first), ``random`` (seeded)
+  or ``raster`` (unit index order).
+- **schedule**: which units are changed at step ``t``: fixed :class:`Fractions` of the
+  units, :class:`Cumulative` prefixes of the order (``k`` units more per step),
+  :class:`Windows` of it (the next ``k`` units alone), :class:`Percentages`,
+  :class:`RandomSubsets` of the pixels, or a :class:`Single` step changing every unit.
+  The schedule's step count is a :class:`~xaiscope.evaluate.cost.Count` of the units, so
+  a metric's pass count and its formula follow from the declaration.
 - **fill**: what replaces a changed pixel: ``black`` (the image's minimum, as Quantus),
   ``zero``, ``mean`` (the image's mean), ``blur`` (Gaussian blur of the image),
   ``uniform`` (one U(low, high) value per perturbed image, as Quantus' "uniform"
-  baseline), or noisy linear imputation (ROAD). For insertion the roles swap: the
-  chosen units show the image and the rest shows the fill.
-- **summary** of the resulting curve ``f_y(x_t)``: area, correlation, monotonicity,
-  accuracy (declared in ``faithfulness.py``).
+  baseline), ``running_mean`` (the mean of the image as it is when a unit is removed) or
+  ``noisy_linear`` imputation (ROAD). For insertion the roles swap: the chosen units show
+  the image and the rest shows the fill.
+- **output** read from the model: ``softmax`` / ``logit`` of the target ``f_y``,
+  ``correct`` (the prediction is the target) or ``class`` (the predicted class); with
+  ``base`` the unperturbed images are read too (one pass each).
+- **summary** of the resulting :class:`Curve`: :func:`area`, :func:`correlation`,
+  :func:`mean`, or the metric's own ``summarise``.
+
+A metric is a :class:`PerturbationMetric` whose class attribute ``spec`` is its
+:class:`Perturbation`; its ``cost`` (model passes per image) follows from it.
 
 All (image, step) pairs are built lazily in chunks of ``batch_size`` perturbed images
 and each chunk goes to the model through :func:`xaiscope.models.forward`; nothing
-loops over images in Python and nothing leaves the device.
+loops over images in Python and nothing leaves the device. Image shape is handled by
+the feature space (which pixels form a unit) and the fill (what a changed pixel
+becomes) only.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import draws
+from xaiscope.errors import MetricError
+from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate.base import ABS, NORM, OUTPUT_P, Metric, Param
+from xaiscope.evaluate.cost import Count, Env, H, W, ceil, floor, number, setting, smallest, symbol
 from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
+ORDERS = ("morf", "lerf", "random")
 
 
-# ----------------------------------------------------------------------------- units
+def fill_param(default: str, extra: tuple = (), choices: tuple = FILLS) -> Param:
+    """The ``fill`` setting: value for changed pixels."""
+    return Param(default, str, "value for changed pixels", choices=choices + extra)
+
+
+def settings(first: dict, fill="black", output=OUTPUT_P, absolute=ABS, normalise=NORM) -> dict[str, Param]:
+    """A metric's settings: ``first``, then ``fill`` (a default fill name or a Param), ``output``,
+    ``abs`` and ``normalise``; None leaves one out."""
+    rest = {"fill": fill_param(fill) if isinstance(fill, str) else fill, "output": output}
+    rest.update({"abs": absolute, "normalise": normalise})
+    return {**first, **{k: v for k, v in rest.items() if v is not None}}
+
+
+# ----------------------------------------------------------------------- feature spaces
 @dataclass
 class Units:
     """A partition of each image's pixels into units.
@@ -58,76 +89,111 @@ class Units:
 
 def pixel_units(m: torch.Tensor) -> Units:
     """Every pixel is a unit; score = map value. ``m``: ``[N, H, W]``."""
-    n = m.shape[0]
-    hw = m[0].numel()
-    ids = torch.arange(hw, device=m.device).expand(n, hw)
-    return Units(ids, m.flatten(1), torch.full((n,), hw, device=m.device))
+    n, hw = m.shape[0], m[0].numel()
+    return Units(torch.arange(hw, device=m.device).expand(n, hw), m.flatten(1), torch.full((n,), hw, device=m.device))
+
+
+def resolve(hp: dict, v):
+    """A declared value: a string that names a setting reads it from ``hp``; anything else is the value."""
+    return hp[v] if isinstance(v, str) and v in hp else v
+
+
+def _count(v) -> Count:
+    return setting(v) if isinstance(v, str) else number(v)
+
+
+class Pixels:
+    """Every pixel (all its channels) is a unit; its score is the map value."""
+
+    def units(self, x: torch.Tensor, m: torch.Tensor, hp: dict) -> Units:
+        return pixel_units(m)
+
+    def count(self) -> Count:
+        return H * W
 
 
 def patch_grid(h: int, w: int, p: int, device) -> tuple[torch.Tensor, int]:
     """Patch id of each pixel on a ``p x p`` grid padded like Quantus (floor/ceil halves)."""
     ph = (p - h % p) // 2 if h % p else 0
     pw = (p - w % p) // 2 if w % p else 0
-    gh, gw = math.ceil(h / p), math.ceil(w / p)
     rows = (torch.arange(h, device=device) + ph) // p
     cols = (torch.arange(w, device=device) + pw) // p
-    return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), gh * gw
+    gw = math.ceil(w / p)
+    return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), math.ceil(h / p) * gw
 
 
-def patch_units(m: torch.Tensor, p: int) -> Units:
-    """Square patches of side ``p``; score = sum of the map over the patch."""
-    n, h, w = m.shape
-    pid, count = patch_grid(h, w, p, m.device)
-    scores = torch.zeros(n, count, device=m.device, dtype=m.dtype).index_add_(1, pid, m.flatten(1))
-    return Units(pid.expand(n, -1), scores, torch.full((n,), count, device=m.device))
+@dataclass(frozen=True)
+class Patches:
+    """Square patches of side ``size`` (a setting or a number) on :func:`patch_grid`; score = sum of the map."""
+
+    size: str | int = "patch_size"
+
+    def units(self, x, m, hp) -> Units:
+        p, (n, h, w) = resolve(hp, self.size), m.shape
+        if p == 1:
+            return pixel_units(m)
+        pid, count = patch_grid(h, w, p, m.device)
+        scores = torch.zeros(n, count, device=m.device, dtype=m.dtype).index_add_(1, pid, m.flatten(1))
+        return Units(pid.expand(n, -1), scores, torch.full((n,), count, device=m.device))
+
+    def count(self) -> Count:
+        p = _count(self.size)
+        return ceil(H / p) * ceil(W / p)
 
 
-def superpixel_units(x: torch.Tensor, m: torch.Tensor, n_segments: int = 100, compactness: float = 10.0) -> Units:
-    """SLIC superpixels of each image (scikit-image, ``start_label=0``); score = mean of the map.
+@dataclass(frozen=True)
+class Superpixels:
+    """SLIC superpixels of each image (scikit-image, ``start_label=0``, on the CPU once per
+    image); score = mean of the map over the superpixel."""
 
-    Segmentation runs on the CPU once per image (no model calls)."""
-    from skimage.segmentation import slic
+    segments: str = "n_segments"
+    compactness: str = "compactness"
 
-    n = x.shape[0]
-    segs = []
-    for i in range(n):
-        img = x[i].detach().permute(1, 2, 0).double().cpu().numpy()
-        segs.append(torch.as_tensor(slic(img, n_segments=n_segments, compactness=compactness, start_label=0)).flatten())
-    ids = torch.stack(segs).to(m.device).long()
-    count = ids.amax(1) + 1
-    u = int(count.max())
-    flat = m.flatten(1).double()
-    sums = torch.zeros(n, u, device=m.device, dtype=torch.float64).scatter_add_(1, ids, flat)
-    cnt = torch.zeros(n, u, device=m.device, dtype=torch.float64).scatter_add_(1, ids, torch.ones_like(flat))
-    scores = torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, -math.inf))
-    return Units(ids, scores, count)
+    def units(self, x, m, hp) -> Units:
+        from skimage.segmentation import slic
+
+        n, kw = x.shape[0], {"n_segments": hp[self.segments], "compactness": hp[self.compactness], "start_label": 0}
+        imgs = x.detach().permute(0, 2, 3, 1).double().cpu().numpy()
+        ids = torch.stack([torch.as_tensor(slic(imgs[i], **kw)).flatten() for i in range(n)]).to(m.device).long()
+        count = ids.amax(1) + 1
+        flat = m.flatten(1).double()
+        sums = torch.zeros(n, int(count.max()), device=m.device, dtype=torch.float64).scatter_add_(1, ids, flat)
+        cnt = torch.zeros_like(sums).scatter_add_(1, ids, torch.ones_like(flat))
+        return Units(ids, torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, -math.inf)), count)
+
+    def count(self) -> Count:
+        return symbol(f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True)
 
 
 def ranks(units: Units, order: str = "morf", generator: torch.Generator | None = None) -> torch.Tensor:
-    """Position ``[N, U]`` of each unit in the order (padding units last)."""
+    """Position ``[N, U]`` of each unit in the order (padding units last): ``morf``, ``lerf``,
+    ``random`` (keys from ``generator``) or ``raster`` (unit index)."""
     s = units.scores.double()
-    pad = torch.arange(units.size, device=s.device).view(1, -1) >= units.count.view(-1, 1)
+    pos = torch.arange(units.size, device=s.device).expand(s.shape[0], -1)
+    if order == "raster":
+        return pos
+    pad = pos >= units.count.view(-1, 1)
     if order == "random":
-        key = torch.rand(s.shape, generator=generator, device=s.device)
-        key = torch.where(pad, torch.full_like(key, 2.0), key)
-        idx = key.argsort(dim=1, stable=True)
+        key = torch.where(pad, 2.0, torch.rand(s.shape, generator=generator, device=s.device))
     else:
-        key = -s if order == "morf" else s
-        key = torch.where(pad, torch.full_like(key, math.inf), key)
-        idx = key.argsort(dim=1, stable=True)
-    r = torch.empty_like(idx)
-    r.scatter_(1, idx, torch.arange(units.size, device=s.device).expand_as(idx))
-    return r
+        key = torch.where(pad, math.inf, -s if order == "morf" else s)
+    return torch.empty_like(pos).scatter_(1, key.argsort(dim=1, stable=True), pos)
 
 
 # ----------------------------------------------------------------------------- steps
 class Steps:
-    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``."""
+    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``;
+    ``unit_sums()`` -> ``[N, T]`` attribution sum of each step's changed units."""
 
     T: int
 
     def mask(self, n_idx: torch.Tensor, t_idx: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def _per_image(v, n: int, device) -> torch.Tensor:
+    v = torch.as_tensor(v, device=device).long()
+    return v.expand(n, -1) if v.dim() <= 1 else v
 
 
 class RankSteps(Steps):
@@ -136,18 +202,7 @@ class RankSteps(Steps):
     def __init__(self, units: Units, rank: torch.Tensor, lo, hi):
         self.units, self.rank = units, rank
         self.pix_rank = rank.gather(1, units.ids)  # [N, HW]
-        dev = rank.device
-        n = rank.shape[0]
-        self.lo = (
-            torch.as_tensor(lo, device=dev).long().expand(n, -1)
-            if torch.as_tensor(lo).dim() <= 1
-            else torch.as_tensor(lo, device=dev).long()
-        )
-        self.hi = (
-            torch.as_tensor(hi, device=dev).long().expand(n, -1)
-            if torch.as_tensor(hi).dim() <= 1
-            else torch.as_tensor(hi, device=dev).long()
-        )
+        self.lo, self.hi = _per_image(lo, rank.shape[0], rank.device), _per_image(hi, rank.shape[0], rank.device)
         self.T = self.hi.shape[1]
 
     def mask(self, n_idx, t_idx):
@@ -160,21 +215,25 @@ class RankSteps(Steps):
         scores = self.units.scores.double()
         n = scores.shape[0]
         cs = torch.cat([torch.zeros_like(scores[:, :1]), scores.gather(1, self.rank.argsort(dim=1)).cumsum(1)], 1)
-        lo = self.lo if lo is None else torch.as_tensor(lo, device=scores.device).long().expand(n, -1)
-        hi = self.hi if hi is None else torch.as_tensor(hi, device=scores.device).long().expand(n, -1)
+        lo = self.lo if lo is None else _per_image(lo, n, scores.device)
+        hi = self.hi if hi is None else _per_image(hi, n, scores.device)
         return cs.gather(1, hi) - cs.gather(1, lo)
 
 
 class SubsetSteps(Steps):
-    """Step t changes the pixel subset ``idx[n, t]`` (``[N, T, S]`` pixel indices)."""
+    """Step t changes the pixel subset ``idx[n, t]`` (``[N, T, S]`` pixel indices); ``scores``
+    ``[N, H*W]`` are the pixels' attributions."""
 
-    def __init__(self, idx: torch.Tensor, hw: int):
-        self.idx, self.hw, self.T = idx, hw, idx.shape[1]
+    def __init__(self, idx: torch.Tensor, hw: int, scores: torch.Tensor):
+        self.idx, self.hw, self.T, self.scores = idx, hw, idx.shape[1], scores
 
     def mask(self, n_idx, t_idx):
         sel = self.idx[n_idx, t_idx]
-        m = torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device)
-        return m.scatter_(1, sel, True)
+        return torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device).scatter_(1, sel, True)
+
+    def unit_sums(self) -> torch.Tensor:
+        n, t, s = self.idx.shape
+        return self.scores.double().gather(1, self.idx.flatten(1)).view(n, t, s).sum(-1)
 
 
 def cumulative(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,67 +243,220 @@ def cumulative(k: int, total: int, limit: int | None = None) -> tuple[torch.Tens
     return torch.zeros_like(hi), hi
 
 
-def windows(k: int, total: int, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lo, hi)`` for steps changing the next ``k`` units only (not cumulative)."""
-    lo, hi = cumulative(k, total, limit)
-    return hi - k, hi
+# --------------------------------------------------------------------------- schedules
+class Schedule:
+    """Which units change at each step. ``count(u)`` is the number of steps T for ``u`` units
+    (a :class:`Count`: the same expression gives T at run time and the pass formula)."""
+
+    def count(self, u: Count) -> Count:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def steps(self, units: Units, rank: torch.Tensor | None, hp: dict, x: torch.Tensor, name: str = "") -> Steps:
+        t = int(self.count(number(units.size))(Env(hp)))
+        return RankSteps(units, rank, *self.bounds(t, units.size, hp))
+
+    def bounds(self, t: int, u: int, hp: dict) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """``(lo, hi)`` ``[T]``: units ranked ``lo_t <= rank < hi_t`` change at step t."""
+        raise NotImplementedError
+
+    def axis(self, t: int, hp: dict) -> torch.Tensor:
+        """The curve's x values ``[T]`` (default: step numbers 1..T)."""
+        return torch.arange(1, t + 1)
+
+    def spacing(self, hp: dict) -> float:
+        """Distance between two curve points for areas."""
+        return 1.0
+
+    def valid(self, units: Units, steps: Steps) -> torch.Tensor | None:
+        """``[N, T]`` pairs worth a model pass (None: all)."""
+        return None
 
 
-def pixel_steps(
-    m: torch.Tensor, k: int, order: str = "morf", *, cumulative_steps: bool = True, limit: int | None = None
-) -> RankSteps:
-    """Steps over the pixels of maps ``m`` ``[N, H, W]`` in ``order`` (``morf`` / ``lerf``):
-    ``k`` pixels per step, cumulatively (prefixes of the order) or one window at a time."""
-    units = pixel_units(m)
-    lo, hi = (cumulative if cumulative_steps else windows)(k, units.size, limit)
-    return RankSteps(units, ranks(units, order), lo, hi)
+@dataclass(frozen=True)
+class Fractions(Schedule):
+    """Fixed fractions ``t / T`` of the units, t = 0..T (``T`` = setting ``n``), cumulatively:
+    the curve starts at the unchanged image."""
+
+    n: str = "steps"
+
+    def count(self, u):
+        return setting(self.n) + 1
+
+    def bounds(self, t, u, hp):
+        hi = torch.round(self.axis(t, hp) * u).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(t, dtype=torch.float64) / (t - 1)
+
+    def spacing(self, hp):
+        return 1.0 / hp[self.n]
+
+
+@dataclass(frozen=True)
+class Cumulative(Schedule):
+    """``k`` more units per step, cumulatively: ``hi_t = min(t k, U)``, t = 1..T, with
+    ``T = ceil(U / k)``, at most ``limit``, or ``floor(share U / k)``."""
+
+    k: str | int = 1
+    limit: str | None = None
+    share: str | None = None
+
+    def count(self, u):
+        k = _count(self.k)
+        if self.share is not None:
+            return floor(setting(self.share) * u / k)
+        t = u if self.k == 1 else ceil(u / k)
+        return smallest(t, setting(self.limit)) if self.limit is not None else t
+
+    def bounds(self, t, u, hp):
+        return cumulative(resolve(hp, self.k), u, t)
+
+    def valid(self, units, steps):
+        # units beyond an image's own count (superpixels) are padding: steps that add none are skipped
+        if bool((units.count == units.size).all()):
+            return None
+        return torch.cat([torch.zeros_like(steps.hi[:, :1]), steps.hi[:, :-1]], 1) < units.count.view(-1, 1)
+
+
+@dataclass(frozen=True)
+class Windows(Schedule):
+    """The next ``k`` units alone at each step (not cumulative), T = ceil(U / k) windows, each
+    repeated ``repeat`` times in a row."""
+
+    k: str | int = 1
+    repeat: str | None = None
+
+    def count(self, u):
+        t = ceil(u / _count(self.k))
+        return t * setting(self.repeat) if self.repeat is not None else t
+
+    def bounds(self, t, u, hp):
+        k, r = resolve(hp, self.k), hp[self.repeat] if self.repeat is not None else 1
+        _, hi = cumulative(k, u)
+        return (hi - k).repeat_interleave(r), hi.repeat_interleave(r)
+
+
+@dataclass(frozen=True)
+class Percentages(Schedule):
+    """The first ``p`` % of the units in order, for p = 1, 1 + s, ... < 100 (``s`` = setting ``step``)."""
+
+    step: str = "percentage_step"
+
+    def count(self, u):
+        s = self.step
+        return symbol(f"len(range(1, 100, {s}))", lambda env: len(range(1, 100, env.hparams[s])))
+
+    def bounds(self, t, u, hp):
+        hi = (u * self.axis(t, hp).double() / 100).long()
+        return torch.zeros_like(hi), hi
+
+    def axis(self, t, hp):
+        return torch.arange(1, 100, hp[self.step])
+
+
+@dataclass(frozen=True)
+class RandomSubsets(Schedule):
+    """Step t changes a random subset of ``size`` pixels, ``runs`` subsets per image, drawn
+    from stream ``stream`` of the seed."""
+
+    runs: str = "nr_runs"
+    size: str = "subset_size"
+    stream: int = 3
+
+    def count(self, u):
+        return setting(self.runs)
+
+    def steps(self, units, rank, hp, x, name=""):
+        s, hw = hp[self.size], units.size
+        if s >= hw:
+            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} pixels of an image.")
+        g = draws.generator(hp["seed"], x.device, self.stream)
+        return SubsetSteps(draws.subsets(g, x.shape[0], hp[self.runs], hw, s, x.device), hw, units.scores)
+
+
+class Single(Schedule):
+    """One step that changes every unit."""
+
+    def count(self, u):
+        return number(1)
+
+    def steps(self, units, rank, hp, x, name=""):
+        return AllSteps(units)
+
+
+class AllSteps(Steps):
+    """One step that changes every pixel."""
+
+    T = 1
+
+    def __init__(self, units: Units):
+        self.units = units
+
+    def mask(self, n_idx, t_idx):
+        return torch.ones(1, 1, dtype=torch.bool, device=n_idx.device).expand(n_idx.shape[0], self.units.ids.shape[1])
+
+    def unit_sums(self) -> torch.Tensor:
+        return self.units.scores.double().sum(1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- fills
 Fill = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def image_fill(kind: str, x: torch.Tensor, *, sigma: float = 5.0, value: float = 0.0) -> Fill:
-    """A fill that depends on the image only: black/zero/mean/blur/constant."""
-    if kind == "black":
-        base = x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x)
-    elif kind == "zero":
-        base = torch.zeros_like(x)
-    elif kind == "mean":
-        base = x.flatten(1).mean(1).view(-1, 1, 1, 1).expand_as(x)
-    elif kind == "blur":
-        from xaiscope.explain.references import gaussian_blur
-
-        base = gaussian_blur(x, sigma)
-    elif kind == "constant":
-        base = torch.full_like(x, value)
-    else:  # pragma: no cover - validated by the metric's Param
-        raise ValueError(kind)
-
-    def fill(xb, mb, n_idx, t_idx):
-        return base[n_idx]
-
-    return fill
+def _per_image_fill(base: torch.Tensor) -> Fill:
+    return lambda xb, mb, n_idx, t_idx: base[n_idx]
 
 
 def scalar_fill(values: torch.Tensor) -> Fill:
     """One fill value per (image, step): ``values`` ``[N, T]``."""
-
-    def fill(xb, mb, n_idx, t_idx):
-        return values[n_idx, t_idx].view(-1, 1, 1, 1).to(xb.dtype).expand_as(xb)
-
-    return fill
+    return lambda xb, mb, n_idx, t_idx: values[n_idx, t_idx].view(-1, *[1] * (xb.dim() - 1)).to(xb.dtype).expand_as(xb)
 
 
 def make_fill(
     kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float = 0.0, high: float = 1.0, sigma: float = 5.0
 ) -> Fill:
-    """Fill by name; ``uniform`` draws one U(low, high) value per (image, step) from ``seed``."""
+    """Fill by name: ``black`` (the image's minimum), ``zero``, ``mean`` (the image's mean), ``blur``
+    (Gaussian of ``sigma`` pixels) or ``uniform`` (one U(low, high) value per (image, step) from ``seed``)."""
     if kind == "uniform":
         g = draws.generator(seed, x.device, stream=11)
-        vals = draws.uniform(g, (T, x.shape[0]), low, high, x.device).t()
-        return scalar_fill(vals)
-    return image_fill(kind, x, sigma=sigma)
+        return scalar_fill(draws.uniform(g, (T, x.shape[0]), low, high, x.device).t())
+    if kind == "blur":
+        from xaiscope.explain.references import gaussian_blur
+
+        return _per_image_fill(gaussian_blur(x, sigma))
+    if kind == "zero":
+        return _per_image_fill(torch.zeros_like(x))
+    flat = x.flatten(1)
+    value = flat.amin(1) if kind == "black" else flat.mean(1)
+    return _per_image_fill(value.view(-1, *[1] * (x.dim() - 1)).expand_as(x))
+
+
+def running_mean_fill(x: torch.Tensor, steps: RankSteps) -> Fill:
+    """At step t a newly changed unit takes the mean of the image after steps 1..t-1 and keeps
+    it (Quantus' IROF fill, run one image at a time)."""
+    n, ones = x.shape[0], [1] * (x.dim() - 2)
+    cur, idx = x.clone(), torch.arange(n, device=x.device)
+    mu_t = torch.empty(n, steps.T, device=x.device, dtype=torch.float64)
+    for t in range(steps.T):
+        mu = cur.flatten(1).mean(1)
+        mu_t[:, t] = mu.double()
+        new = steps.mask(idx, torch.full_like(idx, t)).view(n, 1, *x.shape[2:])
+        if t > 0:
+            new = new & ~steps.mask(idx, torch.full_like(idx, t - 1)).view(n, 1, *x.shape[2:])
+        cur = torch.where(new, mu.view(-1, 1, *ones).to(cur.dtype), cur)
+    per_pix = mu_t.gather(1, steps.pix_rank.clamp(max=steps.T - 1)).to(x.dtype)
+    return _per_image_fill(per_pix.view(n, 1, *x.shape[2:]).expand_as(x))
+
+
+def fill_for(kind: str, x: torch.Tensor, steps: Steps, hp: dict) -> Fill:
+    """The fill named ``kind`` (:func:`make_fill`, ``running_mean`` or ``noisy_linear``) for these
+    steps; its settings (``seed``, ``sigma``, ``noise``) come from ``hp``."""
+    if kind == "noisy_linear":
+        return noisy_linear_fill(x, hp["noise"], hp["seed"])
+    if kind == "running_mean":
+        return running_mean_fill(x, steps)
+    return make_fill(kind, x, steps.T, seed=hp.get("seed", 0), sigma=hp.get("sigma", 5.0))
 
 
 def neighbour_mean(v: torch.Tensor) -> torch.Tensor:
@@ -319,11 +531,14 @@ def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max
 
 
 # ------------------------------------------------------------------------------ run
-def target_score(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
-    """``f_y`` from model outputs: softmax probability or logit."""
-    if output == "softmax":
-        out = out.softmax(dim=1)
-    return out.gather(1, y.view(-1, 1)).squeeze(1)
+def readout(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
+    """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target
+    ``f_y``, ``correct`` (1 where the prediction is the target) or ``class`` (the predicted class)."""
+    if output == "correct":
+        return (out.argmax(1) == y).double()
+    if output == "class":
+        return out.argmax(1)
+    return (out.softmax(dim=1) if output == "softmax" else out).gather(1, y.view(-1, 1)).squeeze(1)
 
 
 def run(
@@ -337,35 +552,160 @@ def run(
     output: str = "softmax",
     insertion: bool = False,
     valid: torch.Tensor | None = None,
-    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
+    base: bool = False,
+):
     """Model values ``[N, T]`` after each step (NaN where ``valid`` [N, T] is False).
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the
-    image there and the fill elsewhere. ``reduce(outputs, y)`` -> ``[B]`` (default
-    :func:`target_score`). Pairs are sent to the model ``batch_size`` at a time.
+    image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
+    sent to the model ``batch_size`` at a time. With ``base`` the unperturbed images go
+    first in the same calls and the result is ``(base [N], values [N, T])``.
     """
-    n, c, h, w = x.shape
-    T = steps.T
-    vals = torch.full((n * T,), float("nan"), device=x.device, dtype=torch.float64)
+    n, T = x.shape[0], steps.T
+    nb = n if base else 0
+    vals = torch.full((nb + n * T,), float("nan"), device=x.device, dtype=torch.float64)
     pairs = torch.arange(n * T, device=x.device)
     if valid is not None:
         pairs = pairs[valid.reshape(-1)]
-    red = reduce or (lambda out, yb: target_score(out, yb, output))
+    pairs = torch.cat([torch.arange(-nb, 0, device=x.device), pairs])  # p < 0: image p + N unperturbed
     for sl in iter_chunks(pairs.numel(), batch_size):
         p = pairs[sl]
-        n_idx, t_idx = p // T, p % T
+        k = max(0, min(sl.stop, nb) - sl.start)  # unperturbed images in this chunk: x[sl.start : sl.start + k]
+        n_idx, t_idx = p[k:] // T, p[k:] % T
         xb = x[n_idx]
-        mb = steps.mask(n_idx, t_idx).view(-1, 1, h, w)
+        mb = steps.mask(n_idx, t_idx).view(-1, 1, *x.shape[2:])
         fb = fill(xb, mb, n_idx, t_idx)
-        xp = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb)
+        xp, yb = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb), y[n_idx]
+        if k:
+            xp, yb = torch.cat([x[sl.start : sl.start + k], xp]), torch.cat([y[sl.start : sl.start + k], yb])
         out = models.forward(model, xp, batch_size=batch_size)
-        if sl.start == 0:  # once per run: reductions that compare with y (ROAD) do not index by it
+        if sl.start == 0:  # once per run: readouts that compare with y (ROAD) do not index by it
             check_target_range(y, out.shape[1])
-        vals[p] = red(out, y[n_idx]).double()
-    return vals.view(n, T)
+        vals[p + nb] = readout(out, yb, output).double()
+    return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
 
 
-def base_scores(model, x, y, *, batch_size: int, output: str = "softmax") -> torch.Tensor:
-    """``f_y(x)`` of the unperturbed images (one pass each)."""
-    return target_score(models.forward(model, x, batch_size=batch_size), y, output).double()
+# ----------------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class Perturbation:
+    """A metric's use of the mechanism (see the module docstring). ``order``, ``fill`` and
+    ``output`` name a setting or give the value; ``stream`` seeds a random order; ``curve``
+    is what :meth:`PerturbationMetric.curves` shows and ``summary`` reduces: the model
+    ``values`` or their ``drop`` from the unperturbed image (``base``)."""
+
+    features: Pixels | Patches | Superpixels | None = None
+    order: str | None = "morf"
+    schedule: Schedule | None = None
+    fill: str = "fill"
+    output: str = "output"
+    base: bool = False
+    insertion: bool = False
+    curve: str = "values"
+    summary: Callable[[Curve], torch.Tensor] | None = None
+    stream: int = 0
+
+    def cost(self) -> Count:
+        """Model passes per image: the base pass plus one per step."""
+        steps = self.schedule.count(self.features.count()) if self.schedule is not None else number(0)
+        return (1 if self.base else 0) + steps
+
+
+@dataclass
+class Curve:
+    """One evaluation of a declaration: the inputs, the steps, and what the model gave.
+
+    ``base`` ``[N]``: the readout of the unperturbed images (with ``base``); ``values``
+    ``[N, T]``: the readout after each step (NaN where ``valid`` is False); ``curve``: the
+    declared curve (``values`` or ``base - values``); ``axis`` ``[T]``: its x values.
+    """
+
+    x: torch.Tensor
+    a: torch.Tensor
+    m: torch.Tensor
+    base: torch.Tensor | None = None
+    units: Units | None = None
+    steps: Steps | None = None
+    fill: Fill | None = None
+    values: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    curve: torch.Tensor | None = None
+    axis: torch.Tensor | None = None
+    spacing: float = 1.0
+
+    def drop(self) -> torch.Tensor:
+        """``f(x) - f(x_t)`` ``[N, T]``."""
+        return self.base.unsqueeze(1) - self.values
+
+
+def area(c: Curve) -> torch.Tensor:
+    """Trapezoid area under the curve (spacing of the schedule)."""
+    return stats.trapz(c.curve, dx=c.spacing)
+
+
+def correlation(c: Curve) -> torch.Tensor:
+    """Pearson correlation over steps of the changed units' attribution sum and the output drop."""
+    return stats.pearson(c.steps.unit_sums(), c.drop())
+
+
+def mean(c: Curve) -> torch.Tensor:
+    """Mean of the curve over steps."""
+    return c.curve.mean(1)
+
+
+class PerturbationMetric(Metric):
+    """A metric declared by a :class:`Perturbation` (class attribute ``spec``): its score is
+    ``summarise(evaluate(...))``. Subclasses change :meth:`summarise` or :meth:`run` where a
+    metric differs."""
+
+    needs = frozenset({"model"})
+    spec: ClassVar[Perturbation] = Perturbation()
+
+    def _score(self, model, x, y, a, mask, explainer):
+        return self.summarise(self.evaluate(model, x, y, a))
+
+    def summarise(self, c: Curve) -> torch.Tensor:
+        return self.spec.summary(c)
+
+    def evaluate(self, model, x, y, a) -> Curve:
+        """Build the steps, run them through the model and collect the :class:`Curve`."""
+        spec, hp = self.spec, self.hparams
+        c, sched, output = Curve(x, a, self.map(a)), spec.schedule, resolve(hp, spec.output)
+        if sched is None:  # no perturbation: the unperturbed images only
+            if spec.base:
+                c.base = readout(models.forward(model, x, batch_size=self.batch_size), y, output).double()
+            return c
+        c.units, order = spec.features.units(x, c.m, hp), resolve(hp, spec.order)
+        g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None
+        c.steps = sched.steps(c.units, ranks(c.units, order, g) if order else None, hp, x, self.name)
+        c.fill = fill_for(resolve(hp, spec.fill), x, c.steps, hp)
+        valid = sched.valid(c.units, c.steps)
+        c.base, c.values, c.valid = self.run(model, x, y, c.steps, c.fill, output, valid, spec.base)
+        c.curve = c.drop() if spec.curve == "drop" else c.values
+        c.axis, c.spacing = sched.axis(c.steps.T, hp).to(x.device), sched.spacing(hp)
+        return c
+
+    def run(self, model, x, y, steps: Steps, fill: Fill, output: str, valid: torch.Tensor | None, base: bool):
+        """``(base [N] or None, values [N, T], valid [N, T])``: the readout of the unperturbed
+        images (with ``base``, in the same model calls) and of every (image, step) pair."""
+        kw = {"batch_size": self.batch_size, "output": output, "insertion": self.spec.insertion}
+        out = run(model, x, y, steps, fill, valid=valid, base=base, **kw)
+        f0, v = out if base else (None, out)
+        return f0, v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
+
+    def _checked_curve(self, model, x, y, a) -> Curve:
+        if self.spec.schedule is None:
+            raise MetricError(f"{self.name} changes no pixels: it has no curve.")
+        x, y, a, _ = self._check(model, x, y, a, None, None)
+        with models.eval_mode(model):
+            return self.evaluate(model, x, y, a)
+
+    def curves(self, model, x, y, a, mask=None, explainer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(axis [T], curve [N, T])``: the declared curve and its x values."""
+        c = self._checked_curve(model, x, y, a)
+        return c.axis, c.curve
+
+    def score_and_curves(self, model, x, y, a, mask=None, explainer=None):
+        """``(scores [N], axis [T], curve [N, T])`` from one set of model passes (what
+        ``__call__`` and :meth:`curves` give, without computing the curve twice)."""
+        c = self._checked_curve(model, x, y, a)
+        return self.summarise(c).to(device=c.x.device, dtype=torch.float32), c.axis, c.curve

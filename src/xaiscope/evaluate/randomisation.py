@@ -1,23 +1,35 @@
-"""Randomisation metrics: perturb the model (or the target), re-explain, compare.
+"""Randomisation metrics: declarations of the randomise, re-explain, compare mechanism.
 
-The mechanism (:func:`randomised_models`) copies the model and re-initialises its
-layers one after another (every module with ``reset_parameters``, from the output
-(``top_down``) or the input (``bottom_up``), cumulatively, each reset seeded with
-``seed + 1`` as Quantus does) without touching the user's model or the global random
-state. Maps are compared with a batched similarity (Spearman by default).
+A metric declares a :class:`Randomisation`: what is randomised (**randomise**:
+``each_layer``: a copy of the model per layer, re-initialised cumulatively in the
+``layer_order`` setting's order; ``all_layers``: the copy with every layer
+re-initialised; ``target``: the model itself, explained for a randomly drawn other
+class), the **reference** map (the given ``a``, or ``explained`` by the explainer on the
+model), ``smooth`` (the setting with the number of noisy copies each map is averaged
+over, or None), the **comparison** of each randomised map with the reference (a
+similarity named by the ``similarity`` setting, or :func:`entropy_rise`) and the
+**summary** over randomised models (the ``summary`` setting: ``average``, ``last`` or
+``quantus_average``, which also compares the unrandomised model's map).
+
+:func:`randomised_models` copies the model and re-initialises its layers one after
+another (every module with ``reset_parameters``, from the output (``top_down``) or the
+input (``bottom_up``), cumulatively, each reset seeded with ``seed + 1`` as Quantus
+does) without touching the user's model or the global random state. The pass count
+follows from the declaration.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
 
-import numpy as np
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import stats
+from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
+from xaiscope.evaluate.cost import Count, E, L, number, setting
 from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import check_target_range
 
@@ -58,21 +70,110 @@ def randomised_models(model: torch.nn.Module, order: str, seed: int) -> Iterator
         yield name, rnd
 
 
-def n_layers(model) -> int:
-    return sum(1 for _, m in model.named_modules() if hasattr(m, "reset_parameters")) if model is not None else 0
+def entropy_rise(ref: torch.Tensor, hp: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``b -> (H(b) - H(ref)) / H(ref)`` with ``H`` the :func:`discrete_entropy` of ``n_bins`` bins."""
+    h0 = discrete_entropy(ref, hp["n_bins"])
+    return lambda b: (discrete_entropy(b, hp["n_bins"]) - h0) / h0
+
+
+def similarity_setting(ref: torch.Tensor, hp: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The similarity named by the ``similarity`` setting, to ``ref``."""
+    return similarity_to(hp["similarity"], ref)
+
+
+@dataclass(frozen=True)
+class Randomisation:
+    """A randomisation metric's use of the mechanism (see the module docstring)."""
+
+    randomise: str = "each_layer"
+    reference: str = "given"
+    compare: Callable[[torch.Tensor, dict], Callable[[torch.Tensor], torch.Tensor]] = similarity_setting
+    smooth: str | None = None
+
+    def cost(self) -> Count:
+        """Explanations of every randomised model (and of the model for an explained reference),
+        each of ``smooth`` noisy copies."""
+        maps = L if self.randomise == "each_layer" else number(1)
+        if self.reference == "explained":
+            maps = maps + 1
+        c = maps * (setting(self.smooth) * E if self.smooth else E)
+        if self.reference == "given" and self.randomise == "each_layer":
+            return c.when("summary", "quantus_average", E)
+        return c
 
 
 class _Randomisation(Metric):
+    """A metric declared by a :class:`Randomisation` (class attribute ``spec``)."""
+
     category = "randomisation"
     needs = frozenset({"model", "explainer"})
+    spec: ClassVar[Randomisation]
 
-    def _explain(self, explainer, model, x, y, norm: str = "max") -> torch.Tensor:
-        m = pool(explainer(model, x, y), "sum")
-        if self.hparams.get("normalise", False) and norm == "max":
-            m = self.map(m)
-        elif self.hparams.get("abs", False):
-            m = m.abs()
-        return m
+    def _explains_itself(self) -> bool:
+        return self.spec.reference == "explained"
+
+    def _explain(self, explainer, model, x, y) -> torch.Tensor:
+        """The map of ``model`` for ``(x, y)``, pooled by sum (with ``smooth``: the mean over the
+        noisy copies, in float64), then ``normalise`` / ``abs``."""
+        smooth = self.spec.smooth
+        if smooth:
+            k = self.hparams[smooth]
+            xs = torch.cat([(x.unsqueeze(0) + self._noise(x, k)).flatten(0, 1), x]) if k > 1 else x
+            m = pool(explainer(model, xs, y.repeat(k)), "sum").view(k, *x.shape[:1], *x.shape[2:]).double().mean(0)
+        else:
+            m = pool(explainer(model, x, y), "sum")
+        if self.hparams.get("normalise", False):
+            return self.map(m)
+        return m.abs() if self.hparams.get("abs", False) else m
+
+    def _noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """``[k - 1, N, ...]`` Gaussian noise of std ``noise_magnitude * (max - min)`` of each image."""
+        rng = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, *[1] * (x.dim() - 1))
+        g = draws.generator(self.hparams["seed"], x.device, 7)
+        return draws.normal(g, (k - 1, *x.shape), 0.0, 1.0, x.device) * rng * self.hparams["noise_magnitude"]
+
+    def _randomised(self, model, x, y) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor]]:
+        """``(name, model, targets)`` to explain and compare, in order."""
+        spec, hp = self.spec, self.hparams
+        if spec.randomise == "target":
+            k = hp["num_classes"] or models.forward(model, x[:1]).shape[1]
+            check_target_range(y, k)
+            yield "target", model, draws.other_classes(hp["seed"], y, k)
+        elif spec.randomise == "all_layers":
+            *_, (name, rnd) = randomised_models(model, hp["layer_order"], hp["seed"])
+            yield name, rnd, y
+        else:
+            for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
+                yield name, rnd, y
+
+    def layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
+        """Comparison per randomised model (keys in randomisation order)."""
+        x, y, a, _ = self._check(model, x, y, a, None, explainer)
+        with models.eval_mode(model):
+            return self._layers(model, x, y, a, explainer)
+
+    def _layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
+        spec, hp = self.spec, self.hparams
+        explained = spec.reference == "explained"
+        ref = self._explain(explainer, model, x, y) if explained else self.map(a)
+        score = spec.compare(ref, hp)
+        out = {}
+        if hp.get("summary") == "quantus_average":
+            out["original"] = score(ref if explained else self._explain(explainer, model, x, y))
+        for name, net, targets in self._randomised(model, x, y):
+            with models.eval_mode(net):
+                out[name] = score(self._explain(explainer, net, x, targets))
+        return out
+
+    def _score(self, model, x, y, a, mask, explainer):
+        per = list(self._layers(model, x, y, a, explainer).values())
+        return per[-1] if self.hparams.get("summary", "last") == "last" else torch.stack(per).mean(0)
+
+
+LAYER_ORDER = Param("top_down", str, "randomisation order", choices=("top_down", "bottom_up"))
+SIMILARITY = Param("spearman", str, "map similarity", choices=SIMILARITIES)
+SUMMARY = Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average"))
+SEED_42 = Param(42, int, "seed of the re-initialisation", low=0)
 
 
 @register
@@ -93,47 +194,14 @@ class ModelParameterRandomisation(_Randomisation):
     name, direction = "model_parameter_randomisation", "lower"
     reference = "Adebayo et al. 2018, NeurIPS, arXiv:1810.03292"
     params = {
-        "layer_order": Param("top_down", str, "randomisation order", choices=("top_down", "bottom_up")),
-        "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
-        "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
-        "seed": Param(42, int, "seed of the re-initialisation", low=0),
+        "layer_order": LAYER_ORDER,
+        "similarity": SIMILARITY,
+        "summary": SUMMARY,
+        "seed": SEED_42,
         "abs": ABS_T,
         "normalise": NORM,
     }
-    passes_formula = "L * E (+ E for summary=quantus_average)"
-
-    def _passes(self, shape, e):
-        return float("nan")
-
-    def passes(self, shape=None, explainer=None, model=None) -> float:
-        """``L * E``; needs the ``model`` to count its layers L."""
-        e = float(explainer.passes(shape)) if explainer is not None else float("nan")
-        extra = e if self.hparams["summary"] == "quantus_average" else 0.0
-        return n_layers(model) * e + extra if model is not None else float("nan")
-
-    def layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
-        """Similarity per randomised layer (keys in randomisation order)."""
-        x, y, a, _ = self._check(model, x, y, a, None, explainer)
-        with models.eval_mode(model):
-            return self._layers(model, x, y, a, explainer)
-
-    def _layers(self, model, x, y, a, explainer):
-        hp = self.hparams
-        a0 = self.map(a)
-        out = {}
-        sim = similarity_to(hp["similarity"], a0)
-        if hp["summary"] == "quantus_average":
-            out["original"] = sim(self._explain(explainer, model, x, y))
-        for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
-            with models.eval_mode(rnd):
-                out[name] = sim(self._explain(explainer, rnd, x, y))
-        return out
-
-    def _score(self, model, x, y, a, mask, explainer):
-        per = self._layers(model, x, y, a, explainer)
-        if self.hparams["summary"] == "last":
-            return list(per.values())[-1]
-        return torch.stack(list(per.values())).mean(0)
+    spec = Randomisation()
 
 
 @register
@@ -156,43 +224,12 @@ class SmoothModelParameterRandomisation(_Randomisation):
         "layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
         "nr_samples": Param(50, int, "noisy copies per map", low=1),
         "noise_magnitude": Param(0.1, float, "noise std relative to the image range", low=0.0),
-        "similarity": Param("spearman", str, "map similarity", choices=SIMILARITIES),
-        "summary": Param("average", str, "how layers are summarised", choices=("average", "last", "quantus_average")),
+        "similarity": SIMILARITY,
+        "summary": SUMMARY,
         "seed": Param(42, int, "seed of the re-initialisation and the noise", low=0),
         "abs": ABS_T,
     }
-    passes_formula = "(L + 1) * nr_samples * E"
-
-    def _explains_itself(self):
-        return True
-
-    def passes(self, shape=None, explainer=None, model=None) -> float:
-        e = float(explainer.passes(shape)) if explainer is not None else float("nan")
-        return (n_layers(model) + 1) * self.hparams["nr_samples"] * e if model is not None else float("nan")
-
-    def _smooth(self, explainer, model, x, y):
-        from xaiscope.evaluate import draws
-
-        k = self.hparams["nr_samples"]
-        rng = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
-        g = draws.generator(self.hparams["seed"], x.device, 7)
-        eps = draws.normal(g, (k - 1, *x.shape), 0.0, 1.0, x.device) * rng * self.hparams["noise_magnitude"]
-        xs = torch.cat([(x.unsqueeze(0) + eps).reshape(-1, *x.shape[1:]), x]) if k > 1 else x
-        m = pool(explainer(model, xs, y.repeat(k)), "sum").view(k, *x.shape[:1], *x.shape[2:])
-        m = m.double().mean(0)
-        return m.abs() if self.hparams["abs"] else m
-
-    def _score(self, model, x, y, a, mask, explainer):
-        hp = self.hparams
-        a0 = self._smooth(explainer, model, x, y)
-        per = []
-        sim = similarity_to(hp["similarity"], a0)
-        if hp["summary"] == "quantus_average":
-            per.append(sim(a0))
-        for _, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
-            with models.eval_mode(rnd):
-                per.append(sim(self._smooth(explainer, rnd, x, y)))
-        return per[-1] if hp["summary"] == "last" else torch.stack(per).mean(0)
+    spec = Randomisation(reference="explained", smooth="nr_samples")
 
 
 def discrete_entropy(m: torch.Tensor, bins: int = 100) -> torch.Tensor:
@@ -229,25 +266,11 @@ class EfficientModelParameterRandomisation(_Randomisation):
     params = {
         "layer_order": Param("bottom_up", str, "randomisation order", choices=("top_down", "bottom_up")),
         "n_bins": Param(100, int, "histogram bins", low=2),
-        "seed": Param(42, int, "seed of the re-initialisation", low=0),
+        "seed": SEED_42,
         "abs": ABS,
         "normalise": NORM_F,
     }
-    passes_formula = "2 * E"
-
-    def _explains_itself(self):
-        return True
-
-    def _passes(self, shape, e):
-        return 2 * e
-
-    def _score(self, model, x, y, a, mask, explainer):
-        hp = self.hparams
-        h0 = discrete_entropy(self._explain(explainer, model, x, y), hp["n_bins"])
-        *_, (_, rnd) = randomised_models(model, hp["layer_order"], hp["seed"])  # every layer re-initialised
-        with models.eval_mode(rnd):
-            h1 = discrete_entropy(self._explain(explainer, rnd, x, y), hp["n_bins"])
-        return (h1 - h0) / h0
+    spec = Randomisation("all_layers", "explained", entropy_rise)
 
 
 @register
@@ -257,7 +280,7 @@ class RandomLogit(_Randomisation):
 
     Sixt et al. 2020, "When explanations lie", ICML, arXiv:1912.09818. Quantus 0.6 computes
     SSIM on the flattened maps (a 1-D signal); ``similarity="ssim_flat"`` reproduces that.
-    Classes are drawn with NumPy's ``RandomState(seed).randint`` (one draw for the set,
+    Classes are drawn by :func:`~xaiscope.evaluate.draws.other_classes` (one draw for the set,
     as Quantus does for one batch). Lower is better; passes = E (+1 image per call to read
     the number of classes when ``num_classes`` is 0).
     """
@@ -271,16 +294,4 @@ class RandomLogit(_Randomisation):
         "abs": ABS,
         "normalise": NORM,
     }
-    passes_formula = "E"
-
-    def _passes(self, shape, e):
-        return e
-
-    def _score(self, model, x, y, a, mask, explainer):
-        k = self.hparams["num_classes"] or models.forward(model, x[:1]).shape[1]
-        check_target_range(y, k)
-        r = np.random.RandomState(self.hparams["seed"]).randint(0, k - 1, x.shape[0])
-        r = torch.as_tensor(r, device=y.device).long()
-        y_off = r + (r >= y).long()
-        a_off = self._explain(explainer, model, x, y_off)
-        return similarity(self.hparams["similarity"], self.map(a), a_off)
+    spec = Randomisation("target")

@@ -1,32 +1,37 @@
-"""Robustness metrics: perturb the input, re-explain with the explainer, compare.
+"""Robustness metrics: declarations of the re-explanation mechanism.
 
-The mechanism (:func:`reexplain`) draws ``nr_samples`` perturbations per image, sends
-groups of draws for all images to the explainer together (about ``batch_size`` images
-per call; the explainer chunks its own model calls), optionally runs the chunked forward
-helper on the same perturbed images (predictions, logits, hidden representations), and
-hands each group to a comparison that returns ``[draws, N]`` values; these are reduced
-over draws (max or mean, ignoring NaN). Explainer maps are pooled over channels by sum
-and get the metric's ``abs``/``normalise`` settings, like the given map ``a``.
+A metric declares a :class:`Reexplanation`: a **sampler** (:class:`Uniform` or
+:class:`Normal` noise added to the image, or horizontal :class:`Shifts`), the setting
+with the number of **draws**, what the chunked forward helper computes on the perturbed
+images besides the explanation (**forward**: ``logits`` or the ``layers``' relative
+distance), a **comparison** of each draw with the reference (``[draws, N]`` values),
+and a **reduction** over draws (``max`` or ``mean``, ignoring NaN). The reference map is
+the given ``a`` or, with ``explain_reference``, the explainer's map of the image.
+
+The mechanism (:meth:`Robustness.reexplain`) sends groups of draws for all images to the
+explainer together (about ``batch_size`` images per call; the explainer chunks its own
+model calls). Explainer maps are pooled over channels by sum and get the metric's
+``abs``/``normalise`` settings, like the given map ``a``. The pass count follows from
+the declaration. Noise is drawn in :mod:`~xaiscope.evaluate.draws`, one stream per draw.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import draws
+from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
+from xaiscope.evaluate.cost import Count, E, setting
 from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import iter_chunks
 
 NAN = float("nan")
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).double()
 
 
 def leaf_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -100,81 +105,210 @@ class LayerDistance:
         return torch.cat(outs), sq.sqrt()
 
 
-class _Robustness(Metric):
+# ----------------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class Uniform:
+    """``x + d``, ``d`` uniform in ``[low, high)`` per value (``radius`` r: in ``[-r, r)``)."""
+
+    low: str | None = None
+    high: str | None = None
+    radius: str | None = None
+
+    def perturb(self, x: torch.Tensor, j: int, hp: dict) -> torch.Tensor:
+        r = self.radius
+        lo, hi = (-hp[r], hp[r]) if r is not None else (hp[self.low], hp[self.high])
+        g = draws.generator(hp["seed"], x.device, 100 + j)
+        return x + draws.uniform(g, x.shape, lo, hi, x.device).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Normal:
+    """``x + d``, ``d ~ N(mean, std^2)`` per value."""
+
+    mean: str = "perturb_mean"
+    std: str = "perturb_std"
+
+    def perturb(self, x, j, hp):
+        g = draws.generator(hp["seed"], x.device, 100 + j)
+        return x + draws.normal(g, x.shape, hp[self.mean], hp[self.std], x.device).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class Shifts:
+    """Draw j translates the image horizontally by ``-W + (j + 1) ((2W + 1) // steps)`` pixels;
+    uncovered pixels take the image minimum."""
+
+    steps: str = "nr_steps"
+
+    def perturb(self, x, j, hp):
+        w = x.shape[-1]
+        t = -w + (2 * w + 1) // hp[self.steps] * (j + 1)
+        src = torch.arange(w, device=x.device) - t
+        ok = ((src >= 0) & (src < w)).view(1, 1, 1, w)
+        return torch.where(ok, x[..., src.clamp(0, w - 1)], x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x))
+
+
+@dataclass
+class Reference:
+    """The unperturbed side: images and maps flattened to ``[N, D]`` (float64), logits ``[N, K]``."""
+
+    x: torch.Tensor
+    a: torch.Tensor
+    hp: dict
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class Draws:
+    """One group of ``k`` draws: images ``xp`` ``[k, N, ...]``, maps ``ap`` ``[k, N, H, W]``,
+    logits ``[k N, K]`` and the layers' relative distance ``[k N]`` where the declaration asks
+    for them; ``x`` and ``a`` give images and maps as ``[k, N, D]`` (float64)."""
+
+    xp: torch.Tensor
+    ap: torch.Tensor
+    logits: torch.Tensor | None = None
+    layers: torch.Tensor | None = None
+    x = property(lambda self: self.xp.flatten(2).double())
+    a = property(lambda self: self.ap.flatten(2).double())
+
+
+def map_change(r: Reference, d: Draws) -> torch.Tensor:
+    """``||a - a_k||_F / ||a||_F`` (NaN for an all-zero map: its relative change is undefined)."""
+    den = r.a.norm(dim=1)
+    den = torch.where(den > 0, den, torch.full_like(den, NAN))
+    return (r.a.unsqueeze(0) - d.a).norm(dim=2) / den
+
+
+def lipschitz(r: Reference, d: Draws) -> torch.Tensor:
+    """``||a - a_k||_2 / (||x - x_k||_2 + 1e-10)``."""
+    return (r.a.unsqueeze(0) - d.a).norm(dim=2) / ((r.x.unsqueeze(0) - d.x).norm(dim=2) + 1e-10)
+
+
+def continuity_ratio(r: Reference, d: Draws) -> torch.Tensor:
+    """``||a - a_k||_1 / (||x - x_k||_2 + 1e-9)``."""
+    return (r.a.unsqueeze(0) - d.a).abs().sum(-1) / ((r.x.unsqueeze(0) - d.x).norm(dim=2) + 1e-9)
+
+
+def relative_stability(denominator: Callable[[Reference, Draws], torch.Tensor]):
+    """``||(a - a_k) / a|| / den`` (zeros replaced by ``eps_min`` in divisions); NaN for draws
+    that change the prediction when ``nan_when_prediction_changes``."""
+
+    def compare(r: Reference, d: Draws) -> torch.Tensor:
+        eps = r.hp["eps_min"]
+        den = denominator(r, d)
+        ratio = _rel(r.a.unsqueeze(0), d.a, eps).norm(dim=2) / (den + (den == 0) * eps)
+        if r.hp["nan_when_prediction_changes"]:
+            changed = d.logits.argmax(1).view(ratio.shape) != r.logits.argmax(1).unsqueeze(0)
+            ratio = torch.where(changed, torch.full_like(ratio, NAN), ratio)
+        return ratio
+
+    return compare
+
+
+def _rel(u: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    return (u - v) / (u + (u == 0) * eps)
+
+
+def _input_change(r: Reference, d: Draws) -> torch.Tensor:
+    return _rel(r.x.unsqueeze(0), d.x, r.hp["eps_min"]).norm(dim=2)
+
+
+def _logit_change(r: Reference, d: Draws) -> torch.Tensor:
+    h0 = r.logits.double()
+    return (h0.unsqueeze(0) - d.logits.double().view(-1, *h0.shape)).norm(dim=2)
+
+
+def _layer_change(r: Reference, d: Draws) -> torch.Tensor:
+    return d.layers.view(-1, r.x.shape[0])
+
+
+@dataclass(frozen=True)
+class Reexplanation:
+    """A robustness metric's use of the mechanism (see the module docstring)."""
+
+    sampler: Uniform | Normal | Shifts
+    compare: Callable[[Reference, Draws], torch.Tensor]
+    reduce: str = "max"
+    draws: str = "nr_samples"
+    forward: str | None = None
+    explain_reference: bool = False
+
+    def cost(self) -> Count:
+        """Explanations (and forwards) of the draws, plus the reference's."""
+        k, per_draw = setting(self.draws), E + 1 if self.forward else E
+        if self.explain_reference:
+            return (k + 1) * per_draw
+        return (1 if self.forward else 0) + k * per_draw
+
+
+class _Logits:
+    """The ``logits`` forward: the model's outputs on the reference and on the draws."""
+
+    def __init__(self, model, batch_size: int):
+        self.model, self.batch_size = model, batch_size
+
+    def reference(self, x):
+        return models.forward(self.model, x, batch_size=self.batch_size)
+
+    def distance(self, xp):
+        return models.forward(self.model, xp, batch_size=self.batch_size), None
+
+
+class Robustness(Metric):
+    """A metric declared by a :class:`Reexplanation` (class attribute ``spec``)."""
+
     category, direction = "robustness", "lower"
     needs = frozenset({"model", "explainer"})
     stochastic = True
-    #: what to compute on the perturbed images besides the explanation
-    forward_kind: str | None = None
+    spec: ClassVar[Reexplanation]
 
-    def _maps(self, a):
-        return self.map(a)
+    def _explains_itself(self) -> bool:
+        return self.spec.explain_reference
 
-    def noise(self, g, shape, device) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _score(self, model, x, y, a, mask, explainer):
+        spec = self.spec
+        fwd = None
+        if spec.forward == "logits":
+            fwd = _Logits(model, self.batch_size)
+        elif spec.forward == "layers":
+            fwd = LayerDistance(model, self.batch_size, self.hparams["eps_min"])
+        if spec.explain_reference:
+            a = pool(explainer(model, x, y), "sum")
+        ref = Reference(x.flatten(1).double(), self.map(a).flatten(1).double(), self.hparams)
+        if fwd is not None:
+            ref.logits = fwd.reference(x)
+        v = self.reexplain(model, x, y, explainer, lambda d: spec.compare(ref, d), fwd)
+        if spec.reduce == "max":
+            w = torch.where(torch.isnan(v), torch.full_like(v, -math.inf), v).amax(0)
+            return torch.where(torch.isinf(w) & (w < 0), torch.full_like(w, NAN), w)
+        return torch.nanmean(v, 0)
 
-    def reexplain(self, model, x, y, explainer, compare: Callable, k: int) -> torch.Tensor:
-        """``[k, N]`` values of ``compare(xp, ap, extra, draw_slice)`` over ``k`` draws."""
-        n = x.shape[0]
+    def reexplain(self, model, x, y, explainer, compare: Callable[[Draws], torch.Tensor], fwd=None) -> torch.Tensor:
+        """``[k, N]`` values of ``compare`` over the ``k`` draws, in groups of about ``batch_size`` images."""
+        spec, hp = self.spec, self.hparams
+        n, k = x.shape[0], hp[spec.draws]
         per = max(1, self.batch_size // n)
         out = []
         for start in range(0, k, per):
             kk = min(per, k - start)
-            noise = torch.stack(
-                [
-                    self.noise(draws.generator(self.hparams["seed"], x.device, 100 + start + j), x.shape, x.device)
-                    for j in range(kk)
-                ]
-            )
-            xp = (x.unsqueeze(0) + noise.to(x.dtype)).reshape(kk * n, *x.shape[1:])
-            yp = y.repeat(kk)
-            ap = self._maps(pool(explainer(model, xp, yp), "sum"))
-            extra = self._forward(model, xp)
-            out.append(compare(xp.view(kk, *x.shape), ap.view(kk, n, *ap.shape[1:]), extra, kk))
+            xp = torch.stack([spec.sampler.perturb(x, start + j, hp) for j in range(kk)])
+            flat = xp.reshape(kk * n, *x.shape[1:])
+            ap = self.map(pool(explainer(model, flat, y.repeat(kk)), "sum"))
+            d = Draws(xp, ap.view(kk, n, *ap.shape[1:]))
+            if fwd is not None:
+                d.logits, d.layers = fwd.distance(flat)
+            out.append(compare(d))
         return torch.cat(out, 0)
 
-    def _forward(self, model, xp):
-        if self.forward_kind is None:
-            return None
-        return models.forward(model, xp, batch_size=self.batch_size)
 
-
-class _Sensitivity(_Robustness):
+class _Sensitivity(Robustness):
+    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
     params = {
         "nr_samples": Param(200, int, "perturbations per image", low=1),
         "lower_bound": Param(0.2, float, "noise radius r: uniform in [-r, r]", low=0.0),
         "abs": ABS,
         "normalise": NORM_F,
     }
-    passes_formula = "nr_samples * E"
-    reduce = "max"
-
-    def _passes(self, shape, e):
-        return self.hparams["nr_samples"] * e
-
-    def noise(self, g, shape, device):
-        r = self.hparams["lower_bound"]
-        return draws.uniform(g, shape, -r, r, device)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        a0 = _flat(self.map(a))
-        den = a0.norm(dim=1)
-        den = torch.where(
-            den > 0, den, torch.full_like(den, NAN)
-        )  # relative change of an all-zero map: undefined, not inf
-
-        def compare(xp, ap, extra, kk):
-            return (a0.unsqueeze(0) - ap.flatten(2).double()).norm(dim=2) / den
-
-        v = self.reexplain(model, x, y, explainer, compare, self.hparams["nr_samples"])
-        return _reduce(v, self.reduce)
-
-
-def _reduce(v: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "max":
-        w = torch.where(torch.isnan(v), torch.full_like(v, -math.inf), v).amax(0)
-        return torch.where(torch.isinf(w) & (w < 0), torch.full_like(w, NAN), w)
-    return torch.nanmean(v, 0)
 
 
 @register
@@ -187,7 +321,7 @@ class MaxSensitivity(_Sensitivity):
     """
 
     name = "max_sensitivity"
-    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
+    spec = Reexplanation(Uniform(radius="lower_bound"), map_change)
 
 
 @register
@@ -198,12 +332,12 @@ class AvgSensitivity(_Sensitivity):
     Yeh et al. 2019, NeurIPS. Lower is better; passes = nr_samples * E.
     """
 
-    name, reduce = "avg_sensitivity", "mean"
-    reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
+    name = "avg_sensitivity"
+    spec = Reexplanation(Uniform(radius="lower_bound"), map_change, "mean")
 
 
 @register
-class LocalLipschitz(_Robustness):
+class LocalLipschitz(Robustness):
     """Local Lipschitz estimate: ``max_k ||a(x) - a(x + d_k)||_2 / (||d_k||_2 + 1e-10)`` with
     Gaussian noise ``d_k ~ N(perturb_mean, perturb_std^2)``.
 
@@ -220,25 +354,15 @@ class LocalLipschitz(_Robustness):
         "abs": ABS,
         "normalise": NORM,
     }
-    passes_formula = "nr_samples * E"
-
-    def _passes(self, shape, e):
-        return self.hparams["nr_samples"] * e
-
-    def noise(self, g, shape, device):
-        return draws.normal(g, shape, self.hparams["perturb_mean"], self.hparams["perturb_std"], device)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        a0, x0 = _flat(self.map(a)), _flat(x)
-
-        def compare(xp, ap, extra, kk):
-            num = (a0.unsqueeze(0) - ap.flatten(2).double()).norm(dim=2)
-            return num / ((x0.unsqueeze(0) - xp.flatten(2).double()).norm(dim=2) + 1e-10)
-
-        return _reduce(self.reexplain(model, x, y, explainer, compare, self.hparams["nr_samples"]), "max")
+    spec = Reexplanation(Normal(), lipschitz)
 
 
-class _Relative(_Robustness):
+def _relative(denominator: Callable[[Reference, Draws], torch.Tensor], forward: str = "logits") -> Reexplanation:
+    return Reexplanation(Uniform("lower_bound", "upper_bound"), relative_stability(denominator), forward=forward)
+
+
+class _Relative(Robustness):
+    reference = "Agarwal et al. 2022, arXiv:2203.06877"
     params = {
         "nr_samples": Param(200, int, "perturbations per image", low=1),
         "lower_bound": Param(0.02, float, "noise low (uniform in [low, high])"),
@@ -248,41 +372,6 @@ class _Relative(_Robustness):
         "abs": ABS,
         "normalise": NORM_F,
     }
-    passes_formula = "1 + nr_samples * (E + 1)"
-    forward_kind = "logits"
-
-    def _passes(self, shape, e):
-        return 1 + self.hparams["nr_samples"] * (e + 1)
-
-    def noise(self, g, shape, device):
-        return draws.uniform(g, shape, self.hparams["lower_bound"], self.hparams["upper_bound"], device)
-
-    def _rel(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        eps = self.hparams["eps_min"]
-        return (u - v) / (u + (u == 0) * eps)
-
-    def _den(self, x0, xp, h0, extra) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _score(self, model, x, y, a, mask, explainer):
-        eps = self.hparams["eps_min"]
-        a0, x0 = _flat(self.map(a)), _flat(x)
-        base = self._forward(model, x)
-        logits0 = base[0] if isinstance(base, tuple) else base
-        pred0 = logits0.argmax(1)
-
-        def compare(xp, ap, extra, kk):
-            num = self._rel(a0.unsqueeze(0), ap.flatten(2).double()).norm(dim=2)
-            den = self._den(x0, xp.flatten(2).double(), base, extra, kk)
-            den = den + (den == 0) * eps
-            r = num / den
-            logits = extra[0] if isinstance(extra, tuple) else extra
-            if self.hparams["nan_when_prediction_changes"]:
-                changed = logits.argmax(1).view(kk, -1) != pred0.unsqueeze(0)
-                r = torch.where(changed, torch.full_like(r, NAN), r)
-            return r
-
-        return _reduce(self.reexplain(model, x, y, explainer, compare, self.hparams["nr_samples"]), "max")
 
 
 @register
@@ -297,11 +386,7 @@ class RelativeInputStability(_Relative):
     which we do. Lower is better; passes = 1 + nr_samples * (E + 1).
     """
 
-    name = "relative_input_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-
-    def _den(self, x0, xp, base, extra, kk):
-        return self._rel(x0.unsqueeze(0), xp).norm(dim=2)
+    name, spec = "relative_input_stability", _relative(_input_change)
 
 
 @register
@@ -312,13 +397,7 @@ class RelativeOutputStability(_Relative):
     Agarwal et al. 2022, arXiv:2203.06877. Lower is better; passes = 1 + nr_samples * (E + 1).
     """
 
-    name = "relative_output_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-
-    def _den(self, x0, xp, base, extra, kk):
-        h0 = base.double()
-        h = extra.double().view(kk, *h0.shape)
-        return (h0.unsqueeze(0) - h).norm(dim=2)
+    name, spec = "relative_output_stability", _relative(_logit_change)
 
 
 @register
@@ -331,27 +410,11 @@ class RelativeRepresentationStability(_Relative):
     """
 
     name = "relative_representation_stability"
-    reference = "Agarwal et al. 2022, arXiv:2203.06877"
-
-    def _forward(self, model, xp):
-        if self._layers is None:  # the unperturbed images come first
-            self._layers = LayerDistance(model, self.batch_size, self.hparams["eps_min"])
-            return self._layers.reference(xp), None
-        return self._layers.distance(xp)
-
-    def _den(self, x0, xp, base, extra, kk):
-        return extra[1].view(kk, -1)
-
-    def _score(self, model, x, y, a, mask, explainer):
-        self._layers = None
-        try:
-            return super()._score(model, x, y, a, mask, explainer)
-        finally:
-            self._layers = None
+    spec = _relative(_layer_change, "layers")
 
 
 @register
-class Continuity(_Robustness):
+class Continuity(Robustness):
     """Continuity: translate the image horizontally in ``nr_steps`` steps of
     ``(2W + 1) // nr_steps`` pixels from ``-W`` (fill: the image minimum), re-explain, and take
     ``max_s ||a(x) - a(x_s)||_1 / (||x - x_s||_2 + 1e-9)``; both maps come from the explainer.
@@ -363,37 +426,11 @@ class Continuity(_Robustness):
     name, stochastic = "continuity", False
     reference = "Montavon et al. 2018, Digital Signal Processing 73:1-15"
     params = {"nr_steps": Param(28, int, "translations", low=1), "abs": ABS_T, "normalise": NORM}
-    passes_formula = "(nr_steps + 1) * E"
-
-    def _passes(self, shape, e):
-        return (self.hparams["nr_steps"] + 1) * e
-
-    def _explains_itself(self):
-        return True
-
-    def _score(self, model, x, y, a, mask, explainer):
-        n, c, h, w = x.shape
-        s = self.hparams["nr_steps"]
-        dx = (2 * w + 1) // s
-        shifts = [-w + dx * (i + 1) for i in range(s)]
-        fill = x.flatten(1).amin(1).view(-1, 1, 1, 1)
-        cols = torch.arange(w, device=x.device)
-        xs = []
-        for t in shifts:
-            src = cols - t
-            ok = (src >= 0) & (src < w)
-            shifted = x[..., src.clamp(0, w - 1)]
-            xs.append(torch.where(ok.view(1, 1, 1, w), shifted, fill.expand_as(x)))
-        xall = torch.cat([x] + xs)
-        maps = self.map(pool(explainer(model, xall, y.repeat(s + 1)), "sum")).flatten(1).double()
-        a0, ak = maps[:n], maps[n:].view(s, n, -1)
-        num = (a0.unsqueeze(0) - ak).abs().sum(-1)
-        den = (_flat(x).unsqueeze(0) - torch.stack(xs).flatten(2).double()).norm(dim=2) + 1e-9
-        return (num / den).amax(0)
+    spec = Reexplanation(Shifts(), continuity_ratio, draws="nr_steps", explain_reference=True)
 
 
 @register
-class Consistency(_Robustness):
+class Consistency(P.PerturbationMetric):
     """Consistency: among the other images whose maps discretise to the same label, the share
     predicted as the same class (set-level: computed over all images passed together).
     Discretisation ``top_n_sign`` (default, the paper's intent): the positions and signs of the
@@ -404,30 +441,26 @@ class Consistency(_Robustness):
     Higher is better; passes = 1.
     """
 
-    name, direction, stochastic, set_level = "consistency", "higher", False, True
-    needs = frozenset({"model"})
+    name, category, direction, set_level = "consistency", "robustness", "higher", True
     reference = "Dasgupta et al. 2022, ICML, arXiv:2202.00734"
-    params = {
-        "discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
-        "n": Param(5, int, "pixels in the label", low=1),
-        "abs": ABS_T,
-        "normalise": NORM,
-    }
-    passes_formula = "1"
+    params = P.settings(
+        {
+            "discretise": Param("top_n_sign", str, "how maps become labels", choices=("top_n_sign", "first_n_sign")),
+            "n": Param(5, int, "pixels in the label", low=1),
+        },
+        fill=None,
+        output=None,
+        absolute=ABS_T,
+    )
+    spec = P.Perturbation(output="class", base=True)
 
-    def _passes(self, shape, e):
-        return 1
-
-    def _score(self, model, x, y, a, mask, explainer):
-        m = self.map(a).flatten(1)
-        k = self.hparams["n"]
+    def summarise(self, c):
+        m, k = c.m.flatten(1), self.hparams["n"]
         if self.hparams["discretise"] == "first_n_sign":
             lab = m[:, :k].sign()
         else:
             idx = m.abs().topk(k, dim=1).indices.sort(dim=1).values
             lab = torch.cat([idx.double(), m.gather(1, idx).sign().double()], 1)
-        eq = (lab.unsqueeze(0) == lab.unsqueeze(1)).all(-1)
-        eq &= ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
-        pred = models.forward(model, x, batch_size=self.batch_size).argmax(1)
-        same = pred.view(1, -1) == pred.view(-1, 1)
-        return (same & eq).sum(-1).double() / (eq.sum(-1).double() + 1e-9)
+        same_label = (lab.unsqueeze(0) == lab.unsqueeze(1)).all(-1)
+        same_label &= ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
+        return stats.agreement(c.base, same_label)

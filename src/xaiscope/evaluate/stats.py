@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def argsort_rows(v: torch.Tensor, *, descending: bool = False, stable: bool = True) -> torch.Tensor:
@@ -73,6 +72,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return pearson(rank(a), rank(b))
 
 
+def agreement(label: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
+    """For each item i, the share of the items j with ``close[i, j]`` whose ``label`` equals
+    ``label[i]`` (``label`` ``[N]``, ``close`` ``[N, N]``); 0 where none is close."""
+    same = label.view(1, -1) == label.view(-1, 1)
+    cnt = close.sum(-1)
+    share = (same & close).sum(-1).double() / cnt.clamp_min(1)
+    return torch.where(cnt > 0, share, torch.zeros_like(share))
+
+
 def trapz(v: torch.Tensor, dx: float = 1.0) -> torch.Tensor:
     """Trapezoid area of each row with spacing ``dx`` (``np.trapezoid(v, dx=dx, axis=-1)``)."""
     v = v.double()
@@ -114,29 +122,31 @@ def average_precision(score: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7) -> torch.Tensor:
     """Mean structural similarity per pair, as ``skimage.metrics.structural_similarity`` with
     ``data_range`` = range of both inputs together, uniform ``win_size`` window, sample
-    covariance and the border of (win_size-1)//2 cropped. ``a``, ``b``: ``[N, H, W]`` or
-    ``[N, L]`` (1-D signals, as Quantus passes flattened maps). NaN for maps smaller than
-    the window (skimage refuses them)."""
+    covariance and the border of (win_size-1)//2 cropped:
+    ``mean ((2 u_a u_b + C1)(2 s_ab + C2)) / ((u_a^2 + u_b^2 + C1)(s_a^2 + s_b^2 + C2))``,
+    ``C1 = (0.01 R)^2``, ``C2 = (0.03 R)^2``. ``a``, ``b``: ``[N, ...]`` maps of any number of
+    dimensions (``[N, L]``: 1-D signals, as Quantus passes flattened maps; ``[N, H, W]``;
+    volumes). NaN for maps smaller than the window (skimage refuses them).
+
+    Kept instead of skimage (which it matches to 1e-15) because it scores a whole batch at
+    once, on the data's device; the window means are separable running sums, so it is
+    faster than skimage's per-image calls on the CPU too."""
     a, b = a.double(), b.double()
-    one_d = a.dim() == 2
-    if a.shape[-1] < win_size or (not one_d and a.shape[-2] < win_size):
+    dims = a.dim() - 1
+    if min(a.shape[1:]) < win_size:
         return torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device)
-    x = torch.stack([a, b], 1)
-    if one_d:
-        x = x.unsqueeze(2)
-    dr = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).abs()
-    ndim = 1 if one_d else 2
-    np_ = win_size**ndim
-    cov_norm = np_ / (np_ - 1)
-    kh = 1 if one_d else win_size
-
-    def filt(t):
-        return F.avg_pool2d(t, (kh, win_size), stride=1)
-
-    ux, uy = filt(x[:, :1]), filt(x[:, 1:])
-    uxx, uyy, uxy = filt(x[:, :1] ** 2), filt(x[:, 1:] ** 2), filt(x[:, :1] * x[:, 1:])
-    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
-    c1 = ((0.01 * dr) ** 2).view(-1, 1, 1, 1)
-    c2 = ((0.03 * dr) ** 2).view(-1, 1, 1, 1)
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    both = torch.stack([a, b], 1).flatten(1)
+    dr = (both.amax(1) - both.amin(1)).abs().view(-1, *[1] * dims)
+    v = torch.stack([a, b, a * a, b * b, a * b])
+    for d in range(2, dims + 2):  # window sums along each axis in turn
+        n = v.shape[d] - win_size + 1
+        acc = v.narrow(d, 0, n).clone()
+        for i in range(1, win_size):
+            acc += v.narrow(d, i, n)
+        v = acc
+    ua, ub, uaa, ubb, uab = v / win_size**dims
+    cov_norm = win_size**dims / (win_size**dims - 1)
+    va, vb, vab = cov_norm * (uaa - ua * ua), cov_norm * (ubb - ub * ub), cov_norm * (uab - ua * ub)
+    c1, c2 = (0.01 * dr) ** 2, (0.03 * dr) ** 2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua**2 + ub**2 + c1) * (va + vb + c2))
     return s.flatten(1).mean(1)

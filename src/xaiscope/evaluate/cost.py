@@ -1,0 +1,176 @@
+"""Model passes per image as expressions: one object gives the number and the formula.
+
+A :class:`Count` is built from the settings of a metric (:func:`setting`), the image
+size (:data:`H`, :data:`W`), the explainer's passes per image (:data:`E`) and the
+number of layers with parameters (:data:`L`) with ``+``, ``*``, ``/``, :func:`ceil`,
+:func:`floor` and :func:`smallest`. ``count(env)`` evaluates it for an :class:`Env`
+and ``str(count)`` prints it, so the pass count of ``metric.passes()``, the formula of
+``xaiscope metrics`` and the README table all come from the same expression. A count
+that needs an unknown quantity (no shape, no explainer, no model) is NaN.
+
+>>> str(1 + setting("nr_samples") * (E + 1))
+'1 + nr_samples * (E + 1)'
+>>> str(ceil(H * W / setting("features_in_step")))
+'ceil(H*W / features_in_step)'
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Callable
+
+NAN = float("nan")
+
+# operator precedence of a formula's outermost operation: sums bind loosest
+_SUM, _PRODUCT, _ATOM = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Env:
+    """What a count is evaluated for: the settings, the image shape ``(C, H, W)`` (or None),
+    the explainer's passes per image ``e`` and the number of layers ``layers`` (NaN when unknown)."""
+
+    hparams: dict
+    shape: tuple | None = None
+    e: float = NAN
+    layers: float = NAN
+
+
+class Count:
+    """A pass count: ``self(env)`` -> float, ``str(self)`` -> its formula."""
+
+    __slots__ = ("text", "value", "prec", "const", "shaped", "symbol")
+
+    def __init__(
+        self,
+        text: str,
+        value: Callable[[Env], float],
+        prec: int = _ATOM,
+        *,
+        const: float | None = None,
+        shaped: bool = False,
+        symbol: bool = False,
+    ):
+        self.text, self.value, self.prec = text, value, prec
+        self.const, self.shaped, self.symbol = const, shaped, symbol
+
+    def __call__(self, env: Env) -> float:
+        return float(self.value(env))
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Count({self.text!r})"
+
+    def _in(self, prec: int) -> str:
+        return f"({self.text})" if self.prec < prec else self.text
+
+    def _join(self, other: Count, op: str, f: Callable[[float, float], float], prec: int, right: int) -> Count:
+        """``self op other``, ``other`` parenthesised when it binds looser than ``right``."""
+        return Count(
+            f"{self._in(prec)}{op}{other._in(right)}",
+            lambda env: f(self(env), other(env)),
+            prec,
+            shaped=self.shaped or other.shaped,
+        )
+
+    def __add__(self, other) -> Count:
+        other = count(other)
+        if self.const is not None and other.const is not None:
+            return number(self.const + other.const)
+        if self.const == 0 or other.const == 0:
+            return other if self.const == 0 else self
+        return self._join(other, " + ", operator.add, _SUM, _SUM)
+
+    def __radd__(self, other) -> Count:
+        return count(other) + self
+
+    def __mul__(self, other) -> Count:
+        other = count(other)
+        if self.const is not None and other.const is not None:
+            return number(self.const * other.const)
+        if self.const == 1 or other.const == 1:
+            return other if self.const == 1 else self
+        # a factor of image sizes prints tight (H*W, share*H*W, ceil(H/p)*ceil(W/p)), others spaced
+        op = "*" if other.shaped and (self.shaped or self.symbol) else " * "
+        return self._join(other, op, operator.mul, _PRODUCT, _PRODUCT)
+
+    def __rmul__(self, other) -> Count:
+        return count(other) * self
+
+    def __truediv__(self, other) -> Count:
+        op = "/" if self.prec == _ATOM else " / "
+        return self._join(count(other), op, operator.truediv, _PRODUCT, _PRODUCT + 1)
+
+    def when(self, name: str, value, extra: Count) -> Count:
+        """``self``, plus ``extra`` where setting ``name`` equals ``value``."""
+        return Count(
+            f"{self.text} (+ {extra} for {name}={value})",
+            lambda env: self(env) + (extra(env) if env.hparams[name] == value else 0.0),
+            _SUM,
+            shaped=self.shaped or extra.shaped,
+        )
+
+    def at_most(self) -> Count:
+        """An upper bound: the same number, the formula read as "at most"."""
+        return Count(f"{self.text} at most", self.value, _SUM, shaped=self.shaped)
+
+
+def number(v: float) -> Count:
+    """A constant."""
+    v = int(v) if float(v).is_integer() else v
+    return Count(str(v), lambda env: v, const=v)
+
+
+def count(v) -> Count:
+    """``v`` as a :class:`Count` (numbers become constants)."""
+    return v if isinstance(v, Count) else number(v)
+
+
+def setting(name: str) -> Count:
+    """The value of the metric's setting ``name``."""
+    return Count(name, lambda env: env.hparams[name], symbol=True)
+
+
+def symbol(text: str, value: Callable[[Env], float], shaped: bool = False) -> Count:
+    """A quantity printed as ``text`` (e.g. ``len(range(1, 100, percentage_step))``)."""
+    return Count(text, value, shaped=shaped, symbol=True)
+
+
+def _nan_safe(f: Callable[[float], float]) -> Callable[[float], float]:
+    return lambda v: v if math.isnan(v) else float(f(v))
+
+
+def _call(name: str, f: Callable[[float], float], c: Count) -> Count:
+    g = _nan_safe(f)
+    return Count(f"{name}({c.text})", lambda env: g(c(env)), shaped=c.shaped)
+
+
+def ceil(c: Count) -> Count:
+    return _call("ceil", math.ceil, c)
+
+
+def floor(c: Count) -> Count:
+    return _call("floor", math.floor, c)
+
+
+def smallest(a: Count, b: Count) -> Count:
+    a, b = count(a), count(b)
+    return Count(f"min({a}, {b})", lambda env: _min(a(env), b(env)), shaped=a.shaped or b.shaped)
+
+
+def _min(u: float, v: float) -> float:
+    return NAN if math.isnan(u) or math.isnan(v) else min(u, v)
+
+
+def _dim(i: int) -> Callable[[Env], float]:
+    return lambda env: float(env.shape[i]) if env.shape is not None else NAN
+
+
+H = Count("H", _dim(1), shaped=True, symbol=True)
+W = Count("W", _dim(2), shaped=True, symbol=True)
+E = symbol("E", lambda env: env.e)
+L = symbol("L", lambda env: env.layers)
