@@ -97,3 +97,16 @@ def test_the_documented_examples_register_and_compute(registered, small_cnn, gra
     m[0, 0, :4] = 1.0
     scores = evaluate.get("mass_in_top_k", k=4 / 64)(None, torch.zeros(2, 1, 8, 8), torch.zeros(2).long(), m)
     assert scores[0] == 1.0 and torch.isnan(scores[1])
+
+
+def test_the_documented_faithfulness_declaration_counts_its_passes_and_matches_its_twin(registered, small_cnn):
+    aopc = evaluate.get("aopc", batch_size=5)
+    assert aopc.passes((1, 32, 32)) == 1 + min(16, 10)
+    assert aopc.passes((1, 16, 16)) == 1 + 4
+    assert "min" in aopc.passes_formula and "patch_size" in aopc.passes_formula
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(3, 1, 32, 32, generator=g), torch.tensor([0, 1, 1])
+    a = torch.randn(3, 1, 32, 32, generator=g)
+    twin = evaluate.get("region_perturbation", patch_size=8, regions_evaluation=10, fill="mean", batch_size=7)
+    _, drops = twin.curves(small_cnn, x, y, a)
+    torch.testing.assert_close(aopc(small_cnn, x, y, a).double(), drops.double().mean(1), rtol=1e-5, atol=1e-6)
