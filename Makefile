@@ -37,12 +37,16 @@ browser:
 	    echo "error: the browser tests need Debian's chromium, which only root can install; run 'sudo apt-get install -y chromium', or 'make test BROWSER=no' to skip them." >&2; exit 2; \
 	  fi; }
 
+# pytest exits 5 when it collects no tests: neither a pass nor a failure of the code, refused.
+PYTEST = $(BIN)/python -m pytest -q -p no:cacheprovider
+NO_TESTS = { rc=$$?; [ $$rc -ne 5 ] || echo "error: pytest collected no tests." >&2; exit $$rc; }
+
 ifeq ($(BROWSER),no)
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not browser"
+	$(PYTEST) -m "not browser" || $(NO_TESTS)
 else
 test: lint browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST) || $(NO_TESTS)
 endif
 
 bench: $(STAMP)
