@@ -51,7 +51,7 @@ def main() -> None:
     from xaiscope.data import load_folder
     from xaiscope.data.benchmark import generate
     from xaiscope.data.hashing import array_hash
-    from xaiscope.pipeline import fingerprints
+    from xaiscope.run import fingerprints
 
     print(_load())
     with tempfile.TemporaryDirectory() as tmp:

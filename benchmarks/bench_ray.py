@@ -27,7 +27,7 @@ def _warm_up() -> int:
     """Import what a work unit needs, so worker start-up is not timed (a long-lived cluster pays it once)."""
     import time
 
-    import xaiscope.pipeline.units  # noqa: F401
+    import xaiscope.run.units  # noqa: F401
 
     time.sleep(1.0)  # keep this worker busy so the next warm-up task starts another one
     return os.getpid()
@@ -37,8 +37,8 @@ def main() -> None:
     import ray
     import torch
 
-    from xaiscope.pipeline.config import parse_config
-    from xaiscope.pipeline.runner import run
+    from xaiscope.commands.run_job import run
+    from xaiscope.run.config import parse_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=192)

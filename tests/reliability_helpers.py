@@ -123,8 +123,8 @@ def temp_files(root: Path) -> list[str]:
 
 PRELOAD = [
     "xaiscope.cli",
-    "xaiscope.pipeline.runner",
-    "xaiscope.pipeline.analyses_job",
+    "xaiscope.run.runner",
+    "xaiscope.commands.analyses_job",
     "xaiscope.explain",
     "xaiscope.evaluate",
     "zarr",

@@ -42,8 +42,8 @@ def _png(colour: tuple[float, float, float]) -> bytes:
 
 
 def build_base(root: Path) -> Path:
-    from xaiscope.pipeline.config import parse_config
-    from xaiscope.pipeline.runner import run
+    from xaiscope.commands.run_job import run
+    from xaiscope.run.config import parse_config
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

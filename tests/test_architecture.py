@@ -27,9 +27,10 @@ RANK = {
     "explain": 5,
     "evaluate": 6,
     "analyses": 7,
-    "pipeline": 8,
+    "run": 8,
     "report": 9,
-    "cli": 10,
+    "commands": 10,
+    "cli": 11,
 }
 
 
@@ -66,6 +67,86 @@ def test_imports_point_down_the_layers():
             if other is not None and other != own and RANK[other] >= RANK[own]:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target} ({own} -> {other})")
     assert not wrong, "\n".join(wrong)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports (anywhere in the file,
+    including imports inside functions and under TYPE_CHECKING)."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("xaiscope"):
+                # "from xaiscope.models import zoo" imports the module xaiscope.models.zoo
+                found = [f"{node.module}.{a.name}" for a in node.names]
+                found = [t for t in found if t in modules] or [node.module]
+            elif isinstance(node, ast.Import):
+                found = [a.name for a in node.names if a.name.startswith("xaiscope")]
+            else:
+                continue
+            for target in found:
+                while target and target not in modules:  # "xaiscope.run.units.Unit" -> "xaiscope.run.units"
+                    target = target.rpartition(".")[0]
+                if target and target != name and target != "xaiscope":
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_itself_round_a_circle():
+    """No import circles, not even through function-level imports (the runner and its
+    analyses, the runner and the Ray backend once were one)."""
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_ray_backend_sees_units_only():
+    graph = _module_graph()
+    assert {t for t in graph["xaiscope.run.ray_backend"] if t.startswith("xaiscope.run")} == {"xaiscope.run.units"}
 
 
 def _examples() -> list[str]:

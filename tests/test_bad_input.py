@@ -655,8 +655,8 @@ def test_debug_reraises_in_process(ws, capsys):
 @pytest.mark.parametrize(
     "command, stage",
     [
-        (EVALUATE, "xaiscope.pipeline.evaluate_job.open_inputs"),
-        (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"], "xaiscope.pipeline.train_job.read_pair"),
+        (EVALUATE, "xaiscope.commands.evaluate_job.open_inputs"),
+        (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"], "xaiscope.commands.train_job.read_pair"),
     ],
 )
 def test_unwritable_output_fails_before_any_work(ws, monkeypatch, capsys, command, stage):

@@ -23,9 +23,9 @@ import yaml
 from cli_helpers import assert_user_error, run_cli
 from reliability_helpers import make_folder, make_npz, snapshot, write_png
 from xaiscope import models
-from xaiscope.pipeline.config import parse_config
-from xaiscope.pipeline.runner import run
-from xaiscope.pipeline.store import RunStore
+from xaiscope.commands.run_job import run
+from xaiscope.run.config import parse_config
+from xaiscope.run.store import RunStore
 
 HASH = "[0-9a-f]{8}…"
 

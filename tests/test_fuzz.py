@@ -28,7 +28,7 @@ from xaiscope import data, evaluate, explain
 from xaiscope.cli import parse_params
 from xaiscope.errors import XaiscopeError
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS
-from xaiscope.pipeline.config import dump_config, load_config, parse_config, setting_id
+from xaiscope.run.config import dump_config, load_config, parse_config, setting_id
 
 FUZZ = settings(
     max_examples=40,

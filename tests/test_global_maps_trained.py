@@ -13,7 +13,7 @@ from cli_helpers import exit_code
 from xaiscope import models
 from xaiscope.analyses.global_maps import GlobalMaps, global_maps
 from xaiscope.data.benchmark import generate
-from xaiscope.pipeline.inputs import open_inputs
+from xaiscope.run.inputs import open_inputs
 
 pytestmark = pytest.mark.slow
 

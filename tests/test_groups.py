@@ -9,7 +9,7 @@ import pytest
 from cli_helpers import assert_user_error, run_cli
 from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MethodError, MetricError
-from xaiscope.pipeline.config import parse_config
+from xaiscope.run.config import parse_config
 
 LOCALISATION = evaluate.groups()["localisation"]
 

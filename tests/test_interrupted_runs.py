@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from reliability_helpers import make_npz, start_forked, temp_files
-from xaiscope.pipeline.store import RunStore
+from xaiscope.run.store import RunStore
 
 METHODS = ["saliency", "input_x_gradient", "gradcam", "sobel", "random", "input"]
 N_IMAGES, UNIT_IMAGES = 12, 3

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from xaiscope.pipeline.config import parse_config
-from xaiscope.pipeline.runner import run
+from xaiscope.commands.run_job import run
+from xaiscope.run.config import parse_config
 
 ray = pytest.importorskip("ray", reason="the ray extra is part of the test install")
 TESTS = Path(__file__).parent
@@ -84,7 +84,7 @@ def test_killed_worker_is_retried_and_nothing_is_missing_or_duplicated(tmp_path,
 
 def test_missing_ray_address_is_a_clear_error(tmp_path, monkeypatch):
     from xaiscope.errors import ConfigError
-    from xaiscope.pipeline import ray_backend
+    from xaiscope.run import ray_backend
 
     monkeypatch.setattr(
         ray_backend,

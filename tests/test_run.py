@@ -12,10 +12,10 @@ from cli_helpers import assert_user_error, run_cli
 from xaiscope import explain, models
 from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_similarity
+from xaiscope.commands.run_job import run
 from xaiscope.errors import ConfigError
-from xaiscope.pipeline.config import parse_config
-from xaiscope.pipeline.runner import run
-from xaiscope.pipeline.store import RunStore
+from xaiscope.run.config import parse_config
+from xaiscope.run.store import RunStore
 
 
 @pytest.fixture

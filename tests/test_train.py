@@ -153,7 +153,7 @@ def test_cli_train_on_a_benchmark_folder(tmp_path, capsys):
     from xaiscope.cli import main
     from xaiscope.data import load_folder
     from xaiscope.data.benchmark import generate
-    from xaiscope.pipeline.inputs import open_inputs
+    from xaiscope.run.inputs import open_inputs
 
     generate(tmp_path / "bm", n_train=16, n_test=8, size=32, radius=(0.08, 0.14))
     main(

@@ -22,7 +22,7 @@ from cli_helpers import assert_user_error, run_cli
 from reliability_helpers import make_folder, make_npz
 from xaiscope import models
 from xaiscope.errors import ConfigError, ModelError
-from xaiscope.pipeline.config import load_config
+from xaiscope.run.config import load_config
 
 
 class Payload:

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from cli_helpers import exit_code
+from xaiscope.commands.collection_job import model_files, parse_seeds
 from xaiscope.data.benchmark import generate
 from xaiscope.errors import ConfigError
-from xaiscope.pipeline.collection_job import model_files, parse_seeds
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """xaiscope: explain biomedical image classifiers and measure how good the explanations are.
 
 Layers (imports point downwards only): ``data``, ``models`` -> ``explain`` ->
-``evaluate`` -> ``analyses`` -> ``pipeline`` -> ``report`` -> ``cli``.
+``evaluate`` -> ``analyses`` -> ``run`` -> ``report`` -> ``commands`` -> ``cli``.
 """
 
 __version__ = "0.1.0"

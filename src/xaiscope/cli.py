@@ -156,7 +156,7 @@ def explain_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Compute raw attributions per method; write one .npz per method and PNG overlays."""
-    from xaiscope.pipeline.explain_job import run_explain
+    from xaiscope.commands.explain_job import run_explain
 
     written = run_explain(
         model=model,
@@ -203,7 +203,7 @@ def global_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
-    from xaiscope.pipeline.global_job import run_global
+    from xaiscope.commands.global_job import run_global
 
     summary = run_global(
         model=model,
@@ -262,7 +262,7 @@ def sis_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
-    from xaiscope.pipeline.sis_job import run_sis
+    from xaiscope.commands.sis_job import run_sis
 
     summary = run_sis(
         model=model,
@@ -318,7 +318,7 @@ def benchmark_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
-    from xaiscope.pipeline.benchmark_job import run_benchmark
+    from xaiscope.commands.benchmark_job import run_benchmark
 
     run_benchmark(
         out=out,
@@ -355,7 +355,7 @@ def train_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
-    from xaiscope.pipeline.train_job import run_train
+    from xaiscope.commands.train_job import run_train
 
     run_train(
         data=data,
@@ -398,7 +398,7 @@ def collection_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Train models that differ only by seed (resumable: finished models are kept)."""
-    from xaiscope.pipeline.collection_job import run_collection
+    from xaiscope.commands.collection_job import run_collection
 
     check_force_refresh(force, refresh)
     manifest = run_collection(
@@ -445,7 +445,7 @@ def variability_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
-    from xaiscope.pipeline.variability_job import run_variability
+    from xaiscope.commands.variability_job import run_variability
 
     summary = run_variability(
         collection=collection,
@@ -510,7 +510,7 @@ def evaluate_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric."""
-    from xaiscope.pipeline.evaluate_job import run_evaluate
+    from xaiscope.commands.evaluate_job import run_evaluate
 
     path, n = run_evaluate(
         model=model,
@@ -562,7 +562,7 @@ def actmax_cmd(
     trust_model: bool = TRUST_MODEL,
 ) -> None:
     """Activation maximisation (Yosinski et al. 2015): an input that maximises a class score."""
-    from xaiscope.pipeline.actmax_job import run_actmax
+    from xaiscope.commands.actmax_job import run_actmax
 
     if target is None and layer is None:
         raise ConfigError("Give --class K (or --layer NAME with --channel C).")
@@ -610,8 +610,8 @@ def run_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
-    from xaiscope.pipeline.config import load_config
-    from xaiscope.pipeline.runner import run
+    from xaiscope.commands.run_job import run
+    from xaiscope.run.config import load_config
 
     if backend not in (None, "local", "ray"):
         raise ConfigError(f"--backend must be 'local' or 'ray', got {backend!r}.")
@@ -645,7 +645,7 @@ def demo_cmd(
     """Run everything on built-in data: benchmark, training, all methods and metrics, analyses, report."""
     import time
 
-    from xaiscope.pipeline.demo_job import run_demo
+    from xaiscope.commands.demo_job import run_demo
     from xaiscope.report.html import write_report
 
     t = time.time()
@@ -683,7 +683,7 @@ def transfer_cmd(
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Pre-training study: localisation of explanations vs source and frozen blocks, with accuracy regressed out."""
-    from xaiscope.pipeline.transfer_job import run_transfer
+    from xaiscope.commands.transfer_job import run_transfer
 
     try:
         levels = [int(v) for v in parse_list(freeze)]

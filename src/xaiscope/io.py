@@ -85,6 +85,12 @@ def write_npz(path: str | Path, **arrays) -> None:
             np.savez_compressed(f, **arrays)
 
 
+def write_parquet(path: str | Path, table) -> None:
+    """A Parquet file of the DataFrame ``table`` (no index column), written atomically."""
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+
+
 def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
     """A CSV of ``rows`` (a header from ``columns`` when there are no rows), written atomically."""
     import pandas as pd

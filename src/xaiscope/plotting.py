@@ -1,6 +1,6 @@
 """Figures written as PNG files (matplotlib, Agg backend: no display needed).
 
-A base-level utility like ``io``: the pipeline jobs draw their PNGs with it and the report
+A base-level utility like ``io``: the commands draw their PNGs with it and the report
 embeds figures made with it, so neither layer imports the other for plotting.
 """
 

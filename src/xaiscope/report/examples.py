@@ -34,10 +34,10 @@ NORMALISATIONS = {
 def pick_examples(y: torch.Tensor, n: int) -> list[int]:
     """``n`` example positions taken round-robin over classes (deterministic), as the runner's
     ``max_images`` selection does."""
-    from xaiscope.pipeline.runner import _stratified
+    from xaiscope.run.context import stratified
 
     n = min(n, len(y))
-    return _stratified(y, n) if n > 0 else []
+    return stratified(y, n) if n > 0 else []
 
 
 def scale_rows(n_images: int, pixels: int, picks: list[int], *, budget: int, block: int) -> list[int]:

@@ -1,6 +1,6 @@
 """``xaiscope report RUN_DIR``: one self-contained HTML file, ``RUN/report.html``.
 
-The report only reads the run folder (through :class:`~xaiscope.pipeline.store.RunStore`)
+The report only reads the run folder (through :class:`~xaiscope.run.store.RunStore`)
 and opens offline: every figure is an embedded base64 PNG, the CSS and the JavaScript
 are inline, nothing refers to an external URL. Every string that comes from data or
 config (class labels, image ids, file names, model and method names, config text) goes
@@ -101,7 +101,7 @@ class RunView:
     """What the report reads from a run folder."""
 
     def __init__(self, run_dir: str | Path):
-        from xaiscope.pipeline.store import RunStore
+        from xaiscope.run.store import RunStore
 
         root = Path(run_dir)
         if root.exists() and not root.is_dir():
@@ -159,7 +159,7 @@ class RunView:
             return None
 
     def _config(self):
-        from xaiscope.pipeline.config import load_config
+        from xaiscope.run.config import load_config
 
         if self.config_text is None:
             self.notes.append("config.yaml is missing: example images are not shown.")
@@ -304,7 +304,7 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
     cfg = run.cfg
     if cfg is None or cfg.report.examples == 0 or not (run.root / "attributions.zarr").exists():
         return []
-    from xaiscope.pipeline.runner import open_run_data
+    from xaiscope.run.context import open_run_data
 
     try:
         ds = open_run_data(cfg)

@@ -64,7 +64,7 @@ def run_train(
 ):
     """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""
     from xaiscope.models.train import init_model, save, train
-    from xaiscope.pipeline.inputs import resolve_device
+    from xaiscope.run.inputs import resolve_device
 
     out = Path(out)
     if out.suffix.lower() == ".json":

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from xaiscope.errors import OutputError
-from xaiscope.io import atomic_path, ensure_dir, write_json, write_text
+from xaiscope.io import ensure_dir, write_json, write_parquet, write_text
 
 UNIT_RECORD_KEY = "xaiscope.unit"
 RESULT_COLUMNS = ["image_id", "label", "target", "model", "method", "setting", "metric", "value"]
@@ -174,13 +174,11 @@ class RunStore:
             ) from None
         ensure_dir(self.units_dir)
         if curves is not None and len(curves):
-            with atomic_path(self.units_dir / f"{unit_id}.curves.parquet") as tmp:
-                curves.to_parquet(tmp, index=False)
+            write_parquet(self.units_dir / f"{unit_id}.curves.parquet", curves)
         if record is not None:
             rows = rows.copy(deep=False)
             rows.attrs = {UNIT_RECORD_KEY: record}  # pandas keeps attrs in the file's schema metadata
-        with atomic_path(self.unit_path(unit_id)) as tmp:
-            rows.to_parquet(tmp, index=False)
+        write_parquet(self.unit_path(unit_id), rows)
 
     def consolidate(self) -> pd.DataFrame:
         """Gather committed units into results.parquet and curves.parquet (sorted, deterministic)."""
@@ -194,8 +192,7 @@ class RunStore:
         results = results.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(
             drop=True
         )
-        with atomic_path(self.root / "results.parquet") as tmp:
-            results.to_parquet(tmp, index=False)
+        write_parquet(self.root / "results.parquet", results)
         cparts = sorted(self.units_dir.glob("*.curves.parquet")) if self.units_dir.exists() else []
         curves = (
             pd.concat([_without_attrs(pd.read_parquet(p)) for p in cparts], ignore_index=True)
@@ -205,8 +202,7 @@ class RunStore:
         curves = curves.sort_values(
             ["model", "method", "setting", "metric", "image_id", "step"], kind="stable"
         ).reset_index(drop=True)
-        with atomic_path(self.root / "curves.parquet") as tmp:
-            curves.to_parquet(tmp, index=False)
+        write_parquet(self.root / "curves.parquet", curves)
         return results
 
     # reading

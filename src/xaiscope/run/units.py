@@ -8,7 +8,7 @@ driver commits the result, so resume and ``--force`` behave the same.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,8 @@ import torch
 
 from xaiscope import evaluate, explain
 from xaiscope.io import safe_name
-from xaiscope.pipeline.config import setting_id
-from xaiscope.pipeline.store import CURVE_COLUMNS, RESULT_COLUMNS, setting_key
+from xaiscope.run.config import setting_id
+from xaiscope.run.store import CURVE_COLUMNS, RESULT_COLUMNS, setting_key
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,25 @@ def plan(model_names: list[str], methods: list[tuple[str, dict[str, Any]]], n: i
             for start in range(0, n, unit_images):
                 units.append(Unit(model, name, frozen, start, min(n, start + unit_images)))
     return units
+
+
+class UnitSource(Protocol):
+    """All a backend sees of a run (:class:`xaiscope.run.context.RunContext` is one): the
+    images, each model and its targets, the metrics, and how to build one unit's inputs."""
+
+    dataset: Any  # xaiscope.data.Dataset: x, y, masks, ids
+    device: torch.device
+    models: dict[str, torch.nn.Module]
+    targets: dict[str, torch.Tensor]
+    metrics: list[tuple[str, dict[str, Any]]]
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    def inputs(self, unit: Unit) -> UnitInputs: ...
 
 
 @dataclass

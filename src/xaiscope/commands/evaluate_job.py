@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from xaiscope import evaluate, explain
+from xaiscope.commands.explain_job import choose_targets
 from xaiscope.errors import ConfigError, MetricError
-from xaiscope.io import atomic_path, ensure_dir
-from xaiscope.pipeline.explain_job import choose_targets
-from xaiscope.pipeline.inputs import build_explainers, open_inputs, provisional_batch_size, settle_batch_size
+from xaiscope.io import ensure_dir, write_parquet
+from xaiscope.run.inputs import build_explainers, open_inputs, provisional_batch_size, settle_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -51,7 +51,7 @@ def run_evaluate(
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows).
 
     ``seed`` fixes the random initial weights of a zoo, torchvision or factory spec
-    (:func:`~xaiscope.pipeline.inputs.model_seed`)."""
+    (:func:`~xaiscope.run.inputs.model_seed`)."""
     import pandas as pd
     from rich.progress import Progress
 
@@ -118,6 +118,5 @@ def run_evaluate(
     df = pd.DataFrame(
         rows, columns=["image_id", "label", "target", "method", "metric", "value", "direction", "category", "settings"]
     )
-    with atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False)
+    write_parquet(out, df)
     return Path(out), len(df)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from xaiscope import data as xdata
+from xaiscope.commands.train_job import read_pair, resolve_splits
 from xaiscope.errors import ConfigError, DataError
-from xaiscope.io import atomic_path, ensure_dir, write_json, write_text
-from xaiscope.pipeline.train_job import read_pair, resolve_splits
+from xaiscope.io import ensure_dir, write_json, write_parquet, write_text
 
 
 def parse_pretrain(items: list[str] | None) -> list[tuple[str, Path]]:
@@ -73,7 +73,8 @@ def run_transfer(
 ) -> dict:
     """Run the study and write ``runs.csv``/``runs.parquet``, ``effects.csv``/``effects.parquet``, ``transfer.png``, ``summary.json``."""
     from xaiscope.analyses.transfer import DEFAULT_METRICS, plot_transfer, transfer_study
-    from xaiscope.pipeline.inputs import resolve_device
+    from xaiscope.plotting import save_figure
+    from xaiscope.run.inputs import resolve_device
 
     dev = resolve_device(device)
     train_ds, test_ds = read_pair(Path(data), test, masks="auto")
@@ -118,14 +119,9 @@ def run_transfer(
     )
     for name, df in (("runs", res.runs), ("effects", res.effects)):
         write_text(out / f"{name}.csv", df.to_csv(index=False))
-        with atomic_path(out / f"{name}.parquet") as tmp:
-            df.to_parquet(tmp, index=False)
+        write_parquet(out / f"{name}.parquet", df)
     fig = plot_transfer(res)
-    with atomic_path(out / "transfer.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_figure(fig, out / "transfer.png", dpi=120)
     summary = {
         "settings": res.settings,
         "data": str(train_ds.source),

@@ -30,7 +30,7 @@ from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
+from xaiscope.run.inputs import build_explainers, open_inputs, settle_batch_size
 
 
 def _map_figure(
@@ -115,7 +115,7 @@ def run_global(
     """Compute and write global maps and PEPPR results (module docstring); return the summary dict.
 
     ``seed`` seeds the random orders and, unless ``init_seed`` is given, the random initial
-    weights of a zoo, torchvision or factory spec (:func:`~xaiscope.pipeline.inputs.model_seed`).
+    weights of a zoo, torchvision or factory spec (:func:`~xaiscope.run.inputs.model_seed`).
     """
     params = params or {}
     unknown = [m for m in params if m != method]

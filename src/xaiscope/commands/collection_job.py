@@ -91,7 +91,7 @@ def _file_hash(path: Path) -> str | None:
 def _identity_changes(old: dict, identity: dict, images: dict) -> list[tuple[str, str]]:
     """What differs between an existing collection and the requested one, as ``(what, detail)`` pairs."""
     from xaiscope.data.hashing import short
-    from xaiscope.pipeline.fingerprints import plural
+    from xaiscope.run.fingerprints import plural
 
     changes = []
     if old.get("fingerprint") != identity["fingerprint"]:
@@ -158,12 +158,12 @@ def run_collection(
     ``refresh=True`` retrains just the stale models, ``force=True`` every requested one.
     Models of a changed collection that are not requested again are dropped.
     """
+    from xaiscope.commands.train_job import read_pair
     from xaiscope.data.hashing import short
     from xaiscope.errors import StaleResultsError
     from xaiscope.models.train import init_model, save, train
-    from xaiscope.pipeline.fingerprints import plural, stale_sentence
-    from xaiscope.pipeline.inputs import resolve_device
-    from xaiscope.pipeline.train_job import read_pair
+    from xaiscope.run.fingerprints import plural, stale_sentence
+    from xaiscope.run.inputs import resolve_device
 
     seed_list = parse_seeds(seeds)
     if arch not in models.ZOO:

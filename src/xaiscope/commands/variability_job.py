@@ -29,10 +29,10 @@ import torch
 from xaiscope import explain
 from xaiscope.analyses.fits import linear, quadratic
 from xaiscope.analyses.variability import VariabilityAccumulator
+from xaiscope.commands.collection_job import iter_models, model_files
 from xaiscope.errors import ConfigError, DataError
-from xaiscope.io import atomic_path, ensure_dir, safe_name, write_bytes, write_json
-from xaiscope.pipeline.collection_job import iter_models, model_files
-from xaiscope.pipeline.inputs import (
+from xaiscope.io import ensure_dir, safe_name, write_json, write_npz, write_parquet
+from xaiscope.run.inputs import (
     build_explainers,
     check_model_fits,
     open_data,
@@ -169,26 +169,20 @@ def run_variability(
         fits[name] = _fits(res, n_boot, seed)
         passes[name] = res.passes
         path = out / "maps" / f"{safe_name(name)}.npz"
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(
-                    f,
-                    mean_map=res.mean_map.numpy(),
-                    sd_map=res.sd_map.numpy(),
-                    ids=np.array(res.ids),
-                    pairwise=res.pairwise.numpy(),
-                    model_accuracy=res.model_accuracy.numpy(),
-                )
+        write_npz(
+            path,
+            mean_map=res.mean_map.numpy(),
+            sd_map=res.sd_map.numpy(),
+            ids=np.array(res.ids),
+            pairwise=res.pairwise.numpy(),
+            model_accuracy=res.model_accuracy.numpy(),
+        )
         _stable_images(ds, res, name, out, min(top, len(ds)))
         _plot_fits(res, fits[name], name, out / "plots" / f"{safe_name(name)}.png")
         model_acc = res.model_accuracy.tolist()
     table = pd.concat(tables, ignore_index=True)
     table = table[["method", *[c for c in table.columns if c != "method"]]]
-    import io as _io
-
-    buf = _io.BytesIO()
-    table.to_parquet(buf, index=False)
-    write_bytes(out / "variability.parquet", buf.getvalue())
+    write_parquet(out / "variability.parquet", table)
     write_json(out / "fits.json", fits)
     summary = {
         "collection": str(collection),

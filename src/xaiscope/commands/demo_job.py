@@ -125,7 +125,7 @@ QUICK_METRICS: list[Any] = [
 
 def demo_config(root: Path, size: DemoSize, quick: bool = False) -> dict[str, Any]:
     """The run configuration the demo writes to ``root/config.yaml``."""
-    from xaiscope.pipeline.collection_job import model_path
+    from xaiscope.commands.collection_job import model_path
 
     model = str(model_path(root / "collection", 0))
     return {
@@ -168,11 +168,12 @@ def _model_exists(path: Path) -> bool:
 def run_demo(out: Path, *, quick: bool = False, console=None) -> Path:
     """Run the demo into ``out``; return the run folder (the CLI then writes its report).
     Finished steps are kept."""
-    from xaiscope.pipeline.benchmark_job import run_benchmark
-    from xaiscope.pipeline.collection_job import run_collection
-    from xaiscope.pipeline.config import parse_config
-    from xaiscope.pipeline.runner import config_changed, run
-    from xaiscope.pipeline.train_job import run_train
+    from xaiscope.commands.benchmark_job import run_benchmark
+    from xaiscope.commands.collection_job import run_collection
+    from xaiscope.commands.run_job import run
+    from xaiscope.commands.train_job import run_train
+    from xaiscope.run.config import parse_config
+    from xaiscope.run.runner import config_changed
 
     size = QUICK if quick else FULL
     root = ensure_dir(out)

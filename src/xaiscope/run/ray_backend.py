@@ -16,16 +16,13 @@ existing cluster.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from xaiscope.errors import ConfigError, XaiscopeError
-from xaiscope.pipeline.units import Unit, UnitInputs, compute_unit
-
-if TYPE_CHECKING:
-    from xaiscope.pipeline.runner import RunContext
+from xaiscope.run.units import Unit, UnitInputs, UnitSource, compute_unit
 
 
 def _import_ray():
@@ -57,7 +54,7 @@ def _run_unit(
 
 
 def ray_backend(
-    ctx: "RunContext",
+    ctx: UnitSource,
     units: list[Unit],
     on_result: Callable[[Unit, Any], None],
     *,
@@ -96,8 +93,8 @@ def ray_backend(
             ids_ref,
             u,
             ctx.metrics,
-            ctx.cfg.batch_size,
-            ctx.cfg.seed,
+            ctx.batch_size,
+            ctx.seed,
             device,
             threads_per_task,
         ): u

@@ -13,18 +13,13 @@ import torch
 from xaiscope import evaluate
 from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_sensitivity, score_sensitivity
-from xaiscope.io import atomic_path, write_json
-from xaiscope.pipeline.config import setting_id
-from xaiscope.pipeline.inputs import model_seed
+from xaiscope.io import write_json, write_parquet
+from xaiscope.run.config import setting_id
+from xaiscope.run.inputs import model_seed
 
 if TYPE_CHECKING:
-    from xaiscope.pipeline.runner import RunContext
-    from xaiscope.pipeline.store import RunStore
-
-
-def _write_parquet(df: pd.DataFrame, path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+    from xaiscope.run.context import RunContext
+    from xaiscope.run.store import RunStore
 
 
 def default_settings(ctx: "RunContext") -> dict[str, str]:
@@ -49,9 +44,9 @@ def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> 
         tables.append(t)
         means = r.metric_means.reset_index()
         means.insert(0, "model", model)
-        _write_parquet(means, store.analyses / f"metric_means_{model}.parquet")
+        write_parquet(store.analyses / f"metric_means_{model}.parquet", means)
     if tables:
-        _write_parquet(pd.concat(tables, ignore_index=True), store.analyses / "ranking.parquet")
+        write_parquet(store.analyses / "ranking.parquet", pd.concat(tables, ignore_index=True))
         write_json(
             store.analyses / "ranking.json",
             {"draws": cfg.draws, "seed": ctx.cfg.seed, "baselines": cfg.baselines, "directions": directions},
@@ -79,9 +74,9 @@ def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
                 sc.insert(0, "model", model)
                 score_rows.append(sc)
     if maps_rows:
-        _write_parquet(pd.concat(maps_rows, ignore_index=True), store.analyses / "sensitivity_maps.parquet")
+        write_parquet(store.analyses / "sensitivity_maps.parquet", pd.concat(maps_rows, ignore_index=True))
     if score_rows:
-        _write_parquet(pd.concat(score_rows, ignore_index=True), store.analyses / "sensitivity_scores.parquet")
+        write_parquet(store.analyses / "sensitivity_scores.parquet", pd.concat(score_rows, ignore_index=True))
 
 
 def _first_model(ctx: "RunContext", spec: str | None) -> tuple[str, str | None, int | None]:
@@ -94,7 +89,7 @@ def _first_model(ctx: "RunContext", spec: str | None) -> tuple[str, str | None, 
 
 
 def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
-    from xaiscope.pipeline.global_job import run_global
+    from xaiscope.commands.global_job import run_global
 
     g = ctx.cfg.analyses.global_maps
     spec, weights, init_seed = _first_model(ctx, g.model)
@@ -118,7 +113,7 @@ def global_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> N
 
 
 def variability_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
-    from xaiscope.pipeline.variability_job import run_variability
+    from xaiscope.commands.variability_job import run_variability
 
     v = ctx.cfg.analyses.variability
     run_variability(
@@ -135,7 +130,7 @@ def variability_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
 
 
 def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
-    from xaiscope.pipeline.sis_job import run_sis
+    from xaiscope.commands.sis_job import run_sis
 
     s = ctx.cfg.analyses.sis
     spec, weights, init_seed = _first_model(ctx, s.model)

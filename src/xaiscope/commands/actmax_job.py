@@ -23,7 +23,7 @@ from xaiscope import models
 from xaiscope.analyses.actmax import visualize
 from xaiscope.errors import ConfigError
 from xaiscope.io import atomic_path, ensure_dir, safe_name, write_json
-from xaiscope.pipeline.inputs import model_seed, resolve_device
+from xaiscope.run.inputs import model_seed, resolve_device
 
 
 def parse_ints(text: str, name: str, n: int) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import torch
 
 from xaiscope import explain, models
 from xaiscope.io import ensure_dir, safe_name, write_npz
-from xaiscope.pipeline.inputs import build_explainers, open_inputs, settle_batch_size
+from xaiscope.run.inputs import build_explainers, open_inputs, settle_batch_size
 
 
 def choose_targets(
@@ -48,7 +48,7 @@ def run_explain(
     """Compute and write ``out/<method>.npz`` (attributions, ids, targets, labels) and overlays.
 
     ``seed`` fixes the random initial weights of a zoo, torchvision or factory spec
-    (:func:`~xaiscope.pipeline.inputs.model_seed`)."""
+    (:func:`~xaiscope.run.inputs.model_seed`)."""
     from rich.progress import Progress
 
     from xaiscope.errors import ConfigError

@@ -37,7 +37,7 @@ from xaiscope.analyses.sis.cluster import check_eps
 from xaiscope.analyses.sis.collection import METHODS
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.pipeline.inputs import open_inputs
+from xaiscope.run.inputs import open_inputs
 
 SIS_COLUMNS = ["model", "image_id", "label", "probability", "sis_index", "n_units", "n_pixels", "value", "cluster"]
 
@@ -128,7 +128,7 @@ def run_sis(
     """Compute, write and cluster the SIS of the decision "class ``target`` with probability >= ``tau``".
 
     Random initial weights (zoo, torchvision or factory specs) are drawn under ``init_seed``,
-    by default :func:`~xaiscope.pipeline.inputs.model_seed` of ``seed`` and each spec."""
+    by default :func:`~xaiscope.run.inputs.model_seed` of ``seed`` and each spec."""
     from rich.progress import Progress
 
     specs = [model] if isinstance(model, str) else list(model)

@@ -1,1 +1,0 @@
-"""Pipeline: inputs, validated config, the run store, the runner and its backends."""

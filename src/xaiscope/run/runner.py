@@ -1,0 +1,226 @@
+"""The runner: plan the grid, compute missing work units, commit them, analyse.
+
+Steps: validate and record the config; open data and models (:class:`RunContext`:
+random initial weights drawn under a seed derived from the run's seed and the model's
+name; images whose model outputs are not finite dropped and reported by id); plan units (model x method x setting x
+image batch); compare the committed units' input records with the current inputs
+(:mod:`xaiscope.run.fingerprints`); compute each unit not yet committed (locally or
+on Ray) and commit it, with its record, from this process; consolidate the tidy tables;
+run the analyses it is given (``xaiscope.commands.run_job`` passes ranking, sensitivity,
+global maps + PEPPR, variability, SIS); write the
+manifest. Running the same command again skips committed units whose inputs are
+unchanged; committed units whose model, images or settings changed stop the run with one
+sentence naming the change, unless ``refresh=True`` (recompute just those) or
+``force=True`` (recompute everything).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+import xaiscope
+from xaiscope.errors import ConfigError, StaleResultsError
+from xaiscope.run import fingerprints
+from xaiscope.run.config import RunConfig, dump_config, setting_id
+from xaiscope.run.context import RunContext
+from xaiscope.run.store import RunStore
+from xaiscope.run.units import Unit, UnitSource, compute_unit
+
+# The analyses that follow the units (ranking, sensitivity, global maps, ...): given the
+# store, the context and the consolidated results, they write their tables and return
+# their timings. ``xaiscope.commands.run_job`` passes them; the runner knows none by name.
+Analyses = Callable[[RunStore, RunContext, pd.DataFrame, Any], dict[str, float]]
+
+
+def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
+    a, rows, curves = result
+    ds = ctx.dataset
+    store.commit_unit(
+        unit.id,
+        key=unit.key,
+        shape=(len(ds), *ds.shape),
+        chunk=ctx.cfg.unit_images,
+        start=unit.start,
+        attributions=a,
+        rows=rows,
+        curves=curves,
+        attrs={"model": unit.model, "method": unit.method, "setting": unit.setting, "hparams": dict(unit.hparams)},
+        record=ctx.unit_record(unit),
+    )
+
+
+def compare_units(store: RunStore, ctx: RunContext, units: list[Unit]) -> fingerprints.Comparison:
+    """Committed units against the planned ``units``: which are stale, which no longer belong, and why."""
+    planned = {u.id: u for u in units}
+    stored = {uid: store.unit_record(uid) for uid in sorted(store.unit_ids())}
+    current = {u.id: ctx.unit_record(u) for u in units}
+    return fingerprints.compare(
+        stored,
+        planned,
+        current,
+        {u.id: u.model for u in units},
+        {name: ctx.model_label(name) for name in ctx.models},
+    )
+
+
+def local_backend(ctx: UnitSource, units: list[Unit], on_result: Callable[[Unit, Any], None]) -> None:
+    """Compute units one after the other in this process."""
+    for unit in units:
+        on_result(unit, compute_unit(ctx.models[unit.model], unit, ctx.inputs(unit)))
+
+
+def run_folder(cfg: RunConfig, out: str | Path | None = None) -> Path:
+    return Path(out or cfg.out or "xaiscope-run")
+
+
+def resolved_config(cfg: RunConfig, root: Path) -> str:
+    """The config text a run folder keeps (its ``out`` set to the folder)."""
+    return dump_config(cfg.model_copy(update={"out": str(root)}))
+
+
+def config_changed(cfg: RunConfig, out: str | Path | None = None) -> bool:
+    """True when the run folder holds a run of a different configuration."""
+    p = run_folder(cfg, out) / "config.yaml"
+    return p.exists() and p.read_text() != resolved_config(cfg, run_folder(cfg, out))
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    refresh: bool = False,
+    console=None,
+    backend: str | None = None,
+    address: str | None = None,
+    analyses: Analyses | None = None,
+) -> Path:
+    """Run (or resume) the configured grid, then ``analyses`` if given; return the run folder.
+
+    Committed units whose inputs changed (model weights, images, masks, labels,
+    normalisation, resolved settings) raise :class:`~xaiscope.errors.StaleResultsError`
+    naming the change, and nothing is written; ``refresh=True`` recomputes exactly those
+    units (and drops units that no longer belong to the plan), ``force=True`` everything.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    root = run_folder(cfg, out)
+    store = RunStore(root, create=True)
+    resolved = resolved_config(cfg, root)
+    previous = store.read_config_text()
+    if not force and previous is not None and previous != resolved:
+        raise ConfigError(
+            f"The run folder {root} holds a run with a different configuration; use --force to recompute or choose another --out."
+        )
+    t0 = time.time()
+    ctx = RunContext(cfg, console)  # bad data or models fail here, before anything is cleared or written
+    units = ctx.units()
+    changes = fingerprints.Comparison() if force else compare_units(store, ctx, units)
+    if changes:
+        sentence = fingerprints.stale_sentence(
+            changes.reasons,
+            f"the run folder {root}",
+            len(changes.stale),
+            n_gone=len(changes.gone),
+            unrecorded=changes.unrecorded,
+        )
+        if not refresh:
+            raise StaleResultsError(sentence)
+        if console is not None:
+            console.print(f"[yellow]refreshing: {sentence.split('; use --refresh')[0]}[/]", highlight=False)
+    if force:
+        store.clear()
+    store.write_config(resolved)
+    for uid in changes.gone:
+        store.remove_unit(uid)
+    stale = {u.id for u in changes.stale}
+    todo = [u for u in units if u.id in stale or not store.is_done(u.id)]
+    if ctx.skipped and console is not None:
+        for name, ids in ctx.skipped.items():
+            console.print(
+                f"[yellow]model {name}: {len(ids)} image(s) give non-finite outputs and are skipped: {', '.join(ids[:10])}[/]"
+            )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+        disable=console is None,
+    ) as progress:
+        task = progress.add_task(
+            f"work units ({len(units) - len(todo)} already done)", total=len(units), completed=len(units) - len(todo)
+        )
+
+        def on_result(unit, result):
+            commit(store, ctx, unit, result)
+            progress.advance(task)
+
+        which = backend or cfg.backend
+        if which == "ray":
+            from xaiscope.run.ray_backend import ray_backend
+
+            ray_backend(ctx, todo, on_result, address=address or cfg.ray_address, max_retries=cfg.ray_max_retries)
+        else:
+            local_backend(ctx, todo, on_result)
+    t_units = time.time() - t0
+    results = store.consolidate()
+    timings = analyses(store, ctx, results, console) if analyses is not None else {}
+    store.write_manifest(
+        manifest(
+            ctx,
+            units,
+            todo,
+            {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)},
+            n_stale=len(stale),
+        )
+    )
+    return root
+
+
+def manifest(
+    ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict[str, float], n_stale: int = 0
+) -> dict[str, Any]:
+    """Versions, seeds, device, dataset fingerprint, per model its initial-weights seed and
+    weights hash, per unit the fingerprints it was computed from, timings and skipped images."""
+    import captum
+    import zennit
+
+    ds = ctx.dataset
+    return {
+        "xaiscope": xaiscope.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "captum": captum.__version__,
+        "zennit": getattr(zennit, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "seed": ctx.cfg.seed,
+        "device": str(ctx.device),
+        "dataset": {
+            "source": ds.source,
+            "images": len(ds),
+            "classes": ds.classes,
+            "shape": list(ds.shape),
+            "fingerprint": ds.fingerprint(),
+            "masks": ds.masks is not None,
+        },
+        "models": ctx.model_info,
+        "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
+        "metrics": [{"metric": n, "hparams": h} for n, h in ctx.metrics],
+        "units": {"total": len(units), "computed_this_time": len(todo)},
+        "fingerprints": {
+            "stale_recomputed": n_stale,
+            "units": {u.id: fingerprints.summary(ctx.unit_record(u)) for u in units},
+        },
+        "skipped_images": ctx.skipped,
+        "timings_s": timings,
+    }
