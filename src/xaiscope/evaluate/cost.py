@@ -8,6 +8,10 @@ and ``str(count)`` prints it, so the pass count of ``metric.passes()``, the form
 ``xaiscope metrics`` and the README table all come from the same expression. A count
 that needs an unknown quantity (no shape, no explainer, no model) is NaN.
 
+Each count has a ``kind``: ``"exact"``, ``"at most"`` (an upper bound: images that
+stop early make fewer passes) or ``"about"`` (depends on the data, e.g. the number of
+superpixels found); an expression takes the loosest kind of its parts.
+
 >>> str(1 + setting("nr_samples") * (E + 1))
 '1 + nr_samples * (E + 1)'
 >>> str(ceil(H * W / setting("features_in_step")))
@@ -26,6 +30,13 @@ NAN = float("nan")
 # operator precedence of a formula's outermost operation: sums bind loosest
 _SUM, _PRODUCT, _ATOM = 1, 2, 3
 
+#: how far a count can be trusted, tightest first
+KINDS = ("exact", "at most", "about")
+
+
+def _loosest(*counts: Count) -> str:
+    return max((c.kind for c in counts), key=KINDS.index)
+
 
 @dataclass(frozen=True)
 class Env:
@@ -41,7 +52,7 @@ class Env:
 class Count:
     """A pass count: ``self(env)`` -> float, ``str(self)`` -> its formula."""
 
-    __slots__ = ("text", "value", "prec", "const", "shaped", "symbol")
+    __slots__ = ("text", "value", "prec", "const", "shaped", "symbol", "kind")
 
     def __init__(
         self,
@@ -52,9 +63,10 @@ class Count:
         const: float | None = None,
         shaped: bool = False,
         symbol: bool = False,
+        kind: str = "exact",
     ):
         self.text, self.value, self.prec = text, value, prec
-        self.const, self.shaped, self.symbol = const, shaped, symbol
+        self.const, self.shaped, self.symbol, self.kind = const, shaped, symbol, kind
 
     def __call__(self, env: Env) -> float:
         return float(self.value(env))
@@ -75,6 +87,7 @@ class Count:
             lambda env: f(self(env), other(env)),
             prec,
             shaped=self.shaped or other.shaped,
+            kind=_loosest(self, other),
         )
 
     def __add__(self, other) -> Count:
@@ -112,11 +125,17 @@ class Count:
             lambda env: self(env) + (extra(env) if env.hparams[name] == value else 0.0),
             _SUM,
             shaped=self.shaped or extra.shaped,
+            kind=_loosest(self, extra),
         )
 
     def at_most(self) -> Count:
         """An upper bound: the same number, the formula read as "at most"."""
-        return Count(f"{self.text} at most", self.value, _SUM, shaped=self.shaped)
+        kind = "about" if self.kind == "about" else "at most"
+        return Count(f"{self.text} at most", self.value, _SUM, shaped=self.shaped, kind=kind)
+
+    def about(self, why: str) -> Count:
+        """An estimate: the same number, the formula followed by ``why`` it may differ."""
+        return Count(f"{self.text} ({why})", self.value, _SUM, shaped=self.shaped, kind="about")
 
 
 def number(v: float) -> Count:
@@ -135,9 +154,9 @@ def setting(name: str) -> Count:
     return Count(name, lambda env: env.hparams[name], symbol=True)
 
 
-def symbol(text: str, value: Callable[[Env], float], shaped: bool = False) -> Count:
+def symbol(text: str, value: Callable[[Env], float], shaped: bool = False, kind: str = "exact") -> Count:
     """A quantity printed as ``text`` (e.g. ``len(range(1, 100, percentage_step))``)."""
-    return Count(text, value, shaped=shaped, symbol=True)
+    return Count(text, value, shaped=shaped, symbol=True, kind=kind)
 
 
 def _nan_safe(f: Callable[[float], float]) -> Callable[[float], float]:
@@ -146,7 +165,7 @@ def _nan_safe(f: Callable[[float], float]) -> Callable[[float], float]:
 
 def _call(name: str, f: Callable[[float], float], c: Count) -> Count:
     g = _nan_safe(f)
-    return Count(f"{name}({c.text})", lambda env: g(c(env)), shaped=c.shaped)
+    return Count(f"{name}({c.text})", lambda env: g(c(env)), shaped=c.shaped, kind=c.kind)
 
 
 def ceil(c: Count) -> Count:
@@ -159,7 +178,7 @@ def floor(c: Count) -> Count:
 
 def smallest(a: Count, b: Count) -> Count:
     a, b = count(a), count(b)
-    return Count(f"min({a}, {b})", lambda env: _min(a(env), b(env)), shaped=a.shaped or b.shaped)
+    return Count(f"min({a}, {b})", lambda env: _min(a(env), b(env)), shaped=a.shaped or b.shaped, kind=_loosest(a, b))
 
 
 def _min(u: float, v: float) -> float:

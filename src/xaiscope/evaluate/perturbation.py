@@ -162,7 +162,9 @@ class Superpixels:
         return Units(ids, torch.where(cnt > 0, sums / cnt.clamp_min(1), torch.full_like(sums, -math.inf)), count)
 
     def count(self) -> Count:
-        return symbol(f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True)
+        return symbol(
+            f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True, kind="about"
+        )
 
 
 def ranks(units: Units, order: str = "morf", generator: torch.Generator | None = None) -> torch.Tensor:
@@ -692,8 +694,14 @@ class PerturbationMetric(Metric):
         f0, v = out if base else (None, out)
         return f0, v, torch.ones_like(v, dtype=torch.bool) if valid is None else valid
 
+    @property
+    def has_curve(self) -> bool:
+        """True when the declaration perturbs the images step by step (a schedule), so
+        :meth:`curves` and :meth:`score_and_curves` have a curve to give."""
+        return self.spec.schedule is not None
+
     def _checked_curve(self, model, x, y, a) -> Curve:
-        if self.spec.schedule is None:
+        if not self.has_curve:
             raise MetricError(f"{self.name} changes no pixels: it has no curve.")
         x, y, a, _ = self._check(model, x, y, a, None, None)
         with models.eval_mode(model):

@@ -295,3 +295,4 @@ class RandomLogit(_Randomisation):
         "normalise": NORM,
     }
     spec = Randomisation("target")
+    cost = spec.cost().about("+ 1 image per call to read the number of classes when num_classes is 0")

@@ -19,7 +19,7 @@ from xaiscope.errors import ConfigError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
 from xaiscope.run.inputs import check_model_fits, model_seed, open_data, resolve_device
-from xaiscope.run.units import Unit, UnitInputs, metric_instance, plan
+from xaiscope.run.units import Unit, UnitInputs, metric_instance, plan, planned_passes
 
 
 class RunContext:
@@ -152,6 +152,14 @@ class RunContext:
 
     def units(self) -> list[Unit]:
         return plan(list(self.models), self.methods, len(self.dataset), self.cfg.unit_images)
+
+    def planned_passes(self, units: list[Unit]) -> dict[str, float]:
+        """Model passes the ``units`` take, per method (see :func:`xaiscope.run.units.planned_passes`)."""
+        out: dict[str, float] = {}
+        for u in units:
+            p = planned_passes(u, self.models[u.model], self.dataset.shape, self.metrics, self.batch_size, self.seed)
+            out[u.method] = out.get(u.method, 0.0) + p
+        return out
 
 
 def open_run_data(cfg: RunConfig):

@@ -26,12 +26,13 @@ import pandas as pd
 import torch
 
 import xaiscope
+from xaiscope import models
 from xaiscope.errors import ConfigError, StaleResultsError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, dump_config, setting_id
 from xaiscope.run.context import RunContext
 from xaiscope.run.store import RunStore
-from xaiscope.run.units import Unit, UnitSource, compute_unit
+from xaiscope.run.units import Unit, UnitSource, compute_unit, inexact_counts
 
 # The analyses that follow the units (ranking, sensitivity, global maps, ...): given the
 # store, the context and the consolidated results, they write their tables and return
@@ -70,10 +71,18 @@ def compare_units(store: RunStore, ctx: RunContext, units: list[Unit]) -> finger
     )
 
 
-def local_backend(ctx: UnitSource, units: list[Unit], on_result: Callable[[Unit, Any], None]) -> None:
-    """Compute units one after the other in this process."""
+def local_backend(
+    ctx: UnitSource, units: list[Unit], on_result: Callable[[Unit, Any], None], counted: dict[str, int] | None = None
+) -> None:
+    """Compute units one after the other in this process; add the model passes each
+    method's units made to ``counted`` (images through the model, :func:`models.count_passes`)."""
     for unit in units:
-        on_result(unit, compute_unit(ctx.models[unit.model], unit, ctx.inputs(unit)))
+        net = ctx.models[unit.model]
+        with models.count_passes(net) as count:
+            result = compute_unit(net, unit, ctx.inputs(unit))
+        if counted is not None:
+            counted[unit.method] = counted.get(unit.method, 0) + count.rows
+        on_result(unit, result)
 
 
 def run_folder(cfg: RunConfig, out: str | Path | None = None) -> Path:
@@ -142,6 +151,17 @@ def run(
         store.remove_unit(uid)
     stale = {u.id for u in changes.stale}
     todo = [u for u in units if u.id in stale or not store.is_done(u.id)]
+    planned = ctx.planned_passes(units)
+    planned_todo = ctx.planned_passes(todo)
+    counted: dict[str, int] = {}
+    inexact = inexact_counts(ctx.metrics)
+    if console is not None:
+        loose = f"; at most or about for {', '.join(inexact)}" if inexact else ""
+        console.print(
+            f"plan: {len(units)} work units, {_total(planned):,.0f} model passes "
+            f"({_total(planned_todo):,.0f} still to compute{loose})",
+            highlight=False,
+        )
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
             console.print(
@@ -170,7 +190,7 @@ def run(
 
             ray_backend(ctx, todo, on_result, address=address or cfg.ray_address, max_retries=cfg.ray_max_retries)
         else:
-            local_backend(ctx, todo, on_result)
+            local_backend(ctx, todo, on_result, counted)
     t_units = time.time() - t0
     results = store.consolidate()
     timings = analyses(store, ctx, results, console) if analyses is not None else {}
@@ -181,16 +201,33 @@ def run(
             todo,
             {"units_s": round(t_units, 3), **timings, "total_s": round(time.time() - t0, 3)},
             n_stale=len(stale),
+            passes={
+                "planned": planned,
+                "planned_this_time": planned_todo,
+                "inexact": inexact,
+                "counted_this_time": counted if which == "local" else None,
+            },
         )
     )
     return root
 
 
+def _total(per_method: dict[str, float]) -> float:
+    return float(sum(per_method.values()))
+
+
 def manifest(
-    ctx: RunContext, units: list[Unit], todo: list[Unit], timings: dict[str, float], n_stale: int = 0
+    ctx: RunContext,
+    units: list[Unit],
+    todo: list[Unit],
+    timings: dict[str, float],
+    n_stale: int = 0,
+    passes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Versions, seeds, device, dataset fingerprint, per model its initial-weights seed and
-    weights hash, per unit the fingerprints it was computed from, timings and skipped images."""
+    weights hash, per unit the fingerprints it was computed from, model passes per method
+    (planned from the declarations; counted where the local backend computed), timings and
+    skipped images."""
     import captum
     import zennit
 
@@ -221,6 +258,7 @@ def manifest(
             "stale_recomputed": n_stale,
             "units": {u.id: fingerprints.summary(ctx.unit_record(u)) for u in units},
         },
+        "passes": passes or {},
         "skipped_images": ctx.skipped,
         "timings_s": timings,
     }

@@ -99,6 +99,32 @@ def metric_instance(name: str, hp: dict[str, Any], batch_size: int, seed: int):
     return evaluate.get(name, **{**extra, **hp})
 
 
+def planned_passes(
+    unit: Unit,
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    metrics: list[tuple[str, dict[str, Any]]],
+    batch_size: int,
+    seed: int,
+) -> float:
+    """Model passes (images through the model) that computing ``unit`` takes, from the
+    declarations: images x (the method's passes per image + each metric's, given that
+    method and model). :func:`compute_unit` makes this many where every count is exact
+    (see :func:`inexact_counts`); NaN where a count needs what is not known."""
+    ex = explain.get(unit.method, **{"batch_size": batch_size, **dict(unit.hparams)})
+    shape3 = tuple(shape) if len(shape) == 3 else None
+    per_image = ex.passes(shape3) + sum(
+        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model) for n, h in metrics
+    )
+    return (unit.stop - unit.start) * per_image
+
+
+def inexact_counts(metrics: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """The metrics whose pass counts are bounds (``"at most"``) or estimates (``"about"``)."""
+    kinds = {name: evaluate.get_class(name).cost.kind for name, _ in metrics}
+    return {name: kind for name, kind in kinds.items() if kind != "exact"}
+
+
 def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     """Attributions ``[B, C, H, W]``, score rows and curve rows of one unit.
 
@@ -116,9 +142,8 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
     for name, mhp in inp.metrics:
         metric = metric_instance(name, mhp, inp.batch_size, inp.seed)
         mask = inp.masks if "mask" in metric.needs else None
-        both = getattr(metric, "score_and_curves", None)
-        if both is not None:
-            scores, fractions, values = both(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
+        if getattr(metric, "has_curve", False):  # scores and curve from the same model passes
+            scores, fractions, values = metric.score_and_curves(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
             fr = fractions.tolist()
             vals = values.detach().cpu().numpy()
             for i, id_ in enumerate(inp.ids):
