@@ -330,7 +330,7 @@ def agreement_heatmap(tau: pd.DataFrame, title: str = "") -> bytes:
 
     m = tau.to_numpy(float)
     n = len(tau)
-    size = min(14.0, 1.6 + 0.28 * n)
+    size = min(14.0, max(4.0, 1.6 + 0.28 * n))
     fig, ax = plt.subplots(figsize=(size + 1.0, size))
     cmap = colormaps["RdBu_r"].with_extremes(bad="#d0d0d0")
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
@@ -343,7 +343,8 @@ def agreement_heatmap(tau: pd.DataFrame, title: str = "") -> bytes:
         for i in range(n):
             for j in range(n):
                 if np.isfinite(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                    colour = "w" if abs(m[i, j]) > 0.6 else "k"
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     if title:
         ax.set_title(mpl_text(title), fontsize=8)
