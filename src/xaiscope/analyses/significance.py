@@ -224,8 +224,8 @@ def rank_spread(
             "avg_rank": point,
             "avg_rank_low": np.percentile(avg_b, lo_q, axis=0),
             "avg_rank_high": np.percentile(avg_b, hi_q, axis=0),
-            "rank_low": np.percentile(pos_b, lo_q, axis=0),
-            "rank_high": np.percentile(pos_b, hi_q, axis=0),
+            "rank_low": np.percentile(pos_b, lo_q, axis=0, method="lower"),  # positions stay whole numbers
+            "rank_high": np.percentile(pos_b, hi_q, axis=0, method="higher"),
         }
     )
 
