@@ -168,7 +168,7 @@ def test_run_writes_the_statistics_of_its_aggregates(npz, tmp_path, capsys):
     assert ((means["ci_low"] <= means["mean"]) & (means["mean"] <= means["ci_high"])).all()
     pairs = pd.read_parquet(an / "significance.parquet")
     assert len(pairs) == 2 * 3 and set(pairs["zero_method"]) == {"wilcox"}  # 2 metrics x 3 pairs
-    assert set(pairs["mode"]) <= {"exact", "approx", "no_difference"}
+    assert set(pairs["mode"]) <= {"exact", "approx", "no_difference", "no_images"}
     flags = pd.read_parquet(an / "discrimination.parquet").set_index("metric")
     flagged = means.groupby("metric")["non_discriminative"].first()
     assert flagged.to_dict() == flags["non_discriminative"].to_dict()

@@ -121,6 +121,8 @@ def test_wilcoxon_pairs_match_scipy_and_name_the_mode():
     assert S.wilcoxon_pairs(cube, methods, sign=-1.0).iloc[0]["better"] == "a"
     same = S.wilcoxon_pair(a, a.copy())
     assert same["p_value"] == 1.0 and same["mode"] == "no_difference"
+    none = S.wilcoxon_pair(a, np.full(n, np.nan))
+    assert none["n"] == 0 and math.isnan(none["p_value"]) and none["mode"] == "no_images"
 
 
 # ----------------------------------------------------------------------------- Friedman, Nemenyi

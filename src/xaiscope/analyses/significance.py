@@ -216,7 +216,8 @@ def rank_spread(
         avg_all.append(avg)
         pos_all.append(rankdata(avg, axis=1, method="min"))
     avg_b, pos_b = np.concatenate(avg_all), np.concatenate(pos_all)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN (method, metric): mean of empty slice
         point = ranks_of_means(np.nanmean(cube, axis=0) if n else np.full((k, m), np.nan), signs).mean(-1)
     return pd.DataFrame(
         {
@@ -246,8 +247,10 @@ def wilcoxon_pair(a: np.ndarray, b: np.ndarray) -> dict:
     d = (a - b)[ok]
     nz = d[d != 0]
     row = {"n": int(ok.sum()), "n_nonzero": int(nz.size), "median_diff": float(np.median(d)) if d.size else math.nan}
+    if d.size == 0:
+        return {**row, "statistic": math.nan, "p_value": math.nan, "mode": "no_images"}
     if nz.size == 0:
-        return {**row, "statistic": math.nan, "p_value": 1.0 if d.size else math.nan, "mode": "no_difference"}
+        return {**row, "statistic": math.nan, "p_value": 1.0, "mode": "no_difference"}
     ties = np.unique(np.abs(nz)).size < nz.size
     mode = "exact" if nz.size <= EXACT_MAX_N and not ties else "approx"
     res = stats.wilcoxon(nz, zero_method="wilcox", method=mode)
