@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import math
 import re
 import shutil
 from html.parser import HTMLParser
@@ -17,11 +16,13 @@ from report_helpers import XSS_CLASS, XSS_FILE, XSS_ID, XSS_SKIPPED, runs
 from xaiscope import explain
 from xaiscope.errors import OutputError
 from xaiscope.report.examples import NORMALISATIONS, normalised_maps
-from xaiscope.report.html import mean_ci, write_report
+from xaiscope.report.html import RunView, interval_table, write_report
 
 SECTIONS = [
     "summary",
     "metrics",
+    "significance",
+    "agreement",
     "nan",
     "examples",
     "distributions",
@@ -93,7 +94,7 @@ def test_report_written_with_every_section(reports, rich_html):
     assert [s for s in SECTIONS if s not in page.sections] == []
     # the plain run (deletion curves, no optional analyses) leaves the analyses' sections out
     base_page = Page(base.read_text())
-    for s in ("summary", "metrics", "nan", "examples", "distributions", "curves", "sensitivity", "environment"):
+    for s in ("summary", "metrics", "significance", "agreement", "nan", "examples", "distributions", "curves"):
         assert s in base_page.sections
     for s in ("global", "peppr", "variability", "sis"):
         assert s not in base_page.sections
@@ -124,14 +125,20 @@ def test_every_data_string_is_escaped(rich_html):
     assert "onerror=" not in re.sub(r"&lt;.*?&gt;", "", rich_html)
 
 
-def test_metric_table_mean_and_ci_match_the_results(tmp_path_factory, rich_html):
+def test_metric_table_mean_and_bootstrap_interval_match_the_results(tmp_path_factory, rich_html):
+    from xaiscope.analyses.significance import cell_rng, mean_interval
+
     _, rich = runs(tmp_path_factory)
     res = pd.read_parquet(rich / "results.parquet")
-    table = Page(rich_html).tables["metric-table"]
+    seed = __import__("json").loads((rich / "analyses" / "ranking.json").read_text())["seed"]
+    page = Page(rich_html)
+    table = page.tables["metric-table"]
     header = [t for _, t in table[0]]
     metrics = [h.split(" ")[0] for h in header[3:]]
     assert set(metrics) == set(res["metric"])
-    assert header[header.index("deletion \u2193")] and "relevance_mass_accuracy \u2191" in header
+    assert header[header.index("deletion \u2193 (non-discriminative)")] and any(
+        h.startswith("relevance_mass_accuracy \u2191") for h in header
+    )
     seen = 0
     for row in table[1:]:
         model, method, setting = (
@@ -142,27 +149,60 @@ def test_metric_table_mean_and_ci_match_the_results(tmp_path_factory, rich_html)
         for (sort, text), metric in zip(row[3:], metrics):
             v = res[(res.model == model) & (res.method == method) & (res.setting == setting) & (res.metric == metric)][
                 "value"
-            ]
-            v = v.dropna().to_numpy()
-            assert float(sort) == pytest.approx(v.mean(), rel=1e-12)
-            from scipy import stats
-
-            half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-            assert text == f"{v.mean():.4g} \u00b1 {half:.2g}"
+            ].to_numpy()
+            assert float(sort) == pytest.approx(np.nanmean(v), rel=1e-12)
+            iv = mean_interval(v, rng=cell_rng(seed, model, method, setting, metric))
+            assert text == f"{iv.mean:.4g} [{iv.low:.3g}, {iv.high:.3g}]" and iv.method in ("BCa", "percentile")
             seen += 1
     assert seen == 6 * 3  # 6 (method, setting) rows x 3 metrics
 
 
-def test_mean_ci_counts_nan_and_matches_scipy():
-    from scipy import stats
+def test_report_computes_the_same_intervals_without_the_runs_tables(tmp_path_factory, tmp_path):
+    base, _ = runs(tmp_path_factory)
+    run = tmp_path / "run"
+    shutil.copytree(base, run)
+    stored = interval_table(RunView(run))
+    for f in (run / "analyses").glob("metric_means_*.parquet"):
+        f.unlink()
+    computed = interval_table(RunView(run))
+    cols = ["model", "method", "setting", "metric", "mean", "ci_low", "ci_high", "ci_method", "n", "n_nan"]
+    key = ["model", "method", "setting", "metric"]
+    pd.testing.assert_frame_equal(
+        stored[cols].sort_values(key).reset_index(drop=True), computed[cols].sort_values(key).reset_index(drop=True)
+    )
 
-    v = np.array([0.1, 0.4, np.nan, 0.35, 0.2, np.nan])
-    mean, half, n, n_nan = mean_ci(v)
-    lo, hi = stats.t.interval(0.95, 3, loc=np.nanmean(v), scale=stats.sem(v[~np.isnan(v)]))
-    assert (n, n_nan) == (4, 2)
-    assert mean == pytest.approx(np.nanmean(v)) and half == pytest.approx((hi - lo) / 2)
-    assert mean_ci(np.array([np.nan]))[2:] == (0, 1) and math.isnan(mean_ci(np.array([np.nan]))[0])
-    assert math.isnan(mean_ci(np.array([0.3]))[1])  # one image: no interval
+
+def test_significance_agreement_and_cd_diagram_are_shown(tmp_path_factory, rich_html):
+    _, rich = runs(tmp_path_factory)
+    page = Page(rich_html)
+    pairs = pd.read_parquet(rich / "analyses" / "significance.parquet")
+    matrix = page.tables["significance-1"]
+    methods = [t for _, t in matrix[0]][1:]
+    assert [r[0][1] for r in matrix[1:]] == list(dict.fromkeys(pairs["metric"]))
+    for row in matrix[1:]:
+        g = pairs[pairs.metric == row[0][1]]
+        for (_, text), m in zip(row[1:], methods):
+            w, t, lo = (int(x) for x in text.split("/"))
+            assert w + t + lo == len(methods) - 1
+            mine = g[(g.method_a == m) | (g.method_b == m)]
+            assert w == int((mine.significant & (mine.better == m)).sum())
+    flags = [[t for _, t in r] for r in page.tables["discrimination-1"][1:]]
+    assert {r[0] for r in flags} == {"deletion", "relevance_mass_accuracy", "sparseness"}
+    alts = [a.get("alt", "") for a in page.imgs]
+    assert "critical-difference diagram for model small_cnn" in alts
+    assert "metric agreement for model small_cnn" in alts
+    assert "Friedman test over 3 metrics (blocks) and 5 methods" in rich_html
+    ranking = page.tables["ranking-1"]
+    assert [t for _, t in ranking[0]][:4] == ["method", "avg rank (metrics)", "rank 95% range", "avg rank 95% range"]
+
+
+def test_cd_cliques_join_methods_closer_than_the_critical_difference():
+    from xaiscope.report.plots import cliques
+
+    assert cliques([1.0, 1.5, 3.0, 3.2], 1.0) == [(0, 1), (2, 3)]
+    assert cliques([1.0, 1.5, 3.0, 3.2], 0.1) == []
+    assert cliques([1.0, 1.5, 2.4, 3.2], 1.0) == [(0, 1), (1, 2), (2, 3)]
+    assert cliques([1.0, 2.0, 3.0], 5.0) == [(0, 2)]
 
 
 def test_nan_counts_and_skipped_images_are_listed(tmp_path_factory, rich_html):

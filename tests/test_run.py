@@ -151,3 +151,33 @@ def test_sensitivity_similarities():
     reversed_order = map_similarity(a, 1.0 / (a.abs() + 0.1))  # same pixels, opposite ranking
     assert (reversed_order["spearman"] < -0.99).all()
     assert (reversed_order["top_k_overlap"] == 0).all()
+
+
+def test_run_writes_the_statistics_of_its_aggregates(npz, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_cfg(npz, tmp_path / "run")))
+    r = run_cli(capsys, "run", path, "--no-report", "--keep-non-discriminative")
+    assert r.code == 0, r.err
+    an = tmp_path / "run" / "analyses"
+    res = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    means = pd.read_parquet(an / "metric_means_m.parquet")
+    # every (method, setting, metric) mean, the non-default setting included, with its interval
+    assert len(means) == len(res.groupby(["method", "setting", "metric"])) == 4 * 2
+    assert {"mean", "ci_low", "ci_high", "ci_method", "n", "n_nan", "non_discriminative"} <= set(means.columns)
+    assert set(means["ci_method"]) <= {"BCa", "percentile"}
+    assert ((means["ci_low"] <= means["mean"]) & (means["mean"] <= means["ci_high"])).all()
+    pairs = pd.read_parquet(an / "significance.parquet")
+    assert len(pairs) == 2 * 3 and set(pairs["zero_method"]) == {"wilcox"}  # 2 metrics x 3 pairs
+    assert set(pairs["mode"]) <= {"exact", "approx", "no_difference", "no_images"}
+    flags = pd.read_parquet(an / "discrimination.parquet").set_index("metric")
+    flagged = means.groupby("metric")["non_discriminative"].first()
+    assert flagged.to_dict() == flags["non_discriminative"].to_dict()
+    assert flags["used_in_ranking"].all()  # --keep-non-discriminative
+    agreement = pd.read_parquet(an / "metric_agreement.parquet")
+    assert len(agreement) == 4 and {"tau", "p_value", "cluster_a", "order_a"} <= set(agreement.columns)
+    ranking = pd.read_parquet(an / "ranking.parquet")
+    assert list(ranking["avg_rank"]) == sorted(ranking["avg_rank"])
+    assert (ranking["rank_low"] <= ranking["rank_high"]).all()
+    meta = __import__("json").loads((an / "ranking.json").read_text())
+    assert meta["keep_non_discriminative"] is True and meta["paired_test"]["zero_method"] == "wilcox"
+    assert meta["friedman"]["m"]["blocks"] == "metrics" and meta["friedman"]["m"]["q_alpha"] == 2.343

@@ -612,6 +612,11 @@ def run_cmd(
     methods: Optional[str] = typer.Option(None, help="Replace the config's methods: " + METHODS_HELP),
     metrics: Optional[str] = typer.Option(None, help="Replace the config's metrics: " + METRICS_HELP),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    keep_non_discriminative: bool = typer.Option(
+        False,
+        "--keep-non-discriminative",
+        help="Rank with the metrics flagged non-discriminative too (analyses.ranking.keep_non_discriminative).",
+    ),
 ) -> None:
     """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
     from xaiscope.commands.run_job import run
@@ -625,6 +630,9 @@ def run_cmd(
         methods=parse_list(methods) if methods is not None else None,
         metrics=parse_list(metrics) if metrics is not None else None,
     )
+    if keep_non_discriminative and cfg.analyses.ranking is not None:
+        ranking = cfg.analyses.ranking.model_copy(update={"keep_non_discriminative": True})
+        cfg = cfg.model_copy(update={"analyses": cfg.analyses.model_copy(update={"ranking": ranking})})
     root = run(cfg, out=out, force=force, refresh=refresh, console=console, backend=backend, address=address)
     console.print(f"results: {root / 'results.parquet'}")
     if report:

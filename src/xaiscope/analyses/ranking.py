@@ -8,6 +8,10 @@ methods; over ``draws`` weightings we report each method's mean overall rank, th
 probability of ranking first, and, against each sanity baseline (random, sobel,
 input), the probability of ranking above it and the number of metrics on which it does
 (cf. Rong et al. 2022, arXiv:2202.00449; Hedström et al. 2023, Quantus, JMLR 24(34)).
+
+This weighting is the ranking's robustness view; the headline (average rank over
+metrics, Friedman + Nemenyi critical difference, bootstrap rank ranges) and the
+statistics behind it are in :mod:`xaiscope.analyses.significance`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ configured) global maps + PEPPR, model-collection variability and SIS."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ import torch
 from xaiscope import evaluate
 from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_sensitivity, score_sensitivity
+from xaiscope.analyses.significance import EXACT_MAX_N, analyse, mean_intervals, q_alpha
 from xaiscope.io import write_json, write_parquet
 from xaiscope.run.config import setting_id
 from xaiscope.run.inputs import model_seed
@@ -31,26 +33,111 @@ def default_settings(ctx: "RunContext") -> dict[str, str]:
 
 
 def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    """The ranking and the statistics of its aggregates, per model (``analyses/``):
+
+    ``metric_means_<model>.parquet`` (every setting's mean with its bootstrap interval),
+    ``significance.parquet`` (paired tests), ``discrimination.parquet`` (flags),
+    ``metric_agreement.parquet``, ``ranking.parquet`` and ``ranking.json``."""
     cfg = ctx.cfg.analyses.ranking
     defaults = default_settings(ctx)
-    scored = results[results["metric"] != "none"]
-    scored = scored[scored["setting"] == scored["method"].map(defaults)]
-    directions = {n: evaluate.get_class(n).direction for n in scored["metric"].unique()}
-    tables = []
+    scored_all = results[results["metric"] != "none"]
+    metrics = list(scored_all["metric"].unique())
+    directions = {n: evaluate.get_class(n).direction for n in metrics}
+    set_level = {n for n in metrics if evaluate.get_class(n).set_level}
+    intervals = mean_intervals(scored_all, seed=ctx.cfg.seed, n_resamples=cfg.resamples)
+    scored = scored_all[scored_all["setting"] == scored_all["method"].map(defaults)]
+    tables, pairs, flags, agreement, tests = [], [], [], [], {}
     for model, df in scored.groupby("model"):
-        r = rank_methods(df, directions, draws=cfg.draws, seed=ctx.cfg.seed, baselines=tuple(cfg.baselines))
-        t = r.table.copy()
+        sig = analyse(
+            df,
+            directions,
+            set_level=set_level,
+            keep_non_discriminative=cfg.keep_non_discriminative,
+            alpha=cfg.alpha,
+            w_floor=cfg.w_floor,
+            n_boot=cfg.rank_resamples,
+            seed=ctx.cfg.seed,
+        )
+        r = rank_methods(
+            df[df["metric"].isin(sig.metrics_used)],
+            directions,
+            draws=cfg.draws,
+            seed=ctx.cfg.seed,
+            baselines=tuple(cfg.baselines),
+        )
+        t = sig.spread.merge(r.table, on="method", how="right")
+        t = t.sort_values(["avg_rank", "method"], kind="stable").reset_index(drop=True)
         t.insert(0, "model", model)
         tables.append(t)
-        means = r.metric_means.reset_index()
-        means.insert(0, "model", model)
-        write_parquet(store.analyses / f"metric_means_{model}.parquet", means)
+        for part, out in ((sig.pairs, pairs), (sig.flags, flags), (sig.agreement, agreement)):
+            if len(part):
+                out.append(part.assign(model=model)[["model", *part.columns]])
+        means = intervals[intervals["model"] == model]
+        flag = sig.flags.set_index("metric")
+        means = means.assign(
+            non_discriminative=means["metric"].map(flag["non_discriminative"]).fillna(False).astype(bool),
+            used_in_ranking=means["metric"].isin(sig.metrics_used),
+        )
+        write_parquet(store.analyses / f"metric_means_{model}.parquet", means.reset_index(drop=True))
+        f = sig.friedman
+        tests[str(model)] = {
+            "blocks": "metrics",
+            "metrics_used": sig.metrics_used,
+            "metrics_left_out": [m for m in flag.index if m not in sig.metrics_used],
+            "methods": int(f.k) if f else 0,
+            "friedman_chi2": f.chi2 if f else None,
+            "friedman_p": f.p_value if f else None,
+            "kendall_w": f.kendall_w if f else None,
+            "iman_davenport_f": f.iman_davenport if f else None,
+            "iman_davenport_p": f.p_iman_davenport if f else None,
+            "q_alpha": q_alpha(int(f.k), cfg.alpha) if f and f.k >= 2 else None,
+            "critical_difference": sig.cd,
+        }
+        if bool(sig.flags["non_discriminative"].all()) and not cfg.keep_non_discriminative:
+            tests[str(model)]["note"] = "every metric is non-discriminative: all of them are ranked"
     if tables:
         write_parquet(store.analyses / "ranking.parquet", pd.concat(tables, ignore_index=True))
+    for name, parts in (("significance", pairs), ("discrimination", flags), ("metric_agreement", agreement)):
+        if parts:
+            write_parquet(store.analyses / f"{name}.parquet", pd.concat(parts, ignore_index=True))
+    if tables:
         write_json(
             store.analyses / "ranking.json",
-            {"draws": cfg.draws, "seed": ctx.cfg.seed, "baselines": cfg.baselines, "directions": directions},
+            {
+                "draws": cfg.draws,
+                "seed": ctx.cfg.seed,
+                "baselines": cfg.baselines,
+                "directions": directions,
+                "set_level_metrics": sorted(set_level),
+                "interval": {
+                    "level": 0.95,
+                    "method": "BCa, percentile where BCa is degenerate",
+                    "resamples": cfg.resamples,
+                },
+                "rank_resamples": cfg.rank_resamples,
+                "paired_test": {
+                    "test": "Wilcoxon signed-rank",
+                    "zero_method": "wilcox",
+                    "mode": f"exact up to {EXACT_MAX_N} non-zero differences without ties, else approx",
+                    "correction": "Holm over all pairs of a metric",
+                },
+                "alpha": cfg.alpha,
+                "w_floor": cfg.w_floor,
+                "keep_non_discriminative": cfg.keep_non_discriminative,
+                "friedman": _finite(tests),
+            },
         )
+
+
+def _finite(obj):
+    """``obj`` with NaN / infinite floats as None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:

@@ -6,8 +6,11 @@ are inline, nothing refers to an external URL. Every string that comes from data
 config (class labels, image ids, file names, model and method names, config text) goes
 through Jinja2's autoescaping; nothing from data is marked safe.
 
-Sections (each left out when its inputs are absent): summary ranking with the baselines
-marked; a sortable metric table (mean +- 95% CI per method and metric); NaN counts and
+Sections (each left out when its inputs are absent): summary ranking (critical-difference
+diagram, average rank over metrics with its bootstrap range, the Monte-Carlo weighting as a
+robustness view) with the baselines marked; a sortable metric table (mean and 95% bootstrap
+interval per method and metric, non-discriminative metrics labelled); paired tests (wins /
+ties / losses per metric) and the discrimination flags; metric agreement; NaN counts and
 skipped images; example images with every method's map in four normalisations;
 metric distributions; deletion/insertion curves; hyperparameter sensitivity; global
 maps + PEPPR, variability and SIS outputs (rendered generically); run environment.
@@ -76,24 +79,6 @@ def table_from_df(df: pd.DataFrame, max_rows: int = MAX_TABLE_ROWS, source: str 
     if len(df) > max_rows:
         note = f"First {max_rows} of {len(df)} rows" + (f"; the full table is {source}." if source else ".")
     return {"columns": [str(c) for c in df.columns], "rows": rows, "note": note}
-
-
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, int, int]:
-    """``(mean, half width of the t-interval, n finite, n NaN)`` of one method's scores."""
-    from scipy.special import (
-        stdtrit,  # Student t quantile (lighter to import than scipy.stats)
-    )
-
-    v = np.asarray(values, float)
-    finite = v[np.isfinite(v)]
-    n, n_nan = int(finite.size), int(v.size - finite.size)
-    if n == 0:
-        return math.nan, math.nan, 0, n_nan
-    mean = float(finite.mean())
-    if n < 2:
-        return mean, math.nan, n, n_nan
-    half = float(stdtrit(n - 1, 0.5 + level / 2) * finite.std(ddof=1) / math.sqrt(n))
-    return mean, half, n, n_nan
 
 
 # ----------------------------------------------------------------------------- reading the run
@@ -203,6 +188,14 @@ class RunView:
         """Rows of ``df`` at each method's default setting."""
         return df[df["setting"] == df["method"].map(self.defaults)]
 
+    def flagged(self) -> dict[str, set[str]]:
+        """model -> the metrics flagged non-discriminative (``analyses/discrimination.parquet``)."""
+        flags = self.parquet("discrimination.parquet")
+        if flags is None or flags.empty or "non_discriminative" not in flags.columns:
+            return {}
+        f = flags[flags["non_discriminative"].astype(bool)]
+        return {str(m): set(g["metric"]) for m, g in f.groupby("model")}
+
     def parquet(self, name: str) -> pd.DataFrame | None:
         p = self.analyses / name
         if not p.exists():
@@ -219,24 +212,46 @@ def ranking_section(run: RunView) -> list[dict[str, Any]]:
     table = run.parquet("ranking.parquet")
     if table is None or table.empty:
         return []
+    tests = (run.ranking_meta.get("friedman") or {}) if isinstance(run.ranking_meta, dict) else {}
+    flags = run.parquet("discrimination.parquet")
     out = []
     for model, df in table.groupby("model", sort=False):
-        df = df.drop(columns=["model"]).sort_values("mean_rank", kind="stable")
-        cols = [c for c in df.columns if c not in ("method", "is_baseline")]
-        names = ["method"] + [_ranking_header(c) for c in cols]
+        key = "avg_rank" if "avg_rank" in df.columns else "mean_rank"
+        df = df.drop(columns=["model"]).sort_values(key, kind="stable")
+        hidden = {"method", "is_baseline", "avg_rank_low", "avg_rank_high", "rank_low", "rank_high"}
+        cols = [c for c in df.columns if c not in hidden]
+        spread = "rank_low" in df.columns
+        names = ["method"] + [_ranking_header(c) for c in cols[:1]]
+        names += ["rank 95% range", "avg rank 95% range"] if spread else []
+        names += [_ranking_header(c) for c in cols[1:]]
         rows = []
         for _, r in df.iterrows():
             base = bool(r.get("is_baseline", r["method"] in run.baselines))
-            rows.append(
-                {
-                    "cls": "baseline" if base else "",
-                    "cells": [cell(r["method"], badge=base)] + [cell(r[c]) for c in cols],
-                }
+            cells = [cell(r["method"], badge=base)] + [cell(r[c]) for c in cols[:1]]
+            if spread:
+                cells.append(cell(r["rank_low"], text=_range(r["rank_low"], r["rank_high"], "{:.0f}")))
+                cells.append(cell(r["avg_rank_low"], text=_range(r["avg_rank_low"], r["avg_rank_high"], "{:.2f}")))
+            cells += [cell(r[c]) for c in cols[1:]]
+            rows.append({"cls": "baseline" if base else "", "cells": cells})
+        t = tests.get(str(model)) or {}
+        cd = t.get("critical_difference")
+        cd_fig = None
+        if spread and cd is not None and len(df) >= 2:
+            cd_fig = data_uri(
+                plots.cd_diagram(list(df["method"]), list(df["avg_rank"].astype(float)), float(cd), run.baselines)
             )
+        left_out = []
+        if flags is not None and not flags.empty and "used_in_ranking" in flags.columns:
+            f = flags[(flags["model"] == model) & ~flags["used_in_ranking"].astype(bool)]
+            left_out = [f"{m} ({why})" for m, why in zip(f["metric"], f["reason"])]
         out.append(
             {
                 "model": model,
                 "table": {"columns": names, "rows": rows, "note": ""},
+                "cd": cd_fig,
+                "tests": _friedman_text(t),
+                "left_out": left_out,
+                "note": str(t.get("note", "")),
                 "figure": data_uri(plots.mean_ranks(df.assign(is_baseline=df.get("is_baseline", False)))),
             }
         )
@@ -250,7 +265,44 @@ def _ranking_header(c: str) -> str:
         return f"P(beats {c[8:]})"
     if c.startswith("metrics_beating_"):
         return f"metrics beating {c[16:]}"
-    return {"mean_rank": "mean rank", "p_first": "P(first)"}.get(c, c)
+    return {
+        "avg_rank": "avg rank (metrics)",
+        "mean_rank": "mean rank (weightings)",
+        "p_first": "P(first, weightings)",
+    }.get(c, c)
+
+
+def _range(lo: Any, hi: Any, f: str) -> str:
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return ""
+    return f.format(lo) if lo == hi else f"{f.format(lo)}\u2013{f.format(hi)}"
+
+
+def _friedman_text(t: dict[str, Any]) -> str:
+    """One line: Friedman over the metrics and Nemenyi's critical difference."""
+    if not t or t.get("friedman_chi2") is None:
+        return ""
+    used = t.get("metrics_used") or []
+    return (
+        f"Friedman test over {len(used)} metrics (blocks) and {t.get('methods')} methods: "
+        f"chi2 = {t['friedman_chi2']:.3g}, p = {t['friedman_p']:.3g}, Kendall's W = {t['kendall_w']:.2f}; "
+        f"Nemenyi critical difference CD = {t['critical_difference']:.2f} (q = {t['q_alpha']})."
+    )
+
+
+def interval_table(run: RunView) -> pd.DataFrame:
+    """Each (model, method, setting, metric) mean with its bootstrap interval: the run's
+    ``metric_means_<model>.parquet`` where they cover the results, else computed here (same seed)."""
+    from xaiscope.analyses.significance import mean_intervals
+
+    parts = [run.parquet(f"metric_means_{m}.parquet") for m in run.models]
+    keys = ["model", "method", "setting", "metric"]
+    if all(p is not None and {*keys, "ci_low", "ci_high", "ci_method"} <= set(p.columns) for p in parts):
+        got = pd.concat(parts, ignore_index=True)
+        if len(got.drop_duplicates(keys)) == len(run.results.groupby(keys)):
+            return got
+    seed = int(run.ranking_meta.get("seed", 0)) if isinstance(run.ranking_meta, dict) else 0
+    return mean_intervals(run.results, seed=seed)
 
 
 def metric_table(run: RunView) -> dict[str, Any] | None:
@@ -258,8 +310,16 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
     if res.empty:
         return None
     metrics = list(dict.fromkeys(res["metric"]))
+    ivs = interval_table(run).set_index(["model", "method", "setting", "metric"]).sort_index()
+    flagged = run.flagged()
     arrows = {"higher": " \u2191", "lower": " \u2193"}
-    columns = ["model", "method", "setting"] + [m + arrows.get(run.directions.get(m, ""), "") for m in metrics]
+    columns = ["model", "method", "setting"]
+    for m in metrics:
+        label = m + arrows.get(run.directions.get(m, ""), "")
+        models = [mod for mod in run.models if m in flagged.get(mod, ())]
+        if models:
+            label += " (non-discriminative" + (": " + ", ".join(models) if len(run.models) > 1 else "") + ")"
+        columns.append(label)
     rows = []
     groups = res.groupby(["model", "method", "setting"], sort=False)
     keys = sorted(
@@ -267,7 +327,6 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
         key=lambda k: (run.models.index(k[0]), run.methods.index(k[1]), k[2] != run.defaults.get(k[1]), k[2]),
     )
     for model, method, setting in keys:
-        g = groups.get_group((model, method, setting))
         base = method in run.baselines
         cells = [
             cell(model),
@@ -275,15 +334,89 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
             cell(setting + (" (default)" if setting == run.defaults.get(method) and setting != "default" else "")),
         ]
         for m in metrics:
-            mean, half, n, n_nan = mean_ci(g.loc[g["metric"] == m, "value"].to_numpy())
+            key = (model, method, setting, m)
+            if key not in ivs.index:
+                cells.append(cell(math.nan, text="\u2014"))
+                continue
+            r = ivs.loc[key]
+            n, n_nan = int(r["n"]), int(r["n_nan"])
             if n == 0:
                 text = "\u2014" if n_nan == 0 else "NaN"
             else:
-                text = f"{mean:.4g}" + (f" \u00b1 {half:.2g}" if not math.isnan(half) else "")
+                text = f"{r['mean']:.4g}" + (
+                    f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if not math.isnan(r["ci_low"]) else ""
+                )
             title = f"n = {n} images" + (f", {n_nan} NaN" if n_nan else "")
-            cells.append(cell(mean, text=text, title=title))
+            if r["ci_method"]:
+                title += f"; 95% {r['ci_method']} bootstrap interval"
+            cells.append(cell(r["mean"], text=text, title=title))
         rows.append({"cells": cells, "cls": "baseline" if base else ""})
     return {"columns": columns, "rows": rows, "note": ""}
+
+
+def significance_section(run: RunView) -> list[dict[str, Any]]:
+    """Per model: wins / ties / losses of each method in the Holm-corrected paired tests of
+    each metric, and the metrics' discrimination flags."""
+    pairs = run.parquet("significance.parquet")
+    flags = run.parquet("discrimination.parquet")
+    if pairs is None or pairs.empty:
+        return []
+    out = []
+    for model, df in pairs.groupby("model", sort=False):
+        methods = [m for m in run.methods if m in set(df["method_a"]) | set(df["method_b"])]
+        rows = []
+        for metric, g in df.groupby("metric", sort=False):
+            cells = [cell(metric)]
+            for m in methods:
+                mine = g[(g["method_a"] == m) | (g["method_b"] == m)]
+                sig = mine["significant"].astype(bool)
+                wins = int((sig & (mine["better"] == m)).sum())
+                losses = int((sig & (mine["better"] != m)).sum())
+                ties = len(mine) - wins - losses
+                cells.append(
+                    cell(
+                        wins - losses,
+                        text=f"{wins}/{ties}/{losses}",
+                        title=f"{m} on {metric}: better than {wins}, not different from {ties}, worse than {losses}",
+                    )
+                )
+            rows.append({"cells": cells, "cls": ""})
+        matrix = {"columns": ["metric"] + methods, "rows": rows, "note": ""}
+        flag_table = None
+        if flags is not None and not flags.empty:
+            f = flags[flags["model"] == model].drop(columns=["model"])
+            cols = [
+                c
+                for c in (
+                    "metric",
+                    "non_discriminative",
+                    "reason",
+                    "friedman_p",
+                    "kendall_w",
+                    "random_beaten",
+                    "n_images",
+                    "used_in_ranking",
+                )
+                if c in f.columns
+            ]
+            flag_table = table_from_df(f[cols], source="analyses/discrimination.parquet")
+        modes = ", ".join(sorted(df["mode"].astype(str).unique()))
+        out.append({"model": model, "matrix": matrix, "flags": flag_table, "modes": modes})
+    return out
+
+
+def agreement_section(run: RunView) -> list[dict[str, Any]]:
+    agree = run.parquet("metric_agreement.parquet")
+    if agree is None or agree.empty:
+        return []
+    out = []
+    for model, df in agree.groupby("model", sort=False):
+        order = df.drop_duplicates("metric_a").sort_values("order_a")["metric_a"].tolist()
+        tau = df.pivot(index="metric_a", columns="metric_b", values="tau").reindex(index=order, columns=order)
+        if len(order) < 2:
+            continue
+        out.append({"model": model, "src": data_uri(plots.agreement_heatmap(tau))})
+    return out
 
 
 def nan_section(run: RunView) -> dict[str, Any]:
@@ -474,6 +607,8 @@ def build_context(run: RunView) -> dict[str, Any]:
         "n_results": len(run.results),
         "ranking": ranking_section(run),
         "metric_table": metric_table(run),
+        "significance": significance_section(run),
+        "agreement": agreement_section(run),
         "nan": nan_section(run),
         "examples": examples_section(run),
         "norms": list(NORMALISATIONS.items()),

@@ -256,3 +256,97 @@ def sensitivity_scores(df: pd.DataFrame, title: str = "") -> bytes:
         ax.set_title(mpl_text(title), fontsize=9)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def cliques(ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
+    """Maximal runs ``(i, j)`` (indices into ``ranks`` sorted ascending) whose mean ranks differ
+    by less than ``cd``: the methods Nemenyi's test does not tell apart."""
+    r = np.asarray(ranks, float)
+    out: list[tuple[int, int]] = []
+    for i in range(len(r)):
+        j = int(np.searchsorted(r, r[i] + cd, side="left")) - 1
+        if j > i and (not out or j > out[-1][1]):
+            out.append((i, j))
+    return out
+
+
+def cd_diagram(
+    methods: Sequence[str], mean_ranks: Sequence[float], cd: float, baselines: Sequence[str] = (), title: str = ""
+) -> bytes:
+    """Critical-difference diagram (Demsar 2006): methods on their mean-rank axis (1 = best, left),
+    the critical difference as a bar, and a thick line joining methods whose mean ranks differ by
+    less than it (not significantly different)."""
+    order = np.argsort(np.asarray(mean_ranks, float), kind="stable")
+    names = [methods[i] for i in order]
+    r = np.asarray(mean_ranks, float)[order]
+    k = len(names)
+    lo, hi = 1.0, float(max(k, np.ceil(np.nanmax(r)) if k else 1))
+    half = (k + 1) // 2
+    rows = max(half, k - half)
+    groups = cliques(r, cd) if np.isfinite(cd) else []
+    fig_h = 1.1 + 0.22 * rows + 0.12 * len(groups)
+    fig, ax = plt.subplots(figsize=(6.4, fig_h))
+    ax.set_xlim(lo - 0.6 * (hi - lo + 1) / 2, hi + 0.6 * (hi - lo + 1) / 2)
+    top = 0.0
+    ax.set_ylim(-(0.6 + 0.12 * len(groups) + 0.22 * rows + 0.2), 0.55)
+    ax.plot([lo, hi], [top, top], color="k", lw=1)
+    for t in range(int(lo), int(hi) + 1):
+        ax.plot([t, t], [top, top + 0.06], color="k", lw=1)
+        ax.text(t, top + 0.1, str(t), ha="center", va="bottom", fontsize=7)
+    if np.isfinite(cd):
+        ax.plot([lo, lo + cd], [top + 0.38, top + 0.38], color="k", lw=1.2)
+        for x in (lo, lo + cd):
+            ax.plot([x, x], [top + 0.33, top + 0.43], color="k", lw=1)
+        ax.text(lo + cd / 2, top + 0.45, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=7)
+    for g, (i, j) in enumerate(groups):
+        y = -(0.12 + 0.12 * g)
+        ax.plot([r[i] - 0.03, r[j] + 0.03], [y, y], color="k", lw=3, solid_capstyle="round")
+    base_y = -(0.3 + 0.12 * len(groups))
+    for idx, (name, rank) in enumerate(zip(names, r)):
+        left = idx < half
+        row = idx if left else k - 1 - idx
+        y = base_y - 0.22 * row
+        x_end = ax.get_xlim()[0] + 0.1 if left else ax.get_xlim()[1] - 0.1
+        colour = BASELINE_COLOUR if name in baselines else "k"
+        ax.plot([rank, rank, x_end], [top, y, y], color=colour, lw=0.8)
+        ax.text(
+            x_end + (-0.05 if left else 0.05),
+            y,
+            f"{mpl_text(name)} ({rank:.2f})" if left else f"({rank:.2f}) {mpl_text(name)}",
+            ha="right" if left else "left",
+            va="center",
+            fontsize=7,
+            color=colour,
+        )
+    ax.axis("off")
+    if title:
+        ax.set_title(mpl_text(title), fontsize=8)
+    return png_bytes(fig)
+
+
+def agreement_heatmap(tau: pd.DataFrame, title: str = "") -> bytes:
+    """Kendall's tau between metrics (rows and columns in the given, clustered order); NaN grey."""
+    from matplotlib import colormaps
+
+    m = tau.to_numpy(float)
+    n = len(tau)
+    size = min(14.0, max(4.0, 1.6 + 0.28 * n))
+    fig, ax = plt.subplots(figsize=(size + 1.0, size))
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#d0d0d0")
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    labels = [mpl_text(c) for c in tau.columns]
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([mpl_text(c) for c in tau.index], fontsize=7)
+    if n <= 15:
+        for i in range(n):
+            for j in range(n):
+                if np.isfinite(m[i, j]):
+                    colour = "w" if abs(m[i, j]) > 0.6 else "k"
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
+    if title:
+        ax.set_title(mpl_text(title), fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)

@@ -87,8 +87,22 @@ class MetricConfig(_Strict):
 
 
 class RankingConfig(_Strict):
+    """The ranking and the statistics of the aggregates (``analyses/significance.py``).
+
+    ``draws``: Dirichlet metric weightings (robustness view); ``resamples``: bootstrap
+    resamples of the images for each mean's 95% interval; ``rank_resamples``: for the spread
+    of the overall rank; ``alpha``: level of the Wilcoxon-Holm, Friedman and Nemenyi tests;
+    ``w_floor``: smallest Kendall's W of a discriminative metric;
+    ``keep_non_discriminative``: rank with the flagged metrics too.
+    """
+
     draws: int = Field(10_000, ge=1)
     baselines: list[str] = ["random", "sobel", "input"]
+    resamples: int = Field(2000, ge=100)
+    rank_resamples: int = Field(1000, ge=100)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    w_floor: float = Field(0.1, ge=0, le=1)
+    keep_non_discriminative: bool = False
 
 
 class SensitivityConfig(_Strict):
