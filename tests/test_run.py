@@ -181,3 +181,16 @@ def test_run_writes_the_statistics_of_its_aggregates(npz, tmp_path, capsys):
     meta = __import__("json").loads((an / "ranking.json").read_text())
     assert meta["keep_non_discriminative"] is True and meta["paired_test"]["zero_method"] == "wilcox"
     assert meta["friedman"]["m"]["blocks"] == "metrics" and meta["friedman"]["m"]["q_alpha"] == 2.343
+
+
+def test_set_level_metrics_run_and_take_no_part_in_paired_tests(npz, tmp_path):
+    """Sufficiency and consistency perturb nothing step by step: a run scores them (no curve)
+    and the paired tests leave them out."""
+    cfg = _cfg(
+        npz, tmp_path / "run", metrics=["sufficiency", "consistency", {"name": "deletion", "hparams": {"steps": 4}}]
+    )
+    root = run(parse_config(cfg))
+    results = RunStore(root).results()
+    assert set(results["metric"]) == {"sufficiency", "consistency", "deletion"}
+    assert set(pd.read_parquet(root / "curves.parquet")["metric"]) == {"deletion"}
+    assert set(pd.read_parquet(root / "analyses" / "significance.parquet")["metric"]) == {"deletion"}
