@@ -197,15 +197,15 @@ class RunConfig(_Strict):
 
         return _expand(self.methods, explain.expand)
 
-    def metric_entries(self, masks: bool = True) -> list[MetricConfig]:
-        """The metrics to run; without ``masks``, those that need masks and only a group named are left out."""
+    def metric_entries(self, masks: bool = True, extra_masks=None) -> list[MetricConfig]:
+        """The metrics to run; without ``masks`` (or without the extra mask a metric reads, when
+        the names ``extra_masks`` are given), those that need them and only a group named are left out."""
         from xaiscope import evaluate
 
         out = _expand(self.metrics, evaluate.expand)
-        if masks:
-            return out
+        extra = None if extra_masks is None else set(extra_masks)
         named = {m.name for m in self.metrics}
-        return [m for m in out if m.name in named or "mask" not in evaluate.get_class(m.name).needs]
+        return [m for m in out if m.name in named or evaluate.has_masks_for(evaluate.get_class(m.name), masks, extra)]
 
     def check_names(self, source: str = "config") -> None:
         """Unknown methods, metrics or hyperparameters, as ConfigError naming the place in the file."""
