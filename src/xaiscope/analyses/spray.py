@@ -24,11 +24,15 @@ one class. Steps (all deterministic for a given ``seed``):
    ``K = max_k`` eigenvalues (default 10) and gaps ``d_j = l_{j+1} - l_j``
    (``j = 1..K-1``) the proposed number of clusters is::
 
-       j* = argmax_j d_j
-       k  = j*   if d_{j*} > GAP_MIN (0.05) and d_{j*} > GAP_RATIO (3) x median_j d_j
+       J  = {j : l_j <= LAMBDA_MAX (0.2)}
+       j* = argmax_{j in J} d_j
+       k  = j*   if d_{j*} > GAP_MIN (0.05) and d_{j*} > GAP_RATIO (3) x median_{j=1..K-1} d_j
        k  = 1    otherwise (no gap stands out: one strategy)
 
-   ``k`` may also be fixed by the caller.
+   ``J`` keeps the splits into ``j`` groups joined by few edges: ``l_j`` small is what
+   such a split implies (higher-order Cheeger inequality, Lee, Oveis Gharan and Trevisan
+   2014, J. ACM 61:37), so a large gap higher up the spectrum (between two eigenvalues of
+   one well-connected group) does not count. ``k`` may also be fixed by the caller.
 4. **Clusters.** ``sklearn.cluster.SpectralClustering(k, affinity="precomputed",
    random_state=seed)`` on ``A`` (k-means on the spectral embedding). The spectral
    embedding ``E`` (``sklearn.manifold.spectral_embedding`` of ``A``, ``max(k, 2)``
@@ -76,6 +80,7 @@ import torch
 from xaiscope.errors import ConfigError, DataError
 
 GAP_MIN = 0.05
+LAMBDA_MAX = 0.2
 GAP_RATIO = 3.0
 FLAG_SHARE = 0.2
 EMBEDDINGS = ("tsne", "umap", "none")
@@ -200,13 +205,18 @@ def laplacian_eigenvalues(a, count: int) -> np.ndarray:
     return np.clip(np.sort(ev), 0.0, 2.0)
 
 
-def eigengap_k(eigenvalues: np.ndarray, *, gap_min: float = GAP_MIN, gap_ratio: float = GAP_RATIO) -> int:
+def eigengap_k(
+    eigenvalues: np.ndarray, *, gap_min: float = GAP_MIN, gap_ratio: float = GAP_RATIO, lambda_max: float = LAMBDA_MAX
+) -> int:
     """Step 3: the proposed number of clusters (rule in the module docstring)."""
     ev = np.sort(np.asarray(eigenvalues, dtype=np.float64))
     if ev.size < 2:
         return 1
     gaps = np.diff(ev)
-    j = int(np.argmax(gaps))
+    allowed = ev[:-1] <= lambda_max
+    if not allowed.any():
+        return 1
+    j = int(np.argmax(np.where(allowed, gaps, -np.inf)))
     best = float(gaps[j])
     if best > gap_min and best > gap_ratio * float(np.median(gaps)):
         return j + 1
