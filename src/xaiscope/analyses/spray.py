@@ -21,18 +21,21 @@ one class. Steps (all deterministic for a given ``seed``):
 3. **Eigengap.** ``L = I - D^{-1/2} A D^{-1/2}`` (``scipy.sparse.csgraph.laplacian``,
    ``normed=True``) has eigenvalues ``0 = l_1 <= l_2 <= ... <= 2``; there are as many
    (near-)zero eigenvalues as (nearly) disconnected groups. With the smallest
-   ``K = max_k`` eigenvalues (default 10) and gaps ``d_j = l_{j+1} - l_j``
-   (``j = 1..K-1``) the proposed number of clusters is::
+   ``K = max_k`` eigenvalues (default 10), the relative gap
+   ``r_j = l_{j+1} / max(l_j, FLOOR)`` (``FLOOR = 0.01``) and the proposed number of clusters::
 
-       J  = {j : l_j <= LAMBDA_MAX (0.2)}
-       j* = argmax_{j in J} d_j
-       k  = j*   if d_{j*} > GAP_MIN (0.05) and d_{j*} > GAP_RATIO (3) x median_{j=1..K-1} d_j
-       k  = 1    otherwise (no gap stands out: one strategy)
+       J  = {j >= 2 : l_j <= LAMBDA_MAX (0.2),  l_{j+1} - l_j > GAP_MIN (0.05),  r_j > GAP_RATIO (3)}
+       k  = argmax_{j in J} r_j     (the eigenvalue jumps at least three-fold after l_k)
+       k  = 1                       when J is empty (l_2 > 0.2, or no gap stands out: one strategy)
 
-   ``J`` keeps the splits into ``j`` groups joined by few edges: ``l_j`` small is what
-   such a split implies (higher-order Cheeger inequality, Lee, Oveis Gharan and Trevisan
-   2014, J. ACM 61:37), so a large gap higher up the spectrum (between two eigenvalues of
-   one well-connected group) does not count. ``k`` may also be fixed by the caller.
+   ``l_j <= 0.2`` keeps the splits into ``j`` groups joined by few edges: a small ``l_j``
+   is what such a split implies (higher-order Cheeger inequality, Lee, Oveis Gharan and
+   Trevisan 2014, J. ACM 61:37), so a gap higher up the spectrum (inside one
+   well-connected group) does not count; ``l_2 > 0.2`` means the graph has no bottleneck.
+   The gap is relative so that a clean two-way split (``l_2 = 0.02``, ``l_3 = 0.16``) is
+   preferred to a three-way one with a larger absolute but smaller relative jump
+   (``l_4 = 0.6``); ``GAP_MIN`` keeps numerically zero eigenvalues of disconnected groups
+   from making gaps of nothing. ``k`` may also be fixed by the caller.
 4. **Clusters.** ``sklearn.cluster.SpectralClustering(k, affinity="precomputed",
    random_state=seed)`` on ``A`` (k-means on the spectral embedding). The spectral
    embedding ``E`` (``sklearn.manifold.spectral_embedding`` of ``A``, ``max(k, 2)``
@@ -81,6 +84,7 @@ from xaiscope.errors import ConfigError, DataError
 
 GAP_MIN = 0.05
 LAMBDA_MAX = 0.2
+FLOOR = 0.01
 GAP_RATIO = 3.0
 FLAG_SHARE = 0.2
 EMBEDDINGS = ("tsne", "umap", "none")
@@ -210,17 +214,13 @@ def eigengap_k(
 ) -> int:
     """Step 3: the proposed number of clusters (rule in the module docstring)."""
     ev = np.sort(np.asarray(eigenvalues, dtype=np.float64))
-    if ev.size < 2:
-        return 1
-    gaps = np.diff(ev)
-    allowed = ev[:-1] <= lambda_max
-    if not allowed.any():
-        return 1
-    j = int(np.argmax(np.where(allowed, gaps, -np.inf)))
-    best = float(gaps[j])
-    if best > gap_min and best > gap_ratio * float(np.median(gaps)):
-        return j + 1
-    return 1
+    best, k = -np.inf, 1
+    for j in range(2, ev.size):  # j = number of clusters; ev[j - 1] = l_j, ev[j] = l_{j+1}
+        lo, hi = ev[j - 1], ev[j]
+        r = hi / max(lo, FLOOR)
+        if lo <= lambda_max and hi - lo > gap_min and r > gap_ratio and r > best:
+            best, k = r, j
+    return k
 
 
 def shares(maps: torch.Tensor, masks: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
