@@ -244,3 +244,46 @@ def test_spray_isolates_and_flags_a_planted_shortcut():
     recall = marked[best.members].sum() / marked.sum()
     assert purity >= 0.9 and recall >= 0.8, (purity, recall, res.k)
     assert res.flagged == [best.index]
+
+
+def test_a_run_scores_confounder_relevance_and_writes_its_spray_analysis(bench, tmp_path):
+    from xaiscope.commands.run_job import run
+    from xaiscope.run.config import parse_config
+    from xaiscope.run.store import RunStore
+
+    cfg = parse_config(
+        {
+            "out": str(tmp_path / "run"),
+            "data": {"path": str(bench / "train")},
+            "models": [{"name": "m", "spec": "small_cnn"}],
+            "methods": ["input"],
+            "metrics": ["localisation"],
+            "analyses": {"ranking": None, "sensitivity": None, "spray": {"classes": ["1_irregular"], "k": 2}},
+        }
+    )
+    root = run(cfg)
+    res = RunStore(root).results()
+    conf = res[res.metric == "confounder_relevance"].set_index("image_id")["value"]
+    assert len(conf) == 24 and conf.notna().sum() == 6  # half of class 1 carries the marker
+    assert (conf.dropna() > 0).all()
+    summary = json.loads((root / "analyses" / "spray" / "summary.json").read_text())
+    assert list(summary["per_class"]) == ["1_irregular"] and summary["per_class"]["1_irregular"]["k"] == 2
+    assert (root / "analyses" / "spray" / "clusters_1_irregular.csv").is_file()
+
+
+def test_a_run_naming_confounder_relevance_on_data_without_the_mask_is_refused(tmp_path):
+    from xaiscope.run.config import parse_config
+    from xaiscope.run.context import RunContext
+
+    x = np.random.default_rng(0).random((4, 1, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 0, 1]), masks=np.ones((4, 16, 16), bool))
+    cfg = parse_config(
+        {
+            "data": {"path": str(tmp_path / "d.npz")},
+            "models": [{"name": "m", "spec": "small_cnn"}],
+            "methods": ["input"],
+            "metrics": ["confounder_relevance"],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"^metrics: Metric confounder_relevance reads the extra mask 'confounder'"):
+        RunContext(cfg)

@@ -219,7 +219,7 @@ def run_spray(
     model: str,
     data: Path,
     out: Path,
-    klass: str | int | None = None,
+    klass: str | int | list | None = None,
     method: str | None = None,
     weights: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
@@ -250,12 +250,17 @@ def run_spray(
     net, ds, dev = open_inputs(
         model, data, weights=weights, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
     )
-    labels = [resolve_class(klass, list(ds.classes))] if klass is not None else list(range(len(ds.classes)))
-    if klass is not None and int((ds.y == labels[0]).sum()) < MIN_IMAGES:
-        raise DataError(
-            f"Class {ds.classes[labels[0]]!r} has {int((ds.y == labels[0]).sum())} images in {ds.source}; "
-            f"SpRAy needs at least {MIN_IMAGES}."
-        )
+    if klass is None:
+        labels = list(range(len(ds.classes)))
+    else:
+        asked = klass if isinstance(klass, (list, tuple)) else [klass]
+        labels = list(dict.fromkeys(resolve_class(c, list(ds.classes)) for c in asked))
+        for label in labels:
+            n = int((ds.y == label).sum())
+            if n < MIN_IMAGES:
+                raise DataError(
+                    f"Class {ds.classes[label]!r} has {n} images in {ds.source}; SpRAy needs at least {MIN_IMAGES}."
+                )
     method = method or default_method(net)
     if params and method not in params:
         raise ConfigError(f"--param names method {next(iter(params))!r}, but the method is {method!r}.")

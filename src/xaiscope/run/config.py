@@ -130,12 +130,29 @@ class SISConfig(_Strict):
     data: Optional[str] = None
 
 
+class SprayConfig(_Strict):
+    """Spectral relevance analysis per class (as ``xaiscope spray``); model/data default to the run's first."""
+
+    method: Optional[str] = None  # None: lrp_epsilon_plus_flat where the model allows LRP, else gradcam
+    hparams: dict[str, Any] = {}
+    model: Optional[str] = None
+    data: Optional[str] = None
+    classes: Optional[list[Union[int, str]]] = None  # None: every class
+    k: Optional[int] = Field(None, ge=1)
+    grid: int = Field(32, ge=1)
+    signed: bool = False
+    neighbors: Optional[int] = Field(None, ge=1)
+    embedding: Literal["tsne", "umap", "none"] = "tsne"
+    confounders: list[str] = ["confounder"]
+
+
 class AnalysesConfig(_Strict):
     ranking: Optional[RankingConfig] = RankingConfig()
     sensitivity: Optional[SensitivityConfig] = SensitivityConfig()
     global_maps: Optional[GlobalConfig] = Field(None, alias="global")
     variability: Optional[VariabilityConfig] = None
     sis: Optional[SISConfig] = None
+    spray: Optional[SprayConfig] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
