@@ -269,6 +269,10 @@ def test_a_run_scores_confounder_relevance_and_writes_its_spray_analysis(bench, 
     summary = json.loads((root / "analyses" / "spray" / "summary.json").read_text())
     assert list(summary["per_class"]) == ["1_irregular"] and summary["per_class"]["1_irregular"]["k"] == 2
     assert (root / "analyses" / "spray" / "clusters_1_irregular.csv").is_file()
+    from xaiscope.report.html import write_report
+
+    html = write_report(root).read_text()
+    assert 'id="spray"' in html and "clusters_1_irregular.csv" in html
 
 
 def test_a_run_naming_confounder_relevance_on_data_without_the_mask_is_refused(tmp_path):
