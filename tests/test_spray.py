@@ -246,6 +246,7 @@ def test_spray_isolates_and_flags_a_planted_shortcut():
     assert res.flagged == [best.index]
 
 
+@pytest.mark.slow
 def test_a_run_scores_confounder_relevance_and_writes_its_spray_analysis(bench, tmp_path):
     from xaiscope.commands.run_job import run
     from xaiscope.run.config import parse_config
@@ -257,7 +258,7 @@ def test_a_run_scores_confounder_relevance_and_writes_its_spray_analysis(bench, 
             "data": {"path": str(bench / "train")},
             "models": [{"name": "m", "spec": "small_cnn"}],
             "methods": ["input"],
-            "metrics": ["localisation"],
+            "metrics": ["confounder_relevance", "relevance_mass_accuracy"],
             "analyses": {"ranking": None, "sensitivity": None, "spray": {"classes": ["1_irregular"], "k": 2}},
         }
     )
