@@ -6,19 +6,22 @@ Recipe:
    retina background, shape rule) with ``--rate`` (default 0.5) of the class-1 images
    carrying the corner marker; the same images without any marker come from the same
    seed with a vanishing marker rate (the generator draws everything else identically).
-2. ``small_cnn`` trained on the marked images (Adam, ``--epochs`` 15, lr 3e-3, batch 64,
-   seed 0): the "confounded" model. A second one trained on the unmarked images: the
-   "clean" model.
+2. ``small_cnn`` trained on the marked images with the ``xaiscope train`` recipe (images
+   normalised by the training set's mean and SD, Adam, ``--epochs`` 15, lr 3e-3, batch 32,
+   cosine schedule, seed 0): the "confounded" model. A second one trained the same way on
+   the unmarked images: the "clean" model. Test images are normalised with the model's
+   training statistics.
 3. Test accuracy of each model on three versions of the test images: as generated
    (markers on class 1), without markers, and with the marker moved to class 0 (painted
    on every class-0 image at a random place in the corner zone, none on class 1). The
    drop from "as generated" to "moved" measures how much the model relies on the marker.
-4. SpRAy (``lrp_epsilon_plus_flat``, grid 32, default neighbours and eigengap rule) on the
-   class-1 test images as generated, for each model: ``k``, the cluster holding most
-   marked images, its purity (share of its members that are marked) and recall (share of
-   the marked images it holds), the flagged clusters and the time.
+4. SpRAy (``lrp_epsilon_plus_flat``, default neighbours and eigengap rule, each grid of
+   ``--grids``, default 32) on the class-1 test images as generated, for each model:
+   ``k``, the cluster holding most marked images, its purity (share of its members that
+   are marked) and recall (share of the marked images it holds), the flagged clusters,
+   the purity and recall of all flagged clusters together, and the time.
 
-    python benchmarks/bench_spray.py [--n-train 2000] [--n-test 500] [--epochs 15] [--rate 0.5] [--threads 2]
+    python benchmarks/bench_spray.py [--n-train 2000] [--n-test 500] [--epochs 15] [--rate 0.5] [--grids 32,16] [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,7 +49,13 @@ def _moved(ds, rng: np.random.Generator):
     return out
 
 
-def _spray(net, ds, label: int):
+def _normalised(ds, stats):
+    from xaiscope.data import normalise_dataset
+
+    return normalise_dataset(ds.subset(range(len(ds))), stats)
+
+
+def _spray(net, ds, label: int, grid: int):
     from xaiscope import explain
     from xaiscope.analyses.spray import spray
 
@@ -56,9 +65,10 @@ def _spray(net, ds, label: int):
     a = explain.get("lrp_epsilon_plus_flat", batch_size=128)(net, ds.x[idx], ds.y[idx])
     t1 = time.perf_counter()
     masks = {"mask": ds.masks[idx], "confounder": ds.extra_masks["confounder"][idx]}
-    res = spray(a, masks=masks, seed=0)
+    res = spray(a, masks=masks, grid=grid, seed=0)
     t2 = time.perf_counter()
     best = max(res.clusters, key=lambda c: marked[c.members].sum())
+    flagged = np.concatenate([c.members for c in res.clusters if c.flag] or [np.zeros(0, dtype=int)])
     return {
         "n": int(idx.numel()),
         "marked": int(marked.sum()),
@@ -69,6 +79,8 @@ def _spray(net, ds, label: int):
         "purity": float(marked[best.members].mean()),
         "recall": float(marked[best.members].sum() / max(1, marked.sum())),
         "flagged": res.flagged,
+        "flagged_purity": float(marked[flagged].mean()) if flagged.size else float("nan"),
+        "flagged_recall": float(marked[flagged].sum() / max(1, marked.sum())),
         "shares": [(round(c.shares["confounder"], 3), round(c.shares["mask"], 3)) for c in res.clusters],
         "explain_s": t1 - t0,
         "spray_s": t2 - t1,
@@ -83,6 +95,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--rate", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--grids", default="32", help="comma-separated SpRAy grid sides")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,25 +114,32 @@ def main() -> None:
         f"marked: {int(tr.extra_masks['confounder'].flatten(1).any(1).sum())} train, "
         f"{int(te.extra_masks['confounder'].flatten(1).any(1).sum())} test (class 1 only)"
     )
-    for name, data in (("confounded", tr), ("clean", tr_clean)):
+    for name, raw in (("confounded", tr), ("clean", tr_clean)):
+        data = _normalised(raw, "dataset")
+        stats = (data.mean, data.std)
+        tests = {
+            k: _normalised(d, stats) for k, d in (("as generated", te), ("no marker", te_clean), ("moved", te_moved))
+        }
         net = init_model("small_cnn", seed=args.seed, in_channels=1, num_classes=2)
-        t0 = time.perf_counter()
-        r = train(net, data, epochs=args.epochs, lr=3e-3, batch_size=64, seed=args.seed, progress=False)
-        t_train = time.perf_counter() - t0
-        acc = {k: accuracy(net, d) for k, d in (("as generated", te), ("no marker", te_clean), ("moved", te_moved))}
-        print(f"\n== model trained on {name} images ({t_train:.1f} s, train accuracy {r.train_acc:.3f})")
+        r = train(
+            net, data, epochs=args.epochs, lr=3e-3, batch_size=32, schedule="cosine", seed=args.seed, progress=False
+        )
+        acc = {k: accuracy(net, d) for k, d in tests.items()}
+        print(f"\n== model trained on {name} images ({r.seconds:.1f} s, train accuracy {r.train_acc:.3f})")
         print("test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         print(f"accuracy drop when the marker moves to class 0: {acc['as generated'] - acc['moved']:.3f}")
-        s = _spray(net, te, 1)
-        print(
-            f"SpRAy on class 1 ({s['n']} images, {s['marked']} marked): k = {s['k']} "
-            f"(eigenvalues {s['eigenvalues']}), sizes {s['sizes']}"
-        )
-        print(
-            f"cluster {s['best']} holds most marked images: purity {s['purity']:.3f}, recall {s['recall']:.3f}; "
-            f"flagged: {s['flagged'] or 'none'}; (confounder, lesion) shares {s['shares']}"
-        )
-        print(f"time: explain {s['explain_s']:.1f} s, SpRAy {s['spray_s']:.1f} s")
+        for grid in [int(g) for g in args.grids.split(",") if g]:
+            s = _spray(net, tests["as generated"], 1, grid)
+            print(
+                f"SpRAy grid {grid} on class 1 ({s['n']} images, {s['marked']} marked): k = {s['k']} "
+                f"(eigenvalues {s['eigenvalues']}), sizes {s['sizes']}"
+            )
+            print(
+                f"  cluster {s['best']} holds most marked images: purity {s['purity']:.3f}, recall {s['recall']:.3f}; "
+                f"flagged: {s['flagged'] or 'none'} (together: purity {s['flagged_purity']:.3f}, "
+                f"recall {s['flagged_recall']:.3f}); (confounder, lesion) shares {s['shares']}"
+            )
+            print(f"  time: explain {s['explain_s']:.1f} s, SpRAy {s['spray_s']:.1f} s")
 
 
 if __name__ == "__main__":
