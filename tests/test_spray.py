@@ -292,3 +292,22 @@ def test_a_run_naming_confounder_relevance_on_data_without_the_mask_is_refused(t
     )
     with pytest.raises(ConfigError, match=r"^metrics: Metric confounder_relevance reads the extra mask 'confounder'"):
         RunContext(cfg)
+
+
+def test_graph_and_spectrum_match_corelay():
+    """Oracle: CoRelAy (the SpRAy authors' pipeline) builds the same symmetrised kNN graph and,
+    through its symmetric normalised affinity, the same Laplacian spectrum."""
+    affinity_mod = pytest.importorskip("corelay.processor.affinity")
+    laplacian_mod = pytest.importorskip("corelay.processor.laplacian")
+    from scipy.spatial.distance import cdist
+
+    from xaiscope.analyses.spray import affinity, laplacian_eigenvalues
+
+    maps, _ = two_patterns(50, noise=3.0, seed=1)
+    v = features(maps, grid=16).flatten(1).numpy()
+    ours = affinity(v, 7)
+    theirs = affinity_mod.SparseKNN(n_neighbors=7, symmetric=True).function(cdist(v, v))
+    np.testing.assert_allclose(ours.toarray(), theirs.toarray())
+    normal = laplacian_mod.SymmetricNormalLaplacian().function(theirs)  # D^-1/2 A D^-1/2
+    want = np.sort(1.0 - np.linalg.eigvalsh(np.asarray(normal.todense())))[:10]
+    np.testing.assert_allclose(laplacian_eigenvalues(ours, 10), want, atol=1e-10)
