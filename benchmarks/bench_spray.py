@@ -13,8 +13,10 @@ Recipe:
    training statistics.
 3. Test accuracy of each model on three versions of the test images: as generated
    (markers on class 1), without markers, and with the marker moved to class 0 (painted
-   on every class-0 image at a random place in the corner zone, none on class 1). The
-   drop from "as generated" to "moved" measures how much the model relies on the marker.
+   on every class-0 image at a random place in the corner zone, none on class 1), overall
+   and per class. The drop from "as generated" to "moved" measures how much the model
+   relies on the marker; the clean model's drop on marked class-0 images shows how much of
+   it comes from the marker merely looking like a lesion to a model that never saw it.
 4. SpRAy (``lrp_epsilon_plus_flat``, default neighbours and eigengap rule, each grid of
    ``--grids``, default 32) on the class-1 test images as generated, for each model:
    ``k``, the cluster holding most marked images, its purity (share of its members that
@@ -47,6 +49,12 @@ def _moved(ds, rng: np.random.Generator):
     out = ds.subset(range(len(ds)))
     out.x = x
     return out
+
+
+def s_marked_share(ds) -> float:
+    """Share of the class-1 images of ``ds`` that carry the marker."""
+    ones = ds.y == 1
+    return float(ds.extra_masks["confounder"][ones].flatten(1).any(1).float().mean())
 
 
 def _normalised(ds, stats):
@@ -125,8 +133,16 @@ def main() -> None:
             net, data, epochs=args.epochs, lr=3e-3, batch_size=32, schedule="cosine", seed=args.seed, progress=False
         )
         acc = {k: accuracy(net, d) for k, d in tests.items()}
+        per_class = {
+            k: [accuracy(net, d.subset((d.y == c).nonzero().flatten())) for c in (0, 1)] for k, d in tests.items()
+        }
         print(f"\n== model trained on {name} images ({r.seconds:.1f} s, train accuracy {r.train_acc:.3f})")
         print("test accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        print(
+            "per class (0, 1): "
+            + ", ".join(f"{k} ({v[0]:.3f}, {v[1]:.3f})" for k, v in per_class.items())
+            + f"; class-1 images marked in the test set: {s_marked_share(te):.2f}"
+        )
         print(f"accuracy drop when the marker moves to class 0: {acc['as generated'] - acc['moved']:.3f}")
         for grid in [int(g) for g in args.grids.split(",") if g]:
             s = _spray(net, tests["as generated"], 1, grid)
