@@ -73,6 +73,16 @@ def test_features_are_pooled_absolute_and_sum_to_one():
     assert features(m, grid=2, signed=True)[0, 0, 0] == -1.0
 
 
+def test_sparse_and_dense_eigenvalues_agree(monkeypatch):
+    from xaiscope.analyses import spray as sp
+
+    maps, _ = two_patterns(120, noise=3.0)
+    a = sp.affinity(features(maps, grid=8).flatten(1).numpy(), 10)
+    dense = sp.laplacian_eigenvalues(a, 6)
+    monkeypatch.setattr(sp, "DENSE_LIMIT", 10)
+    np.testing.assert_allclose(sp.laplacian_eigenvalues(a, 6), dense, atol=1e-8)
+
+
 def test_eigengap_rule_closed_form():
     assert eigengap_k([0.0, 0.0, 0.0, 0.6, 0.62, 0.65]) == 3  # three disconnected groups
     assert eigengap_k([0.0, 0.01, 0.02, 0.6, 0.62, 0.65]) == 3

@@ -89,6 +89,7 @@ GAP_RATIO = 3.0
 FLAG_SHARE = 0.2
 EMBEDDINGS = ("tsne", "umap", "none")
 SHORTCUT = "shortcut"
+DENSE_LIMIT = 3000  # graphs of up to this many images get a dense eigen-decomposition
 
 
 @dataclass
@@ -197,7 +198,7 @@ def laplacian_eigenvalues(a, count: int) -> np.ndarray:
     n = a.shape[0]
     count = int(min(count, n))
     lap = laplacian(a.astype(np.float64), normed=True)
-    if n <= 3000 or count >= n - 1:
+    if n <= DENSE_LIMIT or count >= n - 1:
         ev = np.linalg.eigvalsh(lap.toarray())[:count]
     else:  # largest eigenvalues of 2I - L are the smallest of L
         from scipy.sparse import identity
