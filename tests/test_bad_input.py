@@ -655,7 +655,7 @@ def test_debug_reraises_in_process(ws, capsys):
 @pytest.mark.parametrize(
     "command, stage",
     [
-        (EVALUATE, "xaiscope.commands.evaluate_job.open_inputs"),
+        (EVALUATE, "xaiscope.commands.evaluate_job.open_model_and_images"),
         (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"], "xaiscope.commands.train_job.read_pair"),
     ],
 )

@@ -116,6 +116,24 @@ def parse_target(target: str) -> str | int:
         raise ConfigError(f"--target must be 'true', 'pred' or a class index, got {target!r}.") from None
 
 
+def model_and_images(options: dict[str, Any]):
+    """The model and images a per-image command is pointed at, from its parsed options
+    (``--model``, ``--data``, ``--weights``, ``--batch-size``, ``--device``, ``--target``,
+    ``--trust-model``, ``--seed``)."""
+    from xaiscope.run.inputs import ModelAndImages
+
+    return ModelAndImages(
+        model=options["model"],
+        data=options["data"],
+        weights=options["weights"],
+        batch_size=parse_batch_size(options["batch_size"]),
+        device=options["device"],
+        target=parse_target(options["target"]),
+        trust_model=options["trust_model"],
+        seed=options["seed"],
+    )
+
+
 @app.command()
 def methods() -> None:
     """List the attribution methods with their hyperparameters and pass counts."""
@@ -159,18 +177,11 @@ def explain_cmd(
     from xaiscope.commands.explain_job import run_explain
 
     written = run_explain(
-        model=model,
-        data=data,
+        model_and_images(locals()),
         methods=parse_list(methods),
         out=out,
-        weights=weights,
         params=parse_params(param),
-        batch_size=parse_batch_size(batch_size),
-        device=device,
-        target=parse_target(target),
         overlays=overlays,
-        trust_model=trust_model,
-        seed=seed,
         console=console,
     )
     for p in written:
@@ -577,18 +588,11 @@ def evaluate_cmd(
     from xaiscope.commands.evaluate_job import run_evaluate
 
     path, n = run_evaluate(
-        model=model,
-        data=data,
+        model_and_images(locals()),
         methods=parse_list(methods),
         metrics=parse_list(metrics),
         out=out,
-        weights=weights,
         params=parse_params(param),
-        batch_size=parse_batch_size(batch_size),
-        device=device,
-        target=parse_target(target),
-        trust_model=trust_model,
-        seed=seed,
         console=console,
     )
     console.print(f"wrote {path} ({n} rows)")

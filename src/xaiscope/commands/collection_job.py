@@ -158,10 +158,9 @@ def run_collection(
     ``refresh=True`` retrains just the stale models, ``force=True`` every requested one.
     Models of a changed collection that are not requested again are dropped.
     """
-    from xaiscope.commands.train_job import read_pair
+    from xaiscope.commands.train_job import read_pair, train_and_save
     from xaiscope.data.hashing import short
     from xaiscope.errors import StaleResultsError
-    from xaiscope.models.train import init_model, save, train
     from xaiscope.run.fingerprints import plural, stale_sentence
     from xaiscope.run.inputs import resolve_device
 
@@ -260,40 +259,19 @@ def run_collection(
             if console is not None:
                 console.print(f"seed {seed}: kept {path.name}")
         else:
-            model = init_model(arch, seed=seed, **arch_kwargs)
-            res = train(
-                model,
+            res = train_and_save(
+                arch,
+                arch_kwargs,
                 train_ds,
-                test=test_ds,
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
-                weight_decay=weight_decay,
-                device=dev,
-                augment=augment,
-                schedule=schedule,
-                progress=progress,
-            )
-            extra = {
-                "train_acc": res.train_acc,
-                "test_acc": res.test_acc,
-                "seconds": round(res.seconds, 3),
-                "history": res.history,
-                "settings": res.settings,
-                "collection": str(out),
-            }
-            net = res.model.cpu()
-            save(
-                net,
+                test_ds,
                 path,
-                arch=arch,
-                arch_kwargs=arch_kwargs,
-                classes=train_ds.classes,
-                input_size=list(train_ds.shape),
-                normalisation={"mean": train_ds.mean, "std": train_ds.std},
-                extra=extra,
+                seed=seed,
+                extra={"collection": str(out)},
+                device=dev,
+                progress=progress,
+                **{k: v for k, v in training.items() if k not in ("optimizer", "loss")},  # recorded, fixed
             )
+            net = res.model
             entry = {
                 "seed": seed,
                 "file": path.name,

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from xaiscope import evaluate, explain
-from xaiscope.commands.explain_job import choose_targets
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import ensure_dir, write_parquet
-from xaiscope.run.inputs import build_explainers, open_inputs, provisional_batch_size, settle_batch_size
+from xaiscope.run.inputs import ModelAndImages, build_explainers, open_model_and_images, provisional_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -33,24 +32,17 @@ def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_siz
 
 
 def run_evaluate(
+    what: ModelAndImages,
     *,
-    model: str,
-    data: Path,
     methods: list[str],
     metrics: list[str],
     out: Path,
-    weights: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
-    batch_size: int | str = 64,
-    device: str = "cpu",
-    target: str | int = "true",
-    trust_model: bool = False,
-    seed: int = 0,
     console=None,
 ) -> tuple[Path, int]:
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows).
 
-    ``seed`` fixes the random initial weights of a zoo, torchvision or factory spec
+    ``what.seed`` fixes the random initial weights of a zoo, torchvision or factory spec
     (:func:`~xaiscope.run.inputs.model_seed`)."""
     import pandas as pd
     from rich.progress import Progress
@@ -63,20 +55,19 @@ def run_evaluate(
     unknown = [k for k in params if k not in methods and k not in metrics]
     if unknown:
         raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
-    mets = build_metrics(metrics, params, provisional_batch_size(batch_size))
-    explainers = build_explainers(methods, params, batch_size)
+    mets = build_metrics(metrics, params, provisional_batch_size(what.batch_size))
+    explainers = build_explainers(methods, params, what.batch_size)
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
-    net, ds, dev = open_inputs(model, data, weights=weights, device=device, trust_model=trust_model, seed=seed)
-    batch_size, objs = settle_batch_size(batch_size, net, ds, dev, explainers + mets, params)
+    net, ds, dev, batch_size, objs, t = open_model_and_images(what, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
     kept, left_out = evaluate.select(requested, masks=ds.masks is not None, extra_masks=set(ds.extra_masks))
     mets = [m for m in mets if m.name in kept]
     if left_out and console is not None:
-        what = "no masks" if ds.masks is None else "not every extra mask"
+        lacking = "no masks" if ds.masks is None else "not every extra mask"
         console.print(
-            f"{ds.source} has {what}: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
+            f"{ds.source} has {lacking}: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
         )
     if not mets:
         raise MetricError(f"Every metric asked for needs masks, but the data in {ds.source} has none.")
@@ -87,9 +78,7 @@ def run_evaluate(
         )
     for m in mets:
         evaluate.mask_for(m, ds.masks, ds.extra_masks, f"the data in {ds.source}")
-    x, y = ds.x.to(dev), ds.y.to(dev)
-    n_out = net(x[:1]).shape[1]
-    t = choose_targets(net, x, y, target, batch_size, n_out)
+    x = ds.x.to(dev)
     extra_masks = {k: v.to(dev) for k, v in ds.extra_masks.items()}
     mask = ds.masks.to(dev) if ds.masks is not None else None
     rows = []

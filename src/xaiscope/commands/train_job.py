@@ -63,7 +63,6 @@ def run_train(
     console=None,
 ):
     """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""
-    from xaiscope.models.train import init_model, save, train
     from xaiscope.run.inputs import resolve_device
 
     out = Path(out)
@@ -77,42 +76,57 @@ def run_train(
     dev = resolve_device(device)
     train_ds, test_ds = read_pair(data, test)
     kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
-    model = init_model(arch, seed=seed, **kwargs)
-    res = train(
-        model,
+    res = train_and_save(
+        arch,
+        kwargs,
         train_ds,
-        test=test_ds,
+        test_ds,
+        out,
+        seed=seed,
+        extra={"data": str(train_ds.source), "test_data": None if test_ds is None else str(test_ds.source)},
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
-        seed=seed,
         weight_decay=weight_decay,
         device=dev,
         augment=augment,
         progress=progress,
         schedule=schedule,
     )
-    extra = {
+    if console is not None:
+        test_txt = "" if res.test_acc is None else f", test accuracy {res.test_acc:.4f} ({len(test_ds)} images)"
+        console.print(f"train accuracy {res.train_acc:.4f} ({len(train_ds)} images){test_txt}; {res.seconds:.1f} s")
+        console.print(f"wrote {out} and {out.with_suffix('.json')}")
+    return res
+
+
+def train_and_save(
+    arch: str, arch_kwargs: dict, train_ds, test_ds, path, *, seed: int, extra: dict | None = None, **options
+):
+    """Initialise ``arch`` under ``seed``, train it on ``train_ds`` (``options`` are
+    :func:`xaiscope.models.train.train`'s), and write its weights and sidecar to ``path``
+    (accuracies, time, history and settings under ``extra``, with the caller's ``extra``).
+    Returns the training result, its model on the CPU."""
+    from xaiscope.models.train import init_model, save, train
+
+    res = train(init_model(arch, seed=seed, **arch_kwargs), train_ds, test=test_ds, seed=seed, **options)
+    res.model = res.model.cpu()
+    record = {
         "train_acc": res.train_acc,
         "test_acc": res.test_acc,
         "seconds": round(res.seconds, 3),
         "history": res.history,
         "settings": res.settings,
-        "data": str(train_ds.source),
-        "test_data": None if test_ds is None else str(test_ds.source),
+        **(extra or {}),
     }
     save(
         res.model,
-        out,
+        path,
         arch=arch,
-        arch_kwargs=kwargs,
+        arch_kwargs=arch_kwargs,
         classes=train_ds.classes,
         input_size=list(train_ds.shape),
         normalisation={"mean": train_ds.mean, "std": train_ds.std},
-        extra=extra,
+        extra=record,
     )
-    if console is not None:
-        test_txt = "" if res.test_acc is None else f", test accuracy {res.test_acc:.4f} ({len(test_ds)} images)"
-        console.print(f"train accuracy {res.train_acc:.4f} ({len(train_ds)} images){test_txt}; {res.seconds:.1f} s")
-        console.print(f"wrote {out} and {out.with_suffix('.json')}")
     return res

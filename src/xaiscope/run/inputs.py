@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from xaiscope import data as xdata
 from xaiscope import explain, models
 from xaiscope.data.hashing import derive_seed
-from xaiscope.errors import DataError, ModelError
+from xaiscope.errors import ConfigError, DataError, ModelError
 
 
 def resolve_device(device: str) -> torch.device:
@@ -141,3 +142,55 @@ def settle_batch_size(
         else o
         for o in objs
     ]
+
+
+@dataclass(frozen=True)
+class ModelAndImages:
+    """What a per-image command (``explain``, ``evaluate``) is pointed at: a model spec and
+    its weights, the images, the device and images per call, which class to explain
+    (``"true"``, ``"pred"`` or a class index) and the seed of random initial weights."""
+
+    model: str
+    data: Path
+    weights: str | None = None
+    batch_size: int | str = 64
+    device: str = "cpu"
+    target: str | int = "true"
+    trust_model: bool = False
+    seed: int = 0
+
+
+class Opened(NamedTuple):
+    """The opened inputs of :class:`ModelAndImages`: the model on ``device``, the dataset,
+    the settled images per call, the explainers or metrics rebuilt with it, and the
+    class explained per image (on ``device``)."""
+
+    model: torch.nn.Module
+    dataset: xdata.Dataset
+    device: torch.device
+    batch_size: int
+    objects: list
+    targets: torch.Tensor
+
+
+def open_model_and_images(what: ModelAndImages, objects: list, params: dict[str, dict[str, Any]]) -> Opened:
+    """Open the model and images of ``what``, settle ``"auto"`` images per call for
+    ``objects`` (see :func:`settle_batch_size`) and choose each image's target class."""
+    net, ds, dev = open_inputs(
+        what.model, what.data, weights=what.weights, device=what.device, trust_model=what.trust_model, seed=what.seed
+    )
+    batch_size, objects = settle_batch_size(what.batch_size, net, ds, dev, objects, params)
+    targets = choose_targets(net, ds.x.to(dev), ds.y.to(dev), what.target, batch_size)
+    return Opened(net, ds, dev, batch_size, objects, targets)
+
+
+def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int) -> torch.Tensor:
+    """Targets: the true labels, the predicted labels, or one fixed class."""
+    if target == "true":
+        return y
+    if target == "pred":
+        return models.forward(model, x, batch_size=batch_size).argmax(dim=1)
+    k, n_out = int(target), model(x[:1]).shape[1]
+    if not 0 <= k < n_out:
+        raise ConfigError(f"--target {k} is not a class of the model (it has {n_out} outputs).")
+    return torch.full_like(y, k)
