@@ -321,3 +321,26 @@ def test_graph_and_spectrum_match_corelay():
     normal = laplacian_mod.SymmetricNormalLaplacian().function(theirs)  # D^-1/2 A D^-1/2
     want = np.sort(1.0 - np.linalg.eigvalsh(np.asarray(normal.todense())))[:10]
     np.testing.assert_allclose(laplacian_eigenvalues(ours, 10), want, atol=1e-10)
+
+
+def test_evaluate_scores_confounder_relevance_and_refuses_data_without_the_mask(bench, tmp_path, capsys):
+    out = tmp_path / "res.parquet"
+    base = ["evaluate", "--model", "small_cnn", "--methods", "input", "--out", out]
+    r = run_cli(capsys, *base, "--data", bench / "train", "--metrics", "confounder_relevance,relevance_mass_accuracy")
+    assert r.code == 0, r.err
+    df = pd.read_parquet(out)
+    conf = df[df.metric == "confounder_relevance"]
+    assert len(conf) == 24 and conf["value"].notna().sum() == 6 and (conf["value"].dropna() > 0).all()
+    r = run_cli(
+        capsys,
+        *base,
+        "--data",
+        bench / "train",
+        "--metrics",
+        "confounder_relevance",
+        "-p",
+        "confounder_relevance.mask=ruler",
+    )
+    assert_user_error(
+        r, r"Metric confounder_relevance reads the extra mask 'ruler', but the data in .* has no such mask"
+    )
