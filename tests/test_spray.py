@@ -344,3 +344,40 @@ def test_evaluate_scores_confounder_relevance_and_refuses_data_without_the_mask(
     assert_user_error(
         r, r"Metric confounder_relevance reads the extra mask 'ruler', but the data in .* has no such mask"
     )
+
+
+@pytest.mark.slow
+def test_an_edited_confounder_mask_makes_confounder_relevance_stale_and_nothing_else(bench, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from xaiscope.commands.run_job import run
+    from xaiscope.errors import StaleResultsError
+    from xaiscope.run.config import parse_config
+
+    data = tmp_path / "train"
+    shutil.copytree(bench / "train", data)
+
+    def config(metric, out):
+        return parse_config(
+            {
+                "out": str(tmp_path / out),
+                "data": {"path": str(data)},
+                "models": [{"name": "m", "spec": "small_cnn"}],
+                "methods": ["input"],
+                "metrics": [metric],
+                "analyses": {"ranking": None, "sensitivity": None},
+                "report": {"examples": 0},
+            }
+        )
+
+    run(config("confounder_relevance", "conf"))
+    run(config("relevance_mass_accuracy", "rma"))
+    path = sorted((data / "confounder_masks" / "1_irregular").glob("*.png"))[0]
+    arr = np.array(Image.open(path))
+    arr[-1, -1] = 255  # one more marked pixel, far from the marker
+    Image.fromarray(arr).save(path)
+    with pytest.raises(StaleResultsError, match=r"1 mask changed"):
+        run(config("confounder_relevance", "conf"))
+    run(config("relevance_mass_accuracy", "rma"))  # a run that reads no confounder mask stays fresh

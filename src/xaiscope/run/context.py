@@ -67,7 +67,8 @@ class RunContext:
         self.targets = {name: self._targets(net) for name, net in self.models.items()}
         self.metrics = [(m.name, dict(m.hparams)) for m in metrics]
         self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
-        self.images = fingerprints.image_entries(self.dataset)
+        read = {evaluate.get(n, **h).mask_name() for n, h in self.metrics if "mask" in evaluate.get_class(n).needs}
+        self.images = fingerprints.image_entries(self.dataset, sorted(n for n in read if n is not None))
         self.normalisation = fingerprints.normalisation_of(self.dataset)
         resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
         self._settings = {
