@@ -150,8 +150,12 @@ def spray_class(
     name = ds.classes[label]
     idx = (ds.y == label).nonzero().flatten()
     x = ds.x[idx]
-    a = explainer(net, x.to(device), ds.y[idx].to(device)).detach().cpu()
-    maps = a.sum(1) if a.dim() == 4 else a
+    step = max(1, int(explainer.batch_size))
+    maps = []  # channel-summed on the way, so only [N, H, W] maps are kept (on the CPU)
+    for s in range(0, len(idx), step):
+        a = explainer(net, x[s : s + step].to(device), ds.y[idx[s : s + step]].to(device)).detach()
+        maps.append((a.sum(1) if a.dim() == 4 else a).cpu())
+    maps = torch.cat(maps)
     correct = (preds[idx] == label).numpy()
     masks = class_masks(ds, idx)
     res = spray(maps, masks=masks, correct=correct, **settings)
