@@ -111,7 +111,7 @@ def test_evaluate_all_metrics_without_masks_scores_every_other_metric(npz, capsy
         "monotonicity_correlation.nr_samples=2",  # 25,600 passes per image by default
     )
     assert r.code == 0, r.err
-    assert "left out 10 localisation metric(s)" in r.out
+    assert "left out 11 localisation metric(s)" in r.out
     df = pd.read_parquet(out)
     assert sorted(set(df.metric)) == sorted(set(evaluate.names()) - set(LOCALISATION))
     assert len(df) == 4 * (len(evaluate.names()) - len(LOCALISATION))

@@ -229,7 +229,7 @@ def test_missing_inputs_errors(data):
 
 
 def test_registry_metadata_complete():
-    assert len(evaluate.names()) == 42
+    assert len(evaluate.names()) == 43
     for row in evaluate.table():
         assert row["category"] in evaluate.CATEGORIES and row["direction"] in ("higher", "lower") and row["reference"]
 

@@ -244,6 +244,70 @@ def global_cmd(
     console.print(f"wrote {out}")
 
 
+@app.command("spray")
+@pixel_limited
+def spray_cmd(
+    model: str = MODEL,
+    data: Path = DATA,
+    out: Path = OUT_DIR,
+    klass: Optional[str] = typer.Option(
+        None, "--class", help="Class to analyse: a label index or a class name (default: every class)."
+    ),
+    method: Optional[str] = typer.Option(
+        None, help="Attribution method (default: lrp_epsilon_plus_flat when the model allows LRP, else gradcam)."
+    ),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of clusters (default: the eigengap proposal)."),
+    grid: int = typer.Option(32, min=1, help="Side of the grid the maps are average-pooled to."),
+    signed: bool = typer.Option(False, help="Cluster signed maps instead of |a|."),
+    neighbors: Optional[int] = typer.Option(
+        None, min=1, help="Neighbours per image in the affinity graph (default max(10, 2 sqrt(N)))."
+    ),
+    embedding: str = typer.Option("tsne", help="2-D embedding: tsne, umap (needs umap-learn) or none."),
+    confounder: Optional[list[str]] = typer.Option(
+        None, "--confounder", help="Extra mask name the shortcut flag treats as a confounder (default: confounder)."
+    ),
+    weights: Optional[str] = WEIGHTS,
+    param: Optional[list[str]] = PARAMS,
+    seed: int = typer.Option(
+        0, min=0, help="Seed of clustering and embedding, and of random initial weights (zoo, torchvision, factory)."
+    ),
+    batch_size: str = BATCH_SIZE,
+    device: str = DEVICE,
+    trust_model: bool = TRUST_MODEL,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+) -> None:
+    """Spectral relevance analysis (SpRAy): clusters of explanation strategies per class, shortcut flags."""
+    from xaiscope.commands.spray_job import run_spray
+
+    summary = run_spray(
+        model=model,
+        data=data,
+        out=out,
+        klass=klass,
+        method=method,
+        weights=weights,
+        params=parse_params(param),
+        k=k,
+        grid=grid,
+        signed=signed,
+        n_neighbors=neighbors,
+        embedding=embedding,
+        confounders=tuple(confounder) if confounder else ("confounder",),
+        seed=seed,
+        batch_size=parse_batch_size(batch_size),
+        device=device,
+        trust_model=trust_model,
+    )
+    for name, info in summary["per_class"].items():
+        if "skipped" in info:
+            console.print(f"{name}: skipped ({info['skipped']})")
+            continue
+        flagged = ", ".join(str(c) for c in info["flagged"]) or "none"
+        sizes = ", ".join(str(c["size"]) for c in info["clusters"])
+        console.print(f"{name}: k = {info['k']} (proposed {info['k_proposed']}), sizes {sizes}; shortcut: {flagged}")
+    console.print(f"wrote {out}")
+
+
 @app.command("sis")
 @pixel_limited
 def sis_cmd(

@@ -1,5 +1,5 @@
 """Analyses of a run, written under ``RUN/analyses/``: ranking, sensitivity, and (when
-configured) global maps + PEPPR, model-collection variability and SIS."""
+configured) global maps + PEPPR, model-collection variability, SIS and SpRAy."""
 
 from __future__ import annotations
 
@@ -237,6 +237,32 @@ def sis_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None
     )
 
 
+def spray_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    from xaiscope.commands.spray_job import run_spray
+
+    s = ctx.cfg.analyses.spray
+    spec, weights, init_seed = _first_model(ctx, s.model)
+    run_spray(
+        model=spec,
+        weights=weights,
+        data=Path(s.data or ctx.cfg.data.path),
+        klass=s.classes,
+        method=s.method,
+        params={s.method: s.hparams} if s.hparams and s.method else None,
+        k=s.k,
+        grid=s.grid,
+        signed=s.signed,
+        n_neighbors=s.neighbors,
+        embedding=s.embedding,
+        confounders=tuple(s.confounders),
+        seed=ctx.cfg.seed,
+        init_seed=init_seed,
+        batch_size=ctx.cfg.batch_size,
+        device=ctx.cfg.device,
+        out=store.analyses / "spray",
+    )
+
+
 def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:
     """Run the configured analyses; return their timings in seconds."""
     timings: dict[str, float] = {}
@@ -247,6 +273,7 @@ def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, co
         ("global", a.global_maps, global_job),
         ("variability", a.variability, variability_job),
         ("sis", a.sis, sis_job),
+        ("spray", a.spray, spray_job),
     ]
     for name, cfg, job in jobs:
         if cfg is None:

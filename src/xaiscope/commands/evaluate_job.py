@@ -62,21 +62,24 @@ def run_evaluate(
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
     net, ds, dev, batch_size, objs, t = open_model_and_images(what, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
-    if ds.masks is None:
-        kept, left_out = evaluate.select(requested, masks=False)
-        mets = [m for m in mets if m.name in kept]
-        if left_out and console is not None:
-            console.print(
-                f"{ds.source} has no masks: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
-            )
-        if not mets:
-            raise MetricError(f"Every metric asked for needs masks, but the data in {ds.source} has none.")
-    needs_mask = [m.name for m in mets if "mask" in m.needs]
+    kept, left_out = evaluate.select(requested, masks=ds.masks is not None, extra_masks=set(ds.extra_masks))
+    mets = [m for m in mets if m.name in kept]
+    if left_out and console is not None:
+        lacking = "no masks" if ds.masks is None else "not every extra mask"
+        console.print(
+            f"{ds.source} has {lacking}: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
+        )
+    if not mets:
+        raise MetricError(f"Every metric asked for needs masks, but the data in {ds.source} has none.")
+    needs_mask = [m.name for m in mets if "mask" in m.needs and m.mask_name() is None]
     if needs_mask and ds.masks is None:
         raise MetricError(
             f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none."
         )
+    for m in mets:
+        evaluate.mask_for(m, ds.masks, ds.extra_masks, f"the data in {ds.source}")
     x = ds.x.to(dev)
+    extra_masks = {k: v.to(dev) for k, v in ds.extra_masks.items()}
     mask = ds.masks.to(dev) if ds.masks is not None else None
     rows = []
     with Progress(console=console, transient=True) as progress:
@@ -87,7 +90,8 @@ def run_evaluate(
             progress.advance(task)
             for m in mets:
                 progress.update(task, description=f"{ex.name}: {m.name}")
-                scores = m(net, x, t, a, mask=mask, explainer=ex).cpu().tolist()
+                mm = evaluate.mask_for(m, mask, extra_masks)
+                scores = m(net, x, t, a, mask=mm, explainer=ex).cpu().tolist()
                 settings = json.dumps({"method": ex.hparams, "metric": m.hparams}, sort_keys=True, default=str)
                 for i, v in enumerate(scores):
                     rows.append(

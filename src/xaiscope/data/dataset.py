@@ -112,12 +112,23 @@ class Dataset:
             self.pixel_hashes = [array_hash(x[i]) for i in range(len(x))]
         return self.pixel_hashes
 
-    def mask_hashes(self) -> list[str | None]:
-        """Per image, a hash of its expert mask (None without masks)."""
+    def mask_hashes(self, extra: Sequence[str] = ()) -> list[str | None]:
+        """Per image, a hash of its expert mask (None without masks); with ``extra`` (names of
+        extra masks) a hash of the expert mask's hash and those extra masks."""
         if self.masks is None:
-            return [None] * len(self)
-        m = self.masks.detach().cpu().contiguous().numpy()
-        return [array_hash(m[i]) for i in range(len(m))]
+            out: list[str | None] = [None] * len(self)
+        else:
+            m = self.masks.detach().cpu().contiguous().numpy()
+            out = [array_hash(m[i]) for i in range(len(m))]
+        names = [n for n in sorted(set(extra)) if n in self.extra_masks]
+        if not names:
+            return out
+        arrays = {n: self.extra_masks[n].detach().cpu().contiguous().numpy() for n in names}
+        h = hashlib.sha256
+        return [
+            h(repr([out[i], [(n, array_hash(arrays[n][i])) for n in names]]).encode()).hexdigest()[:32]
+            for i in range(len(self))
+        ]
 
     def fingerprint(self) -> str:
         """SHA-256 of images, labels, ids and masks: identifies the exact data of a run."""

@@ -12,7 +12,18 @@ categories (``evaluate.groups()``) name groups: ``evaluate.select(["all"], masks
 """
 
 from xaiscope.evaluate import localisation, faithfulness, robustness, randomisation, complexity, axiomatic  # noqa: F401,I001
-from xaiscope.evaluate.base import CATEGORIES, Metric, by_group, expand, get, get_class, groups, names
+from xaiscope.evaluate.base import (
+    CATEGORIES,
+    Metric,
+    by_group,
+    expand,
+    get,
+    get_class,
+    groups,
+    has_masks_for,
+    mask_for,
+    names,
+)
 
 
 def table() -> list[dict]:
@@ -31,14 +42,28 @@ def table() -> list[dict]:
     ]
 
 
-def select(items: list[str], *, masks: bool) -> tuple[list[str], list[str]]:
+def select(items: list[str], *, masks: bool, extra_masks=None) -> tuple[list[str], list[str]]:
     """``(metrics, left out)``: the names ``items`` give (names, categories, ``all``). Without
-    masks, the metrics that need them are left out where only ``all`` or a category named
+    masks (or without the extra mask a metric reads, when the names ``extra_masks`` are
+    given), the metrics that need them are left out where only ``all`` or a category named
     them; a metric named on its own stays (and its job reports the missing masks)."""
     names_ = expand(items)
     implicit = by_group(items)
-    out = [n for n in names_ if masks or n not in implicit or "mask" not in get_class(n).needs]
+    extra = None if extra_masks is None else set(extra_masks)
+    out = [n for n in names_ if n not in implicit or has_masks_for(get_class(n), masks, extra)]
     return out, [n for n in names_ if n not in out]
 
 
-__all__ = ["CATEGORIES", "Metric", "expand", "get", "get_class", "groups", "names", "select", "table"]
+__all__ = [
+    "CATEGORIES",
+    "Metric",
+    "expand",
+    "get",
+    "get_class",
+    "groups",
+    "has_masks_for",
+    "mask_for",
+    "names",
+    "select",
+    "table",
+]

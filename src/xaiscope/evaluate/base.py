@@ -73,6 +73,9 @@ class Metric:
     passes_formula: ClassVar[str] = "0"
     #: the score is computed from a whole set of images together (e.g. sufficiency)
     set_level: ClassVar[bool] = False
+    #: the setting that names the extra mask (``Dataset.extra_masks``) a metric with
+    #: ``"mask"`` in ``needs`` reads instead of the expert masks; None: the expert masks
+    mask_param: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -103,6 +106,15 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.hparams.items())})"
+
+    def mask_name(self) -> str | None:
+        """The extra mask this metric reads (its ``mask_param`` setting), or None for the expert masks."""
+        return None if self.mask_param is None else str(self.hparams[self.mask_param])
+
+    @classmethod
+    def default_mask_name(cls) -> str | None:
+        """:meth:`mask_name` with default settings."""
+        return None if cls.mask_param is None else str(cls.params[cls.mask_param].default)
 
     @property
     def batch_size(self) -> int:
@@ -180,6 +192,36 @@ class Metric:
         if self.hparams.get(abs_key, False):
             m = m.abs()
         return m
+
+
+def mask_for(metric: Metric, masks, extra_masks=None, source: str = "the data"):
+    """The masks ``metric`` reads: None when it needs none, the expert ``masks``, or the extra
+    mask it names (``extra_masks[metric.mask_name()]``); a :class:`MetricError` sentence when
+    the data has no such extra mask."""
+    if "mask" not in metric.needs:
+        return None
+    name = metric.mask_name()
+    if name is None:
+        return masks
+    extra = extra_masks or {}
+    if name not in extra:
+        have = ", ".join(sorted(extra)) or "none"
+        raise MetricError(
+            f"Metric {metric.name} reads the extra mask {name!r}, but {source} has no such mask (extra masks: {have})."
+        )
+    return extra[name]
+
+
+def has_masks_for(cls: type[Metric], masks: bool, extra: "set[str] | None") -> bool:
+    """Whether data with (``masks``) or without expert masks and the extra masks ``extra``
+    (None: not known, present exactly when ``masks`` is) has what metric class ``cls`` reads
+    with default settings."""
+    if "mask" not in cls.needs:
+        return True
+    name = cls.default_mask_name()
+    if name is None or extra is None:
+        return masks
+    return name in extra
 
 
 def normalise_max(m: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 
 from xaiscope.evaluate import stats
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, Metric, Param, register
+from xaiscope.explain.postprocess import pool
 
 NAN = float("nan")
 
@@ -202,6 +203,36 @@ class Focus(_Localisation):
         m, s, empty = self._flat(a, mask)
         p = m.clamp_min(0)
         return _nan_where((p * s).sum(-1) / (p.sum(-1) + 1e-9), empty)
+
+
+@register
+class ConfounderRelevance(_Localisation):
+    """Confounder relevance: share of the positive relevance that falls in a named extra mask
+    ``c`` (``mask``, default ``"confounder"``, e.g. the benchmark's corner marker),
+    ``sum(relu(a) c) / sum(relu(a))``; with ``abs=True`` the share of ``|a|`` instead.
+
+    The map's mass on a known spurious feature, as relevance mass accuracy measures it on the
+    expert mask (Arras et al. 2022); a Clever Hans check (Lapuschkin et al. 2019, Nature
+    Communications 10:1096). Lower is better; 0 passes; NaN for an image whose extra mask is
+    empty (no confounder to attend to) or whose map has no positive (``abs``: no non-zero)
+    relevance. The data must have the extra mask (``Dataset.extra_masks[mask]``).
+    """
+
+    name, direction = "confounder_relevance", "lower"
+    reference = "Lapuschkin et al. 2019, Nature Communications 10:1096"
+    mask_param = "mask"
+    params = {
+        "mask": Param("confounder", str, "name of the extra mask (Dataset.extra_masks)"),
+        "abs": Param(False, bool, "share of |a| instead of the positive part"),
+    }
+
+    def _score(self, model, x, y, a, mask, explainer):
+        m = (pool(a, "sum") if a.dim() == 4 else a).flatten(1).double()
+        m = m.abs() if self.hparams["abs"] else m.clamp_min(0)
+        s = mask.flatten(1)
+        total = m.sum(-1)
+        bad = (s.sum(-1) == 0) | (total <= 0)
+        return _nan_where((m * s).sum(-1) / torch.where(bad, torch.ones_like(total), total), bad)
 
 
 class _Ranking(_Localisation):

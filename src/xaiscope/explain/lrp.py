@@ -35,6 +35,36 @@ def canonizers_for(model: nn.Module) -> list:
     return []
 
 
+_LRP_LAYERS = (
+    nn.modules.conv._ConvNd,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.ReLU,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Flatten,
+    nn.Identity,
+    nn.modules.dropout._DropoutNd,
+)
+
+
+def supports_lrp(model: nn.Module) -> bool:
+    """Whether the LRP composites apply to ``model`` with conserved relevance: every layer is
+    one the composites have a rule for (convolutions, linear layers, batch norm merged by a
+    canonizer, ReLU, pooling, flatten, dropout, identity), and the model is not a DenseNet
+    (no canonizer exists for it). Models with other layers (attention, other activations)
+    are not; nor are functional operations inside ``forward`` other than a torchvision
+    ResNet's additions, which cannot be seen from the modules."""
+    from torchvision.models import DenseNet
+
+    if isinstance(model, DenseNet):
+        return False
+    leaves = [m for m in model.modules() if not list(m.children())]
+    return bool(leaves) and all(isinstance(m, _LRP_LAYERS) for m in leaves)
+
+
 class _ZennitExplainer(Explainer):
     """Shared mechanism: a Zennit composite, a Gradient attributor, logit relevance."""
 

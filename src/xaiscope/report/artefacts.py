@@ -1,4 +1,4 @@
-"""Find the outputs of the optional analyses (global maps, PEPPR, variability, SIS) in a run.
+"""Find the outputs of the optional analyses (global maps, PEPPR, variability, SIS, SpRAy) in a run.
 
 These analyses write PNG figures and small JSON / CSV / Parquet summaries under
 ``RUN/figures/`` and ``RUN/analyses/``, either as files named with the section's prefix
@@ -23,6 +23,7 @@ SECTIONS = {
     "peppr": "PEPPR: progressive erasing and restoration",
     "variability": "Explanation variability across models",
     "sis": "Sufficient input subsets (SIS)",
+    "spray": "Explanation strategies per class (SpRAy)",
 }
 TABLE_SUFFIXES = (".parquet", ".csv", ".json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

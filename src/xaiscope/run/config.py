@@ -144,12 +144,29 @@ class SISConfig(_Strict):
     data: Optional[str] = None
 
 
+class SprayConfig(_Strict):
+    """Spectral relevance analysis per class (as ``xaiscope spray``); model/data default to the run's first."""
+
+    method: Optional[str] = None  # None: lrp_epsilon_plus_flat where the model allows LRP, else gradcam
+    hparams: dict[str, Any] = {}
+    model: Optional[str] = None
+    data: Optional[str] = None
+    classes: Optional[list[Union[int, str]]] = None  # None: every class
+    k: Optional[int] = Field(None, ge=1)
+    grid: int = Field(32, ge=1)
+    signed: bool = False
+    neighbors: Optional[int] = Field(None, ge=1)
+    embedding: Literal["tsne", "umap", "none"] = "tsne"
+    confounders: list[str] = ["confounder"]
+
+
 class AnalysesConfig(_Strict):
     ranking: Optional[RankingConfig] = RankingConfig()
     sensitivity: Optional[SensitivityConfig] = SensitivityConfig()
     global_maps: Optional[GlobalConfig] = Field(None, alias="global")
     variability: Optional[VariabilityConfig] = None
     sis: Optional[SISConfig] = None
+    spray: Optional[SprayConfig] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -211,15 +228,15 @@ class RunConfig(_Strict):
 
         return _expand(self.methods, explain.expand)
 
-    def metric_entries(self, masks: bool = True) -> list[MetricConfig]:
-        """The metrics to run; without ``masks``, those that need masks and only a group named are left out."""
+    def metric_entries(self, masks: bool = True, extra_masks=None) -> list[MetricConfig]:
+        """The metrics to run; without ``masks`` (or without the extra mask a metric reads, when
+        the names ``extra_masks`` are given), those that need them and only a group named are left out."""
         from xaiscope import evaluate
 
         out = _expand(self.metrics, evaluate.expand)
-        if masks:
-            return out
+        extra = None if extra_masks is None else set(extra_masks)
         named = {m.name for m in self.metrics}
-        return [m for m in out if m.name in named or "mask" not in evaluate.get_class(m.name).needs]
+        return [m for m in out if m.name in named or evaluate.has_masks_for(evaluate.get_class(m.name), masks, extra)]
 
     def check_names(self, source: str = "config") -> None:
         """Unknown methods, metrics or hyperparameters, as ConfigError naming the place in the file."""

@@ -15,7 +15,7 @@ import torch
 
 from xaiscope import evaluate, explain, models
 from xaiscope.data.hashing import hash_json
-from xaiscope.errors import ConfigError
+from xaiscope.errors import ConfigError, XaiscopeError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
 from xaiscope.run.inputs import check_model_fits, model_seed, open_data, resolve_device
@@ -30,12 +30,18 @@ class RunContext:
         self.console = console
         self.device = resolve_device(cfg.device)
         ds = open_run_data(cfg)
-        metrics = cfg.metric_entries(masks=ds.masks is not None)
-        need_masks = [m.name for m in metrics if "mask" in evaluate.get_class(m.name).needs]
-        if need_masks and ds.masks is None:
-            raise ConfigError(
-                f"metrics: {need_masks[0]} is a localisation metric and needs masks, but {ds.source} has none."
-            )
+        metrics = cfg.metric_entries(masks=ds.masks is not None, extra_masks=set(ds.extra_masks))
+        need_masks = [m for m in metrics if "mask" in evaluate.get_class(m.name).needs]
+        for m in need_masks:
+            metric = evaluate.get(m.name, **m.hparams)
+            if metric.mask_name() is None and ds.masks is None:
+                raise ConfigError(
+                    f"metrics: {m.name} is a localisation metric and needs masks, but {ds.source} has none."
+                )
+            try:
+                evaluate.mask_for(metric, ds.masks, ds.extra_masks, ds.source)
+            except XaiscopeError as e:
+                raise ConfigError(f"metrics: {e}") from None
         self.models: dict[str, torch.nn.Module] = {}
         self.model_info: dict[str, dict[str, Any]] = {}
         for m in cfg.models:
@@ -61,7 +67,8 @@ class RunContext:
         self.targets = {name: self._targets(net) for name, net in self.models.items()}
         self.metrics = [(m.name, dict(m.hparams)) for m in metrics]
         self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
-        self.images = fingerprints.image_entries(self.dataset)
+        read = {evaluate.get(n, **h).mask_name() for n, h in self.metrics if "mask" in evaluate.get_class(n).needs}
+        self.images = fingerprints.image_entries(self.dataset, sorted(n for n in read if n is not None))
         self.normalisation = fingerprints.normalisation_of(self.dataset)
         resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
         self._settings = {
@@ -145,6 +152,7 @@ class RunContext:
             targets=self.targets[unit.model][sl].to(self.device),
             ids=ds.ids[sl],
             masks=None if ds.masks is None else ds.masks[sl].to(self.device),
+            extra_masks={k: v[sl].to(self.device) for k, v in ds.extra_masks.items()},
             metrics=self.metrics,
             batch_size=self.cfg.batch_size,
             seed=self.cfg.seed,

@@ -6,7 +6,8 @@ A work unit's *record* names its inputs::
     settings       hash of the method's and the metrics' resolved settings and the target mode
     normalisation  per-channel mean and SD applied to the images (None when not normalised)
     images         per image [id, label, pixel hash, mask hash]: pixels as decoded, before
-                   normalisation (the readers hash them while reading)
+                   normalisation (the readers hash them while reading); the mask hash
+                   covers the extra masks the run's metrics read (``confounder``)
     data           hash of ``images``
     fingerprint    hash of model, settings, normalisation and data
 
@@ -24,9 +25,11 @@ from typing import Any, Iterable
 from xaiscope.data.hashing import hash_json, short
 
 
-def image_entries(ds) -> list[list[Any]]:
-    """Per image of dataset ``ds``: ``[id, label, pixel hash, mask hash or None]``."""
-    return [[str(i), int(y), px, m] for i, y, px, m in zip(ds.ids, ds.y.tolist(), ds.image_hashes(), ds.mask_hashes())]
+def image_entries(ds, extra_masks=()) -> list[list[Any]]:
+    """Per image of dataset ``ds``: ``[id, label, pixel hash, mask hash or None]``; the mask
+    hash also covers the extra masks named in ``extra_masks`` (those the run's metrics read)."""
+    masks = ds.mask_hashes(extra_masks)
+    return [[str(i), int(y), px, m] for i, y, px, m in zip(ds.ids, ds.y.tolist(), ds.image_hashes(), masks)]
 
 
 def normalisation_of(ds) -> dict[str, list[float]] | None:

@@ -34,7 +34,19 @@ def _import_ray():
 
 
 def _run_unit(
-    model, x, y, targets, masks, ids, unit: Unit, metrics, batch_size: int, seed: int, device: str, threads: int
+    model,
+    x,
+    y,
+    targets,
+    masks,
+    ids,
+    unit: Unit,
+    metrics,
+    batch_size: int,
+    seed: int,
+    device: str,
+    threads: int,
+    extra_masks=None,
 ):
     """The body of one Ray task (a module-level function so workers can import it)."""
     torch.set_num_threads(threads)
@@ -46,6 +58,7 @@ def _run_unit(
         targets=torch.from_numpy(np.array(targets[sl])).to(dev),
         ids=list(ids[sl]),
         masks=None if masks is None else torch.from_numpy(np.array(masks[sl])).to(dev),
+        extra_masks={k: torch.from_numpy(np.array(v[sl])).to(dev) for k, v in (extra_masks or {}).items()},
         metrics=metrics,
         batch_size=batch_size,
         seed=seed,
@@ -79,6 +92,7 @@ def ray_backend(
     x_ref = ray.put(ds.x.numpy())
     y_ref = ray.put(ds.y.numpy())
     m_ref = ray.put(ds.masks.numpy()) if ds.masks is not None else None
+    extra_ref = ray.put({k: v.numpy() for k, v in ds.extra_masks.items()}) if ds.extra_masks else None
     ids_ref = ray.put(list(ds.ids))
     model_refs = {name: ray.put(net.cpu()) for name, net in ctx.models.items()}
     target_refs = {name: ray.put(t.numpy()) for name, t in ctx.targets.items()}
@@ -97,6 +111,7 @@ def ray_backend(
             ctx.seed,
             device,
             threads_per_task,
+            extra_ref,
         ): u
         for u in units
     }

@@ -83,6 +83,7 @@ class UnitInputs:
     targets: torch.Tensor
     ids: list[str]
     masks: torch.Tensor | None = None
+    extra_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     metrics: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     batch_size: int = 64
     seed: int = 0
@@ -141,7 +142,7 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
     targets = inp.targets.tolist()
     for name, mhp in inp.metrics:
         metric = metric_instance(name, mhp, inp.batch_size, inp.seed)
-        mask = inp.masks if "mask" in metric.needs else None
+        mask = evaluate.mask_for(metric, inp.masks, inp.extra_masks)
         if getattr(metric, "has_curve", False):  # scores and curve from the same model passes
             scores, fractions, values = metric.score_and_curves(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
             fr = fractions.tolist()
