@@ -25,8 +25,12 @@ def _unit_inputs(metrics):
     masks = torch.zeros(N, *SHAPE[1:], dtype=torch.bool)
     masks[:, 3:8, 3:8] = True
     y = torch.arange(N) % 2
+    confounder = torch.zeros_like(masks)
+    confounder[:, :2, :2] = True
+    ids = [f"i{i}" for i in range(N)]
+    extra = {"confounder": confounder}
     return UnitInputs(
-        x=x, y=y, targets=y, ids=[f"i{i}" for i in range(N)], masks=masks, metrics=metrics, batch_size=4, seed=0
+        x=x, y=y, targets=y, ids=ids, masks=masks, metrics=metrics, batch_size=4, seed=0, extra_masks=extra
     )
 
 
