@@ -105,3 +105,72 @@ def test_a_test_that_keeps_no_image_has_no_score():
 def test_meta_evaluation_needs_two_methods():
     with pytest.raises(ValueError, match="at least two"):
         meta_evaluate(Constant(), seeded_cnn(), _x(), [explain.get("saliency")])
+
+
+def _data(tmp_path, masks=True):
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 16, 16)).astype(np.float32)
+    arrays = {"x": x, "y": np.arange(12) % 2}
+    if masks:
+        m = np.zeros((12, 16, 16), bool)
+        m[:, 4:10, 4:10] = True
+        arrays["masks"] = m
+    np.savez(tmp_path / "d.npz", **arrays)
+    return tmp_path / "d.npz"
+
+
+def test_meta_evaluate_command_writes_its_tables(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from cli_helpers import run_cli
+
+    data = _data(tmp_path)
+    args = ["--model", "small_cnn", "--data", data, "--methods", "saliency,random", "--out", tmp_path / "meta"]
+    metrics = ["--metrics", "sparseness,relevance_mass_accuracy", "--iterations", "1", "--perturbations", "2"]
+    r = run_cli(capsys, "meta-evaluate", *args, *metrics)
+    assert r.code == 0, r.err
+    summary = pd.read_parquet(tmp_path / "meta" / "meta.parquet")
+    assert set(summary["metric"]) == {"sparseness", "relevance_mass_accuracy"}
+    assert set(summary["space"]) == {"model", "input"}
+    assert {"IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC", "MC_std", "direction"} <= set(summary.columns)
+    detail = pd.read_parquet(tmp_path / "meta" / "meta_detail.parquet")
+    assert len(detail) == 2 * len(PAPER_TESTS)  # metrics x tests x 1 iteration
+    settings = json.loads((tmp_path / "meta" / "meta.json").read_text())
+    assert settings["perturbations"] == 2 and [t["level"] for t in settings["tests"]] == [0.001, 2.0, 0.001, 5.0]
+
+
+def test_meta_evaluate_bad_input_is_one_sentence(tmp_path, capsys):
+    from cli_helpers import assert_user_error, run_cli
+
+    data = _data(tmp_path, masks=False)
+    base = ["meta-evaluate", "--model", "small_cnn", "--data", data, "--out", tmp_path / "meta"]
+    r = run_cli(capsys, *base, "--methods", "saliency", "--metrics", "sparseness")
+    assert_user_error(r, r"meta-evaluation compares methods: give at least two in --methods\.")
+    r = run_cli(capsys, *base, "--methods", "saliency,random", "--metrics", "pointing_game")
+    assert_user_error(r, r"Metric pointing_game is a localisation metric and needs masks, but \S+ has none\.")
+    assert not (tmp_path / "meta" / "meta.parquet").exists()
+
+
+def test_a_run_meta_evaluates_its_metrics(tmp_path):
+    import pandas as pd
+
+    from xaiscope.commands.run_job import run
+    from xaiscope.run.config import parse_config
+
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "data": {"path": str(_data(tmp_path))},
+        "models": [{"name": "m", "spec": "small_cnn"}],
+        "methods": ["saliency", "random"],
+        "metrics": ["sparseness"],
+        "analyses": {
+            "ranking": None,
+            "sensitivity": None,
+            "meta": {"metrics": ["sparseness"], "iterations": 1, "perturbations": 1, "max_images": 6},
+        },
+    }
+    root = run(parse_config(cfg))
+    summary = pd.read_parquet(root / "analyses" / "meta" / "meta.parquet")
+    assert list(summary["metric"].unique()) == ["sparseness"]

@@ -598,6 +598,60 @@ def evaluate_cmd(
     console.print(f"wrote {path} ({n} rows)")
 
 
+@app.command("meta-evaluate")
+@pixel_limited
+def meta_evaluate_cmd(
+    model: str = MODEL,
+    data: Path = DATA,
+    methods: str = METHODS,
+    metrics: str = typer.Option(..., help=METRICS_HELP[0].upper() + METRICS_HELP[1:]),
+    out: Path = OUT_DIR,
+    weights: Optional[str] = WEIGHTS,
+    param: Optional[list[str]] = typer.Option(
+        None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."
+    ),
+    iterations: int = typer.Option(3, min=1, help="Iterations of each perturbation test (MC spread is over these)."),
+    perturbations: int = typer.Option(5, min=1, help="Perturbations per iteration (K)."),
+    max_images: Optional[int] = typer.Option(None, min=2, help="At most this many images, round-robin over classes."),
+    batch_size: str = BATCH_SIZE,
+    device: str = DEVICE,
+    trust_model: bool = TRUST_MODEL,
+    seed: int = SEED,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+) -> None:
+    """Meta-evaluate metrics (MetaQuantus protocol): noise resilience, adversarial reactivity, meta-consistency."""
+    from xaiscope.commands.meta_job import run_meta
+
+    path = run_meta(
+        model_and_images({**locals(), "target": "true"}),
+        methods=parse_list(methods),
+        metrics=parse_list(metrics),
+        out=out,
+        params=parse_params(param),
+        iterations=iterations,
+        perturbations=perturbations,
+        max_images=max_images,
+        console=console,
+    )
+    table = meta_console_table(path)
+    console.print(table)
+    console.print(f"wrote {path}")
+
+
+def meta_console_table(path: Path) -> Table:
+    """The meta-consistency table of ``meta.parquet`` for the terminal."""
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    table = Table(title="Meta-consistency (higher is more reliable)")
+    cols = ["metric", "space", "IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC", "MC_std"]
+    for col in cols:
+        table.add_column(col)
+    for row in df[cols].itertuples(index=False):
+        table.add_row(*[v if isinstance(v, str) else f"{v:.3f}" for v in row])
+    return table
+
+
 @app.command("actmax")
 def actmax_cmd(
     model: str = MODEL,

@@ -263,6 +263,44 @@ def spray_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> No
     )
 
 
+def meta_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    """Meta-evaluation of the configured metrics with the run's methods (default settings)
+    on its first model: ``analyses/meta/`` as ``xaiscope meta-evaluate`` writes it."""
+    from xaiscope import explain
+    from xaiscope.commands.evaluate_job import build_metrics
+    from xaiscope.commands.meta_job import meta_tables, write_meta
+
+    m = ctx.cfg.analyses.meta
+    name = next(iter(ctx.models))
+    first = {}
+    for n, s in ctx.methods:
+        first.setdefault(n, s)
+    explainers = [explain.get(n, **{"batch_size": ctx.batch_size, **s}) for n, s in first.items()]
+    metrics = build_metrics(evaluate.expand(m.metrics), {}, ctx.batch_size)
+    summary, detail = meta_tables(
+        ctx.models[name],
+        ctx.dataset,
+        explainers,
+        metrics,
+        iterations=m.iterations,
+        perturbations=m.perturbations,
+        seed=ctx.seed,
+        batch_size=ctx.batch_size,
+        max_images=m.max_images,
+        device=ctx.device,
+    )
+    settings = {
+        "iterations": m.iterations,
+        "perturbations": m.perturbations,
+        "seed": ctx.seed,
+        "methods": {ex.name: ex.hparams for ex in explainers},
+        "metrics": {x.name: x.hparams for x in metrics},
+        "images": min(len(ctx.dataset), m.max_images or len(ctx.dataset)),
+        "model": name,
+    }
+    write_meta(store.analyses / "meta", summary, detail, settings)
+
+
 def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:
     """Run the configured analyses; return their timings in seconds."""
     timings: dict[str, float] = {}
@@ -274,6 +312,7 @@ def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, co
         ("variability", a.variability, variability_job),
         ("sis", a.sis, sis_job),
         ("spray", a.spray, spray_job),
+        ("meta", a.meta, meta_job),
     ]
     for name, cfg, job in jobs:
         if cfg is None:

@@ -160,6 +160,16 @@ class SprayConfig(_Strict):
     confounders: list[str] = ["confounder"]
 
 
+class MetaConfig(_Strict):
+    """Meta-evaluation of ``metrics`` (MetaQuantus protocol, as ``xaiscope meta-evaluate``) on
+    the run's first model and images, with the run's methods at their default settings."""
+
+    metrics: list[str]
+    iterations: int = Field(3, ge=1)
+    perturbations: int = Field(5, ge=1)
+    max_images: Optional[int] = Field(32, ge=2)
+
+
 class AnalysesConfig(_Strict):
     ranking: Optional[RankingConfig] = RankingConfig()
     sensitivity: Optional[SensitivityConfig] = SensitivityConfig()
@@ -167,6 +177,7 @@ class AnalysesConfig(_Strict):
     variability: Optional[VariabilityConfig] = None
     sis: Optional[SISConfig] = None
     spray: Optional[SprayConfig] = None
+    meta: Optional[MetaConfig] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
