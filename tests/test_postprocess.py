@@ -64,3 +64,12 @@ def test_unknown_pooling_and_normalisation():
         explain.pool(A, "median")
     with pytest.raises(MethodError, match="Unknown normalisation 'z'"):
         explain.normalise(explain.pool(A), "z")
+
+
+@pytest.mark.parametrize("heat", [-torch.rand(8, 8) - 0.1, torch.zeros(8, 8), torch.full((8, 8), float("nan"))])
+def test_overlay_draws_maps_without_positive_values(tmp_path, heat):
+    """An all-negative, all-zero or all-NaN map still gives a PNG (the colour range stays valid)."""
+    from xaiscope.plotting import save_overlay
+
+    path = save_overlay(torch.rand(1, 8, 8), heat, tmp_path / "o.png")
+    assert path.stat().st_size > 100

@@ -132,3 +132,42 @@ def test_no_script_from_data_runs(page):
     # the payloads are shown as text
     text = page.inner_text("body")
     assert "<script>alert(1)</script>" in text and '<img src=x onerror="window.__xss=1">' in text
+
+
+@pytest.fixture(scope="module")
+def spray_report(tmp_path_factory) -> Path:
+    """A run on the lesion benchmark with a planted confounder: ranking statistics and SpRAy."""
+    from xaiscope.commands.run_job import run
+    from xaiscope.data.benchmark import generate
+    from xaiscope.run.config import parse_config
+
+    root = tmp_path_factory.mktemp("spray-report")
+    generate(root / "bm", n_train=24, n_test=2, size=32, confounder_rate=0.5, seed=0)
+    cfg = {
+        "out": str(root / "run"),
+        "data": {"path": str(root / "bm" / "train")},
+        "models": [{"name": "m", "spec": "small_cnn"}],
+        "methods": ["input", "saliency", "random"],
+        "metrics": ["relevance_mass_accuracy", "confounder_relevance", "sparseness"],
+        "analyses": {"ranking": {"draws": 100, "resamples": 100, "rank_resamples": 100}, "spray": {"k": 2}},
+        "report": {"examples": 2},
+    }
+    return write_report(run(parse_config(cfg)))
+
+
+def test_statistics_and_spray_sections_show_in_the_browser(browser, spray_report):
+    pg = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(spray_report.resolve().as_uri())
+    pg.wait_for_load_state("load")
+    for section in ("#significance", "#agreement", "#spray"):
+        assert pg.is_visible(section), section
+    cd = pg.locator("img[alt^='critical-difference diagram']")
+    assert cd.count() == 1 and cd.evaluate("i => i.complete && i.naturalWidth > 0")
+    spray_images = pg.eval_on_selector_all("#spray img", "is => is.map(i => i.complete && i.naturalWidth > 0)")
+    assert len(spray_images) >= 3 and all(spray_images)  # eigenvalues, embedding, cluster cards per class
+    assert "cluster" in pg.inner_text("#spray").lower()
+    assert errors == []
+    pg.close()

@@ -42,11 +42,14 @@ def overlay(
     img = display_image(image)
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
     h = heat.detach().cpu().float().numpy()
+    finite = h[np.isfinite(h)]
     if signed:
-        v = float(np.abs(h).max()) or 1.0
-        ax.imshow(h, cmap="bwr", vmin=-v, vmax=v, alpha=alpha)
-    else:
-        ax.imshow(h, cmap="inferno", vmin=0, vmax=float(h.max()) or 1.0, alpha=alpha)
+        v = float(np.abs(finite).max()) if finite.size else 0.0
+        ax.imshow(h, cmap="bwr", vmin=-(v or 1.0), vmax=v or 1.0, alpha=alpha)
+    else:  # from 0 (or the lowest value, for a map with negative values) to the highest
+        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 0.0
+        ax.imshow(h, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1.0, alpha=alpha)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
