@@ -326,6 +326,11 @@ def benchmark_cmd(
     ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
     rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+    annotators: int = typer.Option(
+        0,
+        help="Synthetic annotators K: masks/<annotator>/<class>/<id>.png as dilated, eroded, shifted and partial "
+        "copies of the true masks (then in true_masks/); 0 = none.",
+    ),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
@@ -343,6 +348,7 @@ def benchmark_cmd(
         aligned=aligned,
         seed=seed,
         rule=rule,
+        annotators=annotators,
         console=console,
     )
 

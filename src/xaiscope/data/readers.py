@@ -7,6 +7,7 @@ Folder layout::
     root/masks/<annotator>/<class>/<id>.png
                                        or one mask set per annotator (several experts)
     root/confounder_masks/<class>/...  optional second mask set (benchmark confounders)
+    root/true_masks/<class>/...        optional true masks beside annotators' (benchmark)
 
 The annotator layout is recognised when the folders under ``masks/`` hold no mask files
 themselves but class folders; then every annotator needs a mask for every image, and
@@ -14,7 +15,7 @@ themselves but class folders; then every annotator needs a mask for every image,
 NPZ files give several annotators as ``masks`` of shape ``[N, A, H, W]`` with optional
 names in ``annotators``.
 
-``masks`` and ``confounder_masks`` are reserved names, never classes. Pixel values
+``masks``, ``confounder_masks`` and ``true_masks`` are reserved names, never classes. Pixel values
 are scaled to ``[0, 1]`` (8-bit / 255, 16-bit / 65535; float TIFF kept as is).
 
 Decoding is guarded: an image whose header announces more than the pixel limit
@@ -46,7 +47,7 @@ from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-RESERVED = {"masks": "masks", "confounder_masks": "confounder"}
+RESERVED = {"masks": "masks", "confounder_masks": "confounder", "true_masks": "truth"}
 
 #: most pixels (height x width) an image may have to be decoded: Pillow's default guard
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
