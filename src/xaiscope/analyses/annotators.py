@@ -240,6 +240,7 @@ def methods_vs_annotators(
     annotators: list[str],
     consensus: torch.Tensor,
     scores: dict[str, Score],
+    extra: dict[str, torch.Tensor] | None = None,
 ):
     """A metric's mean for each method against each annotator and the consensus, with the experts' range.
 
@@ -249,7 +250,9 @@ def methods_vs_annotators(
     masks : annotator masks ``[N, A, H, W]``
     consensus : the consensus mask ``[N, H, W]`` (the reference called ``consensus``)
     scores : metric name -> ``score(map, mask)`` giving one value per image ``[N]`` (NaN where
-        undefined); the annotators' masks are scored as maps too.
+        undefined); the annotators' masks are scored as maps too (passed as bool tensors).
+    extra : further references, name -> mask ``[N, H, W]`` (e.g. ``truth``, ``staple``), whose
+        experts' range spans every annotator's mask scored against them.
 
     Returns
     -------
@@ -267,9 +270,12 @@ def methods_vs_annotators(
     for metric, score in scores.items():
         pair = np.full((a, a), math.nan)  # pair[b, r]: annotator b's mask scored against r's
         for b, r in itertools.permutations(range(a), 2):
-            pair[b, r] = _mean(score(masks[:, b].double(), masks[:, r]))[0]
+            pair[b, r] = _mean(score(masks[:, b], masks[:, r]))[0]
         refs = [(name, masks[:, r], [pair[b, r] for b in range(a) if b != r]) for r, name in enumerate(annotators)]
         refs.append(("consensus", consensus.bool(), [pair[b, r] for b, r in itertools.permutations(range(a), 2)]))
+        for name, ref in (extra or {}).items():
+            ref = ref.bool()
+            refs.append((name, ref, [_mean(score(masks[:, b], ref))[0] for b in range(a)]))
         for method, m in maps.items():
             for name, ref, experts in refs:
                 mean, count = _mean(score(m, ref))
