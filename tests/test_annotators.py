@@ -269,7 +269,7 @@ def test_methods_vs_annotators_places_methods_among_the_experts():
         return ann.dice_iou(b, ref)[0]
 
     df = ann.methods_vs_annotators(maps, masks, ["l", "c", "r"], consensus, {"dice": dice}, extra={"truth": truth})
-    assert set(df.reference) == {"l", "c", "r", "consensus", "truth"} and len(df) == 2 * 5
+    assert set(df.reference) == {"l", "c", "r", ann.ANNOTATORS, "consensus", "truth"} and len(df) == 2 * 6
     got = df.set_index(["method", "reference"])
     # experts: l vs c and c vs r overlap 12 of 14 columns (Dice 12/14), l vs r 10 of 14
     assert got.loc[("oracle", "consensus"), "expert_low"] == pytest.approx(10 / 14)
@@ -277,6 +277,10 @@ def test_methods_vs_annotators_places_methods_among_the_experts():
     assert got.loc[("oracle", "consensus"), "verdict"] == "above"  # the truth is the consensus here
     assert got.loc[("oracle", "c"), "verdict"] == "above"
     assert got.loc[("oracle", "l"), "verdict"] == "inside"  # as far from l as c is
+    mean = got.loc[("oracle", ann.ANNOTATORS)]
+    assert mean["mean"] == pytest.approx((12 / 14 + 1 + 12 / 14) / 3)
+    assert (mean.expert_low, mean.expert_high) == (pytest.approx(10 / 14), pytest.approx(12 / 14))
+    assert mean.verdict == "above"
     assert (got.loc["random", "verdict"] == "below").all()
     assert (got.n == 20).all()
 
@@ -355,7 +359,7 @@ def test_cli_annotators_writes_the_four_tables(bench, tmp_path, capsys):
     assert staple.weight.to_numpy() == pytest.approx((staple.sensitivity + staple.specificity).to_numpy())
     table = pd.read_parquet(out / "methods_vs_annotators.parquet")
     assert set(table.method) == {"saliency", "gradcam"}
-    assert set(table.reference) == {*kappa["annotators"], "consensus", "staple", "truth"}
+    assert set(table.reference) == {*kappa["annotators"], ann.ANNOTATORS, "consensus", "staple", "truth"}
     assert set(table.metric) == {"relevance_mass_accuracy", "pointing_game", "auroc", "dice", "iou"}
     assert set(table.verdict) <= {"inside", "below", "above", "undefined"}
     row = table[(table.method == "saliency") & (table.reference == "consensus") & (table.metric == "dice")].iloc[0]

@@ -31,6 +31,7 @@ from xaiscope.data.dataset import majority_vote
 from xaiscope.errors import DataError
 
 __all__ = [
+    "ANNOTATORS",
     "StapleResult",
     "dice_iou",
     "fleiss_kappa",
@@ -233,6 +234,9 @@ def verdict(value: float, low: float, high: float) -> str:
 
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: the reference of the rows that average a method's means over the annotators
+ANNOTATORS = "annotators (mean)"
+
 
 def methods_vs_annotators(
     maps: dict[str, torch.Tensor],
@@ -256,11 +260,14 @@ def methods_vs_annotators(
 
     Returns
     -------
-    DataFrame with one row per method, reference (an annotator or ``consensus``) and metric:
-    ``method, reference, metric, mean, n, expert_low, expert_high, verdict``. The experts'
-    range for annotator ``r`` is the metric of each other annotator's mask against ``r``'s
-    (mean over images), from the lowest to the highest of them; for ``consensus`` it spans
-    every ordered pair of different annotators. ``verdict`` places the method's mean in it.
+    DataFrame with one row per method, reference (an annotator, ``annotators (mean)``,
+    ``consensus`` or a name of ``extra``) and metric: ``method, reference, metric, mean, n,
+    expert_low, expert_high, verdict``. The experts' range for annotator ``r`` is the metric
+    of each other annotator's mask against ``r``'s (mean over images), from the lowest to
+    the highest of them. ``annotators (mean)`` averages the method's means over the
+    annotators (``n``: the fewest images scored against one of them); its range and that of
+    ``consensus`` span every ordered pair of different annotators (for Dice and IoU, the
+    pairwise range). ``verdict`` places the method's mean in the range.
     """
     import pandas as pd
 
@@ -272,19 +279,30 @@ def methods_vs_annotators(
         for b, r in itertools.permutations(range(a), 2):
             pair[b, r] = _mean(score(masks[:, b], masks[:, r]))[0]
         refs = [(name, masks[:, r], [pair[b, r] for b in range(a) if b != r]) for r, name in enumerate(annotators)]
-        refs.append(("consensus", consensus.bool(), [pair[b, r] for b, r in itertools.permutations(range(a), 2)]))
+        every_pair = [pair[b, r] for b, r in itertools.permutations(range(a), 2)]
+        refs.append(("consensus", consensus.bool(), every_pair))
         for name, ref in (extra or {}).items():
             ref = ref.bool()
             refs.append((name, ref, [_mean(score(masks[:, b], ref))[0] for b in range(a)]))
         for method, m in maps.items():
-            for name, ref, experts in refs:
+            for k, (name, ref, experts) in enumerate(refs):
                 mean, count = _mean(score(m, ref))
-                finite = [e for e in experts if not math.isnan(e)]
-                low, high = (min(finite), max(finite)) if finite else (math.nan, math.nan)
+                low, high = _range(experts)
                 rows.append((method, name, metric, mean, count, low, high, verdict(mean, low, high)))
+                if k == a - 1:  # after the last annotator: the mean over them against every pair of experts
+                    means = [r[3] for r in rows[-a:] if not math.isnan(r[3])]
+                    mean = float(np.mean(means)) if means else math.nan
+                    count = min(r[4] for r in rows[-a:])
+                    low, high = _range(every_pair)
+                    rows.append((method, ANNOTATORS, metric, mean, count, low, high, verdict(mean, low, high)))
     return pd.DataFrame(
         rows, columns=["method", "reference", "metric", "mean", "n", "expert_low", "expert_high", "verdict"]
     )
+
+
+def _range(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    return (min(finite), max(finite)) if finite else (math.nan, math.nan)
 
 
 def _mean(v: torch.Tensor) -> tuple[float, int]:
