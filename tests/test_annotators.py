@@ -104,6 +104,30 @@ def test_npz_annotator_axis_with_and_without_names(tmp_path):
     assert load_npz(tmp_path / "b.npz").annotators == ["0", "1", "2", "3"]
 
 
+@pytest.mark.filterwarnings("ignore:The data type")
+def test_zarr_group_with_an_annotator_axis(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from xaiscope.data import load
+
+    masks = np.random.default_rng(4).random((3, 2, 5, 5)) < 0.5
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("x", data=np.zeros((3, 1, 5, 5), np.float32))
+    g.create_array("y", data=np.array([0, 1, 0]))
+    g.create_array("masks", data=masks)
+    g.create_array("annotators", data=np.array(["reader_1", "reader_2"]))
+    ds = load(tmp_path / "d.zarr")
+    assert ds.annotators == ["reader_1", "reader_2"] and np.array_equal(ds.annotator_masks.numpy(), masks)
+    assert torch.equal(ds.masks, torch.from_numpy(masks.any(1)))  # two annotators: a tie is foreground
+    g.create_array("bad", data=np.zeros(1))
+    del g["masks"]
+    g.create_array("masks", data=np.zeros((3, 2, 5, 4), bool))
+    with pytest.raises(DataError, match=r"'masks' in .*d.zarr has shape \[3, 2, 5, 4\]"):
+        load(tmp_path / "d.zarr")
+    (tmp_path / "e.zarr").mkdir()
+    with pytest.raises(DataError, match=r"e.zarr is not a readable Zarr group"):
+        load(tmp_path / "e.zarr")
+
+
 @pytest.mark.parametrize(
     "masks, more, message",
     [

@@ -12,8 +12,8 @@ Folder layout::
 The annotator layout is recognised when the folders under ``masks/`` hold no mask files
 themselves but class folders; then every annotator needs a mask for every image, and
 :attr:`Dataset.masks` is their majority vote (:func:`~xaiscope.data.dataset.majority_vote`).
-NPZ files give several annotators as ``masks`` of shape ``[N, A, H, W]`` with optional
-names in ``annotators``.
+NPZ files and Zarr groups (``.zarr``) give several annotators as ``masks`` of shape
+``[N, A, H, W]`` with optional names in ``annotators``.
 
 ``masks``, ``confounder_masks`` and ``true_masks`` are reserved names, never classes. Pixel values
 are scaled to ``[0, 1]`` (8-bit / 255, 16-bit / 65535; float TIFF kept as is).
@@ -400,6 +400,29 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise DataError(f"The data file {path} is not a readable NPZ file ({type(e).__name__}).") from None
+    return _from_arrays(arrays, path, normalise)
+
+
+def load_zarr(path: str | Path, *, normalise: str | tuple | None = None) -> Dataset:
+    """Read a Zarr group holding the arrays of :func:`load_npz` (``x``, ``y``, optional ``masks``
+    ``[N, H, W]`` or ``[N, A, H, W]``, ``annotators``, ``ids``, ``classes``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"The data file {path} does not exist.")
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        arrays = {k: np.asarray(group[k][...]) for k in group.array_keys()}
+    except Exception as e:
+        raise DataError(f"The data path {path} is not a readable Zarr group ({type(e).__name__}).") from None
+    if any(a.dtype == object for a in arrays.values()):
+        arrays = {k: a.astype(str) if a.dtype == object else a for k, a in arrays.items()}
+    return _from_arrays(arrays, path, normalise)
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], path: Path, normalise) -> Dataset:
+    """The dataset of the named arrays of an NPZ file or a Zarr group."""
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"The data file {path} has no array {key!r}.")
@@ -476,12 +499,13 @@ def _annotator_arrays(arrays: dict, shape: tuple, path: Path) -> tuple[torch.Ten
 
 
 def load(path: str | Path, **kwargs) -> Dataset:
-    """Read a folder (:func:`load_folder`) or an ``.npz`` file (:func:`load_npz`)."""
+    """Read a folder (:func:`load_folder`), an ``.npz`` file (:func:`load_npz`) or a ``.zarr``
+    group (:func:`load_zarr`)."""
     p = Path(path)
-    if p.suffix.lower() == ".npz":
+    if p.suffix.lower() in (".npz", ".zarr"):
         kwargs.pop("resize", None)
         kwargs.pop("masks", None)
         kwargs.pop("classes", None)
         kwargs.pop("max_pixels", None)
-        return load_npz(p, **kwargs)
+        return (load_npz if p.suffix.lower() == ".npz" else load_zarr)(p, **kwargs)
     return load_folder(p, **kwargs)
