@@ -408,3 +408,16 @@ def test_cli_annotators_bad_input_is_one_sentence(tmp_path, capsys, bench):
     assert_user_error(
         run_cli(capsys, *base, "--data", one), r"masks from 1 annotator; comparing annotators needs at least 2"
     )
+
+
+def test_cli_annotators_with_empty_masks_writes_undefined_values(tmp_path, capsys):
+    data = tmp_path / "empty.npz"
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    np.savez(data, x=x, y=np.arange(4) % 2, masks=np.zeros((4, 2, 8, 8), bool))
+    out = tmp_path / "o"
+    r = run_cli(capsys, "annotators", "--model", "small_cnn", "--data", data, "--methods", "saliency", "--out", out)
+    assert r.code == 0, r.err
+    kappa = json.loads((out / "kappa.json").read_text())  # strict JSON: no NaN
+    assert kappa["fleiss_kappa_pixels"] is None and kappa["pairwise_dice"] == {"low": None, "high": None}
+    assert set(pd.read_parquet(out / "methods_vs_annotators.parquet").verdict) == {"undefined"}
+    assert "the experts' range is undefined" in " ".join(r.out.split())

@@ -66,12 +66,18 @@ def _overlap_scores(top_k: float | None, consensus: torch.Tensor) -> dict[str, a
     }
 
 
+def _number(v) -> float | None:
+    """A float for JSON; None where undefined (NaN)."""
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
 def _kappa_summary(masks: torch.Tensor, agreement, annotators: list[str], staple_backend: str) -> dict:
     per_image = [ann.pixel_kappa(masks[i : i + 1]) for i in range(masks.shape[0])]
     finite = [k for k in per_image if not math.isnan(k)]
     pair_means = agreement.groupby(["annotator_a", "annotator_b"])[["dice", "iou"]].mean()
     return {
-        "fleiss_kappa_pixels": ann.pixel_kappa(masks),
+        "fleiss_kappa_pixels": _number(ann.pixel_kappa(masks)),
         "fleiss_kappa_per_image": {
             "mean": float(np.mean(finite)) if finite else None,
             "min": float(np.min(finite)) if finite else None,
@@ -81,8 +87,8 @@ def _kappa_summary(masks: torch.Tensor, agreement, annotators: list[str], staple
         "annotators": annotators,
         "images": int(masks.shape[0]),
         "pixels": int(masks[:, 0].numel()),
-        "pairwise_dice": {"low": float(pair_means["dice"].min()), "high": float(pair_means["dice"].max())},
-        "pairwise_iou": {"low": float(pair_means["iou"].min()), "high": float(pair_means["iou"].max())},
+        "pairwise_dice": {"low": _number(pair_means["dice"].min()), "high": _number(pair_means["dice"].max())},
+        "pairwise_iou": {"low": _number(pair_means["iou"].min()), "high": _number(pair_means["iou"].max())},
         "consensus": "majority vote: a pixel is foreground when at least half of the annotators mark it",
         "staple_backend": staple_backend,
         "reference": "Fleiss 1971, Psychological Bulletin 76(5):378-382",
@@ -166,18 +172,21 @@ def run_annotators(
 
 
 def _summary(console, kappa: dict, staple_table, table) -> None:
-    d = kappa["pairwise_dice"]
+    d, k = kappa["pairwise_dice"], kappa["fleiss_kappa_pixels"]
+    fmt = lambda v: "undefined" if v is None or math.isnan(v) else f"{v:.3f}"  # noqa: E731
     console.print(
-        f"{len(kappa['annotators'])} annotators, {kappa['images']} images: Fleiss' kappa {kappa['fleiss_kappa_pixels']:.3f}; "
-        f"pairwise Dice {d['low']:.3f} to {d['high']:.3f}"
+        f"{len(kappa['annotators'])} annotators, {kappa['images']} images: Fleiss' kappa {fmt(k)}; "
+        f"pairwise Dice {fmt(d['low'])} to {fmt(d['high'])}"
     )
     weights = ", ".join(f"{r.annotator} {r.weight:.3f}" for r in staple_table.itertuples())
     console.print(f"STAPLE weight (sensitivity + specificity): {weights}")
     rows = table[(table.metric == "dice") & (table.reference == "consensus")]
     for r in rows.itertuples():
-        console.print(
-            f"{r.method}: Dice with the consensus {r.mean:.3f}, {r.verdict} the experts' "
-            f"[{r.expert_low:.3f}, {r.expert_high:.3f}]"
+        where = (
+            f"{r.verdict} the experts' [{r.expert_low:.3f}, {r.expert_high:.3f}]"
+            if r.verdict != "undefined"
+            else "the experts' range is undefined"
         )
+        console.print(f"{r.method}: Dice with the consensus {fmt(r.mean)}, {where}")
     counts = table.verdict.value_counts()
     console.print("verdicts over all references and metrics: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
