@@ -421,3 +421,11 @@ def test_cli_annotators_with_empty_masks_writes_undefined_values(tmp_path, capsy
     assert kappa["fleiss_kappa_pixels"] is None and kappa["pairwise_dice"] == {"low": None, "high": None}
     assert set(pd.read_parquet(out / "methods_vs_annotators.parquet").verdict) == {"undefined"}
     assert "the experts' range is undefined" in " ".join(r.out.split())
+
+
+def test_pre_training_sources_of_a_benchmark_with_annotators_draw_none(tmp_path):
+    from xaiscope.commands.transfer_job import auto_sources
+
+    generate(tmp_path / "bm", n_train=4, n_test=0, size=32, background="noise", annotators=3)
+    sources = auto_sources(tmp_path / "bm")
+    assert sources and all(p["annotators"] == 0 for p in sources.values())
