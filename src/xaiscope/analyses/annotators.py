@@ -215,11 +215,11 @@ def top_fraction(maps: torch.Tensor, area: torch.Tensor | float) -> torch.Tensor
     m = maps.flatten(1).double()
     n, p = m.shape
     if isinstance(area, torch.Tensor):
-        k = area.to(torch.long).clamp(1, p)
+        k = area.to(device=m.device, dtype=torch.long).clamp(1, p)
     else:
-        k = torch.full((n,), max(1, round(float(area) * p)), dtype=torch.long)
+        k = torch.full((n,), max(1, round(float(area) * p)), dtype=torch.long, device=m.device)
     order = torch.argsort(-m, dim=1, stable=True)
-    keep = torch.arange(p)[None, :] < k[:, None]
+    keep = torch.arange(p, device=m.device)[None, :] < k[:, None]
     out = torch.zeros_like(m, dtype=torch.bool)
     out.scatter_(1, order, keep)
     return out.view(maps.shape[0], *maps.shape[-2:])

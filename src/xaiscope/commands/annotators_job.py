@@ -52,13 +52,14 @@ def _metrics(names: list[str], params: dict[str, dict[str, Any]]) -> list[evalua
 
 
 def _overlap_scores(top_k: float | None, consensus: torch.Tensor) -> dict[str, ann.Score]:
-    """``dice`` and ``iou`` of a map's top pixels with a mask (a mask given as the map is used as it is)."""
+    """``dice`` and ``iou`` of a map's top pixels (channels summed; the largest values, as the
+    localisation metrics rank them) with a mask; a mask given as the map is used as it is."""
     area = consensus.flatten(1).sum(1) if top_k is None else top_k
 
     def binary(m: torch.Tensor) -> torch.Tensor:
         if m.dtype == torch.bool:
             return m
-        return ann.top_fraction(m.sum(1) if m.dim() == 4 else m, area.to(m.device) if top_k is None else area)
+        return ann.top_fraction(m.sum(1) if m.dim() == 4 else m, area)
 
     return {
         "dice": lambda m, ref: ann.dice_iou(binary(m), ref)[0],
