@@ -127,7 +127,7 @@ def run_annotators(
     if ds.annotator_masks is None:
         raise DataError(
             f"The data in {ds.source} has no masks from several annotators; give masks/<annotator>/<class>/<id>.png "
-            "or an NPZ array 'masks' of shape [N, annotators, H, W]."
+            "or an NPZ or Zarr array 'masks' of shape [N, annotators, H, W]."
         )
     masks, names = ds.annotator_masks, list(ds.annotators or [])
     if masks.shape[1] < 2:
@@ -140,7 +140,7 @@ def run_annotators(
     truth = ds.extra_masks.get("truth")
     if truth is not None:
         staple_table["dice_with_truth"] = [
-            float(np.nanmean(ann.dice_iou(masks[:, j], truth)[0])) for j in range(len(names))
+            float(ann.dice_iou(masks[:, j], truth)[0].nanmean()) for j in range(len(names))
         ]
 
     x = ds.x.to(dev)
