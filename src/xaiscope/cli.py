@@ -390,6 +390,11 @@ def benchmark_cmd(
     ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
     rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
+    annotators: int = typer.Option(
+        0,
+        help="Synthetic annotators K: masks/<annotator>/<class>/<id>.png as dilated, eroded, shifted and partial "
+        "copies of the true masks (then in true_masks/); 0 = none.",
+    ),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
     """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
@@ -407,6 +412,7 @@ def benchmark_cmd(
         aligned=aligned,
         seed=seed,
         rule=rule,
+        annotators=annotators,
         console=console,
     )
 
@@ -596,6 +602,48 @@ def evaluate_cmd(
         console=console,
     )
     console.print(f"wrote {path} ({n} rows)")
+
+
+@app.command("annotators")
+@pixel_limited
+def annotators_cmd(
+    model: str = MODEL,
+    data: Path = typer.Option(..., help="Image folder with masks/<annotator>/<class>/<id>.png, or an .npz file."),
+    methods: str = METHODS,
+    out: Path = OUT_DIR,
+    metrics: str = typer.Option(
+        "relevance_mass_accuracy,pointing_game,auroc",
+        help="Localisation metrics (names or 'localisation'); dice and iou of the top pixels are always added.",
+    ),
+    top_k: Optional[float] = typer.Option(
+        None, help="Share of pixels kept for dice/iou (default: as many as the consensus marks on each image)."
+    ),
+    staple: str = typer.Option("auto", help="STAPLE backend: auto (SimpleITK if installed), simpleitk or em."),
+    weights: Optional[str] = WEIGHTS,
+    param: Optional[list[str]] = typer.Option(
+        None, "--param", "-p", help="METRIC.NAME=VALUE or METHOD.NAME=VALUE, repeatable."
+    ),
+    batch_size: str = BATCH_SIZE,
+    device: str = DEVICE,
+    target: str = typer.Option("true", help="Explain the true label, the predicted one ('pred') or class K."),
+    trust_model: bool = TRUST_MODEL,
+    seed: int = SEED,
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+) -> None:
+    """Compare several annotators' masks (Dice, IoU, Fleiss' kappa, STAPLE) and place each method among them."""
+    from xaiscope.commands.annotators_job import run_annotators
+
+    paths = run_annotators(
+        model_and_images(locals()),
+        methods=parse_list(methods),
+        metrics=parse_list(metrics),
+        out=out,
+        top_k=top_k,
+        staple_backend=staple,
+        params=parse_params(param),
+        console=console,
+    )
+    console.print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
 
 
 @app.command("meta-evaluate")

@@ -34,6 +34,7 @@ def auto_sources(data: Path) -> dict[str, dict]:
         raise ConfigError(f"{data} is not a benchmark folder (no benchmark.json); give --pretrain-data DIR.")
     params = dict(json.loads(info_path.read_text())["params"])
     params["n_test"] = 0
+    params["annotators"] = 0  # pre-training needs no synthetic annotators
     other_bg = "cell" if params["background"] != "cell" else "retina"
     other_rule = "size" if params["rule"] == "shape" else "shape"
     return {

@@ -22,12 +22,16 @@ class Dataset:
     y : Tensor ``[N]`` int64, indices into ``classes``
     ids : list of str, unique image ids (``<class>/<stem>`` for folders)
     classes : list of str, class names (label ``k`` is ``classes[k]``)
-    masks : Tensor ``[N, H, W]`` bool or None, expert masks (ground truth)
+    masks : Tensor ``[N, H, W]`` bool or None, expert masks (ground truth); with several
+        annotators, their consensus by majority vote (:func:`majority_vote`: a pixel is
+        foreground when at least half of the annotators mark it, so ties count as foreground)
     extra_masks : dict of name -> Tensor ``[N, H, W]`` bool (e.g. ``confounder``)
     mean, std : per-channel normalisation applied to ``x`` (None when not normalised)
     source : where the data came from (a path), for messages and the manifest
     pixel_hashes : list of str or None, per image a hash of its pixels as decoded (before
         normalisation), set by the readers; see :meth:`image_hashes`
+    annotator_masks : Tensor ``[N, A, H, W]`` bool or None, one mask per annotator and image
+    annotators : list of str or None, the ``A`` annotator names (default ``"0"``, ``"1"``, ...)
     """
 
     x: torch.Tensor
@@ -40,9 +44,13 @@ class Dataset:
     std: list[float] | None = None
     source: str = ""
     pixel_hashes: list[str] | None = None
+    annotator_masks: torch.Tensor | None = None
+    annotators: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
+        if self.annotator_masks is not None:
+            self._check_annotators(n)
         if self.x.dim() != 4:
             raise DataError(
                 f"Images must be [N, C, H, W]; got shape {list(self.x.shape)} from {self.source or 'input'}."
@@ -59,6 +67,25 @@ class Dataset:
             raise DataError(
                 f"Masks in {self.source or 'the dataset'} have shape {list(self.masks.shape)} but the images need {[n, *self.x.shape[2:]]}."
             )
+
+    def _check_annotators(self, n: int) -> None:
+        am, where = self.annotator_masks, self.source or "the dataset"
+        if am.dim() != 4 or am.shape[0] != n or tuple(am.shape[2:]) != tuple(self.x.shape[2:]):
+            raise DataError(
+                f"Annotator masks in {where} have shape {list(am.shape)} but the images need "
+                f"[{n}, annotators, {self.x.shape[2]}, {self.x.shape[3]}]."
+            )
+        if am.shape[1] < 1:
+            raise DataError(f"Annotator masks in {where} hold no annotator.")
+        self.annotator_masks = am.bool()
+        names = [str(a) for a in range(am.shape[1])] if self.annotators is None else [str(a) for a in self.annotators]
+        if len(names) != am.shape[1]:
+            raise DataError(f"{where} names {len(names)} annotators but its masks hold {am.shape[1]}.")
+        if len(set(names)) != len(names):
+            raise DataError(f"Annotator names in {where} are not unique.")
+        self.annotators = names
+        if self.masks is None:
+            self.masks = majority_vote(self.annotator_masks)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -91,6 +118,8 @@ class Dataset:
             std=self.std,
             source=self.source,
             pixel_hashes=None if self.pixel_hashes is None else [self.pixel_hashes[i] for i in idx.tolist()],
+            annotator_masks=None if self.annotator_masks is None else self.annotator_masks[idx],
+            annotators=None if self.annotators is None else list(self.annotators),
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
@@ -138,4 +167,15 @@ class Dataset:
         h.update("\n".join(self.ids).encode())
         if self.masks is not None:
             h.update(self.masks.cpu().numpy().tobytes())
+        if self.annotator_masks is not None:
+            h.update("\n".join(self.annotators or []).encode())
+            h.update(self.annotator_masks.cpu().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def majority_vote(annotator_masks: torch.Tensor) -> torch.Tensor:
+    """Consensus ``[N, H, W]`` bool of masks ``[N, A, H, W]``: a pixel is foreground when at
+    least half of the ``A`` annotators mark it (a tie, possible for even ``A``, counts as
+    foreground, so two annotators give their union)."""
+    am = annotator_masks.bool()
+    return 2 * am.sum(dim=1) >= am.shape[1]

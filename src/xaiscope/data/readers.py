@@ -4,9 +4,18 @@ Folder layout::
 
     root/<class>/<id>.png              images (8/16-bit, gray or RGB; also .jpg, .tif)
     root/masks/<class>/<id>.png        optional expert masks (binary), same size
+    root/masks/<annotator>/<class>/<id>.png
+                                       or one mask set per annotator (several experts)
     root/confounder_masks/<class>/...  optional second mask set (benchmark confounders)
+    root/true_masks/<class>/...        optional true masks beside annotators' (benchmark)
 
-``masks`` and ``confounder_masks`` are reserved names, never classes. Pixel values
+The annotator layout is recognised when the folders under ``masks/`` hold no mask files
+themselves but class folders; then every annotator needs a mask for every image, and
+:attr:`Dataset.masks` is their majority vote (:func:`~xaiscope.data.dataset.majority_vote`).
+NPZ files and Zarr groups (``.zarr``) give several annotators as ``masks`` of shape
+``[N, A, H, W]`` with optional names in ``annotators``.
+
+``masks``, ``confounder_masks`` and ``true_masks`` are reserved names, never classes. Pixel values
 are scaled to ``[0, 1]`` (8-bit / 255, 16-bit / 65535; float TIFF kept as is).
 
 Decoding is guarded: an image whose header announces more than the pixel limit
@@ -38,7 +47,7 @@ from xaiscope.data.hashing import array_hash
 from xaiscope.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
-RESERVED = {"masks": "masks", "confounder_masks": "confounder"}
+RESERVED = {"masks": "masks", "confounder_masks": "confounder", "true_masks": "truth"}
 
 #: most pixels (height x width) an image may have to be decoded: Pillow's default guard
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -308,11 +317,19 @@ def _load_folder(root, *, resize, normalise, masks, classes) -> Dataset:
         labels.append(k)
     x = torch.from_numpy(np.stack(arrays))
     mask_sets = {}
+    annotators, annotator_masks = None, None
     for folder, key in RESERVED.items():
         if masks == "none" or not (root / folder).is_dir():
             continue
+        names = _annotator_folders(root / folder, classes) if key == "masks" else None
+        if names:
+            annotators = names
+            annotator_masks = torch.stack(
+                [_read_masks(root / folder / a, files, ids, x.shape[2:], resize, images=root) for a in names], dim=1
+            )
+            continue
         mask_sets[key] = _read_masks(root / folder, files, ids, x.shape[2:], resize)
-    if masks == "required" and "masks" not in mask_sets:
+    if masks == "required" and "masks" not in mask_sets and annotator_masks is None:
         raise DataError(f"Masks are required but {root}/masks does not exist.")
     if masks not in ("auto", "required", "none"):
         raise DataError(f"masks must be 'auto', 'required' or 'none', got {masks!r}.")
@@ -325,18 +342,40 @@ def _load_folder(root, *, resize, normalise, masks, classes) -> Dataset:
         extra_masks=mask_sets,
         source=str(root),
         pixel_hashes=hashes,
+        annotator_masks=annotator_masks,
+        annotators=annotators,
     )
     return normalise_dataset(ds, normalise)
 
 
-def _read_masks(folder: Path, files, ids, hw, resize) -> torch.Tensor:
+def _annotator_folders(folder: Path, classes: Sequence[str]) -> list[str] | None:
+    """The annotator names when ``folder`` (``root/masks``) is laid out ``<annotator>/<class>/<id>.png``,
+    None when it is ``<class>/<id>.png``; a mixture of the two is an error."""
+    subs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = [d for d in subs if d.name in classes or _list_images(d)]
+    per_annotator = [
+        d for d in subs if d not in per_class and any(c.is_dir() and c.name in classes for c in d.iterdir())
+    ]
+    if not per_annotator:
+        return None
+    if per_class:
+        raise DataError(
+            f"The mask folder {folder} mixes class folders ({per_class[0].name}) and annotator folders "
+            f"({per_annotator[0].name}); use masks/<class>/<id>.png or masks/<annotator>/<class>/<id>.png."
+        )
+    return [d.name for d in per_annotator]
+
+
+def _read_masks(folder: Path, files, ids, hw, resize, images: Path | None = None) -> torch.Tensor:
     wanted = {id_: p for (_, _, p), id_ in zip(files, ids)}
     present = {}
     for cdir in sorted(d for d in folder.iterdir() if d.is_dir()):
         for mp in _list_images(cdir):
             key = f"{cdir.name}/{mp.stem}"
             if key not in wanted:
-                raise DataError(f"The mask {mp} has no matching image {folder.parent / cdir.name / mp.stem}.*.")
+                raise DataError(
+                    f"The mask {mp} has no matching image {(images or folder.parent) / cdir.name / mp.stem}.*."
+                )
             present[key] = mp
     out = np.zeros((len(ids), *hw), dtype=bool)
     for i, id_ in enumerate(ids):
@@ -361,6 +400,29 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise DataError(f"The data file {path} is not a readable NPZ file ({type(e).__name__}).") from None
+    return _from_arrays(arrays, path, normalise)
+
+
+def load_zarr(path: str | Path, *, normalise: str | tuple | None = None) -> Dataset:
+    """Read a Zarr group holding the arrays of :func:`load_npz` (``x``, ``y``, optional ``masks``
+    ``[N, H, W]`` or ``[N, A, H, W]``, ``annotators``, ``ids``, ``classes``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"The data file {path} does not exist.")
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        arrays = {k: np.asarray(group[k][...]) for k in group.array_keys()}
+    except Exception as e:
+        raise DataError(f"The data path {path} is not a readable Zarr group ({type(e).__name__}).") from None
+    if any(a.dtype == object for a in arrays.values()):
+        arrays = {k: a.astype(str) if a.dtype == object else a for k, a in arrays.items()}
+    return _from_arrays(arrays, path, normalise)
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], path: Path, normalise) -> Dataset:
+    """The dataset of the named arrays of an NPZ file or a Zarr group."""
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"The data file {path} has no array {key!r}.")
@@ -388,8 +450,12 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
     classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else [str(c) for c in range(int(y.max()) + 1)]
     if y.max() >= len(classes):
         raise DataError(f"The array 'y' in {path} has label {int(y.max())} but only {len(classes)} classes.")
-    masks = None
-    if "masks" in arrays:
+    masks, annotator_masks, annotators = None, None, None
+    if "masks" in arrays and arrays["masks"].ndim == 4:
+        annotator_masks, annotators = _annotator_arrays(arrays, x.shape, path)
+    elif "annotators" in arrays:
+        raise DataError(f"The data file {path} names annotators but its 'masks' array is not [N, A, H, W].")
+    elif "masks" in arrays:
         m = arrays["masks"]
         if m.shape != (x.shape[0], *x.shape[2:]):
             raise DataError(
@@ -406,17 +472,40 @@ def load_npz(path: str | Path, *, normalise: str | tuple | None = None) -> Datas
         masks=masks,
         source=str(path),
         pixel_hashes=[array_hash(x[i]) for i in range(len(x))],
+        annotator_masks=annotator_masks,
+        annotators=annotators,
     )
     return normalise_dataset(ds, normalise)
 
 
+def _annotator_arrays(arrays: dict, shape: tuple, path: Path) -> tuple[torch.Tensor, list[str] | None]:
+    """``masks`` ``[N, A, H, W]`` (binary) and the optional ``annotators`` names ``[A]``."""
+    m = arrays["masks"]
+    n, h, w = shape[0], shape[2], shape[3]
+    if m.shape[0] != n or tuple(m.shape[2:]) != (h, w):
+        raise DataError(
+            f"The array 'masks' in {path} has shape {list(m.shape)} but the images need [{n}, annotators, {h}, {w}]."
+        )
+    if m.dtype != bool and not np.isin(np.unique(m), [0, 1]).all():
+        raise DataError(f"The array 'masks' in {path} is not binary.")
+    names = None
+    if "annotators" in arrays:
+        names = [str(a) for a in np.asarray(arrays["annotators"]).reshape(-1)]
+        if len(names) != m.shape[1]:
+            raise DataError(
+                f"The array 'annotators' in {path} names {len(names)} annotators but 'masks' holds {m.shape[1]}."
+            )
+    return torch.from_numpy(m.astype(bool)), names
+
+
 def load(path: str | Path, **kwargs) -> Dataset:
-    """Read a folder (:func:`load_folder`) or an ``.npz`` file (:func:`load_npz`)."""
+    """Read a folder (:func:`load_folder`), an ``.npz`` file (:func:`load_npz`) or a ``.zarr``
+    group (:func:`load_zarr`)."""
     p = Path(path)
-    if p.suffix.lower() == ".npz":
+    if p.suffix.lower() in (".npz", ".zarr"):
         kwargs.pop("resize", None)
         kwargs.pop("masks", None)
         kwargs.pop("classes", None)
         kwargs.pop("max_pixels", None)
-        return load_npz(p, **kwargs)
+        return (load_npz if p.suffix.lower() == ".npz" else load_zarr)(p, **kwargs)
     return load_folder(p, **kwargs)

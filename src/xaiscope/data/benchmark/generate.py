@@ -10,7 +10,8 @@ Ground truth: ``mask = m > 0`` (exactly the pixels the lesions change);
 ``confounder_mask`` = the marker's square.
 
 Randomness: split ``s`` (train 0, test 1) draws from ``numpy.random.default_rng([seed, s])``;
-the same parameters give the same arrays and byte-identical files.
+the same parameters give the same arrays and byte-identical files. Synthetic annotators
+(``annotators > 0``) draw from their own streams (:mod:`.annotators`), so they change no image.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xaiscope.data.benchmark import annotators as ann
 from xaiscope.data.benchmark import backgrounds as bgs
 from xaiscope.data.benchmark import lesions as les
 from xaiscope.data.benchmark.params import BenchmarkParams
@@ -111,7 +113,8 @@ def make_split(p: BenchmarkParams, split: str, n: int | None = None, *, source=N
     ``y`` int64, ``background`` float32 (before lesions), ``foreground`` bool,
     ``soft`` float32 (soft lesion mask), ``n_lesions``, ``lesion_area`` (mask pixels),
     ``confounded`` bool, and the crop provenance (``source_index``, ``crop_y``,
-    ``crop_x``, ``flip_h``, ``flip_v``).
+    ``crop_x``, ``flip_h``, ``flip_v``); with ``annotators > 0`` also ``annotator_masks``
+    bool ``[n, annotators, H, W]``.
     """
     n = (p.n_train if split == "train" else p.n_test) if n is None else n
     size = p.size
@@ -166,7 +169,9 @@ def make_split(p: BenchmarkParams, split: str, n: int | None = None, *, source=N
         cmask = (yy >= oy) & (yy < oy + side) & (xx >= ox) & (xx < ox + side) & confounded[:, None, None]
         x = np.where(cmask, np.float32(CONFOUNDER_VALUE), x)
     mask = m > 0
+    extra = {"annotator_masks": ann.annotate(mask, p.annotators, p.seed, SPLITS.index(split))} if p.annotators else {}
     return {
+        **extra,
         "image": np.round(x * 255).astype(np.uint8),
         "mask": mask,
         "confounder_mask": cmask,
@@ -192,14 +197,22 @@ def _to_dataset(arr: dict[str, np.ndarray], p: BenchmarkParams, split: str) -> D
     order = np.lexsort((np.arange(n), arr["y"]))  # the order data.load_folder reads: class, then id
     classes = p.classes
     extra = {"confounder": torch.from_numpy(arr["confounder_mask"][order])} if p.confounder_rate > 0 else {}
+    several = {}
+    if p.annotators:
+        extra["truth"] = torch.from_numpy(arr["mask"][order])
+        several = {
+            "annotator_masks": torch.from_numpy(arr["annotator_masks"][order]),
+            "annotators": ann.names(p.annotators),
+        }
     return Dataset(
         x=torch.from_numpy(arr["image"][order].astype(np.float32) / 255.0).unsqueeze(1),
         y=torch.from_numpy(arr["y"][order]),
         ids=[f"{classes[arr['y'][i]]}/{stems[i]}" for i in order],
         classes=classes,
-        masks=torch.from_numpy(arr["mask"][order]),
+        masks=None if p.annotators else torch.from_numpy(arr["mask"][order]),
         extra_masks=extra,
         source=f"benchmark:{p.background}:seed={p.seed}:{split}",
+        **several,
     )
 
 
@@ -209,7 +222,9 @@ def make_dataset(**params) -> tuple[Dataset, Dataset]:
     Takes the settings of :class:`BenchmarkParams` (``n_train``, ``n_test``, ``size``,
     ``background``, ``alpha``, ``lesions``, ``confounder_rate``, ``aligned``, ``seed``, ``rule``,
     ...). Images are in [0, 1] (8-bit steps), not normalised; masks are the lesion masks;
-    ``extra_masks["confounder"]`` is present when ``confounder_rate > 0``.
+    ``extra_masks["confounder"]`` is present when ``confounder_rate > 0``. With
+    ``annotators > 0`` the synthetic annotators' masks are ``annotator_masks``, ``masks`` is
+    their majority vote and the lesion masks are ``extra_masks["truth"]``.
     """
     p = BenchmarkParams.from_kwargs(**params)
     source = bgs.load_source(p.background, p.size, aligned=p.aligned, zoom=p.zoom)
@@ -232,9 +247,12 @@ def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> 
     stems = _ids(arr["y"].size)
     folders = (
         [("", "image")]
-        + [("masks", "mask")]
+        + [("true_masks" if p.annotators else "masks", "mask")]
         + ([("confounder_masks", "confounder_mask")] if p.confounder_rate > 0 else [])
     )
+    folders = [(sub, lambda i, key=key: arr[key][i]) for sub, key in folders]
+    for j, name in enumerate(ann.names(p.annotators)):
+        folders.append((f"masks/{name}", lambda i, j=j: arr["annotator_masks"][i, j]))
     for sub, _ in folders:
         for c in classes:
             (root / sub / c).mkdir(parents=True, exist_ok=True)
@@ -242,8 +260,8 @@ def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> 
     jobs = []
     for i, stem in enumerate(stems):
         c = classes[arr["y"][i]]
-        for sub, key in folders:
-            jobs.append((root / sub / c / f"{stem}.png", arr[key][i]))
+        for sub, get in folders:
+            jobs.append((root / sub / c / f"{stem}.png", get(i)))
         rows.append(
             {
                 "id": f"{c}/{stem}",
@@ -290,6 +308,9 @@ def generate(out: str | Path, **params) -> Path:
         out/metadata.csv                        one row per image: split, id, label, lesions, area, confounder, crop
         out/train/<class>/<id>.png              8-bit grey images
         out/train/masks/<class>/<id>.png        lesion masks (0/255)
+        out/train/masks/<annotator>/<class>/<id>.png   with annotators > 0: each synthetic
+                                                annotator's masks; the lesion masks are then
+        out/train/true_masks/<class>/<id>.png   (read as extra_masks["truth"])
         out/train/confounder_masks/<class>/...  marker masks (only when confounder_rate > 0)
         out/test/...                            the same for the test split
 
@@ -338,7 +359,11 @@ def generate(out: str | Path, **params) -> Path:
                 "counts": counts,
                 "confounded": confounded,
                 "truth": {
-                    "masks": "masks/<class>/<id>.png: pixels changed by a lesion",
+                    "masks": "masks/<class>/<id>.png: pixels changed by a lesion"
+                    if not p.annotators
+                    else "masks/<annotator>/<class>/<id>.png: synthetic annotators "
+                    + ", ".join(ann.names(p.annotators))
+                    + "; true_masks/<class>/<id>.png: pixels changed by a lesion",
                     "confounder_masks": "confounder_masks/<class>/<id>.png: the corner marker"
                     if p.confounder_rate > 0
                     else None,

@@ -50,6 +50,7 @@ class BenchmarkParams:
     jitter : intensity jitter: gain ``U(1-j, 1+j)`` and offset ``U(-j/2, j/2)`` per image.
     noise : SD of added pixel noise.
     zoom : source's shorter side in multiples of ``size`` before cropping (None: per source).
+    annotators : synthetic annotators (0: none); see :mod:`xaiscope.data.benchmark.annotators`.
     """
 
     n_train: int = 2000
@@ -69,6 +70,7 @@ class BenchmarkParams:
     jitter: float = 0.2
     noise: float = 0.01
     zoom: float | None = None
+    annotators: int = 0
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "BenchmarkParams":
@@ -118,6 +120,7 @@ class BenchmarkParams:
         need(0 <= self.irregularity < 1, f"irregularity must be in [0, 1), got {self.irregularity}.")
         need(0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}.")
         need(self.noise >= 0, f"noise must not be negative, got {self.noise}.")
+        need(0 <= self.annotators <= 16, f"annotators must be between 0 and 16, got {self.annotators}.")
         parse_background(self.background)
         return self
 
