@@ -128,6 +128,33 @@ def test_zarr_group_with_an_annotator_axis(tmp_path):
         load(tmp_path / "e.zarr")
 
 
+def test_hdf5_file_with_an_annotator_axis(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    from xaiscope.data import load
+
+    masks = np.random.default_rng(5).random((4, 3, 6, 6)) < 0.4
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"] = np.random.default_rng(0).random((4, 1, 6, 6)).astype(np.float32)
+        f["y"] = np.array([0, 1, 0, 1])
+        f["masks"] = masks
+        f["annotators"] = np.array([b"a", b"b", b"c"])
+        f["ids"] = np.array([b"i0", b"i1", b"i2", b"i3"])
+        f["classes"] = np.array([b"healthy", b"lesion"])
+    ds = load(tmp_path / "d.h5")
+    assert ds.annotators == ["a", "b", "c"] and ds.ids == ["i0", "i1", "i2", "i3"]
+    assert ds.classes == ["healthy", "lesion"] and np.array_equal(ds.annotator_masks.numpy(), masks)
+    assert torch.equal(ds.masks, torch.from_numpy(masks.sum(1) >= 2))  # majority of three
+    with h5py.File(tmp_path / "bad.hdf5", "w") as f:
+        f["x"] = np.zeros((4, 1, 6, 6), np.float32)
+        f["y"] = np.array([0, 1, 0, 1])
+        f["masks"] = np.zeros((4, 3, 6, 5), bool)
+    with pytest.raises(DataError, match=r"'masks' in .*bad.hdf5 has shape \[4, 3, 6, 5\]"):
+        load(tmp_path / "bad.hdf5")
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match=r"broken.h5 is not a readable HDF5 file"):
+        load(tmp_path / "broken.h5")
+
+
 @pytest.mark.parametrize(
     "masks, more, message",
     [
@@ -429,3 +456,25 @@ def test_pre_training_sources_of_a_benchmark_with_annotators_draw_none(tmp_path)
     generate(tmp_path / "bm", n_train=4, n_test=0, size=32, background="noise", annotators=3)
     sources = auto_sources(tmp_path / "bm")
     assert sources and all(p["annotators"] == 0 for p in sources.values())
+
+
+def test_a_run_compares_its_methods_with_the_annotators_and_the_report_shows_it(bench, tmp_path):
+    from xaiscope.commands.run_job import run
+    from xaiscope.report.html import write_report
+    from xaiscope.run.config import parse_config
+
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "data": {"path": str(bench)},
+        "models": [{"name": "m", "spec": "small_cnn"}],
+        "methods": ["saliency", "random"],
+        "metrics": ["relevance_mass_accuracy"],
+        "analyses": {"ranking": None, "sensitivity": None, "annotators": {"metrics": ["auroc"], "staple": "em"}},
+        "report": {"examples": 0},
+    }
+    root = run(parse_config(cfg))
+    table = pd.read_parquet(root / "analyses" / "annotators" / "methods_vs_annotators.parquet")
+    assert set(table.method) == {"saliency", "random"} and set(table.metric) == {"auroc", "dice", "iou"}
+    assert (root / "analyses" / "annotators" / "kappa.json").is_file()
+    html = write_report(root).read_text()
+    assert 'id="annotators"' in html and "methods_vs_annotators" in html and "verdict" in html

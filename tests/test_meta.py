@@ -174,3 +174,7 @@ def test_a_run_meta_evaluates_its_metrics(tmp_path):
     root = run(parse_config(cfg))
     summary = pd.read_parquet(root / "analyses" / "meta" / "meta.parquet")
     assert list(summary["metric"].unique()) == ["sparseness"]
+    from xaiscope.report.html import write_report
+
+    html = write_report(root).read_text()
+    assert 'id="meta"' in html and "IAC_NR" in html

@@ -263,19 +263,45 @@ def spray_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> No
     )
 
 
+def _default_explainers(ctx: "RunContext") -> list:
+    """The run's methods, each at its first (default) setting."""
+    from xaiscope import explain
+
+    first: dict[str, dict] = {}
+    for n, s in ctx.methods:
+        first.setdefault(n, s)
+    return [explain.get(n, **{"batch_size": ctx.batch_size, **s}) for n, s in first.items()]
+
+
+def annotators_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
+    """Several annotators against each other and the run's methods against them, on its
+    first model: ``analyses/annotators/`` as ``xaiscope annotators`` writes it."""
+    from xaiscope.commands.annotators_job import localisation_metrics, write_annotator_tables
+
+    a = ctx.cfg.analyses.annotators
+    name = next(iter(ctx.models))
+    write_annotator_tables(
+        store.analyses / "annotators",
+        ctx.models[name],
+        ctx.dataset,
+        _default_explainers(ctx),
+        ctx.targets[name],
+        localisation_metrics(a.metrics, {}),
+        top_k=a.top_k,
+        staple_backend=a.staple,
+        device=ctx.device,
+    )
+
+
 def meta_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
     """Meta-evaluation of the configured metrics with the run's methods (default settings)
     on its first model: ``analyses/meta/`` as ``xaiscope meta-evaluate`` writes it."""
-    from xaiscope import explain
     from xaiscope.commands.evaluate_job import build_metrics
     from xaiscope.commands.meta_job import meta_tables, write_meta
 
     m = ctx.cfg.analyses.meta
     name = next(iter(ctx.models))
-    first = {}
-    for n, s in ctx.methods:
-        first.setdefault(n, s)
-    explainers = [explain.get(n, **{"batch_size": ctx.batch_size, **s}) for n, s in first.items()]
+    explainers = _default_explainers(ctx)
     metrics = build_metrics(evaluate.expand(m.metrics), {}, ctx.batch_size)
     summary, detail = meta_tables(
         ctx.models[name],
@@ -313,6 +339,7 @@ def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, co
         ("sis", a.sis, sis_job),
         ("spray", a.spray, spray_job),
         ("meta", a.meta, meta_job),
+        ("annotators", a.annotators, annotators_job),
     ]
     for name, cfg, job in jobs:
         if cfg is None:

@@ -34,7 +34,7 @@ DEFAULT_METRICS = ["relevance_mass_accuracy", "pointing_game", "auroc"]
 OVERLAP = ("dice", "iou")
 
 
-def _metrics(names: list[str], params: dict[str, dict[str, Any]]) -> list[evaluate.Metric]:
+def localisation_metrics(names: list[str], params: dict[str, dict[str, Any]]) -> list[evaluate.Metric]:
     """Registered metrics that compare a map with a mask alone; groups (``all``, ``localisation``)
     keep those of their members, a metric named on its own must be one."""
     asked = [n for n in names if n not in OVERLAP]
@@ -116,7 +116,7 @@ def run_annotators(
     if staple_backend not in ("auto", "simpleitk", "em"):
         raise ConfigError(f"--staple must be 'auto', 'simpleitk' or 'em', got {staple_backend!r}.")
     metric_names = list(DEFAULT_METRICS if metrics is None else metrics)
-    mets = _metrics(metric_names, params)
+    mets = localisation_metrics(metric_names, params)
     methods = explain.expand(methods)
     unknown = [k for k in params if k not in methods and k not in [m.name for m in mets]]
     if unknown:
@@ -124,6 +124,26 @@ def run_annotators(
     explainers = build_explainers(methods, params, what.batch_size)
     out = ensure_dir(out)  # an unwritable output fails now, not after all the work
     net, ds, dev, _, explainers, t = open_model_and_images(what, explainers, params)
+    return write_annotator_tables(
+        out, net, ds, explainers, t, mets, top_k=top_k, staple_backend=staple_backend, device=dev, console=console
+    )
+
+
+def write_annotator_tables(
+    out: Path,
+    net: torch.nn.Module,
+    ds,
+    explainers: list,
+    targets: torch.Tensor,
+    mets: list,
+    *,
+    top_k: float | None = None,
+    staple_backend: str = "auto",
+    device: torch.device | None = None,
+    console=None,
+) -> dict[str, Path]:
+    """The four tables (module docstring) for the opened model and images ``ds``, the
+    explainers and the localisation metrics ``mets``; written into ``out``."""
     if ds.annotator_masks is None:
         raise DataError(
             f"The data in {ds.source} has no masks from several annotators; give masks/<annotator>/<class>/<id>.png "
@@ -143,7 +163,8 @@ def run_annotators(
             float(ann.dice_iou(masks[:, j], truth)[0].nanmean()) for j in range(len(names))
         ]
 
-    x = ds.x.to(dev)
+    x = ds.x.to(device or torch.device("cpu"))
+    t = targets.to(x.device)
     maps = {}
     for ex in explainers:
         if console is not None:
@@ -157,6 +178,7 @@ def run_annotators(
     table["top_k"] = "consensus area" if top_k is None else str(top_k)
 
     kappa = _kappa_summary(masks, agreement, names, result.backend)
+    out = ensure_dir(out)
     paths = {
         "agreement": out / "agreement.parquet",
         "kappa": out / "kappa.json",

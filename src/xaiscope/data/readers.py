@@ -12,7 +12,7 @@ Folder layout::
 The annotator layout is recognised when the folders under ``masks/`` hold no mask files
 themselves but class folders; then every annotator needs a mask for every image, and
 :attr:`Dataset.masks` is their majority vote (:func:`~xaiscope.data.dataset.majority_vote`).
-NPZ files and Zarr groups (``.zarr``) give several annotators as ``masks`` of shape
+NPZ files, Zarr groups (``.zarr``) and HDF5 files (``.h5``, ``.hdf5``) give several annotators as ``masks`` of shape
 ``[N, A, H, W]`` with optional names in ``annotators``.
 
 ``masks``, ``confounder_masks`` and ``true_masks`` are reserved names, never classes. Pixel values
@@ -421,8 +421,31 @@ def load_zarr(path: str | Path, *, normalise: str | tuple | None = None) -> Data
     return _from_arrays(arrays, path, normalise)
 
 
+def load_hdf5(path: str | Path, *, normalise: str | tuple | None = None) -> Dataset:
+    """Read an HDF5 file (``.h5``, ``.hdf5``) whose root datasets are the arrays of
+    :func:`load_npz` (``x``, ``y``, optional ``masks`` ``[N, H, W]`` or ``[N, A, H, W]``,
+    ``annotators``, ``ids``, ``classes``; strings as byte or variable-length strings).
+    Needs h5py (``pip install 'xaiscope[hdf5]'``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"The data file {path} does not exist.")
+    try:
+        import h5py
+    except ImportError:
+        raise DataError(f"Reading {path} needs h5py; install it with: pip install 'xaiscope[hdf5]'.") from None
+    try:
+        with h5py.File(path, "r") as f:
+            arrays = {k: np.asarray(f[k][()]) for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+    except Exception as e:
+        raise DataError(f"The data file {path} is not a readable HDF5 file ({type(e).__name__}).") from None
+    for k, a in arrays.items():
+        if a.dtype == object or a.dtype.kind == "S":
+            arrays[k] = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in a.reshape(-1)])
+    return _from_arrays(arrays, path, normalise)
+
+
 def _from_arrays(arrays: dict[str, np.ndarray], path: Path, normalise) -> Dataset:
-    """The dataset of the named arrays of an NPZ file or a Zarr group."""
+    """The dataset of the named arrays of an NPZ file, a Zarr group or an HDF5 file."""
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"The data file {path} has no array {key!r}.")
@@ -498,14 +521,17 @@ def _annotator_arrays(arrays: dict, shape: tuple, path: Path) -> tuple[torch.Ten
     return torch.from_numpy(m.astype(bool)), names
 
 
+ARRAY_READERS = {".npz": load_npz, ".zarr": load_zarr, ".h5": load_hdf5, ".hdf5": load_hdf5}
+
+
 def load(path: str | Path, **kwargs) -> Dataset:
-    """Read a folder (:func:`load_folder`), an ``.npz`` file (:func:`load_npz`) or a ``.zarr``
-    group (:func:`load_zarr`)."""
+    """Read a folder (:func:`load_folder`), an ``.npz`` file (:func:`load_npz`), a ``.zarr``
+    group (:func:`load_zarr`) or an HDF5 file (:func:`load_hdf5`)."""
     p = Path(path)
-    if p.suffix.lower() in (".npz", ".zarr"):
+    if p.suffix.lower() in ARRAY_READERS:
         kwargs.pop("resize", None)
         kwargs.pop("masks", None)
         kwargs.pop("classes", None)
         kwargs.pop("max_pixels", None)
-        return (load_npz if p.suffix.lower() == ".npz" else load_zarr)(p, **kwargs)
+        return ARRAY_READERS[p.suffix.lower()](p, **kwargs)
     return load_folder(p, **kwargs)

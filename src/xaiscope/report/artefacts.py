@@ -1,4 +1,5 @@
-"""Find the outputs of the optional analyses (global maps, PEPPR, variability, SIS, SpRAy) in a run.
+"""Find the outputs of the optional analyses (global maps, PEPPR, variability, SIS, SpRAy,
+several annotators, meta-evaluation) in a run.
 
 These analyses write PNG figures and small JSON / CSV / Parquet summaries under
 ``RUN/figures/`` and ``RUN/analyses/``, either as files named with the section's prefix
@@ -24,6 +25,8 @@ SECTIONS = {
     "variability": "Explanation variability across models",
     "sis": "Sufficient input subsets (SIS)",
     "spray": "Explanation strategies per class (SpRAy)",
+    "annotators": "Several annotators: do the methods agree with the experts as the experts agree with each other?",
+    "meta": "Metric reliability (meta-evaluation, MetaQuantus protocol)",
 }
 TABLE_SUFFIXES = (".parquet", ".csv", ".json")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

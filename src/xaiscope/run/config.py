@@ -170,6 +170,16 @@ class MetaConfig(_Strict):
     max_images: Optional[int] = Field(32, ge=2)
 
 
+class AnnotatorsConfig(_Strict):
+    """Several annotators (as ``xaiscope annotators``) on the run's first model and images
+    (which must hold masks from several annotators), with the run's methods at their
+    default settings."""
+
+    metrics: list[str] = ["relevance_mass_accuracy", "pointing_game", "auroc"]
+    top_k: Optional[float] = Field(None, gt=0, le=1)
+    staple: Literal["auto", "simpleitk", "em"] = "auto"
+
+
 class AnalysesConfig(_Strict):
     ranking: Optional[RankingConfig] = RankingConfig()
     sensitivity: Optional[SensitivityConfig] = SensitivityConfig()
@@ -178,6 +188,7 @@ class AnalysesConfig(_Strict):
     sis: Optional[SISConfig] = None
     spray: Optional[SprayConfig] = None
     meta: Optional[MetaConfig] = None
+    annotators: Optional[AnnotatorsConfig] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
