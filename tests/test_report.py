@@ -191,6 +191,7 @@ def test_significance_agreement_and_cd_diagram_are_shown(tmp_path_factory, rich_
     alts = [a.get("alt", "") for a in page.imgs]
     assert "critical-difference diagram for model small_cnn" in alts
     assert "metric agreement for model small_cnn" in alts
+    assert "significance matrices for model small_cnn" in alts
     assert "Friedman test over 3 metrics (blocks) and 5 methods" in rich_html
     ranking = page.tables["ranking-1"]
     assert [t for _, t in ranking[0]][:4] == ["method", "avg rank (metrics)", "rank 95% range", "avg rank 95% range"]

@@ -382,6 +382,7 @@ def significance_section(run: RunView) -> list[dict[str, Any]]:
                 )
             rows.append({"cells": cells, "cls": ""})
         matrix = {"columns": ["metric"] + methods, "rows": rows, "note": ""}
+        figure = data_uri(plots.significance_matrices(df, methods))
         flag_table = None
         if flags is not None and not flags.empty:
             f = flags[flags["model"] == model].drop(columns=["model"])
@@ -401,7 +402,7 @@ def significance_section(run: RunView) -> list[dict[str, Any]]:
             ]
             flag_table = table_from_df(f[cols], source="analyses/discrimination.parquet")
         modes = ", ".join(sorted(df["mode"].astype(str).unique()))
-        out.append({"model": model, "matrix": matrix, "flags": flag_table, "modes": modes})
+        out.append({"model": model, "matrix": matrix, "figure": figure, "flags": flag_table, "modes": modes})
     return out
 
 

@@ -350,3 +350,43 @@ def agreement_heatmap(tau: pd.DataFrame, title: str = "") -> bytes:
         ax.set_title(mpl_text(title), fontsize=8)
     fig.tight_layout()
     return png_bytes(fig)
+
+
+def significance_matrices(pairs: pd.DataFrame, methods: list[str], title: str = "") -> bytes:
+    """One small methods x methods matrix per metric from the paired tests: a cell is +1
+    (green) where the row's method is significantly better than the column's after Holm,
+    -1 (red) where it is worse, 0 (pale yellow) where they do not differ; grey where untested."""
+    from matplotlib import colormaps
+
+    metrics = list(dict.fromkeys(pairs["metric"]))
+    k = len(methods)
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    side = max(1.8, 0.32 * k + 0.9)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows + 0.3), squeeze=False)
+    cmap = colormaps["RdYlGn"].with_extremes(bad="#d0d0d0")
+    index = {m: i for i, m in enumerate(methods)}
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for n, metric in enumerate(metrics):
+        ax = axes.flat[n]
+        m = np.full((k, k), np.nan)
+        np.fill_diagonal(m, 0.0)
+        for r in pairs[pairs["metric"] == metric].itertuples(index=False):
+            if r.method_a not in index or r.method_b not in index:
+                continue
+            i, j = index[r.method_a], index[r.method_b]
+            sign = 0.0 if not bool(r.significant) else (1.0 if r.better == r.method_a else -1.0)
+            m[i, j], m[j, i] = sign, -sign
+        ax.set_axis_on()
+        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-1.5, vmax=1.5, interpolation="nearest")
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        labels = [mpl_text(x) for x in methods]
+        ax.set_xticklabels(labels, rotation=90, fontsize=5)
+        ax.set_yticklabels(labels, fontsize=5)
+        ax.set_title(mpl_text(metric), fontsize=7)
+    if title:
+        fig.suptitle(mpl_text(title), fontsize=8)
+    fig.tight_layout()
+    return png_bytes(fig)
