@@ -194,3 +194,16 @@ def test_set_level_metrics_run_and_take_no_part_in_paired_tests(npz, tmp_path):
     assert set(results["metric"]) == {"sufficiency", "consistency", "deletion"}
     assert set(pd.read_parquet(root / "curves.parquet")["metric"]) == {"deletion"}
     assert set(pd.read_parquet(root / "analyses" / "significance.parquet")["metric"]) == {"deletion"}
+
+
+def test_a_run_of_two_models_writes_intervals_over_the_models(npz, tmp_path):
+    models = [{"name": "m", "spec": "fixture_models:seeded_cnn"}, {"name": "n", "spec": "small_cnn"}]
+    cfg = _cfg(npz, tmp_path / "run", models=models, methods=["saliency", "random"], metrics=["sparseness"])
+    root = run(parse_config(cfg))
+    table = pd.read_parquet(root / "analyses" / "metric_means_models.parquet")
+    assert set(table["method"]) == {"saliency", "random"} and (table["n_models"] == 2).all()
+    per_model = RunStore(root).results().groupby(["method", "model"])["value"].mean().groupby("method").mean()
+    got = table.set_index("method")["mean"]
+    assert got["saliency"] == pytest.approx(per_model["saliency"]) and got["random"] == pytest.approx(
+        per_model["random"]
+    )

@@ -229,3 +229,40 @@ def test_metric_agreement_is_direction_aware_and_clusters():
     c = out.drop_duplicates("metric_a").set_index("metric_a")
     assert c.loc["up", "cluster_a"] == c.loc["down", "cluster_a"] != c.loc["other", "cluster_a"]
     assert abs(c.loc["up", "order_a"] - c.loc["down", "order_a"]) == 1
+
+
+def test_two_level_interval_covers_the_mean_over_models_where_pooling_images_does_not():
+    """Models differ (model effect N(0, 1)), images vary within a model (N(0, 0.5^2)): the
+    two-level bootstrap covers the grand mean 0 near its level (a little under: 8 models),
+    the interval over pooled images, which ignores the models, far below it."""
+    from xaiscope.analyses.significance import hierarchical_interval
+
+    rng = np.random.default_rng(0)
+    hits_two_level = hits_pooled = 0
+    reps = 100
+    for r in range(reps):
+        models = [rng.normal(rng.normal(0, 1), 0.5, size=15) for _ in range(8)]
+        two = hierarchical_interval(models, rng=np.random.default_rng(r), n_resamples=300)
+        pooled = S.mean_interval(
+            np.concatenate(models), rng=np.random.default_rng(r), n_resamples=300, method="percentile"
+        )
+        hits_two_level += two.low <= 0 <= two.high
+        hits_pooled += pooled.low <= 0 <= pooled.high
+    assert hits_two_level / reps >= 0.82
+    assert hits_pooled / reps <= 0.6
+
+
+def test_collection_intervals_need_two_models_and_leave_nan_out():
+    from xaiscope.analyses.significance import collection_intervals
+
+    rows = [
+        {"model": m, "method": "saliency", "setting": "default", "metric": "x", "value": v}
+        for m, vals in (("a", [0.1, 0.2, np.nan]), ("b", [0.5, 0.7, 0.6]))
+        for v in vals
+    ]
+    df = pd.DataFrame(rows)
+    out = collection_intervals(df, seed=1, n_resamples=200)
+    row = out.iloc[0]
+    assert row["mean"] == pytest.approx((0.15 + 0.6) / 2) and row["n_models"] == 2 and row["n_nan"] == 1
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["ci_method"] == "two-level percentile"
+    assert collection_intervals(df[df.model == "a"], seed=1).empty

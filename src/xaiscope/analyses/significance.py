@@ -158,6 +158,55 @@ def mean_intervals(
     return pd.DataFrame(rows, columns=cols)
 
 
+def hierarchical_interval(
+    per_model: list[np.ndarray], *, rng: np.random.Generator, level: float = LEVEL, n_resamples: int = 2000
+) -> Interval:
+    """Mean over models of each model's mean score, with a two-level percentile bootstrap
+    interval: each resample draws the models with replacement, then within each drawn
+    model its images with replacement, and averages the models' means (Davison & Hinkley
+    1997, sec. 3.8). The interval so covers the variation between models (seeds, training
+    runs) as well as between images. NaN scores are left out; models without a finite
+    score do not count."""
+    models = [v[np.isfinite(v)] for v in (np.asarray(a, float) for a in per_model)]
+    n_nan = int(sum(np.asarray(a, float).size for a in per_model) - sum(m.size for m in models))
+    models = [m for m in models if m.size]
+    n = int(sum(m.size for m in models))
+    if not models:
+        return Interval(math.nan, math.nan, math.nan, 0, n_nan, "")
+    mean = float(np.mean([m.mean() for m in models]))
+    if len(models) < 2:
+        return Interval(mean, math.nan, math.nan, n, n_nan, "")
+    k = len(models)
+    draws = np.empty(n_resamples)
+    picks = rng.integers(k, size=(n_resamples, k))
+    for b in range(n_resamples):
+        draws[b] = np.mean([models[j][rng.integers(models[j].size, size=models[j].size)].mean() for j in picks[b]])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return Interval(mean, float(lo), float(hi), n, n_nan, "two-level percentile")
+
+
+def collection_intervals(
+    scores: pd.DataFrame, *, seed: int = 0, level: float = LEVEL, n_resamples: int = 2000
+) -> pd.DataFrame:
+    """Over the models of a collection (two or more models scored on the same images): one row
+    per (method, setting, metric) with the mean over models of the per-model means and its
+    :func:`hierarchical_interval`; empty with fewer than two models."""
+    cols = ["method", "setting", "metric", "mean", "ci_low", "ci_high", "ci_method", "n_models", "n", "n_nan"]
+    if scores["model"].nunique() < 2:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for key, g in scores.groupby(["method", "setting", "metric"], sort=False):
+        per_model = [m["value"].to_numpy(float) for _, m in g.groupby("model", sort=True)]
+        iv = hierarchical_interval(per_model, rng=cell_rng(seed, "models", *key), level=level, n_resamples=n_resamples)
+        rows.append(
+            dict(zip(("method", "setting", "metric"), key))
+            | {"mean": iv.mean, "ci_low": iv.low, "ci_high": iv.high, "ci_method": iv.method}
+            | {"n_models": len(per_model), "n": iv.n, "n_nan": iv.n_nan}
+        )
+    return pd.DataFrame(rows, columns=cols)
+
+
 # ----------------------------------------------------------------------------- per-image cubes
 def score_cube(scores: pd.DataFrame, methods: list[str], metrics: list[str]) -> np.ndarray:
     """``[images, methods, metrics]`` per-image scores (NaN where missing), images in sorted id order."""

@@ -14,7 +14,7 @@ import torch
 from xaiscope import evaluate
 from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_sensitivity, score_sensitivity
-from xaiscope.analyses.significance import EXACT_MAX_N, analyse, mean_intervals, q_alpha
+from xaiscope.analyses.significance import EXACT_MAX_N, analyse, collection_intervals, mean_intervals, q_alpha
 from xaiscope.io import write_json, write_parquet
 from xaiscope.run.config import setting_id
 from xaiscope.run.inputs import model_seed
@@ -36,6 +36,8 @@ def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> 
     """The ranking and the statistics of its aggregates, per model (``analyses/``):
 
     ``metric_means_<model>.parquet`` (every setting's mean with its bootstrap interval),
+    ``metric_means_models.parquet`` (with two or more models: means over the models with a
+    two-level bootstrap interval over models and images),
     ``significance.parquet`` (paired tests), ``discrimination.parquet`` (flags),
     ``metric_agreement.parquet``, ``ranking.parquet`` and ``ranking.json``."""
     cfg = ctx.cfg.analyses.ranking
@@ -45,6 +47,9 @@ def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> 
     directions = {n: evaluate.get_class(n).direction for n in metrics}
     set_level = {n for n in metrics if evaluate.get_class(n).set_level}
     intervals = mean_intervals(scored_all, seed=ctx.cfg.seed, n_resamples=cfg.resamples)
+    over_models = collection_intervals(scored_all, seed=ctx.cfg.seed, n_resamples=cfg.resamples)
+    if len(over_models):
+        write_parquet(store.analyses / "metric_means_models.parquet", over_models)
     scored = scored_all[scored_all["setting"] == scored_all["method"].map(defaults)]
     tables, pairs, flags, agreement, tests = [], [], [], [], {}
     for model, df in scored.groupby("model"):
