@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from cli_helpers import assert_user_error, run_cli
-from xaiscope import explain, models
+from xaiscope import evaluate, explain, models
 from xaiscope.analyses.ranking import rank_methods
 from xaiscope.analyses.sensitivity import map_similarity
 from xaiscope.commands.run_job import run
@@ -194,6 +194,27 @@ def test_set_level_metrics_run_and_take_no_part_in_paired_tests(npz, tmp_path):
     assert set(results["metric"]) == {"sufficiency", "consistency", "deletion"}
     assert set(pd.read_parquet(root / "curves.parquet")["metric"]) == {"deletion"}
     assert set(pd.read_parquet(root / "analyses" / "significance.parquet")["metric"]) == {"deletion"}
+    means = pd.read_parquet(root / "analyses" / "metric_means_m.parquet").set_index(["method", "metric"])
+    assert means.loc[("saliency", "sufficiency"), "ci_method"] == "percentile, set score recomputed"
+
+
+def test_set_level_scores_are_over_the_whole_set_whatever_the_unit_size(npz, tmp_path):
+    """unit_images 4 and 10 give the same sufficiency and consistency rows (for methods whose
+    maps do not depend on the units), equal to the metric computed on all images at once."""
+    metrics = ["sufficiency", "consistency"]
+    small = run(parse_config(_cfg(npz, tmp_path / "a", metrics=metrics, unit_images=4)))
+    whole = run(parse_config(_cfg(npz, tmp_path / "b", metrics=metrics, unit_images=10)))
+    a, b = RunStore(small).results(), RunStore(whole).results()
+    a, b = (r[(r.method != "random") & r.metric.isin(metrics)].reset_index(drop=True) for r in (a, b))
+    pd.testing.assert_frame_equal(a, b)  # the random maps themselves depend on the units' draws
+    net = models.load("fixture_models:seeded_cnn")
+    x, y = torch.from_numpy(np.load(npz)["x"]), torch.from_numpy(np.load(npz)["y"])
+    maps = explain.get("saliency")(net, x, y)
+    for name in metrics:
+        want = evaluate.get(name)(net, x, y, maps).numpy()
+        got = a[(a.method == "saliency") & (a.metric == name)].sort_values("image_id")["value"].to_numpy()
+        order = np.argsort([str(i) for i in range(10)])
+        np.testing.assert_allclose(got, want[order], atol=1e-6)
 
 
 def test_a_run_of_two_models_writes_intervals_over_the_models(npz, tmp_path):

@@ -266,3 +266,13 @@ def test_collection_intervals_need_two_models_and_leave_nan_out():
     assert row["mean"] == pytest.approx((0.15 + 0.6) / 2) and row["n_models"] == 2 and row["n_nan"] == 1
     assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["ci_method"] == "two-level percentile"
     assert collection_intervals(df[df.model == "a"], seed=1).empty
+
+
+def test_set_level_interval_recomputes_the_set_score_on_resamples():
+    predicted = np.array([0] * 5 + [1] * 5)
+    pairs = ~np.eye(10, dtype=bool)  # every other image is paired
+    iv = S.set_level_interval(pairs, predicted, rng=np.random.default_rng(0), n_resamples=300)
+    assert iv.mean == pytest.approx(4 / 9) and iv.method == "percentile, set score recomputed"
+    assert iv.low < iv.mean < iv.high
+    same = S.set_level_interval(pairs, np.zeros(10, int), rng=np.random.default_rng(0), n_resamples=300)
+    assert (same.mean, same.low, same.high) == (1.0, 1.0, 1.0)  # copies are never paired with themselves

@@ -186,6 +186,33 @@ def hierarchical_interval(
     return Interval(mean, float(lo), float(hi), n, n_nan, "two-level percentile")
 
 
+def set_level_interval(
+    pairs: np.ndarray, predicted: np.ndarray, *, rng: np.random.Generator, level: float = LEVEL, n_resamples: int = 2000
+) -> Interval:
+    """Mean set-level score (sufficiency, consistency) with a percentile interval from
+    resampling the images and recomputing the set score on each resample: for image i of the
+    resample, the share of the images paired with it (``pairs`` ``[N, N]``, decided once on
+    the whole set) that share its ``predicted`` class, 0 when none is paired; a copy of an
+    image is never paired with itself."""
+    pairs = np.asarray(pairs, bool)
+    predicted = np.asarray(predicted)
+    n = len(predicted)
+
+    def score(idx: np.ndarray) -> float:
+        sub = pairs[np.ix_(idx, idx)] & (idx[:, None] != idx[None, :])
+        same = predicted[idx][:, None] == predicted[idx][None, :]
+        cnt = sub.sum(1)
+        return float(np.where(cnt > 0, (sub & same).sum(1) / np.maximum(cnt, 1), 0.0).mean())
+
+    mean = score(np.arange(n))
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n, 0, "")
+    draws = np.array([score(rng.integers(n, size=n)) for _ in range(n_resamples)])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail])
+    return Interval(mean, float(lo), float(hi), n, 0, "percentile, set score recomputed")
+
+
 def collection_intervals(
     scores: pd.DataFrame, *, seed: int = 0, level: float = LEVEL, n_resamples: int = 2000
 ) -> pd.DataFrame:

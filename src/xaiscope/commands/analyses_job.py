@@ -47,6 +47,8 @@ def ranking_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> 
     directions = {n: evaluate.get_class(n).direction for n in metrics}
     set_level = {n for n in metrics if evaluate.get_class(n).set_level}
     intervals = mean_intervals(scored_all, seed=ctx.cfg.seed, n_resamples=cfg.resamples)
+    if set_level:
+        intervals = _set_level_intervals(store, ctx, intervals, set_level, cfg.resamples)
     over_models = collection_intervals(scored_all, seed=ctx.cfg.seed, n_resamples=cfg.resamples)
     if len(over_models):
         write_parquet(store.analyses / "metric_means_models.parquet", over_models)
@@ -143,6 +145,27 @@ def _finite(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def _set_level_intervals(store, ctx, intervals: pd.DataFrame, set_level: set[str], resamples: int) -> pd.DataFrame:
+    """The intervals of the set-level metrics from resampling the images and recomputing the
+    set score (:func:`~xaiscope.analyses.significance.set_level_interval`)."""
+    import torch
+
+    from xaiscope.analyses.significance import cell_rng, set_level_interval
+    from xaiscope.run.units import metric_instance
+
+    intervals = intervals.copy()
+    hparams = dict(ctx.metrics)
+    for i, row in intervals[intervals["metric"].isin(set_level)].iterrows():
+        a = torch.from_numpy(store.attributions(row["model"], row["method"], row["setting"]))
+        metric = metric_instance(row["metric"], hparams[row["metric"]], ctx.batch_size, ctx.seed)
+        pairs = metric.set_pairs(a).cpu().numpy()
+        predicted = ctx.outputs[row["model"]].argmax(dim=1).numpy()
+        key = (row["model"], row["method"], row["setting"], row["metric"])
+        iv = set_level_interval(pairs, predicted, rng=cell_rng(ctx.cfg.seed, "set", *key), n_resamples=resamples)
+        intervals.loc[i, ["ci_low", "ci_high", "ci_method"]] = [iv.low, iv.high, iv.method]
+    return intervals
 
 
 def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from xaiscope.errors import MethodError, MetricError, did_you_mean
+from xaiscope.evaluate import stats
 from xaiscope.evaluate.cost import Count, Env, number
 from xaiscope.explain.base import Param
 from xaiscope.explain.postprocess import pool
@@ -71,8 +72,25 @@ class Metric:
     cost: ClassVar[Count] = number(0)
     #: ``str(cost)``, set for every subclass
     passes_formula: ClassVar[str] = "0"
-    #: the score is computed from a whole set of images together (e.g. sufficiency)
+    #: the score is computed from a whole set of images together (e.g. sufficiency): such a
+    #: metric also gives ``set_scores(a, predicted)`` from the maps and predicted classes alone
     set_level: ClassVar[bool] = False
+
+    def set_pairs(self, a: torch.Tensor) -> torch.Tensor:
+        """``[N, N]`` bool: which pairs of images of the set a set-level metric compares (maps
+        ``a`` of the whole set; e.g. maps close to each other for sufficiency)."""
+        return self._set_pairs(self.map(torch.as_tensor(a).float()))
+
+    def set_scores(self, a: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Per-image scores ``[N]`` of a set-level metric from the maps ``a`` of the whole set and
+        the model's predicted classes, without a model pass: for image i, the share of the
+        images paired with it (:meth:`set_pairs`) predicted as the same class; 0 if none."""
+        pairs = self.set_pairs(a)
+        return stats.agreement(torch.as_tensor(predicted).to(pairs.device), pairs)
+
+    def _set_pairs(self, m: torch.Tensor) -> torch.Tensor:
+        raise MetricError(f"{self.name} is not a set-level metric.")
+
     #: the setting that names the extra mask (``Dataset.extra_masks``) a metric with
     #: ``"mask"`` in ``needs`` reads instead of the expert masks; None: the expert masks
     mask_param: ClassVar[str | None] = None

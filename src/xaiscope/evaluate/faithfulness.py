@@ -412,7 +412,10 @@ class Sufficiency(_Faithfulness):
     spec = P.Perturbation(output="class", base=True)
 
     def summarise(self, c):
-        return stats.agreement(c.base, _close_pairs(c.m.flatten(1).double(), self.hparams["threshold"]))
+        return stats.agreement(c.base, self._set_pairs(c.m))
+
+    def _set_pairs(self, m):
+        return _close_pairs(m.flatten(1).double(), self.hparams["threshold"])
 
 
 def _close_pairs(m: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -455,7 +455,10 @@ class Consistency(P.PerturbationMetric):
     spec = P.Perturbation(output="class", base=True)
 
     def summarise(self, c):
-        m, k = c.m.flatten(1), self.hparams["n"]
+        return stats.agreement(c.base, self._set_pairs(c.m))
+
+    def _set_pairs(self, m):
+        m, k = m.flatten(1), self.hparams["n"]
         if self.hparams["discretise"] == "first_n_sign":
             lab = m[:, :k].sign()
         else:
@@ -463,4 +466,4 @@ class Consistency(P.PerturbationMetric):
             lab = torch.cat([idx.double(), m.gather(1, idx).sign().double()], 1)
         same_label = (lab.unsqueeze(0) == lab.unsqueeze(1)).all(-1)
         same_label &= ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
-        return stats.agreement(c.base, same_label)
+        return same_label

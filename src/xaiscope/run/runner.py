@@ -26,13 +26,13 @@ import pandas as pd
 import torch
 
 import xaiscope
-from xaiscope import models
+from xaiscope import evaluate, models
 from xaiscope.errors import ConfigError, StaleResultsError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, dump_config, setting_id
 from xaiscope.run.context import RunContext
-from xaiscope.run.store import RunStore
-from xaiscope.run.units import Unit, UnitSource, compute_unit, inexact_counts
+from xaiscope.run.store import RESULT_COLUMNS, RunStore
+from xaiscope.run.units import Unit, UnitSource, compute_unit, inexact_counts, metric_instance
 
 # The analyses that follow the units (ranking, sensitivity, global maps, ...): given the
 # store, the context and the consolidated results, they write their tables and return
@@ -83,6 +83,34 @@ def local_backend(
         if counted is not None:
             counted[unit.method] = counted.get(unit.method, 0) + count.rows
         on_result(unit, result)
+
+
+def score_set_level(store: RunStore, ctx: RunContext, results: pd.DataFrame) -> pd.DataFrame:
+    """Add the rows of the set-level metrics (sufficiency, consistency), scored over all the
+    run's images at once from the stored maps and the models' predicted classes (no model
+    pass), so they do not depend on ``unit_images``; rewrite ``results.parquet``."""
+    set_metrics = [(n, h) for n, h in ctx.metrics if evaluate.get_class(n).set_level]
+    if not set_metrics:
+        return results
+    ds, rows = ctx.dataset, []
+    for model in ctx.models:
+        predicted = ctx.outputs[model].argmax(dim=1)
+        targets = ctx.targets[model].tolist()
+        for method, hp in ctx.methods:
+            setting = setting_id(hp)
+            a = torch.from_numpy(store.attributions(model, method, setting))
+            for name, mhp in set_metrics:
+                scores = metric_instance(name, mhp, ctx.batch_size, ctx.seed).set_scores(a, predicted)
+                base = {"model": model, "method": method, "setting": setting, "metric": name}
+                rows += [
+                    {"image_id": i, "label": int(y), "target": t, **base, "value": float(v)}
+                    for i, y, t, v in zip(ds.ids, ds.y.tolist(), targets, scores.tolist())
+                ]
+    keep = results[~results["metric"].isin([n for n, _ in set_metrics])]  # rows of older unit files
+    out = pd.concat([keep, pd.DataFrame(rows, columns=RESULT_COLUMNS)], ignore_index=True)
+    out = out.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(drop=True)
+    store.write_results(out)
+    return out
 
 
 def run_folder(cfg: RunConfig, out: str | Path | None = None) -> Path:
@@ -192,7 +220,7 @@ def run(
         else:
             local_backend(ctx, todo, on_result, counted)
     t_units = time.time() - t0
-    results = store.consolidate()
+    results = score_set_level(store, ctx, store.consolidate())
     timings = analyses(store, ctx, results, console) if analyses is not None else {}
     store.write_manifest(
         manifest(

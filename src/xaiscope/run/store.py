@@ -192,7 +192,7 @@ class RunStore:
         results = results.sort_values(["model", "method", "setting", "metric", "image_id"], kind="stable").reset_index(
             drop=True
         )
-        write_parquet(self.root / "results.parquet", results)
+        self.write_results(results)
         cparts = sorted(self.units_dir.glob("*.curves.parquet")) if self.units_dir.exists() else []
         curves = (
             pd.concat([_without_attrs(pd.read_parquet(p)) for p in cparts], ignore_index=True)
@@ -204,6 +204,10 @@ class RunStore:
         ).reset_index(drop=True)
         write_parquet(self.root / "curves.parquet", curves)
         return results
+
+    def write_results(self, results: pd.DataFrame) -> None:
+        """Write ``results.parquet`` (atomically)."""
+        write_parquet(self.root / "results.parquet", results)
 
     # reading
     def results(self) -> pd.DataFrame:

@@ -111,13 +111,22 @@ def planned_passes(
     """Model passes (images through the model) that computing ``unit`` takes, from the
     declarations: images x (the method's passes per image + each metric's, given that
     method and model). :func:`compute_unit` makes this many where every count is exact
-    (see :func:`inexact_counts`); NaN where a count needs what is not known."""
+    (see :func:`inexact_counts`); NaN where a count needs what is not known. Set-level
+    metrics are scored after the units from the stored maps and the run's predictions, with
+    no pass of their own."""
     ex = explain.get(unit.method, **{"batch_size": batch_size, **dict(unit.hparams)})
     shape3 = tuple(shape) if len(shape) == 3 else None
     per_image = ex.passes(shape3) + sum(
-        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model) for n, h in metrics
+        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model)
+        for n, h in per_unit_metrics(metrics)
     )
     return (unit.stop - unit.start) * per_image
+
+
+def per_unit_metrics(metrics: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The metrics a unit scores: all but the set-level ones (scored over the whole set
+    once every unit is committed, see :func:`xaiscope.run.runner.score_set_level`)."""
+    return [(n, h) for n, h in metrics if not evaluate.get_class(n).set_level]
 
 
 def inexact_counts(metrics: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
@@ -140,7 +149,8 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
     base = {"model": unit.model, "method": unit.method, "setting": unit.setting}
     labels = inp.y.tolist()
     targets = inp.targets.tolist()
-    for name, mhp in inp.metrics:
+    unit_metrics = per_unit_metrics(inp.metrics)
+    for name, mhp in unit_metrics:
         metric = metric_instance(name, mhp, inp.batch_size, inp.seed)
         mask = evaluate.mask_for(metric, inp.masks, inp.extra_masks)
         if getattr(metric, "has_curve", False):  # scores and curve from the same model passes
@@ -165,7 +175,7 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
             rows.append(
                 {"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)}
             )
-    if not inp.metrics:  # keep a row per image so the unit is visible in the results
+    if not unit_metrics:  # keep a row per image so the unit is visible in the results
         for i, id_ in enumerate(inp.ids):
             rows.append(
                 {
