@@ -305,6 +305,31 @@ def interval_table(run: RunView) -> pd.DataFrame:
     return mean_intervals(run.results, seed=seed)
 
 
+def models_table(run: RunView) -> dict[str, Any] | None:
+    """Means over the models (two or more) with their two-level bootstrap interval, from the
+    run's ``metric_means_models.parquet``: one row per method and setting, one column per metric."""
+    df = run.parquet("metric_means_models.parquet")
+    if df is None or df.empty:
+        return None
+    metrics = list(dict.fromkeys(df["metric"]))
+    arrows = {"higher": " \u2191", "lower": " \u2193"}
+    columns = ["method", "setting"] + [m + arrows.get(run.directions.get(m, ""), "") for m in metrics]
+    ivs = df.set_index(["method", "setting", "metric"])
+    rows = []
+    for method, setting in dict.fromkeys(zip(df["method"], df["setting"])):
+        cells = [cell(method, badge=method in run.baselines), cell(setting)]
+        for m in metrics:
+            r = ivs.loc[(method, setting, m)] if (method, setting, m) in ivs.index else None
+            if r is None or math.isnan(r["mean"]):
+                cells.append(cell(math.nan, text="\u2014"))
+                continue
+            interval = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if not math.isnan(r["ci_low"]) else ""
+            title = f"{int(r['n_models'])} models, {int(r['n'])} scores; 95% {r['ci_method']} bootstrap interval"
+            cells.append(cell(r["mean"], text=f"{r['mean']:.4g}{interval}", title=title))
+        rows.append({"cells": cells, "cls": "baseline" if method in run.baselines else ""})
+    return {"columns": columns, "rows": rows, "note": ""}
+
+
 def metric_table(run: RunView) -> dict[str, Any] | None:
     res = run.results
     if res.empty:
@@ -608,6 +633,7 @@ def build_context(run: RunView) -> dict[str, Any]:
         "n_results": len(run.results),
         "ranking": ranking_section(run),
         "metric_table": metric_table(run),
+        "models_table": models_table(run),
         "significance": significance_section(run),
         "agreement": agreement_section(run),
         "nan": nan_section(run),
