@@ -191,3 +191,44 @@ def test_forward_is_chunked_and_checks_output():
         models.forward(lambda z: (z, z), x)
     with pytest.raises(ModelError, match="returned shape \\[3\\]"):
         models.forward(lambda z: z.sum(dim=(1, 2, 3)), x[:3])
+
+
+def test_timm_spec_builds_the_architecture_for_the_data_without_downloading():
+    pytest.importorskip("timm")
+    spec = "timm:vit_tiny_patch16_224,img_size=32,patch_size=8,depth=2"
+    net = models.load(spec, num_classes=3, in_channels=1, seed=4)
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 3) and not net.training
+    again = models.load(spec, num_classes=3, in_channels=1, seed=4)
+    assert models.weights_hash(net) == models.weights_hash(again)  # seeded random weights
+    assert models.weights_hash(models.load(spec, num_classes=3, in_channels=1, seed=5)) != models.weights_hash(net)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            "timm:vit_tiny_patch16_22",
+            r"timm has no model named 'vit_tiny_patch16_22' \(did you mean 'vit_tiny_patch16_224'\?\)\.",
+        ),
+        ("timm:resnet18,depth", r"has 'depth'; write timm:NAME,key=value"),
+        ("timm:resnet18,drop_rate=fast", r"gives drop_rate the value 'fast', not a Python literal"),
+    ],
+)
+def test_bad_timm_specs_are_one_sentence(spec, message):
+    pytest.importorskip("timm")
+    with pytest.raises(ModelError, match=message):
+        models.load(spec)
+
+
+def test_explain_runs_on_a_timm_vision_transformer(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from cli_helpers import run_cli
+
+    x = np.random.default_rng(0).random((4, 1, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 0, 1]))
+    spec = "timm:vit_tiny_patch16_224,img_size=32,patch_size=8,depth=2"
+    args = ["explain", "--model", spec, "--data", tmp_path / "d.npz", "--methods", "saliency,integrated_gradients"]
+    r = run_cli(capsys, *args, "--out", tmp_path / "out", "--overlays", "0", "-p", "integrated_gradients.n_steps=4")
+    assert r.code == 0, r.err
+    a = np.load(tmp_path / "out" / "saliency.npz")["attributions"]
+    assert a.shape == (4, 1, 32, 32) and np.isfinite(a).all() and a.std() > 0

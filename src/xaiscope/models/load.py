@@ -7,6 +7,10 @@ Spec forms
 ``torchvision:resnet18``
     A torchvision architecture with random weights, ``num_classes`` outputs and its
     first convolution adapted to ``in_channels``.
+``timm:vit_tiny_patch16_224`` or ``timm:NAME,key=value,...``
+    A timm architecture (``pip install timm``) with random weights, ``in_chans`` and
+    ``num_classes`` from the data unless given (e.g. ``timm:vit_tiny_patch16_224,img_size=64,patch_size=8``);
+    nothing is downloaded, a local checkpoint comes with ``weights=``.
 ``package.module:factory``
     ``factory(**kwargs)`` is called, with ``num_classes`` and ``in_channels`` when its
     signature takes them. **This imports and runs the user's code.**
@@ -20,7 +24,7 @@ A pickled whole model (``torch.save(model)``)
 
 Weights given with ``weights=`` are always read with ``weights_only=True``.
 
-Random initial weights (zoo, ``torchvision:NAME`` and factory specs) are drawn under
+Random initial weights (zoo, ``torchvision:NAME``, ``timm:NAME`` and factory specs) are drawn under
 ``seed``: the model is built inside :func:`torch.random.fork_rng` with the CPU generator
 seeded, so the same spec and seed give the same weights on the same machine and the
 caller's global random state is left as it was. :func:`weights_hash` identifies the
@@ -40,7 +44,7 @@ import torch
 from torch import nn
 
 from xaiscope.data.hashing import state_dict_hash
-from xaiscope.errors import ModelError
+from xaiscope.errors import ModelError, did_you_mean
 from xaiscope.models import zoo
 
 WEIGHT_FILE_SUFFIXES = {".pt", ".pth", ".ts", ".pkl", ".bin"}
@@ -116,6 +120,37 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     except ValueError:
         raise ModelError(f"torchvision has no model named {name!r}.") from None
     return _adapt_in_channels(model, in_channels)
+
+
+def _timm(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """``timm:NAME`` or ``timm:NAME,key=value,...`` (values as Python literals, e.g.
+    ``timm:vit_tiny_patch16_224,img_size=64,patch_size=8``): the architecture with random
+    weights (nothing is downloaded), ``in_chans`` and ``num_classes`` from the data unless
+    given."""
+    import ast
+
+    name, *pairs = [p.strip() for p in spec.split(":", 1)[1].split(",")]
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_channels}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise ModelError(f"The model spec {spec!r} has {pair!r}; write timm:NAME,key=value,... .")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ModelError(
+                f"The model spec {spec!r} gives {key.strip()} the value {text.strip()!r}, not a Python literal."
+            ) from None
+    try:
+        import timm
+    except ImportError:
+        raise ModelError(f"The model spec {spec!r} needs timm; install it with: pip install timm.") from None
+    if not timm.is_model(name):
+        raise ModelError(f"timm has no model named {name!r}{did_you_mean(name, timm.list_models())}.")
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as e:
+        raise ModelError(f"timm cannot build {name!r} with {kwargs}: {e}.") from None
 
 
 def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -232,6 +267,9 @@ def load(
     elif spec.startswith("torchvision:"):
         with seeded(seed):
             model = _torchvision(spec.split(":", 1)[1], num_classes, in_channels)
+    elif spec.startswith("timm:"):
+        with seeded(seed):
+            model = _timm(spec, num_classes, in_channels)
     elif spec.startswith("zoo:") or spec in zoo.ZOO:
         with seeded(seed):
             model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
@@ -241,7 +279,7 @@ def load(
     else:
         raise ModelError(
             f"The model spec {spec!r} is not a file, a zoo name ({', '.join(zoo.ZOO)}), "
-            "'torchvision:NAME' or 'package.module:factory'."
+            "'torchvision:NAME', 'timm:NAME' or 'package.module:factory'."
         )
     if weights is not None:
         model = _load_state_dict(model, weights)
