@@ -181,9 +181,8 @@ def hierarchical_interval(
     picks = rng.integers(k, size=(n_resamples, k))
     for b in range(n_resamples):
         draws[b] = np.mean([models[j][rng.integers(models[j].size, size=models[j].size)].mean() for j in picks[b]])
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(draws, [tail, 1 - tail])
-    return Interval(mean, float(lo), float(hi), n, n_nan, "two-level percentile")
+    lo, hi = _percentile_bounds(draws, level)
+    return Interval(mean, lo, hi, n, n_nan, "two-level percentile")
 
 
 def set_level_interval(
@@ -208,9 +207,15 @@ def set_level_interval(
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, 0, "")
     draws = np.array([score(rng.integers(n, size=n)) for _ in range(n_resamples)])
+    lo, hi = _percentile_bounds(draws, level)
+    return Interval(mean, lo, hi, n, 0, "percentile, set score recomputed")
+
+
+def _percentile_bounds(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``draws``."""
     tail = (1 - level) / 2
     lo, hi = np.quantile(draws, [tail, 1 - tail])
-    return Interval(mean, float(lo), float(hi), n, 0, "percentile, set score recomputed")
+    return float(lo), float(hi)
 
 
 def collection_intervals(

@@ -292,13 +292,10 @@ def spray_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> No
 
 
 def _default_explainers(ctx: "RunContext") -> list:
-    """The run's methods, each at its first (default) setting."""
+    """The run's methods, each at its first (default) setting (as :func:`default_settings`)."""
     from xaiscope import explain
 
-    first: dict[str, dict] = {}
-    for n, s in ctx.methods:
-        first.setdefault(n, s)
-    return [explain.get(n, **{"batch_size": ctx.batch_size, **s}) for n, s in first.items()]
+    return [explain.get(m.name, **{"batch_size": ctx.batch_size, **m.settings()[0]}) for m in ctx.cfg.method_entries()]
 
 
 def annotators_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
@@ -325,17 +322,17 @@ def meta_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> Non
     """Meta-evaluation of the configured metrics with the run's methods (default settings)
     on its first model: ``analyses/meta/`` as ``xaiscope meta-evaluate`` writes it."""
     from xaiscope.commands.evaluate_job import build_metrics
-    from xaiscope.commands.meta_job import meta_tables, write_meta
+    from xaiscope.commands.meta_job import write_meta
 
     m = ctx.cfg.analyses.meta
     name = next(iter(ctx.models))
-    explainers = _default_explainers(ctx)
-    metrics = build_metrics(evaluate.expand(m.metrics), {}, ctx.batch_size)
-    summary, detail = meta_tables(
+    write_meta(
+        store.analyses / "meta",
         ctx.models[name],
+        name,
         ctx.dataset,
-        explainers,
-        metrics,
+        _default_explainers(ctx),
+        build_metrics(evaluate.expand(m.metrics), {}, ctx.batch_size),
         iterations=m.iterations,
         perturbations=m.perturbations,
         seed=ctx.seed,
@@ -343,16 +340,6 @@ def meta_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> Non
         max_images=m.max_images,
         device=ctx.device,
     )
-    settings = {
-        "iterations": m.iterations,
-        "perturbations": m.perturbations,
-        "seed": ctx.seed,
-        "methods": {ex.name: ex.hparams for ex in explainers},
-        "metrics": {x.name: x.hparams for x in metrics},
-        "images": min(len(ctx.dataset), m.max_images or len(ctx.dataset)),
-        "model": name,
-    }
-    write_meta(store.analyses / "meta", summary, detail, settings)
 
 
 def run_analyses(store: "RunStore", ctx: "RunContext", results: pd.DataFrame, console=None) -> dict[str, float]:

@@ -77,13 +77,52 @@ def meta_tables(
     return summary, detail[["metric", *[c for c in detail.columns if c != "metric"]]]
 
 
-def write_meta(out: Path, summary: pd.DataFrame, detail: pd.DataFrame, settings: dict[str, Any]) -> Path:
-    """Write ``meta.parquet``, ``meta_detail.parquet`` and ``meta.json`` into ``out``."""
+def write_meta(
+    out: Path,
+    model: torch.nn.Module,
+    model_name: str,
+    ds,
+    explainers: list,
+    metrics: list,
+    *,
+    iterations: int = 3,
+    perturbations: int = 5,
+    seed: int = 0,
+    batch_size: int = 64,
+    max_images: int | None = None,
+    device: torch.device | None = None,
+    console=None,
+) -> Path:
+    """Meta-evaluate (:func:`meta_tables`) and write ``meta.parquet``, ``meta_detail.parquet``
+    and ``meta.json`` (the tests and settings) into ``out``; return the path of ``meta.parquet``."""
+    summary, detail = meta_tables(
+        model,
+        ds,
+        explainers,
+        metrics,
+        iterations=iterations,
+        perturbations=perturbations,
+        seed=seed,
+        batch_size=batch_size,
+        max_images=max_images,
+        device=device,
+        console=console,
+    )
     out = ensure_dir(out)
     write_parquet(out / "meta.parquet", summary)
     write_parquet(out / "meta_detail.parquet", detail)
-    tests = [{"space": t.space, "kind": t.kind, "level": t.level} for t in PAPER_TESTS]
-    write_json(out / "meta.json", {"tests": tests, **settings})
+    settings = {
+        "tests": [{"space": t.space, "kind": t.kind, "level": t.level} for t in PAPER_TESTS],
+        "iterations": iterations,
+        "perturbations": perturbations,
+        "seed": seed,
+        "methods": {ex.name: ex.hparams for ex in explainers},
+        "metrics": {m.name: m.hparams for m in metrics},
+        "images": min(len(ds), max_images or len(ds)),
+        "data": str(ds.source),
+        "model": model_name,
+    }
+    write_json(out / "meta.json", settings)
     return out / "meta.parquet"
 
 
@@ -116,8 +155,10 @@ def run_meta(
     if ds.masks is None:
         kept, _ = evaluate.select(list(metrics), masks=False)
         mets = [m for m in mets if m.name in kept]
-    summary, detail = meta_tables(
+    return write_meta(
+        out,
         net,
+        what.model,
         ds,
         explainers,
         mets,
@@ -129,14 +170,3 @@ def run_meta(
         device=dev,
         console=console,
     )
-    settings = {
-        "iterations": iterations,
-        "perturbations": perturbations,
-        "seed": what.seed,
-        "methods": {ex.name: ex.hparams for ex in explainers},
-        "metrics": {m.name: m.hparams for m in mets},
-        "images": min(len(ds), max_images or len(ds)),
-        "data": str(ds.source),
-        "model": what.model,
-    }
-    return write_meta(out, summary, detail, settings)

@@ -305,6 +305,12 @@ def interval_table(run: RunView) -> pd.DataFrame:
     return mean_intervals(run.results, seed=seed)
 
 
+def interval_cell(r, title: str) -> dict[str, Any]:
+    """A table cell "mean [low, high]" (the interval left out where it is undefined)."""
+    interval = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if not math.isnan(r["ci_low"]) else ""
+    return cell(r["mean"], text=f"{r['mean']:.4g}{interval}", title=title)
+
+
 def models_table(run: RunView) -> dict[str, Any] | None:
     """Means over the models (two or more) with their two-level bootstrap interval, from the
     run's ``metric_means_models.parquet``: one row per method and setting, one column per metric."""
@@ -323,9 +329,8 @@ def models_table(run: RunView) -> dict[str, Any] | None:
             if r is None or math.isnan(r["mean"]):
                 cells.append(cell(math.nan, text="\u2014"))
                 continue
-            interval = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if not math.isnan(r["ci_low"]) else ""
             title = f"{int(r['n_models'])} models, {int(r['n'])} scores; 95% {r['ci_method']} bootstrap interval"
-            cells.append(cell(r["mean"], text=f"{r['mean']:.4g}{interval}", title=title))
+            cells.append(interval_cell(r, title))
         rows.append({"cells": cells, "cls": "baseline" if method in run.baselines else ""})
     return {"columns": columns, "rows": rows, "note": ""}
 
@@ -365,16 +370,13 @@ def metric_table(run: RunView) -> dict[str, Any] | None:
                 continue
             r = ivs.loc[key]
             n, n_nan = int(r["n"]), int(r["n_nan"])
-            if n == 0:
-                text = "\u2014" if n_nan == 0 else "NaN"
-            else:
-                text = f"{r['mean']:.4g}" + (
-                    f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if not math.isnan(r["ci_low"]) else ""
-                )
             title = f"n = {n} images" + (f", {n_nan} NaN" if n_nan else "")
             if r["ci_method"]:
                 title += f"; 95% {r['ci_method']} bootstrap interval"
-            cells.append(cell(r["mean"], text=text, title=title))
+            if n == 0:
+                cells.append(cell(r["mean"], text="\u2014" if n_nan == 0 else "NaN", title=title))
+            else:
+                cells.append(interval_cell(r, title))
         rows.append({"cells": cells, "cls": "baseline" if base else ""})
     return {"columns": columns, "rows": rows, "note": ""}
 

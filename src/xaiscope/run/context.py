@@ -19,7 +19,7 @@ from xaiscope.errors import ConfigError, XaiscopeError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
 from xaiscope.run.inputs import check_model_fits, model_seed, open_data, resolve_device
-from xaiscope.run.units import Unit, UnitInputs, metric_instance, plan, planned_passes
+from xaiscope.run.units import Unit, UnitInputs, metric_instance, passes_per_image, plan
 
 
 class RunContext:
@@ -162,11 +162,18 @@ class RunContext:
         return plan(list(self.models), self.methods, len(self.dataset), self.cfg.unit_images)
 
     def planned_passes(self, units: list[Unit]) -> dict[str, float]:
-        """Model passes the ``units`` take, per method (see :func:`xaiscope.run.units.planned_passes`)."""
+        """Model passes the ``units`` take, per method (see :func:`xaiscope.run.units.planned_passes`);
+        the count per image is worked out once per (model, method, setting)."""
+        per_image: dict[tuple, float] = {}
         out: dict[str, float] = {}
         for u in units:
-            p = planned_passes(u, self.models[u.model], self.dataset.shape, self.metrics, self.batch_size, self.seed)
-            out[u.method] = out.get(u.method, 0.0) + p
+            key = (u.model, u.method, u.hparams)
+            if key not in per_image:
+                net = self.models[u.model]
+                per_image[key] = passes_per_image(
+                    u.method, dict(u.hparams), net, self.dataset.shape, self.metrics, self.batch_size, self.seed
+                )
+            out[u.method] = out.get(u.method, 0.0) + (u.stop - u.start) * per_image[key]
         return out
 
 

@@ -100,6 +100,27 @@ def metric_instance(name: str, hp: dict[str, Any], batch_size: int, seed: int):
     return evaluate.get(name, **{**extra, **hp})
 
 
+def passes_per_image(
+    method: str,
+    hparams: dict[str, Any],
+    model: torch.nn.Module,
+    shape: tuple[int, ...],
+    metrics: list[tuple[str, dict[str, Any]]],
+    batch_size: int,
+    seed: int,
+) -> float:
+    """Model passes per image of one (method, setting) with the unit metrics, from the
+    declarations: the method's passes + each metric's, given that method and model. Set-level
+    metrics are scored after the units from the stored maps and the run's predictions, with
+    no pass of their own; NaN where a count needs what is not known."""
+    ex = explain.get(method, **{"batch_size": batch_size, **hparams})
+    shape3 = tuple(shape) if len(shape) == 3 else None
+    return ex.passes(shape3) + sum(
+        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model)
+        for n, h in per_unit_metrics(metrics)
+    )
+
+
 def planned_passes(
     unit: Unit,
     model: torch.nn.Module,
@@ -108,18 +129,10 @@ def planned_passes(
     batch_size: int,
     seed: int,
 ) -> float:
-    """Model passes (images through the model) that computing ``unit`` takes, from the
-    declarations: images x (the method's passes per image + each metric's, given that
-    method and model). :func:`compute_unit` makes this many where every count is exact
-    (see :func:`inexact_counts`); NaN where a count needs what is not known. Set-level
-    metrics are scored after the units from the stored maps and the run's predictions, with
-    no pass of their own."""
-    ex = explain.get(unit.method, **{"batch_size": batch_size, **dict(unit.hparams)})
-    shape3 = tuple(shape) if len(shape) == 3 else None
-    per_image = ex.passes(shape3) + sum(
-        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model)
-        for n, h in per_unit_metrics(metrics)
-    )
+    """Model passes (images through the model) that computing ``unit`` takes: its images x
+    :func:`passes_per_image`. :func:`compute_unit` makes this many where every count is
+    exact (see :func:`inexact_counts`)."""
+    per_image = passes_per_image(unit.method, dict(unit.hparams), model, shape, metrics, batch_size, seed)
     return (unit.stop - unit.start) * per_image
 
 
