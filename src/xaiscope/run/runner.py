@@ -75,7 +75,9 @@ def local_backend(
     ctx: UnitSource, units: list[Unit], on_result: Callable[[Unit, Any], None], counted: dict[str, int] | None = None
 ) -> None:
     """Compute units one after the other in this process; add the model passes each
-    method's units made to ``counted`` (images through the model, :func:`models.count_passes`)."""
+    method's units made to ``counted`` (images through the model, :func:`models.count_passes`;
+    passes through a prepared copy of the model, as DeepLIFT, guided backpropagation and CAM
+    make, are not seen there)."""
     for unit in units:
         net = ctx.models[unit.model]
         with models.count_passes(net) as count:
