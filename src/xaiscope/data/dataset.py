@@ -9,6 +9,7 @@ from typing import Iterator, Sequence
 import torch
 
 from xaiscope.data.hashing import array_hash
+from xaiscope.data.summaries import Fingerprint
 from xaiscope.errors import DataError
 
 
@@ -160,17 +161,11 @@ class Dataset:
         ]
 
     def fingerprint(self) -> str:
-        """SHA-256 of images, labels, ids and masks: identifies the exact data of a run."""
-        h = hashlib.sha256()
-        h.update(self.x.detach().cpu().contiguous().numpy().tobytes())
-        h.update(self.y.cpu().numpy().tobytes())
-        h.update("\n".join(self.ids).encode())
-        if self.masks is not None:
-            h.update(self.masks.cpu().numpy().tobytes())
-        if self.annotator_masks is not None:
-            h.update("\n".join(self.annotators or []).encode())
-            h.update(self.annotator_masks.cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Identity of the exact data of a run: :class:`~xaiscope.data.summaries.Fingerprint` of
+        images, labels, ids and masks (the same value as the streamed source of these images)."""
+        f = Fingerprint()
+        f.update(self.x, self.y, self.ids, self.masks, self.annotator_masks)
+        return f.hexdigest(self.annotators)
 
 
 def majority_vote(annotator_masks: torch.Tensor) -> torch.Tensor:
