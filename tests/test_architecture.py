@@ -31,6 +31,7 @@ RANK = {
     "report": 9,
     "commands": 10,
     "cli": 11,
+    "api": 11,
 }
 
 

@@ -196,7 +196,11 @@ CASES = [
     ),
     Case(
         "decompression-bomb-png",
-        lambda ws, mp: (write_1bit_png(ws / "data" / "a" / "9.png", 20000, 20000), EXPLAIN)[1],
+        lambda ws, mp: (
+            write_1bit_png(ws / "data" / "a" / "9.png", 20000, 20000),
+            write_1bit_png(ws / "data" / "masks" / "a" / "9.png", 16, 16),  # every image has a mask
+            EXPLAIN,
+        )[-1],
         r"The image data/a/9\.png has 400,000,000 pixels, more than the limit of 89,478,485 that guards against "
         r"decompression bombs; pass --max-image-pixels 400000000 \(or more\) if you trust it\.",
     ),
@@ -655,7 +659,7 @@ def test_debug_reraises_in_process(ws, capsys):
 @pytest.mark.parametrize(
     "command, stage",
     [
-        (EVALUATE, "xaiscope.commands.evaluate_job.open_model_and_images"),
+        (EVALUATE, "xaiscope.commands.evaluate_job.open_model_and_source"),
         (["train", "--data", "data", "--out", "out/m.pt", "--epochs", "1"], "xaiscope.commands.train_job.read_pair"),
     ],
 )

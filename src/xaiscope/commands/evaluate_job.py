@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import ensure_dir, write_parquet
-from xaiscope.run.inputs import ModelAndImages, build_explainers, open_model_and_images, provisional_batch_size
+from xaiscope.run.inputs import ModelAndImages, build_explainers, open_model_and_source, provisional_batch_size
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -31,6 +33,136 @@ def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_siz
     return out
 
 
+COLUMNS = ["image_id", "label", "target", "method", "metric", "value", "direction", "category", "settings"]
+
+
+def check_masks(mets: list, requested: list[str], src, console=None) -> list:
+    """The metrics the data of ``src`` has masks for: localisation metrics that came with a
+    group (``all``, ``localisation``) of the ``requested`` names are left out (said on
+    ``console``) when it has no masks; one sentence when none is left, when a metric named
+    explicitly needs masks the data lacks, or when an extra mask a metric names is missing."""
+    kept, left_out = evaluate.select(list(requested), masks=src.has_masks, extra_masks=src.extra_mask_names)
+    if left_out and console is not None:
+        lacking = "no masks" if not src.has_masks else "not every extra mask"
+        console.print(
+            f"{src.source} has {lacking}: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
+        )
+    mets = [m for m in mets if m.name in kept]
+    if not mets:
+        raise MetricError(f"Every metric asked for needs masks, but the data in {src.source} has none.")
+    needs_mask = [m.name for m in mets if "mask" in m.needs and m.mask_name() is None]
+    if needs_mask and not src.has_masks:
+        raise MetricError(
+            f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {src.source} has none."
+        )
+    for m in mets:
+        evaluate.mask_for(m, src.has_masks, {n: True for n in src.extra_mask_names}, f"the data in {src.source}")
+    return mets
+
+
+def score_source(
+    net,
+    src,
+    dev,
+    explainers: list,
+    mets: list,
+    *,
+    target: str | int,
+    batch_size: int,
+    images_per_step: int = 256,
+    console=None,
+):
+    """Every metric of every method on every image of the lazy source ``src``, one batch of
+    ``images_per_step`` images at a time: the tidy table (columns :data:`COLUMNS`).
+
+    Memory holds one batch, its attributions and the metrics' perturbed copies of it (chunked
+    by ``batch_size``); set-level metrics keep one map per image
+    (:class:`~xaiscope.evaluate.setlevel.SetLevelScores`, on disk beyond its budget) and are
+    scored over the whole set at the end, so no score depends on the batches."""
+    import pandas as pd
+
+    from xaiscope import models
+    from xaiscope.commands.progress import ImageProgress
+    from xaiscope.evaluate.setlevel import SetLevelScores
+    from xaiscope.run.inputs import choose_targets
+
+    n = len(src)
+    sets = {
+        (i, j): SetLevelScores(m, n, src.shape[1:])
+        for i in range(len(explainers))
+        for j, m in enumerate(mets)
+        if m.set_level
+    }
+    parts: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (method, metric, positions, values)
+    targets = np.full(n, -1, dtype=np.int64)
+    try:
+        with ImageProgress(console, n, "evaluating") as progress:
+            for b in src.batches(images_per_step):
+                x, y = b.x.to(dev), b.y.to(dev)
+                t = choose_targets(net, x, y, target, batch_size)
+                pos = b.index.numpy()
+                targets[pos] = t.cpu().numpy()
+                pred = models.forward(net, x, batch_size=batch_size).argmax(dim=1) if sets else None
+                mask = None if b.masks is None else b.masks.to(dev)
+                extra = {k: v.to(dev) for k, v in b.extra_masks.items()}
+                for i, ex in enumerate(explainers):
+                    progress.advance(0, ex.name)
+                    a = ex(net, x, t)
+                    for j, m in enumerate(mets):
+                        if m.set_level:
+                            sets[(i, j)].update(b.index, a, pred)
+                            continue
+                        v = m(net, x, t, a, mask=evaluate.mask_for(m, mask, extra), explainer=ex)
+                        parts.append((i, j, pos, v.cpu().numpy()))
+                progress.advance(len(b))
+        for (i, j), acc in sets.items():
+            pos, v = acc.compute()
+            parts.append((i, j, pos, v.numpy()))
+    finally:
+        for acc in sets.values():
+            acc.close()
+    order = sorted(range(len(parts)), key=lambda k: parts[k][:2])
+    blocks = []
+    for k in order:
+        i, j, pos, v = parts[k]
+        ex, m = explainers[i], mets[j]
+        settings = json.dumps({"method": ex.hparams, "metric": m.hparams}, sort_keys=True, default=str)
+        blocks.append(
+            pd.DataFrame(
+                {
+                    "_i": i,
+                    "_j": j,
+                    "_pos": pos,
+                    "image_id": [src.ids[p] for p in pos.tolist()],
+                    "label": src.labels.numpy()[pos].astype(int),
+                    "target": targets[pos].astype(int),
+                    "method": ex.name,
+                    "metric": m.name,
+                    "value": v.astype(float),
+                    "direction": m.direction,
+                    "category": m.category,
+                    "settings": settings,
+                }
+            )
+        )
+    if not blocks:
+        return pd.DataFrame(columns=COLUMNS)
+    df = pd.concat(blocks, ignore_index=True).sort_values(["_i", "_j", "_pos"], kind="stable")
+    return df[COLUMNS].reset_index(drop=True)
+
+
+def prepare_evaluation(methods, metrics, params, batch_size):
+    """``(explainers, metrics)`` built from names and ``params`` (all checked before any data is read)."""
+    if not methods:
+        raise ConfigError("No methods were given; pass --methods with names from 'xaiscope methods'.")
+    methods, (metric_names, _) = explain.expand(methods), evaluate.select(list(metrics), masks=True)
+    unknown = [k for k in params if k not in methods and k not in metric_names]
+    if unknown:
+        raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
+    mets = build_metrics(metric_names, params, provisional_batch_size(batch_size))
+    return build_explainers(methods, params, batch_size), mets
+
+
 def run_evaluate(
     what: ModelAndImages,
     *,
@@ -38,78 +170,32 @@ def run_evaluate(
     metrics: list[str],
     out: Path,
     params: dict[str, dict[str, Any]] | None = None,
+    images_per_step: int = 256,
     console=None,
 ) -> tuple[Path, int]:
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows).
 
-    ``what.seed`` fixes the random initial weights of a zoo, torchvision or factory spec
-    (:func:`~xaiscope.run.inputs.model_seed`)."""
-    import pandas as pd
-    from rich.progress import Progress
-
+    The images stream from disk (:func:`score_source`). ``what.seed`` fixes the random initial
+    weights of a zoo, torchvision or factory spec (:func:`~xaiscope.run.inputs.model_seed`)."""
     params = params or {}
-    if not methods:
-        raise ConfigError("No methods were given; pass --methods with names from 'xaiscope methods'.")
-    requested = list(metrics)
-    methods, (metrics, _) = explain.expand(methods), evaluate.select(requested, masks=True)
-    unknown = [k for k in params if k not in methods and k not in metrics]
-    if unknown:
-        raise ConfigError(f"--param names {unknown[0]!r}, which is neither in --methods nor in --metrics.")
-    mets = build_metrics(metrics, params, provisional_batch_size(what.batch_size))
-    explainers = build_explainers(methods, params, what.batch_size)
+    explainers, mets = prepare_evaluation(methods, metrics, params, what.batch_size)
     if Path(out).suffix.lower() != ".parquet":
         raise ConfigError(f"--out {out} must end in .parquet.")
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
-    net, ds, dev, batch_size, objs, t = open_model_and_images(what, explainers + mets, params)
-    explainers, mets = objs[: len(explainers)], objs[len(explainers) :]
-    kept, left_out = evaluate.select(requested, masks=ds.masks is not None, extra_masks=set(ds.extra_masks))
-    mets = [m for m in mets if m.name in kept]
-    if left_out and console is not None:
-        lacking = "no masks" if ds.masks is None else "not every extra mask"
-        console.print(
-            f"{ds.source} has {lacking}: left out {len(left_out)} localisation metric(s) ({', '.join(left_out)})."
-        )
-    if not mets:
-        raise MetricError(f"Every metric asked for needs masks, but the data in {ds.source} has none.")
-    needs_mask = [m.name for m in mets if "mask" in m.needs and m.mask_name() is None]
-    if needs_mask and ds.masks is None:
-        raise MetricError(
-            f"Metric {needs_mask[0]} is a localisation metric and needs masks, but the data in {ds.source} has none."
-        )
-    for m in mets:
-        evaluate.mask_for(m, ds.masks, ds.extra_masks, f"the data in {ds.source}")
-    x = ds.x.to(dev)
-    extra_masks = {k: v.to(dev) for k, v in ds.extra_masks.items()}
-    mask = ds.masks.to(dev) if ds.masks is not None else None
-    rows = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(explainers) * (1 + len(mets)))
-        for ex in explainers:
-            progress.update(task, description=f"{ex.name}: explaining")
-            a = ex(net, x, t)
-            progress.advance(task)
-            for m in mets:
-                progress.update(task, description=f"{ex.name}: {m.name}")
-                mm = evaluate.mask_for(m, mask, extra_masks)
-                scores = m(net, x, t, a, mask=mm, explainer=ex).cpu().tolist()
-                settings = json.dumps({"method": ex.hparams, "metric": m.hparams}, sort_keys=True, default=str)
-                for i, v in enumerate(scores):
-                    rows.append(
-                        (
-                            ds.ids[i],
-                            int(ds.y[i]),
-                            int(t[i]),
-                            ex.name,
-                            m.name,
-                            float(v),
-                            m.direction,
-                            m.category,
-                            settings,
-                        )
-                    )
-                progress.advance(task)
-    df = pd.DataFrame(
-        rows, columns=["image_id", "label", "target", "method", "metric", "value", "direction", "category", "settings"]
+    net, src, dev, batch_size, objs = open_model_and_source(what, explainers + mets, params)
+    explainers, mets = objs[: len(explainers)], check_masks(objs[len(explainers) :], metrics, src, console)
+    df = score_source(
+        net,
+        src,
+        dev,
+        explainers,
+        mets,
+        target=what.target,
+        batch_size=batch_size,
+        images_per_step=images_per_step,
+        console=console,
     )
+    if src.skipped and console is not None:
+        console.print(f"left out {len(src.skipped)} unreadable image(s): {', '.join(sorted(src.skipped))}")
     write_parquet(out, df)
     return Path(out), len(df)

@@ -76,9 +76,10 @@ def _annotator_folders(folder: Path, classes: Sequence[str]) -> list[str] | None
     return [d.name for d in per_annotator]
 
 
-def _mask_files(folder: Path, files: list[Path], ids: list[str], images: Path) -> list[Path]:
+def _mask_files(folder: Path, files: list[Path], ids: list[str], images: Path) -> list[Path | str]:
     """Per image (in order) its mask file in ``folder`` (``<class>/<stem>.<ext>``); every mask
-    needs an image and every image a mask."""
+    needs an image (else one sentence now); an image without a mask gets the sentence saying
+    so in place of the path, raised when that image is read (after the image itself)."""
     wanted = dict(zip(ids, files))
     present = {}
     for cdir in sorted(d for d in folder.iterdir() if d.is_dir()):
@@ -87,10 +88,7 @@ def _mask_files(folder: Path, files: list[Path], ids: list[str], images: Path) -
             if key not in wanted:
                 raise DataError(f"The mask {mp} has no matching image {images / cdir.name / mp.stem}.*.")
             present[key] = mp
-    for id_ in ids:
-        if id_ not in present:
-            raise DataError(f"The image {wanted[id_]} has no mask in {folder}; every image needs one.")
-    return [present[i] for i in ids]
+    return [present.get(i, f"The image {wanted[i]} has no mask in {folder}; every image needs one.") for i in ids]
 
 
 class _FolderItems(torch.utils.data.Dataset):
@@ -129,7 +127,9 @@ class _FolderItems(torch.utils.data.Dataset):
             "pass a resize option to use images of different sizes."
         )
 
-    def _mask(self, path: Path, hw) -> np.ndarray:
+    def _mask(self, path: Path | str, hw) -> np.ndarray:
+        if isinstance(path, str):
+            raise DataError(path)
         m = read_mask(path)
         if self.resize is not None:
             m = _resize(m[None].astype(np.float32), tuple(self.resize), order=0)[0] > 0.5
@@ -203,7 +203,7 @@ class FolderSource(Source):
                 per = [_mask_files(root / folder / a, self.files, self.ids, root) for a in names]
                 self.mask_files["annotators"] = [list(ms) for ms in zip(*per)]
             else:
-                self.mask_files[key] = [[p] for p in _mask_files(root / folder, self.files, self.ids, root.parent)]
+                self.mask_files[key] = [[p] for p in _mask_files(root / folder, self.files, self.ids, root)]
         has_expert = "masks" in self.mask_files or "annotators" in self.mask_files
         if masks == "required" and not has_expert:
             raise DataError(f"Masks are required but {root}/masks does not exist.")

@@ -195,7 +195,7 @@ class Source:
     def _drop_bad(self, raw: Raw) -> Raw:
         first = min(raw.bad)
         if self.on_bad_image == "stop":
-            raise DataError(raw.bad[first].rstrip(".") + "; pass --on-bad-image skip to leave such images out.")
+            raise DataError(raw.bad[first] if raw.bad[first].endswith(".") else raw.bad[first] + ".")
         for p, why in raw.bad.items():
             self.skipped[self.ids[p]] = why
         keep = np.asarray([i for i, p in enumerate(raw.positions.tolist()) if p not in raw.bad], dtype=np.int64)

@@ -85,8 +85,18 @@ class Metric:
         """Per-image scores ``[N]`` of a set-level metric from the maps ``a`` of the whole set and
         the model's predicted classes, without a model pass: for image i, the share of the
         images paired with it (:meth:`set_pairs`) predicted as the same class; 0 if none."""
-        pairs = self.set_pairs(a)
+        return self.set_scores_of_maps(self.map(torch.as_tensor(a).float()), predicted)
+
+    def set_scores_of_maps(self, m: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """:meth:`set_scores` from the maps ``m`` (already through :meth:`map`)."""
+        pairs = self._set_pairs(m)
         return stats.agreement(torch.as_tensor(predicted).to(pairs.device), pairs)
+
+    def set_agreement_blocks(self, read, n: int, predicted: torch.Tensor, block: int) -> torch.Tensor:
+        """:meth:`set_scores_of_maps` of ``n`` maps read in row blocks (``read(s, e)`` gives maps
+        ``s:e`` flattened); set-level metrics whose pairs can be built by blocks override this
+        to hold ``block`` rows at a time (see :mod:`xaiscope.evaluate.setlevel`)."""
+        return self.set_scores_of_maps(read(0, n), predicted)
 
     def _set_pairs(self, m: torch.Tensor) -> torch.Tensor:
         raise MetricError(f"{self.name} is not a set-level metric.")

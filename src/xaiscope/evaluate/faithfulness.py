@@ -17,6 +17,7 @@ from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate import stats
 from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, OUTPUT_P, Param, register
 from xaiscope.evaluate.perturbation import settings
+from xaiscope.evaluate.setlevel import block_agreement
 
 ORDER = Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=P.ORDERS)
 FEATURES_IN_STEP = Param(1, int, "pixels changed per step", low=1)
@@ -416,6 +417,27 @@ class Sufficiency(_Faithfulness):
 
     def _set_pairs(self, m):
         return _close_pairs(m.flatten(1).double(), self.hparams["threshold"])
+
+    def set_agreement_blocks(self, read, n, predicted, block):
+        """:func:`_close_pairs` by blocks: the column means and variances in two passes, the
+        largest finite distance in a third, then the pairs and their agreement."""
+        spans = [(s, min(n, s + block)) for s in range(0, n, block)]
+        mean = sum(read(s, e).double().sum(0) for s, e in spans) / n
+        var = 2 * sum((read(s, e).double() - mean).square().sum(0) for s, e in spans) / (2 * n - 1)
+        sd = var.sqrt()
+
+        def dist(s, e, s2, e2):
+            return torch.nan_to_num(torch.cdist(read(s, e).double() / sd, read(s2, e2).double() / sd), nan=float("inf"))
+
+        top = 0.0
+        for s, e in spans:
+            for s2, e2 in spans:
+                d = dist(s, e, s2, e2)
+                fin = d[torch.isfinite(d)]
+                top = max(top, float(fin.abs().max())) if fin.numel() else top
+        scale = top if top > 0 else 1.0
+        thr = self.hparams["threshold"]
+        return block_agreement(predicted, n, block, lambda s, e, s2, e2: dist(s, e, s2, e2) / scale <= thr)
 
 
 def _close_pairs(m: torch.Tensor, threshold: float) -> torch.Tensor:

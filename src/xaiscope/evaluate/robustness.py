@@ -28,6 +28,7 @@ from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
 from xaiscope.evaluate.cost import Count, E, setting
+from xaiscope.evaluate.setlevel import block_agreement
 from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import iter_chunks
 
@@ -457,13 +458,23 @@ class Consistency(P.PerturbationMetric):
     def summarise(self, c):
         return stats.agreement(c.base, self._set_pairs(c.m))
 
-    def _set_pairs(self, m):
+    def _labels(self, m):
+        """Per map ``[N, ...]`` its discretised label ``[N, L]``."""
         m, k = m.flatten(1), self.hparams["n"]
         if self.hparams["discretise"] == "first_n_sign":
-            lab = m[:, :k].sign()
-        else:
-            idx = m.abs().topk(k, dim=1).indices.sort(dim=1).values
-            lab = torch.cat([idx.double(), m.gather(1, idx).sign().double()], 1)
+            return m[:, :k].sign().double()
+        idx = m.abs().topk(k, dim=1).indices.sort(dim=1).values
+        return torch.cat([idx.double(), m.gather(1, idx).sign().double()], 1)
+
+    def set_agreement_blocks(self, read, n, predicted, block):
+        """Labels of all maps (``[N, L]``, small), then their equality by blocks."""
+        lab = torch.cat([self._labels(read(s, min(n, s + block))) for s in range(0, n, block)])
+        return block_agreement(
+            predicted, n, block, lambda s, e, s2, e2: (lab[s:e].unsqueeze(1) == lab[s2:e2].unsqueeze(0)).all(-1)
+        )
+
+    def _set_pairs(self, m):
+        lab = self._labels(m)
         same_label = (lab.unsqueeze(0) == lab.unsqueeze(1)).all(-1)
         same_label &= ~torch.eye(m.shape[0], dtype=torch.bool, device=m.device)
         return same_label

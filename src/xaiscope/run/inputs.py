@@ -35,44 +35,111 @@ def model_seed(seed: int, name: str) -> int:
     return derive_seed(seed, name)
 
 
-def open_data(
-    path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto"
-) -> xdata.Dataset:
-    """Read data; a model trained by ``xaiscope train`` brings its normalisation and classes."""
+@dataclass(frozen=True)
+class DataOptions:
+    """How a data path is read (see :func:`xaiscope.data.open_source`): decoding processes for
+    image folders, what a bad image does (``stop`` or ``skip``), the MedMNIST split, and the
+    array names in HDF5 / Zarr / NPZ files."""
+
+    workers: int = 0
+    on_bad_image: str = "stop"
+    split: str | None = None
+    x_key: str = "x"
+    y_key: str = "y"
+    mask_key: str = "masks"
+
+
+def open_source(
+    data,
+    *,
+    model_spec: str | None = None,
+    resize=None,
+    normalise=None,
+    masks: str = "auto",
+    options: DataOptions = DataOptions(),
+) -> xdata.Source:
+    """A lazy source of ``data`` (a path or a Python object); a model trained by ``xaiscope
+    train`` brings its normalisation, input size and classes."""
     info = models.read_sidecar(model_spec) if model_spec else None
     if info is not None and normalise is None and info.get("normalisation"):
         norm = info["normalisation"]
         normalise = (norm["mean"], norm["std"])
-    if info is not None and resize is None and info.get("input_size") and Path(path).suffix != ".npz":
+    is_path = isinstance(data, (str, Path))
+    is_folder = is_path and Path(data).suffix.lower() not in xdata.ARRAY_SUFFIXES
+    if info is not None and resize is None and info.get("input_size") and is_folder:
         resize = tuple(info["input_size"][1:])
-    kwargs: dict[str, Any] = {"normalise": normalise}
-    if Path(path).suffix.lower() != ".npz":
-        kwargs.update(resize=resize, masks=masks)
-        if info is not None and info.get("classes"):
-            kwargs["classes"] = info["classes"]
-    return xdata.load(path, **kwargs)
+    classes = info.get("classes") if info is not None and is_folder else None
+    return xdata.open_source(
+        data,
+        normalise=normalise,
+        resize=resize,
+        masks=masks,
+        classes=classes,
+        workers=options.workers,
+        split=options.split,
+        x_key=options.x_key,
+        y_key=options.y_key,
+        mask_key=options.mask_key,
+        on_bad_image=options.on_bad_image,
+    )
 
 
-def check_model_fits(model: torch.nn.Module, ds: xdata.Dataset, device: torch.device) -> int:
+def open_data(
+    path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto"
+) -> xdata.Dataset:
+    """Read data into memory (:func:`open_source` read whole)."""
+    return open_source(path, model_spec=model_spec, resize=resize, normalise=normalise, masks=masks).to_dataset()
+
+
+def check_model_fits(model: torch.nn.Module, ds: xdata.Dataset | xdata.Source, device: torch.device) -> int:
     """Run one image through the model; return its number of outputs; clear errors otherwise."""
-    x = ds.x[:1].to(device)
+    src = xdata.open_source(ds)
+    x = next(src.batches(1)).x.to(device)
     try:
         with torch.no_grad():
             out = model(x)
     except RuntimeError as e:
         raise ModelError(
-            f"The model cannot process images of shape {list(ds.shape)} from {ds.source}: {str(e).splitlines()[0]}"
+            f"The model cannot process images of shape {list(src.shape)} from {src.source}: {str(e).splitlines()[0]}"
         ) from None
     from xaiscope.models.forward import check_output  # models.forward is the function, not the module
 
     check_output(out, 1)
     n_out = out.shape[1]
-    top = int(ds.y.max())
+    top = int(src.labels.max())
     if top >= n_out:
         raise DataError(
-            f"The data in {ds.source} has label {top} ({ds.classes[top]!r}) but the model has only {n_out} outputs."
+            f"The data in {src.source} has label {top} ({src.classes[top]!r}) but the model has only {n_out} outputs."
         )
     return n_out
+
+
+def open_model_for(
+    model_spec: str,
+    src: xdata.Source,
+    *,
+    weights: str | None = None,
+    device: str = "cpu",
+    trust_model: bool = False,
+    seed: int = 0,
+    init_seed: int | None = None,
+) -> tuple[torch.nn.Module, torch.device]:
+    """``(model on device, device)`` for the images of ``src``, after checking that they fit.
+
+    Random initial weights are drawn under ``init_seed``, by default :func:`model_seed` of
+    ``seed`` and the spec."""
+    model = models.load(
+        model_spec,
+        weights,
+        num_classes=max(2, src.num_classes),
+        in_channels=src.shape[0],
+        trust_model=trust_model,
+        seed=model_seed(seed, model_spec) if init_seed is None else init_seed,
+    )
+    dev = resolve_device(device)
+    model = model.to(dev)
+    check_model_fits(model, src, dev)
+    return model, dev
 
 
 def open_inputs(
@@ -88,23 +155,17 @@ def open_inputs(
     seed: int = 0,
     init_seed: int | None = None,
 ) -> tuple[torch.nn.Module, xdata.Dataset, torch.device]:
-    """``(model on device, dataset, device)`` after checking that they fit.
-
-    Random initial weights are drawn under ``init_seed``, by default
-    :func:`model_seed` of ``seed`` and the spec.
-    """
+    """``(model on device, dataset in memory, device)`` after checking that they fit."""
     ds = open_data(data_path, model_spec=model_spec, resize=resize, normalise=normalise, masks=masks)
-    model = models.load(
+    model, dev = open_model_for(
         model_spec,
-        weights,
-        num_classes=max(2, ds.num_classes),
-        in_channels=ds.shape[0],
+        xdata.open_source(ds),
+        weights=weights,
+        device=device,
         trust_model=trust_model,
-        seed=model_seed(seed, model_spec) if init_seed is None else init_seed,
+        seed=seed,
+        init_seed=init_seed,
     )
-    dev = resolve_device(device)
-    model = model.to(dev)
-    check_model_fits(model, ds, dev)
     return model, ds, dev
 
 
@@ -122,7 +183,7 @@ def build_explainers(methods: list[str], params: dict[str, dict[str, Any]], batc
 def settle_batch_size(
     value: int | str,
     model: torch.nn.Module,
-    ds: xdata.Dataset,
+    ds: xdata.Dataset | xdata.Source,
     device: torch.device,
     objs: list,
     params: dict[str, dict[str, Any]],
@@ -135,7 +196,7 @@ def settle_batch_size(
         return int(value), objs
     from xaiscope.models.tune import best_batch_size
 
-    bs = best_batch_size(model, ds.x[:64].to(device))
+    bs = best_batch_size(model, next(xdata.open_source(ds).batches(64)).x.to(device))
     return bs, [
         type(o)(**{**o.hparams, "batch_size": bs})
         if "batch_size" in o.hparams and "batch_size" not in params.get(o.name, {})
@@ -158,6 +219,7 @@ class ModelAndImages:
     target: str | int = "true"
     trust_model: bool = False
     seed: int = 0
+    options: DataOptions = DataOptions()
 
 
 class Opened(NamedTuple):
@@ -182,6 +244,29 @@ def open_model_and_images(what: ModelAndImages, objects: list, params: dict[str,
     batch_size, objects = settle_batch_size(what.batch_size, net, ds, dev, objects, params)
     targets = choose_targets(net, ds.x.to(dev), ds.y.to(dev), what.target, batch_size)
     return Opened(net, ds, dev, batch_size, objects, targets)
+
+
+class OpenedSource(NamedTuple):
+    """The opened inputs of :class:`ModelAndImages` for a job that streams: the model on
+    ``device``, the lazy source, the settled images per call and the explainers or metrics
+    rebuilt with it (targets are chosen per batch, :func:`choose_targets`)."""
+
+    model: torch.nn.Module
+    source: xdata.Source
+    device: torch.device
+    batch_size: int
+    objects: list
+
+
+def open_model_and_source(what: ModelAndImages, objects: list, params: dict[str, dict[str, Any]]) -> OpenedSource:
+    """Open the model and a lazy source of the images of ``what``; settle ``"auto"`` images
+    per call for ``objects`` (see :func:`settle_batch_size`)."""
+    src = open_source(what.data, model_spec=what.model, options=what.options)
+    net, dev = open_model_for(
+        what.model, src, weights=what.weights, device=what.device, trust_model=what.trust_model, seed=what.seed
+    )
+    batch_size, objects = settle_batch_size(what.batch_size, net, src, dev, objects, params)
+    return OpenedSource(net, src, dev, batch_size, objects)
 
 
 def choose_targets(model, x: torch.Tensor, y: torch.Tensor, target: str | int, batch_size: int) -> torch.Tensor:
