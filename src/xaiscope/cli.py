@@ -49,6 +49,16 @@ MAX_IMAGE_PIXELS = typer.Option(
     help="Decode images of up to N pixels (default 89,478,485, Pillow's); larger ones are refused as possible "
     "decompression bombs.",
 )
+WORKERS = typer.Option(0, min=0, help="Processes decoding images of a folder (0: in this process).")
+ON_BAD_IMAGE = typer.Option(
+    "stop",
+    help="An unreadable image: 'stop' with one sentence naming it, or 'skip' it for every method alike and list it.",
+)
+SPLIT = typer.Option(None, help="The split of a MedMNIST .npz file: train, val or test (default test).")
+X_KEY = typer.Option("x", help="Name of the images' array in an HDF5, Zarr or NPZ file.")
+Y_KEY = typer.Option("y", help="Name of the labels' array in an HDF5, Zarr or NPZ file.")
+MASK_KEY = typer.Option("masks", help="Name of the masks' array in an HDF5, Zarr or NPZ file.")
+IMAGES_PER_STEP = typer.Option(256, min=1, help="Images read from disk and scored together (memory per step).")
 
 
 def pixel_limited(command):
@@ -120,9 +130,11 @@ def model_and_images(options: dict[str, Any]):
     """The model and images a per-image command is pointed at, from its parsed options
     (``--model``, ``--data``, ``--weights``, ``--batch-size``, ``--device``, ``--target``,
     ``--trust-model``, ``--seed``)."""
-    from xaiscope.run.inputs import ModelAndImages
+    from xaiscope.run.inputs import DataOptions, ModelAndImages
 
+    reading = {k: options[k] for k in ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key") if k in options}
     return ModelAndImages(
+        options=DataOptions(**reading),
         model=options["model"],
         data=options["data"],
         weights=options["weights"],
@@ -172,8 +184,18 @@ def explain_cmd(
     trust_model: bool = TRUST_MODEL,
     seed: int = SEED,
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    format: str = typer.Option(
+        "auto", "--format", help="npz (one file per method), zarr (streamed to attributions.zarr) or auto (by size)."
+    ),
+    workers: int = WORKERS,
+    on_bad_image: str = ON_BAD_IMAGE,
+    split: Optional[str] = SPLIT,
+    x_key: str = X_KEY,
+    y_key: str = Y_KEY,
+    mask_key: str = MASK_KEY,
+    images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
-    """Compute raw attributions per method; write one .npz per method and PNG overlays."""
+    """Compute raw attributions per method; write them (.npz per method or one Zarr store) and PNG overlays."""
     from xaiscope.commands.explain_job import run_explain
 
     written = run_explain(
@@ -182,6 +204,8 @@ def explain_cmd(
         out=out,
         params=parse_params(param),
         overlays=overlays,
+        fmt=format,
+        images_per_step=images_per_step,
         console=console,
     )
     for p in written:
@@ -589,8 +613,18 @@ def evaluate_cmd(
     trust_model: bool = TRUST_MODEL,
     seed: int = SEED,
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    workers: int = WORKERS,
+    on_bad_image: str = ON_BAD_IMAGE,
+    split: Optional[str] = SPLIT,
+    x_key: str = X_KEY,
+    y_key: str = Y_KEY,
+    mask_key: str = MASK_KEY,
+    images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
-    """Score attribution methods with evaluation metrics; write one row per image, method and metric."""
+    """Score attribution methods with evaluation metrics; write one row per image, method and metric.
+
+    The images stream from disk, IMAGES_PER_STEP at a time: memory does not grow with the
+    number of images."""
     from xaiscope.commands.evaluate_job import run_evaluate
 
     path, n = run_evaluate(
@@ -599,6 +633,7 @@ def evaluate_cmd(
         metrics=parse_list(metrics),
         out=out,
         params=parse_params(param),
+        images_per_step=images_per_step,
         console=console,
     )
     console.print(f"wrote {path} ({n} rows)")
