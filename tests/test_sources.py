@@ -279,8 +279,31 @@ def test_explain_streams_into_zarr_with_the_npz_attributions(tmp_path, arrays, c
         with np.load(tmp_path / "npz" / f"{m}.npz") as z:
             assert z["attributions"].shape[0] == N - 1
             np.testing.assert_array_equal(np.asarray(g[m][...]), z["attributions"])
-            assert list(np.asarray(g["ids"][...]).astype(str)) == list(z["ids"])
+            assert [str(v) for v in np.asarray(g["ids"][...]).tolist()] == list(z["ids"])
     assert dict(g.attrs["skipped"]).keys() == {"c0/04"}
     assert len(list((tmp_path / "z" / "overlays" / "saliency").glob("*.png"))) == 2
     r = run_cli(capsys, *base, "--out", str(tmp_path / "bad"), "--format", "hdf5")
     assert_user_error(r, r"--format must be auto, npz or zarr; got 'hdf5'\.")
+
+
+def test_convert_writes_a_zarr_store_that_reads_back_the_same_images(tmp_path, arrays, capsys):
+    x, y, masks = arrays
+    folder = write_folder(tmp_path / "f", x, y, masks)
+    r = run_cli(capsys, "convert", str(folder), str(tmp_path / "s.zarr"), "--images-per-step", "4")
+    assert r.code == 0, r.err
+    assert f"({N} images of [3, {H}, {W}])" in " ".join(r.out.split())
+    import zarr
+
+    assert zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["x"].dtype == np.uint8  # 8-bit pixels stay 8-bit
+    a, b = xdata.load_folder(folder), xdata.load_zarr(tmp_path / "s.zarr")
+    assert torch.equal(a.x, b.x) and torch.equal(a.masks, b.masks) and a.ids == b.ids and a.classes == b.classes
+    assert a.fingerprint() == b.fingerprint()
+    r = run_cli(capsys, "convert", str(folder), str(tmp_path / "s.zarr"))
+    assert_user_error(r, r"The output .*s\.zarr exists already")
+    np.savez(tmp_path / "f.npz", x=np.linspace(0, 1, N * 16).reshape(N, 1, 4, 4).astype(np.float32), y=y)
+    r = run_cli(capsys, "convert", str(tmp_path / "f.npz"), str(tmp_path / "u.zarr"), "--dtype", "uint8")
+    assert_user_error(r, r"are not 8-bit pixels; pass --dtype float32\.")
+    assert not (tmp_path / "u.zarr").exists() and not list(tmp_path.glob(".u.zarr*"))
+    r = run_cli(capsys, "convert", str(tmp_path / "f.npz"), str(tmp_path / "u.zarr"))
+    assert r.code == 0, r.err
+    assert torch.equal(xdata.load_zarr(tmp_path / "u.zarr").x, xdata.load_npz(tmp_path / "f.npz").x)

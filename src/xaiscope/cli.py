@@ -132,7 +132,9 @@ def model_and_images(options: dict[str, Any]):
     ``--trust-model``, ``--seed``)."""
     from xaiscope.run.inputs import DataOptions, ModelAndImages
 
-    reading = {k: options[k] for k in ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key") if k in options}
+    reading = {
+        k: options[k] for k in ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key") if k in options
+    }
     return ModelAndImages(
         options=DataOptions(**reading),
         model=options["model"],
@@ -210,6 +212,52 @@ def explain_cmd(
     )
     for p in written:
         console.print(f"wrote {p}")
+
+
+@app.command("convert")
+@pixel_limited
+def convert_cmd(
+    data: Path = typer.Argument(..., help="Any data xaiscope reads: image folder, .h5, .zarr, .npz, MedMNIST .npz."),
+    out: Path = typer.Argument(..., help="The Zarr store to write (ends in .zarr)."),
+    dtype: str = typer.Option("auto", help="uint8 (8-bit pixels), float32, or auto (uint8 when the pixels are 8-bit)."),
+    resize: Optional[str] = typer.Option(None, help="H,W: resize the images of a folder while converting."),
+    masks: str = typer.Option("auto", help="Masks of a folder: auto, required or none."),
+    max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    workers: int = WORKERS,
+    on_bad_image: str = ON_BAD_IMAGE,
+    split: Optional[str] = SPLIT,
+    x_key: str = X_KEY,
+    y_key: str = Y_KEY,
+    mask_key: str = MASK_KEY,
+    images_per_step: int = IMAGES_PER_STEP,
+) -> None:
+    """Turn any data source into a chunked Zarr store, the fast path for large studies."""
+    from xaiscope import data as xdata
+    from xaiscope.commands.convert_job import convert
+
+    size = None
+    if resize:
+        try:
+            size = tuple(int(v) for v in resize.split(","))
+            assert len(size) == 2 and min(size) >= 1
+        except (ValueError, AssertionError):
+            raise ConfigError(f"--resize must be H,W with two whole numbers >= 1; got {resize!r}.") from None
+    src = xdata.open_source(
+        data,
+        resize=size,
+        masks=masks,
+        workers=workers,
+        split=split,
+        x_key=x_key,
+        y_key=y_key,
+        mask_key=mask_key,
+        on_bad_image=on_bad_image,
+    )
+    path = convert(src, out, dtype=dtype, images_per_step=images_per_step, console=console)
+    skipped = (
+        f"; left out {len(src.skipped)} unreadable image(s): {', '.join(sorted(src.skipped))}" if src.skipped else ""
+    )
+    console.print(f"wrote {path} ({len(src) - len(src.skipped)} images of {list(src.shape)}){skipped}")
 
 
 @app.command("global")

@@ -112,7 +112,9 @@ def run_explain(
         import zarr
 
         group = zarr.open_group(str(out / "attributions.zarr"), mode="w")
-        sinks = [_ZarrSink(group, out / "attributions.zarr", ex.name, ex.hparams, len(src), src.shape) for ex in explainers]
+        sinks = [
+            _ZarrSink(group, out / "attributions.zarr", ex.name, ex.hparams, len(src), src.shape) for ex in explainers
+        ]
     else:
         sinks = [_NpzSink(out, ex.name, ex.hparams) for ex in explainers]
     ids, targets, labels, shown = [], [], [], []

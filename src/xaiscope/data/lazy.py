@@ -466,7 +466,7 @@ def _open_zarr(path: Path, keys: dict, **kw) -> Source:
         raise DataError(f"The data path {path} is not a readable Zarr group ({type(e).__name__}).") from None
     for k in ("ids", "classes", "annotators"):
         if k in arrays:
-            arrays[k] = np.asarray(arrays[k][...]).astype(str)
+            arrays[k] = np.asarray([str(v) for v in np.asarray(arrays[k][...]).reshape(-1).tolist()])
     return ArraySource(arrays, str(path), **keys, **kw)
 
 
