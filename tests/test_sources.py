@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli_helpers import assert_user_error, run_cli
 from PIL import Image
 
+from cli_helpers import assert_user_error, run_cli
 from xaiscope import data as xdata
 from xaiscope import evaluate
 from xaiscope.api import evaluate_images
