@@ -307,3 +307,41 @@ def test_convert_writes_a_zarr_store_that_reads_back_the_same_images(tmp_path, a
     r = run_cli(capsys, "convert", str(tmp_path / "f.npz"), str(tmp_path / "u.zarr"))
     assert r.code == 0, r.err
     assert torch.equal(xdata.load_zarr(tmp_path / "u.zarr").x, xdata.load_npz(tmp_path / "f.npz").x)
+
+
+def test_a_run_larger_than_its_memory_budget_reads_each_unit_from_disk_with_the_same_results(
+    tmp_path, arrays, monkeypatch, capsys
+):
+    import yaml
+
+    from xaiscope.run import context
+
+    x, y, masks = arrays
+    folder = write_folder(tmp_path / "f", x, y, masks)
+    (folder / "c0" / "06.png").write_bytes(b"broken")
+    cfg = {
+        "data": {"path": str(folder), "on_bad_image": "skip", "workers": 1},
+        "models": [{"name": "cnn", "spec": "small_cnn"}],
+        "methods": [{"name": "saliency"}, {"name": "gradcam"}],
+        "metrics": [{"name": "sparseness"}, {"name": "pointing_game"}, {"name": "sufficiency"}],
+        "unit_images": 4,
+        "report": {"examples": 2},
+    }
+    results = {}
+    for name, budget in (("memory", context.RUN_MEMORY_BUDGET), ("disk", 1)):
+        monkeypatch.setattr(context, "RUN_MEMORY_BUDGET", budget)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / name)}))
+        r = run_cli(capsys, "run", str(tmp_path / f"{name}.yaml"))
+        assert r.code == 0, r.err
+        assert "c0/06" in r.out
+        results[name] = pd.read_parquet(tmp_path / name / "results.parquet")
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert manifest["skipped_images"] == {"unreadable": ["c0/06"]}
+        assert manifest["dataset"]["images"] == N - 1
+        assert "Example images are not shown" not in (tmp_path / name / "report.html").read_text()
+    pd.testing.assert_frame_equal(results["memory"], results["disk"])
+    assert set(results["disk"]["metric"]) == {"sparseness", "pointing_game", "sufficiency"}
+    assert (
+        json.loads((tmp_path / "memory" / "manifest.json").read_text())["dataset"]["fingerprint"]
+        == json.loads((tmp_path / "disk" / "manifest.json").read_text())["dataset"]["fingerprint"]
+    )

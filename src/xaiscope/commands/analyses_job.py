@@ -171,7 +171,7 @@ def _set_level_intervals(store, ctx, intervals: pd.DataFrame, set_level: set[str
 def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:
     cfg = ctx.cfg.analyses.sensitivity
     maps_rows, score_rows = [], []
-    ids = ctx.dataset.ids
+    ids = ctx.ids
     for m in ctx.cfg.method_entries():
         settings = [setting_id(s) for s in m.settings()]
         if len(settings) < 2:

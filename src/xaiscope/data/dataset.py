@@ -144,21 +144,8 @@ class Dataset:
 
     def mask_hashes(self, extra: Sequence[str] = ()) -> list[str | None]:
         """Per image, a hash of its expert mask (None without masks); with ``extra`` (names of
-        extra masks) a hash of the expert mask's hash and those extra masks."""
-        if self.masks is None:
-            out: list[str | None] = [None] * len(self)
-        else:
-            m = self.masks.detach().cpu().contiguous().numpy()
-            out = [array_hash(m[i]) for i in range(len(m))]
-        names = [n for n in sorted(set(extra)) if n in self.extra_masks]
-        if not names:
-            return out
-        arrays = {n: self.extra_masks[n].detach().cpu().contiguous().numpy() for n in names}
-        h = hashlib.sha256
-        return [
-            h(repr([out[i], [(n, array_hash(arrays[n][i])) for n in names]]).encode()).hexdigest()[:32]
-            for i in range(len(self))
-        ]
+        extra masks) a hash of the expert mask's hash and those extra masks (:func:`mask_hashes`)."""
+        return mask_hashes(self.masks, self.extra_masks, extra, len(self))
 
     def fingerprint(self) -> str:
         """Identity of the exact data of a run: :class:`~xaiscope.data.summaries.Fingerprint` of
@@ -174,3 +161,23 @@ def majority_vote(annotator_masks: torch.Tensor) -> torch.Tensor:
     foreground, so two annotators give their union)."""
     am = annotator_masks.bool()
     return 2 * am.sum(dim=1) >= am.shape[1]
+
+
+def mask_hashes(masks, extra_masks: dict, extra: Sequence[str] = (), n: int | None = None) -> list[str | None]:
+    """Per image of a batch, a hash of its expert mask ``masks[i]`` (None without masks); with
+    ``extra`` (names of extra masks) a SHA-256 of the expert mask's hash and those extra masks
+    of the image (the names not in ``extra_masks`` ignored)."""
+    if masks is None:
+        out: list[str | None] = [None] * int(n if n is not None else len(next(iter(extra_masks.values()))))
+    else:
+        m = masks.detach().cpu().contiguous().numpy()
+        out = [array_hash(m[i]) for i in range(len(m))]
+    names = [k for k in sorted(set(extra)) if k in extra_masks]
+    if not names:
+        return out
+    arrays = {k: extra_masks[k].detach().cpu().contiguous().numpy() for k in names}
+    h = hashlib.sha256
+    return [
+        h(repr([out[i], [(k, array_hash(arrays[k][i])) for k in names]]).encode()).hexdigest()[:32]
+        for i in range(len(out))
+    ]

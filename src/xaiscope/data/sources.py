@@ -224,28 +224,7 @@ class Source:
 
     def take(self, positions: Sequence[int] | None = None, batch_size: int = 256) -> Dataset:
         """The images at ``positions`` (default: all) as an in-memory :class:`Dataset`."""
-        parts = list(self.batches(batch_size, positions))
-        if not parts:
-            raise DataError(f"{self.location} has no readable image at the positions asked for.")
-
-        def cat(get):
-            vals = [get(b) for b in parts]
-            return None if vals[0] is None else torch.cat(vals)
-
-        return Dataset(
-            x=torch.cat([b.x for b in parts]),
-            y=torch.cat([b.y for b in parts]),
-            ids=[i for b in parts for i in b.ids],
-            classes=list(self.classes),
-            masks=cat(lambda b: b.masks),
-            extra_masks={k: torch.cat([b.extra_masks[k] for b in parts]) for k in parts[0].extra_masks},
-            mean=self.mean,
-            std=self.std,
-            source=self.location,
-            pixel_hashes=[h for b in parts for h in b.pixel_hashes],
-            annotator_masks=cat(lambda b: b.annotator_masks),
-            annotators=None if self.annotators is None else list(self.annotators),
-        )
+        return dataset_of(list(self.batches(batch_size, positions)), self)
 
     def to_dataset(self) -> Dataset:
         """All images in memory (for jobs that need the whole set at once); read once, also when
@@ -257,14 +236,46 @@ class Source:
         self.mean, self.std = ds.mean, ds.std
         return ds
 
-    def fingerprint(self, batch_size: int = 256) -> str:
-        """:class:`Fingerprint` of the readable images, in one streaming pass (kept)."""
+    def fingerprint(self, batch_size: int = 256, positions: Sequence[int] | None = None) -> str:
+        """:class:`Fingerprint` of the readable images (at ``positions``), in one streaming pass."""
+        if positions is not None:
+            return fingerprint_of(self.batches(batch_size, positions), self.annotators)
         if self._fingerprint is None:
-            f = Fingerprint()
-            for b in self.batches(batch_size):
-                f.update(b.x, b.y, b.ids, b.masks, b.annotator_masks)
-            self._fingerprint = f.hexdigest(self.annotators)
+            self._fingerprint = fingerprint_of(self.batches(batch_size), self.annotators)
         return self._fingerprint
+
+
+def fingerprint_of(batches: Iterable[Batch], annotators: Sequence[str] | None = None) -> str:
+    """:class:`Fingerprint` of the images of ``batches`` in their order."""
+    f = Fingerprint()
+    for b in batches:
+        f.update(b.x, b.y, b.ids, b.masks, b.annotator_masks)
+    return f.hexdigest(annotators)
+
+
+def dataset_of(parts: list[Batch], src: "Source") -> Dataset:
+    """The batches ``parts`` of ``src`` as one in-memory :class:`Dataset`."""
+    if not parts:
+        raise DataError(f"{src.location} has no readable image at the positions asked for.")
+
+    def cat(get):
+        vals = [get(b) for b in parts]
+        return None if vals[0] is None else torch.cat(vals)
+
+    return Dataset(
+        x=torch.cat([b.x for b in parts]),
+        y=torch.cat([b.y for b in parts]),
+        ids=[i for b in parts for i in b.ids],
+        classes=list(src.classes),
+        masks=cat(lambda b: b.masks),
+        extra_masks={k: torch.cat([b.extra_masks[k] for b in parts]) for k in parts[0].extra_masks},
+        mean=src.mean,
+        std=src.std,
+        source=src.location,
+        pixel_hashes=[h for b in parts for h in b.pixel_hashes],
+        annotator_masks=cat(lambda b: b.annotator_masks),
+        annotators=None if src.annotators is None else list(src.annotators),
+    )
 
 
 class MemorySource(Source):

@@ -465,27 +465,33 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
     cfg = run.cfg
     if cfg is None or cfg.report.examples == 0 or not (run.root / "attributions.zarr").exists():
         return []
-    from xaiscope.run.context import open_run_data
+    from xaiscope.run.context import open_run_source
 
     try:
-        ds = open_run_data(cfg)
+        src, positions = open_run_source(cfg)
     except XaiscopeError as e:
         run.notes.append(f"Example images are not shown: {e}")
         return []
     skipped = {str(i) for ids in (run.manifest.get("skipped_images") or {}).values() for i in ids}
     if skipped:
-        ds = ds.subset([i for i, name in enumerate(ds.ids) if str(name) not in skipped])
+        positions = [p for p in positions if src.ids[p] not in skipped]
     want = (run.manifest.get("dataset") or {}).get("fingerprint")
-    if want and ds.fingerprint() != want:
-        run.notes.append(f"Example images are not shown: the data at {cfg.data.path} has changed since the run.")
+    try:
+        if want and src.fingerprint(positions=positions) != want:
+            run.notes.append(f"Example images are not shown: the data at {cfg.data.path} has changed since the run.")
+            return []
+    except XaiscopeError as e:
+        run.notes.append(f"Example images are not shown: {e}")
         return []
-    picks = pick_examples(ds.y, cfg.report.examples)
+    picks = pick_examples(src.labels[positions], cfg.report.examples)
     if not picks:
         return []
+    ds = src.take([positions[i] for i in picks])
+    n_run = len(positions)
     classes = list(ds.classes)
-    labels = [classes[int(ds.y[i])] if int(ds.y[i]) < len(classes) else str(int(ds.y[i])) for i in picks]
-    row_labels = [f"{ds.ids[i]}\n{lab}" for i, lab in zip(picks, labels)]
-    masks = None if ds.masks is None else ds.masks[picks].numpy()
+    labels = [classes[int(v)] if int(v) < len(classes) else str(int(v)) for v in ds.y]
+    row_labels = [f"{i}\n{lab}" for i, lab in zip(ds.ids, labels)]
+    masks = None if ds.masks is None else ds.masks.numpy()
     out = []
     for model in run.models:
         maps: dict[str, dict[str, np.ndarray]] = {k: {} for k in NORMALISATIONS}
@@ -494,7 +500,7 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
             try:
                 per_norm = normalised_maps(
                     functools.partial(run.store.attributions, model, method, setting),
-                    len(ds),
+                    n_run,
                     picks,
                     block=cfg.unit_images,
                 )
@@ -505,13 +511,13 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
                 maps[k][method] = v
         if not maps["max"]:
             continue
-        srcs = {k: data_uri(plots.example_grid(ds.x[picks], masks, maps[k], row_labels)) for k in NORMALISATIONS}
+        srcs = {k: data_uri(plots.example_grid(ds.x, masks, maps[k], row_labels)) for k in NORMALISATIONS}
         out.append(
             {
                 "model": model,
                 "srcs": srcs,
                 "default": "max",
-                "rows": [{"id": str(ds.ids[i]), "label": lab, "index": int(i)} for i, lab in zip(picks, labels)],
+                "rows": [{"id": str(id_), "label": lab, "index": int(i)} for id_, i, lab in zip(ds.ids, picks, labels)],
             }
         )
     return out

@@ -55,6 +55,8 @@ class DataConfig(_Strict):
     masks: Literal["auto", "required", "none"] = "auto"
     max_images: Optional[int] = Field(None, ge=1)
     target: Union[Literal["true", "pred"], int] = "true"
+    workers: int = Field(0, ge=0)
+    on_bad_image: Literal["stop", "skip"] = "stop"
 
 
 class ModelConfig(_Strict):

@@ -11,35 +11,51 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from xaiscope import evaluate, explain, models
+from xaiscope.data.dataset import mask_hashes
 from xaiscope.data.hashing import hash_json
-from xaiscope.errors import ConfigError, XaiscopeError
+from xaiscope.data.sources import MemorySource, dataset_of
+from xaiscope.errors import ConfigError, DataError, XaiscopeError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
-from xaiscope.run.inputs import check_model_fits, model_seed, open_data, resolve_device
+from xaiscope.run.inputs import DataOptions, check_model_fits, model_seed, open_source, resolve_device
 from xaiscope.run.units import Unit, UnitInputs, metric_instance, passes_per_image, plan
+
+#: bytes of images up to which a run holds its images in memory (every unit reads them from
+#: there); beyond, each unit reads its images from the source on disk when it runs
+RUN_MEMORY_BUDGET = 2 << 30
+#: images per step of the run's first pass over its data
+SCAN_STEP = 256
 
 
 class RunContext:
-    """What every unit of a run shares: the data, the models, targets and metric settings."""
+    """What every unit of a run shares: the data, the models, targets and metric settings.
+
+    The images are read once when the run opens (model outputs, pixel and mask hashes); a
+    run whose images fit :data:`RUN_MEMORY_BUDGET` keeps them in memory, a larger one keeps
+    only their positions in the source and each unit reads its own images
+    (:meth:`inputs`), so memory does not grow with the dataset. :attr:`dataset` holds all
+    the run's images in memory for the analyses that need them at once (global maps,
+    variability, SIS, SpRAy, annotators, meta-evaluation) and for the Ray backend."""
 
     def __init__(self, cfg: RunConfig, console=None):
         self.cfg = cfg
         self.console = console
         self.device = resolve_device(cfg.device)
-        ds = open_run_data(cfg)
-        metrics = cfg.metric_entries(masks=ds.masks is not None, extra_masks=set(ds.extra_masks))
-        need_masks = [m for m in metrics if "mask" in evaluate.get_class(m.name).needs]
-        for m in need_masks:
+        src, positions = open_run_source(cfg)
+        metrics = cfg.metric_entries(masks=src.has_masks, extra_masks=src.extra_mask_names)
+        extra_present = {n: True for n in src.extra_mask_names}
+        for m in [m for m in metrics if "mask" in evaluate.get_class(m.name).needs]:
             metric = evaluate.get(m.name, **m.hparams)
-            if metric.mask_name() is None and ds.masks is None:
+            if metric.mask_name() is None and not src.has_masks:
                 raise ConfigError(
-                    f"metrics: {m.name} is a localisation metric and needs masks, but {ds.source} has none."
+                    f"metrics: {m.name} is a localisation metric and needs masks, but {src.source} has none."
                 )
             try:
-                evaluate.mask_for(metric, ds.masks, ds.extra_masks, ds.source)
+                evaluate.mask_for(metric, src.has_masks, extra_present, src.source)
             except XaiscopeError as e:
                 raise ConfigError(f"metrics: {e}") from None
         self.models: dict[str, torch.nn.Module] = {}
@@ -49,8 +65,8 @@ class RunContext:
             net = models.load(
                 m.spec,
                 m.weights,
-                num_classes=max(2, ds.num_classes),
-                in_channels=ds.shape[0],
+                num_classes=max(2, src.num_classes),
+                in_channels=src.shape[0],
                 trust_model=m.trust_model,
                 seed=seed,
             )
@@ -61,15 +77,14 @@ class RunContext:
                 "weights_hash": models.weights_hash(net),  # one pass over the weights as loaded
             }
             net = net.to(self.device)
-            check_model_fits(net, ds, self.device)
+            check_model_fits(net, src, self.device)
             self.models[m.name] = net
-        self.dataset, self.skipped = self._drop_non_finite(ds)
-        self.targets = {name: self._targets(net) for name, net in self.models.items()}
         self.metrics = [(m.name, dict(m.hparams)) for m in metrics]
-        self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
         read = {evaluate.get(n, **h).mask_name() for n, h in self.metrics if "mask" in evaluate.get_class(n).needs}
-        self.images = fingerprints.image_entries(self.dataset, sorted(n for n in read if n is not None))
-        self.normalisation = fingerprints.normalisation_of(self.dataset)
+        self._scan(src, positions, sorted(n for n in read if n is not None))
+        self.targets = {name: self._targets(net) for name, net in self.models.items()}
+        self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
+        self.normalisation = None if src.mean is None else {"mean": list(src.mean), "std": list(src.std)}
         resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
         self._settings = {
             (n, setting_id(s)): hash_json(
@@ -84,6 +99,73 @@ class RunContext:
             for n, s in self.methods
         }
         self._records: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ images
+    def _scan(self, src, positions: list[int], extra: list[str]) -> None:
+        """One pass over the run's images: every model's outputs, the pixel and mask hashes
+        the fingerprints compare, the unreadable images (``data.on_bad_image: skip``) and
+        the images whose outputs are not finite (both left out and reported by id); the
+        images themselves are kept when they fit :data:`RUN_MEMORY_BUDGET`."""
+        keep_pixels = len(positions) * int(np.prod(src.shape)) * 4 <= RUN_MEMORY_BUDGET
+        outs: dict[str, list[torch.Tensor]] = {name: [] for name in self.models}
+        seen, entries, parts = [], [], []
+        for b in src.batches(SCAN_STEP, positions):
+            x = b.x.to(self.device)
+            for name, net in self.models.items():
+                outs[name].append(models.forward(net, x, batch_size=self.cfg.batch_size).cpu())
+            masks = mask_hashes(b.masks, b.extra_masks, extra, len(b))
+            entries += [[str(i), int(y), px, m] for i, y, px, m in zip(b.ids, b.y.tolist(), b.pixel_hashes, masks)]
+            seen += b.index.tolist()
+            if keep_pixels:
+                parts.append(b)
+        if not seen:
+            raise ConfigError(f"No image of {src.source} could be read.")
+        self.outputs = {k: torch.cat(v) for k, v in outs.items()}
+        self.skipped: dict[str, list[str]] = {}
+        if src.skipped:
+            self.skipped["unreadable"] = sorted(src.skipped)
+        bad = torch.zeros(len(seen), dtype=torch.bool)
+        for name, out in self.outputs.items():
+            nf = ~torch.isfinite(out).all(dim=1)
+            if nf.any():
+                self.skipped[name] = [entries[i][0] for i in nf.nonzero().flatten().tolist()]
+            bad |= nf
+        if bad.all():
+            raise ConfigError(f"Every image gives non-finite model outputs; nothing can be explained ({src.source}).")
+        keep = (~bad).nonzero().flatten()
+        self.outputs = {k: v[keep] for k, v in self.outputs.items()}
+        self.images = [entries[i] for i in keep.tolist()]
+        self.ids = [e[0] for e in self.images]
+        self.labels = torch.tensor([e[1] for e in self.images], dtype=torch.long)
+        self.classes, self.shape, self.has_masks = list(src.classes), tuple(src.shape), src.has_masks
+        self.extra_mask_names = src.extra_mask_names
+        self.data_source = src.source
+        self._dataset = None
+        if keep_pixels:
+            self._dataset = dataset_of(parts, src)
+            if bad.any():
+                self._dataset = self._dataset.subset(keep)
+            self.source, self.positions = MemorySource(self._dataset), list(range(len(keep)))
+        else:
+            self.source, self.positions = src, [seen[i] for i in keep.tolist()]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dataset(self):
+        """All the run's images in memory (read from the source the first time for a run
+        larger than :data:`RUN_MEMORY_BUDGET`)."""
+        if self._dataset is None:
+            self._dataset = self.source.take(self.positions)
+        return self._dataset
+
+    def fingerprint(self) -> str:
+        """The dataset fingerprint of the run's images (:class:`xaiscope.data.summaries.Fingerprint`)."""
+        if self._dataset is not None:
+            return self._dataset.fingerprint()
+        return self.source.fingerprint(positions=self.positions)
 
     @property
     def batch_size(self) -> int:
@@ -112,54 +194,38 @@ class RunContext:
         with_weights = f" with weights {info['weights']}" if info["weights"] else ""
         return f"{name} ({info['spec']}{with_weights})"
 
-    def _drop_non_finite(self, ds):
-        bad = torch.zeros(len(ds), dtype=torch.bool)
-        skipped: dict[str, list[str]] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
-        for name, net in self.models.items():
-            out = models.forward(net, ds.x.to(self.device), batch_size=self.cfg.batch_size).cpu()
-            nf = ~torch.isfinite(out).all(dim=1)
-            if nf.any():
-                skipped[name] = [ds.ids[i] for i in nf.nonzero().flatten().tolist()]
-            bad |= nf
-            self.outputs[name] = out
-        if bad.all():
-            raise ConfigError(f"Every image gives non-finite model outputs; nothing can be explained ({ds.source}).")
-        if bad.any():
-            keep = (~bad).nonzero().flatten()
-            self.outputs = {k: v[keep] for k, v in self.outputs.items()}
-            ds = ds.subset(keep)
-        return ds, skipped
-
     def _targets(self, net) -> torch.Tensor:
         t = self.cfg.data.target
         name = next(k for k, v in self.models.items() if v is net)
         if t == "true":
-            return self.dataset.y.clone()
+            return self.labels.clone()
         if t == "pred":
             return self.outputs[name].argmax(dim=1)
         n_out = self.outputs[name].shape[1]
         if not 0 <= int(t) < n_out:
             raise ConfigError(f"data.target: class {t} is not an output of model {name!r} ({n_out} outputs).")
-        return torch.full_like(self.dataset.y, int(t))
+        return torch.full_like(self.labels, int(t))
 
     def inputs(self, unit: Unit) -> UnitInputs:
         sl = slice(unit.start, unit.stop)
-        ds = self.dataset
+        pos = self.positions[sl]
+        b = next(self.source.batches(len(pos), pos))
+        if b.ids != self.ids[sl]:
+            raise DataError(f"The images of {self.data_source} changed while the run was reading them ({unit.id}).")
         return UnitInputs(
-            x=ds.x[sl].to(self.device),
-            y=ds.y[sl],
+            x=b.x.to(self.device),
+            y=b.y,
             targets=self.targets[unit.model][sl].to(self.device),
-            ids=ds.ids[sl],
-            masks=None if ds.masks is None else ds.masks[sl].to(self.device),
-            extra_masks={k: v[sl].to(self.device) for k, v in ds.extra_masks.items()},
+            ids=b.ids,
+            masks=None if b.masks is None else b.masks.to(self.device),
+            extra_masks={k: v.to(self.device) for k, v in b.extra_masks.items()},
             metrics=self.metrics,
             batch_size=self.cfg.batch_size,
             seed=self.cfg.seed,
         )
 
     def units(self) -> list[Unit]:
-        return plan(list(self.models), self.methods, len(self.dataset), self.cfg.unit_images)
+        return plan(list(self.models), self.methods, self.n_images, self.cfg.unit_images)
 
     def planned_passes(self, units: list[Unit]) -> dict[str, float]:
         """Model passes the ``units`` take, per method (see :func:`xaiscope.run.units.planned_passes`);
@@ -171,24 +237,31 @@ class RunContext:
             if key not in per_image:
                 net = self.models[u.model]
                 per_image[key] = passes_per_image(
-                    u.method, dict(u.hparams), net, self.dataset.shape, self.metrics, self.batch_size, self.seed
+                    u.method, dict(u.hparams), net, self.shape, self.metrics, self.batch_size, self.seed
                 )
             out[u.method] = out.get(u.method, 0.0) + (u.stop - u.start) * per_image[key]
         return out
 
 
-def open_run_data(cfg: RunConfig):
-    """The run's images as configured (``data`` section), before images with non-finite model
-    outputs are dropped; the report reuses it for its example panels."""
+def open_run_source(cfg: RunConfig):
+    """``(source, positions)``: the run's images as configured (``data`` section) and the
+    positions of those it uses (``max_images``), before unreadable images and images with
+    non-finite model outputs are left out; the report reuses it for its example panels."""
     norm = cfg.data.normalise
     if isinstance(norm, dict):
         norm = (norm.get("mean"), norm.get("std"))
-    ds = open_data(
-        cfg.data.path, model_spec=cfg.models[0].spec, resize=cfg.data.resize, normalise=norm, masks=cfg.data.masks
+    src = open_source(
+        cfg.data.path,
+        model_spec=cfg.models[0].spec,
+        resize=cfg.data.resize,
+        normalise=norm,
+        masks=cfg.data.masks,
+        options=DataOptions(workers=cfg.data.workers, on_bad_image=cfg.data.on_bad_image),
     )
-    if cfg.data.max_images is not None and cfg.data.max_images < len(ds):
-        ds = ds.subset(stratified(ds.y, cfg.data.max_images))
-    return ds
+    positions = list(range(len(src)))
+    if cfg.data.max_images is not None and cfg.data.max_images < len(src):
+        positions = stratified(src.labels, cfg.data.max_images)
+    return src, positions
 
 
 def stratified(y: torch.Tensor, n: int) -> list[int]:

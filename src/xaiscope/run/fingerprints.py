@@ -25,20 +25,6 @@ from typing import Any, Iterable
 from xaiscope.data.hashing import hash_json, short
 
 
-def image_entries(ds, extra_masks=()) -> list[list[Any]]:
-    """Per image of dataset ``ds``: ``[id, label, pixel hash, mask hash or None]``; the mask
-    hash also covers the extra masks named in ``extra_masks`` (those the run's metrics read)."""
-    masks = ds.mask_hashes(extra_masks)
-    return [[str(i), int(y), px, m] for i, y, px, m in zip(ds.ids, ds.y.tolist(), ds.image_hashes(), masks)]
-
-
-def normalisation_of(ds) -> dict[str, list[float]] | None:
-    """The normalisation applied to ``ds`` (``{"mean": [...], "std": [...]}``) or None."""
-    if ds.mean is None:
-        return None
-    return {"mean": [float(v) for v in ds.mean], "std": [float(v) for v in ds.std]}
-
-
 def unit_record(
     model_hash: str, settings_hash: str, normalisation: dict | None, images: list[list[Any]]
 ) -> dict[str, Any]:

@@ -42,11 +42,10 @@ Analyses = Callable[[RunStore, RunContext, pd.DataFrame, Any], dict[str, float]]
 
 def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
     a, rows, curves = result
-    ds = ctx.dataset
     store.commit_unit(
         unit.id,
         key=unit.key,
-        shape=(len(ds), *ds.shape),
+        shape=(ctx.n_images, *ctx.shape),
         chunk=ctx.cfg.unit_images,
         start=unit.start,
         attributions=a,
@@ -94,7 +93,7 @@ def score_set_level(store: RunStore, ctx: RunContext, results: pd.DataFrame) -> 
     set_metrics = [(n, h) for n, h in ctx.metrics if evaluate.get_class(n).set_level]
     if not set_metrics:
         return results
-    ds, rows = ctx.dataset, []
+    rows = []
     for model in ctx.models:
         predicted = ctx.outputs[model].argmax(dim=1)
         targets = ctx.targets[model].tolist()
@@ -106,7 +105,7 @@ def score_set_level(store: RunStore, ctx: RunContext, results: pd.DataFrame) -> 
                 base = {"model": model, "method": method, "setting": setting, "metric": name}
                 rows += [
                     {"image_id": i, "label": int(y), "target": t, **base, "value": float(v)}
-                    for i, y, t, v in zip(ds.ids, ds.y.tolist(), targets, scores.tolist())
+                    for i, y, t, v in zip(ctx.ids, ctx.labels.tolist(), targets, scores.tolist())
                 ]
     keep = results[~results["metric"].isin([n for n, _ in set_metrics])]  # rows of older unit files
     out = pd.concat([keep, pd.DataFrame(rows, columns=RESULT_COLUMNS)], ignore_index=True)
@@ -194,8 +193,9 @@ def run(
         )
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
+            why = "cannot be read" if name == "unreadable" else f"give non-finite outputs of model {name}"
             console.print(
-                f"[yellow]model {name}: {len(ids)} image(s) give non-finite outputs and are skipped: {', '.join(ids[:10])}[/]"
+                f"[yellow]{len(ids)} image(s) {why} and are skipped: {', '.join(ids[:10])}[/]", highlight=False
             )
     with Progress(
         TextColumn("{task.description}"),
@@ -261,7 +261,6 @@ def manifest(
     import captum
     import zennit
 
-    ds = ctx.dataset
     return {
         "xaiscope": xaiscope.__version__,
         "python": platform.python_version(),
@@ -273,12 +272,12 @@ def manifest(
         "seed": ctx.cfg.seed,
         "device": str(ctx.device),
         "dataset": {
-            "source": ds.source,
-            "images": len(ds),
-            "classes": ds.classes,
-            "shape": list(ds.shape),
-            "fingerprint": ds.fingerprint(),
-            "masks": ds.masks is not None,
+            "source": ctx.data_source,
+            "images": ctx.n_images,
+            "classes": ctx.classes,
+            "shape": list(ctx.shape),
+            "fingerprint": ctx.fingerprint(),
+            "masks": ctx.has_masks,
         },
         "models": ctx.model_info,
         "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
