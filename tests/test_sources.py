@@ -345,3 +345,38 @@ def test_a_run_larger_than_its_memory_budget_reads_each_unit_from_disk_with_the_
         json.loads((tmp_path / "memory" / "manifest.json").read_text())["dataset"]["fingerprint"]
         == json.loads((tmp_path / "disk" / "manifest.json").read_text())["dataset"]["fingerprint"]
     )
+
+
+def test_out_of_memory_halves_the_step_and_gives_the_same_rows(arrays, monkeypatch):
+    """A step that runs out of GPU memory is done again in halves: the same rows as without
+    the error (deterministic metrics), none lost or doubled; one image that does not fit is
+    one sentence."""
+    from xaiscope.errors import ModelError
+    from xaiscope.explain import gradient
+
+    x, y, masks = arrays
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2)
+    kw = dict(
+        methods=["saliency"],
+        metrics=["sparseness", "pointing_game", "sufficiency"],
+        params={"sufficiency": {"threshold": 0.9}},
+    )
+    ref = evaluate_images(Net(), (xt, y, masks), **kw)
+    real = gradient.SaliencyExplainer._attribute
+    calls = []
+
+    def tight(self, model, x, y):
+        calls.append(len(x))
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, model, x, y)
+
+    monkeypatch.setattr(gradient.SaliencyExplainer, "_attribute", tight)
+    got = evaluate_images(Net(), (xt, y, masks), images_per_step=N, **kw)
+    pd.testing.assert_frame_equal(got, ref)
+    assert calls[:2] == [N, N // 2] and sum(c for c in calls if c <= 4) == N  # each image explained once
+    monkeypatch.setattr(
+        gradient.SaliencyExplainer, "_attribute", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x"))
+    )
+    with pytest.raises(ModelError, match=r"ran out of memory on the single image '0'; lower --batch-size"):
+        evaluate_images(Net(), (xt, y, masks), **kw)

@@ -35,7 +35,7 @@ def convert(src, out: Path, *, dtype: str = "auto", images_per_step: int = 256, 
     """Write the images of ``src`` (a lazy source, not normalised) into the Zarr group ``out``."""
     import zarr
 
-    from xaiscope.commands.progress import ImageProgress
+    from xaiscope.run.progress import ImageProgress
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be auto, uint8 or float32; got {dtype!r}.")

@@ -82,9 +82,10 @@ def score_source(
     import pandas as pd
 
     from xaiscope import models
-    from xaiscope.commands.progress import ImageProgress
     from xaiscope.evaluate.setlevel import SetLevelScores
     from xaiscope.run.inputs import choose_targets
+    from xaiscope.run.progress import ImageProgress
+    from xaiscope.run.steps import each_step, to_device
 
     n = len(src)
     sets = {
@@ -95,25 +96,31 @@ def score_source(
     }
     parts: list[tuple[int, int, np.ndarray, np.ndarray]] = []  # (method, metric, positions, values)
     targets = np.full(n, -1, dtype=np.int64)
+
+    def step(b):
+        """Scores of one step (nothing kept when it fails: the set-level maps are overwritten
+        by position, the rows are returned)."""
+        x, y = to_device(b.x, dev), to_device(b.y, dev)
+        t = choose_targets(net, x, y, target, batch_size)
+        pred = models.forward(net, x, batch_size=batch_size).argmax(dim=1) if sets else None
+        mask = None if b.masks is None else to_device(b.masks, dev)
+        extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
+        pos, out = b.index.numpy(), []
+        for i, ex in enumerate(explainers):
+            a = ex(net, x, t)
+            for j, m in enumerate(mets):
+                if m.set_level:
+                    sets[(i, j)].update(b.index, a, pred)
+                else:
+                    v = m(net, x, t, a, mask=evaluate.mask_for(m, mask, extra), explainer=ex)
+                    out.append((i, j, pos, v.cpu().numpy()))
+        return t.cpu().numpy(), out
+
     try:
         with ImageProgress(console, n, "evaluating") as progress:
-            for b in src.batches(images_per_step):
-                x, y = b.x.to(dev), b.y.to(dev)
-                t = choose_targets(net, x, y, target, batch_size)
-                pos = b.index.numpy()
-                targets[pos] = t.cpu().numpy()
-                pred = models.forward(net, x, batch_size=batch_size).argmax(dim=1) if sets else None
-                mask = None if b.masks is None else b.masks.to(dev)
-                extra = {k: v.to(dev) for k, v in b.extra_masks.items()}
-                for i, ex in enumerate(explainers):
-                    progress.advance(0, ex.name)
-                    a = ex(net, x, t)
-                    for j, m in enumerate(mets):
-                        if m.set_level:
-                            sets[(i, j)].update(b.index, a, pred)
-                            continue
-                        v = m(net, x, t, a, mask=evaluate.mask_for(m, mask, extra), explainer=ex)
-                        parts.append((i, j, pos, v.cpu().numpy()))
+            for b, (t, out) in each_step(src.batches(images_per_step), step):
+                targets[b.index.numpy()] = t
+                parts += out
                 progress.advance(len(b))
         for (i, j), acc in sets.items():
             pos, v = acc.compute()

@@ -91,8 +91,9 @@ def run_explain(
 
     ``what.seed`` fixes the random initial weights of a zoo, torchvision or factory spec
     (:func:`~xaiscope.run.inputs.model_seed`)."""
-    from xaiscope.commands.progress import ImageProgress
     from xaiscope.plotting import save_overlay
+    from xaiscope.run.progress import ImageProgress
+    from xaiscope.run.steps import each_step, to_device
 
     params = params or {}
     methods = explain.expand(methods)
@@ -118,21 +119,22 @@ def run_explain(
     else:
         sinks = [_NpzSink(out, ex.name, ex.hparams) for ex in explainers]
     ids, targets, labels, shown = [], [], [], []
+
+    def step(b):
+        x = to_device(b.x, dev)
+        t = choose_targets(net, x, to_device(b.y, dev), what.target, batch_size)
+        return t.cpu(), [ex(net, x, t).cpu() for ex in explainers]
+
     with ImageProgress(console, len(src), "explaining") as progress:
-        for b in src.batches(images_per_step):
-            x = b.x.to(dev)
-            t = choose_targets(net, x, b.y.to(dev), what.target, batch_size)
-            for ex, sink in zip(explainers, sinks):
-                progress.advance(0, ex.name)
-                a = ex(net, x, t)
+        for b, (t, maps) in each_step(src.batches(images_per_step), step):
+            keep = min(len(b), max(0, overlays - len(shown)))
+            for ex, sink, a in zip(explainers, sinks, maps):
                 sink.add(a)
-                if len(shown) < overlays:
-                    keep = min(len(b), overlays - len(shown))
-                    _overlays(save_overlay, out, ex.name, b.x[:keep], b.ids[:keep], a[:keep].cpu())
-            if len(shown) < overlays:
-                shown += b.ids[: overlays - len(shown)]
+                if keep:
+                    _overlays(save_overlay, out, ex.name, b.x[:keep], b.ids[:keep], a[:keep])
+            shown += b.ids[:keep]
             ids += b.ids
-            targets.append(t.cpu().numpy())
+            targets.append(t.numpy())
             labels.append(b.y.numpy())
             progress.advance(len(b))
     if not ids:

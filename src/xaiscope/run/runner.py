@@ -89,19 +89,31 @@ def local_backend(
 def score_set_level(store: RunStore, ctx: RunContext, results: pd.DataFrame) -> pd.DataFrame:
     """Add the rows of the set-level metrics (sufficiency, consistency), scored over all the
     run's images at once from the stored maps and the models' predicted classes (no model
-    pass), so they do not depend on ``unit_images``; rewrite ``results.parquet``."""
+    pass; :class:`~xaiscope.evaluate.setlevel.SetLevelScores`, reading the stored maps a
+    block at a time), so they do not depend on ``unit_images``; rewrite ``results.parquet``."""
     set_metrics = [(n, h) for n, h in ctx.metrics if evaluate.get_class(n).set_level]
     if not set_metrics:
         return results
-    rows = []
+    from xaiscope.evaluate.setlevel import SetLevelScores
+
+    rows, n, block = [], ctx.n_images, ctx.cfg.unit_images
     for model in ctx.models:
         predicted = ctx.outputs[model].argmax(dim=1)
         targets = ctx.targets[model].tolist()
         for method, hp in ctx.methods:
             setting = setting_id(hp)
-            a = torch.from_numpy(store.attributions(model, method, setting))
-            for name, mhp in set_metrics:
-                scores = metric_instance(name, mhp, ctx.batch_size, ctx.seed).set_scores(a, predicted)
+            accs = [
+                SetLevelScores(metric_instance(nm, h, ctx.batch_size, ctx.seed), n, ctx.shape[1:])
+                for nm, h in set_metrics
+            ]
+            for start in range(0, n, block):  # the stored maps a block at a time
+                a = torch.from_numpy(store.attributions(model, method, setting, slice(start, start + block)))
+                idx = torch.arange(start, start + len(a))
+                for acc in accs:
+                    acc.update(idx, a, predicted[idx])
+            for (name, _), acc in zip(set_metrics, accs):
+                scores = acc.compute()[1]
+                acc.close()
                 base = {"model": model, "method": method, "setting": setting, "metric": name}
                 rows += [
                     {"image_id": i, "label": int(y), "target": t, **base, "value": float(v)}
@@ -147,7 +159,7 @@ def run(
     naming the change, and nothing is written; ``refresh=True`` recomputes exactly those
     units (and drops units that no longer belong to the plan), ``force=True`` everything.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from xaiscope.run.progress import ImageProgress
 
     root = run_folder(cfg, out)
     store = RunStore(root, create=True)
@@ -197,22 +209,14 @@ def run(
             console.print(
                 f"[yellow]{len(ids)} image(s) {why} and are skipped: {', '.join(ids[:10])}[/]", highlight=False
             )
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-        disable=console is None,
-    ) as progress:
-        task = progress.add_task(
-            f"work units ({len(units) - len(todo)} already done)", total=len(units), completed=len(units) - len(todo)
-        )
+    if console is not None and len(units) > len(todo):
+        console.print(f"work units: {len(units) - len(todo)} of {len(units)} already done")
+    images_todo = sum(u.stop - u.start for u in todo)
+    with ImageProgress(console, images_todo, "explaining and scoring") as progress:
 
         def on_result(unit, result):
             commit(store, ctx, unit, result)
-            progress.advance(task)
+            progress.advance(unit.stop - unit.start, f"{unit.model} / {unit.method}")
 
         which = backend or cfg.backend
         if which == "ray":

@@ -1,5 +1,6 @@
 """Progress of a long job over images: one Rich bar with images/s and time left on a terminal,
-and a plain line every ``every`` seconds otherwise, so logs show progress too."""
+and a plain line every ``every`` seconds otherwise, so logs show progress too. A run counts
+an image once per (model, method, setting) it explains and scores."""
 
 from __future__ import annotations
 
