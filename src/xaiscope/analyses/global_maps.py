@@ -120,27 +120,76 @@ def global_maps(
         raise DataError("Global maps need at least one map.")
     if (groups < 0).any():
         raise DataError("Labels must be non-negative class indices.")
-    m = per_image_maps(maps, normalise=normalise, signed=signed).double()
-    groups = groups.to(m.device)
     n_labels = int(num_classes if num_classes is not None else max(int(groups.max()), int(labels.max())) + 1)
-    if int(groups.max()) >= n_labels:
-        raise DataError(f"Label {int(groups.max())} is not below num_classes={n_labels}.")
-    onehot = torch.nn.functional.one_hot(groups, n_labels).to(m.dtype)  # [N, L]
-    counts = onehot.sum(0)  # [L]
-    denom = counts.clamp_min(1).view(-1, 1, 1)
-    flat = m.flatten(1)
-    g = (onehot.T @ flat).view(n_labels, *m.shape[1:]) / denom
-    resid = m - g[groups]
-    sd = ((onehot.T @ resid.flatten(1).pow(2)).view(n_labels, *m.shape[1:]) / denom).sqrt()
-    present = counts > 0
-    overall = g[present].mean(0)
-    overall_sd = m.std(0, unbiased=False) if m.shape[0] > 1 else torch.zeros_like(m[0])
-    return GlobalMaps(
-        label_maps=g.float(),
-        label_sd=sd.float(),
-        overall=overall.float(),
-        overall_sd=overall_sd.float(),
-        counts=counts.long(),
-        groups=groups.long(),
-        settings={"normalise": normalise, "signed": signed, "by": by},
-    )
+    acc = GlobalMapsAccumulator(n_labels, tuple(maps.shape[-2:]), normalise=normalise, signed=signed, by=by)
+    acc.update(maps, groups)
+    return acc.result()
+
+
+class GlobalMapsAccumulator:
+    """:func:`global_maps` fed one batch of maps at a time (update), the result at the end:
+    per label and overall, the count, the running mean and the sum of squared deviations of
+    the per-image maps ``m_i`` (Chan, Golub & LeVeque 1979 pairwise update, float64), so the
+    memory holds ``O(L H W)`` numbers whatever the number of images."""
+
+    def __init__(
+        self, n_labels: int, shape: tuple[int, int], *, normalise: str = "sum_to_one", signed: bool = False, by="true"
+    ) -> None:
+        if by not in GROUPINGS:
+            raise ConfigError(f"by must be 'true' or 'pred', got {by!r}.")
+        per_image_maps(torch.zeros(1, *shape), normalise=normalise, signed=signed)  # checks the settings
+        self.settings = {"normalise": normalise, "signed": signed, "by": by}
+        self.n_labels, self.shape = int(n_labels), tuple(shape)
+        self.count = torch.zeros(self.n_labels, dtype=torch.float64)
+        self.mean = torch.zeros(self.n_labels, *shape, dtype=torch.float64)
+        self.m2 = torch.zeros(self.n_labels, *shape, dtype=torch.float64)
+        self.all = [0.0, torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64)]
+        self.groups: list[torch.Tensor] = []
+
+    def update(self, maps: torch.Tensor, groups: torch.Tensor) -> None:
+        """Add the maps ``[B, H, W]`` or ``[B, C, H, W]`` of images grouped under ``groups`` ``[B]``."""
+        groups = torch.as_tensor(groups).long().view(-1).cpu()
+        if groups.shape[0] != maps.shape[0]:
+            raise DataError(f"There are {maps.shape[0]} maps but {groups.shape[0]} labels.")
+        if len(groups) and int(groups.min()) < 0:
+            raise DataError("Labels must be non-negative class indices.")
+        if len(groups) and int(groups.max()) >= self.n_labels:
+            raise DataError(f"Label {int(groups.max())} is not below num_classes={self.n_labels}.")
+        m = per_image_maps(maps, **{k: self.settings[k] for k in ("normalise", "signed")}).double().cpu()
+        for lab in groups.unique().tolist():
+            sub = m[groups == lab]
+            self.count[lab], self.mean[lab], self.m2[lab] = _merge(
+                float(self.count[lab]), self.mean[lab], self.m2[lab], sub
+            )
+        self.all = list(_merge(self.all[0], self.all[1], self.all[2], m))
+        self.groups.append(groups)
+
+    def result(self) -> GlobalMaps:
+        if self.all[0] == 0:
+            raise DataError("Global maps need at least one map.")
+        counts = self.count
+        sd = (self.m2 / counts.clamp_min(1).view(-1, 1, 1)).sqrt()
+        present = counts > 0
+        overall = self.mean[present].mean(0)
+        overall_sd = (self.all[2] / self.all[0]).sqrt() if self.all[0] > 1 else torch.zeros(self.shape)
+        return GlobalMaps(
+            label_maps=self.mean.float(),
+            label_sd=sd.float(),
+            overall=overall.float(),
+            overall_sd=overall_sd.float(),
+            counts=counts.long(),
+            groups=torch.cat(self.groups).long(),
+            settings=dict(self.settings),
+        )
+
+
+def _merge(n: float, mean: torch.Tensor, m2: torch.Tensor, sub: torch.Tensor):
+    """``(n, mean, M2)`` after adding the rows of ``sub`` (pairwise update)."""
+    nb = sub.shape[0]
+    if nb == 0:
+        return n, mean, m2
+    mb = sub.mean(0)
+    m2b = (sub - mb).square().sum(0)
+    total = n + nb
+    delta = mb - mean
+    return total, mean + delta * (nb / total), m2 + m2b + delta.square() * (n * nb / total)

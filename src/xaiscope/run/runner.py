@@ -205,12 +205,13 @@ def run(
         )
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
-            why = "cannot be read" if name == "unreadable" else f"give non-finite outputs of model {name}"
+            who = "" if name == "unreadable" else f"model {name}: "
+            why = "cannot be read" if name == "unreadable" else "give non-finite outputs"
             console.print(
-                f"[yellow]{len(ids)} image(s) {why} and are skipped: {', '.join(ids[:10])}[/]", highlight=False
+                f"[yellow]{who}{len(ids)} image(s) {why} and are skipped: {', '.join(ids[:10])}[/]", highlight=False
             )
     if console is not None and len(units) > len(todo):
-        console.print(f"work units: {len(units) - len(todo)} of {len(units)} already done")
+        console.print(f"{len(units)} work units ({len(units) - len(todo)} already done)")
     images_todo = sum(u.stop - u.start for u in todo)
     with ImageProgress(console, images_todo, "explaining and scoring") as progress:
 
