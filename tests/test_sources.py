@@ -380,3 +380,27 @@ def test_out_of_memory_halves_the_step_and_gives_the_same_rows(arrays, monkeypat
     )
     with pytest.raises(ModelError, match=r"ran out of memory on the single image '0'; lower --batch-size"):
         evaluate_images(Net(), (xt, y, masks), **kw)
+
+
+def test_global_maps_and_peppr_stream_with_the_in_memory_numbers(tmp_path, arrays, capsys):
+    x, y, masks = arrays
+    folder = write_folder(tmp_path / "f", x, y, masks)
+    base = ["global", "--model", "small_cnn", "--data", str(folder), "--method", "saliency", "--step", "0.25"]
+    base += ["--random-orders", "2", "--fill", "blur"]
+    for name, step in (("whole", "1000"), ("steps", "3")):
+        r = run_cli(capsys, *base, "--out", str(tmp_path / name), "--images-per-step", step)
+        assert r.code == 0, r.err
+    a, b = np.load(tmp_path / "whole" / "global_maps.npz"), np.load(tmp_path / "steps" / "global_maps.npz")
+    for key in ("label_maps", "label_sd", "overall", "overall_sd", "counts"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-9, err_msg=key)
+    # the same maps from the in-memory definition
+    ds = xdata.load_folder(folder)
+    from xaiscope.analyses.global_maps import global_maps
+
+    assert torch.equal(torch.from_numpy(a["counts"]), global_maps(torch.rand(N, H, W), ds.y).counts)
+    sa = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "steps" / "summary.json").read_text())
+    assert sa["passes"] == sb["passes"]
+    for label, res in sa["peppr"].items():
+        assert res["score_auroc"] == pytest.approx(sb["peppr"][label]["score_auroc"], abs=1e-6)
+        assert res["score_accuracy"] == pytest.approx(sb["peppr"][label]["score_accuracy"], abs=1e-6)

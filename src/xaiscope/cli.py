@@ -284,9 +284,21 @@ def global_cmd(
     device: str = DEVICE,
     trust_model: bool = TRUST_MODEL,
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    workers: int = WORKERS,
+    on_bad_image: str = ON_BAD_IMAGE,
+    split: Optional[str] = SPLIT,
+    x_key: str = X_KEY,
+    y_key: str = Y_KEY,
+    mask_key: str = MASK_KEY,
+    images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
     from xaiscope.commands.global_job import run_global
+    from xaiscope.run.inputs import DataOptions
+
+    options = DataOptions(
+        workers=workers, on_bad_image=on_bad_image, split=split, x_key=x_key, y_key=y_key, mask_key=mask_key
+    )
 
     summary = run_global(
         model=model,
@@ -307,6 +319,8 @@ def global_cmd(
         device=device,
         trust_model=trust_model,
         peppr_enabled=not no_peppr,
+        images_per_step=images_per_step,
+        options=options,
     )
     for name, info in summary["peppr"].items():
         if "score_auroc" in info:

@@ -44,7 +44,7 @@ import torch
 
 from xaiscope import models
 from xaiscope.analyses.units import parse_unit
-from xaiscope.data import Dataset
+from xaiscope.data import Dataset, open_source
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.evaluate import stats
 from xaiscope.explain.references import gaussian_blur
@@ -65,24 +65,41 @@ def default_fractions(step: float = 0.05) -> torch.Tensor:
 
 
 def fill_images(ds: Dataset, fill: str = "black", *, sigma: float = 4.0) -> torch.Tensor:
-    """The filled version of every image, broadcastable to ``ds.x``.
+    """The filled version of every image, broadcastable to ``ds.x`` (:func:`fill_step` of all images)."""
+    mean = ds.fill_value().view(1, -1, 1, 1) if fill == "mean" else None
+    return fill_step(ds.x, fill, norm=(ds.mean, ds.std), channel_mean=mean, sigma=sigma)
 
-    ``black``: raw intensity 0 in the stored scale (``-mean/std`` for normalised data,
-    0 otherwise); ``mean``: the dataset's per-channel mean; ``blur``: each image blurred
-    with a Gaussian of ``sigma`` pixels.
+
+def fill_step(x: torch.Tensor, fill: str, *, norm=(None, None), channel_mean=None, sigma: float = 4.0) -> torch.Tensor:
+    """The filled version of the images ``x``, broadcastable to ``x``.
+
+    ``black``: raw intensity 0 in the stored scale (``-mean/std`` for data normalised with
+    ``norm = (mean, std)``, 0 otherwise); ``mean``: ``channel_mean`` ``[1, C, 1, 1]``, the
+    dataset's per-channel mean; ``blur``: each image blurred with a Gaussian of ``sigma``
+    pixels.
     """
-    c = ds.x.shape[1]
+    c = x.shape[1]
     if fill == "black":
-        if ds.mean is not None and ds.std is not None:
-            mean = torch.as_tensor(ds.mean, dtype=ds.x.dtype).view(1, -1, 1, 1)
-            std = torch.as_tensor(ds.std, dtype=ds.x.dtype).view(1, -1, 1, 1)
+        if norm[0] is not None and norm[1] is not None:
+            mean = torch.as_tensor(norm[0], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.as_tensor(norm[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             return ((0.0 - mean) / std).expand(1, c, 1, 1).contiguous()
-        return torch.zeros(1, c, 1, 1, dtype=ds.x.dtype)
+        return torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device)
     if fill == "mean":
-        return ds.fill_value().view(1, c, 1, 1)
+        return torch.as_tensor(channel_mean, dtype=x.dtype).to(x.device).view(1, c, 1, 1)
     if fill == "blur":
-        return gaussian_blur(ds.x, sigma)
+        return gaussian_blur(x, sigma)
     raise ConfigError(f"Unknown fill {fill!r}; choose one of {', '.join(FILLS)}.")
+
+
+def channel_mean(src, positions, step: int = 256) -> torch.Tensor:
+    """Per-channel mean ``[1, C, 1, 1]`` of the images at ``positions`` of ``src`` (one pass)."""
+    total, count = None, 0
+    for b in src.batches(step, positions):
+        s = b.x.double().sum(dim=(0, 2, 3))
+        total = s if total is None else total + s
+        count += b.x.shape[0] * b.x.shape[2] * b.x.shape[3]
+    return (total / count).float().view(1, -1, 1, 1)
 
 
 def unit_scores(order_map: torch.Tensor, k: int) -> torch.Tensor:
@@ -213,35 +230,40 @@ class PepprResult:
         return rows
 
 
-def _evaluate(model, x, y, fill, masks_by_order, label, batch_size, dev, n_curves=2):
-    """Softmax ``f_label`` and correctness ``[O, n_curves, T, N]`` for all orders/curves/steps in batched calls.
+def _evaluate(model, steps, n, masks_by_order, label, batch_size, dev, n_curves=2):
+    """Softmax ``f_label`` and correctness ``[O, n_curves, T, N]`` for all orders/curves/steps.
 
-    Row ``r`` of the flattened work list is (order, curve, step, image) in C order; the
-    rows are cut into model calls of ``batch_size`` images, so a call mixes steps.
+    ``steps`` yields ``(offset, x, y, fill)`` for consecutive images of the set (``N`` in
+    all). Within one step, row ``r`` of the flattened work list is (order, curve, step,
+    image) in C order, cut into model calls of ``batch_size`` images, so a call mixes steps.
     """
-    n = x.shape[0]
     o_count, t_count = len(masks_by_order), masks_by_order[0].shape[0]
-    total = o_count * n_curves * t_count * n
-    score = torch.empty(total, dtype=torch.float64, device=dev)
-    correct = torch.empty(total, dtype=torch.float64, device=dev)
-    masks = torch.stack(masks_by_order)  # [O, T, H, W]
-    per_image_fill = fill.shape[0] > 1
-    y = y.to(dev)
-    for start in range(0, total, batch_size):
-        idx = torch.arange(start, min(total, start + batch_size), device=dev)
-        img = idx % n
-        step = (idx // n) % t_count
-        curve = (idx // (n * t_count)) % n_curves
-        order = idx // (n * t_count * n_curves)
-        m = masks[order, step].unsqueeze(1)  # [B, 1, H, W]
-        # erasing: fill where m; restoration: keep where m
-        keep_x = torch.where(curve.view(-1, 1, 1, 1) == 0, ~m, m)
-        xb = torch.where(keep_x, x[img], fill[img] if per_image_fill else fill)
-        prob = models.forward(model, xb, batch_size=batch_size).softmax(dim=1).double()
-        score[idx] = prob[:, label]
-        correct[idx] = (prob.argmax(dim=1) == y[img]).double()
     shape = (o_count, n_curves, t_count, n)
-    return score.view(shape), correct.view(shape)
+    score = torch.empty(shape, dtype=torch.float64, device=dev)
+    correct = torch.empty(shape, dtype=torch.float64, device=dev)
+    masks = torch.stack(masks_by_order)  # [O, T, H, W]
+    for offset, x, y, fill in steps:
+        nb = x.shape[0]
+        total = o_count * n_curves * t_count * nb
+        per_image_fill = fill.shape[0] > 1
+        s_flat = torch.empty(total, dtype=torch.float64, device=dev)
+        c_flat = torch.empty(total, dtype=torch.float64, device=dev)
+        for start in range(0, total, batch_size):
+            idx = torch.arange(start, min(total, start + batch_size), device=dev)
+            img = idx % nb
+            step = (idx // nb) % t_count
+            curve = (idx // (nb * t_count)) % n_curves
+            order = idx // (nb * t_count * n_curves)
+            m = masks[order, step].unsqueeze(1)  # [B, 1, H, W]
+            # erasing: fill where m; restoration: keep where m
+            keep_x = torch.where(curve.view(-1, 1, 1, 1) == 0, ~m, m)
+            xb = torch.where(keep_x, x[img], fill[img] if per_image_fill else fill)
+            prob = models.forward(model, xb, batch_size=batch_size).softmax(dim=1).double()
+            s_flat[idx] = prob[:, label]
+            c_flat[idx] = (prob.argmax(dim=1) == y[img]).double()
+        score[..., offset : offset + nb] = s_flat.view(o_count, n_curves, t_count, nb)
+        correct[..., offset : offset + nb] = c_flat.view(o_count, n_curves, t_count, nb)
+    return score, correct
 
 
 def peppr(
@@ -258,13 +280,16 @@ def peppr(
     other_maps: dict[int, torch.Tensor] | None = None,
     batch_size: int = 256,
     blur_sigma: float = 4.0,
+    step_images: int = 256,
 ) -> PepprResult:
     """Progressive erasing and restoration curves for ``label`` ordered by ``order_map`` (module docstring).
 
     Parameters
     ----------
     model : torch.nn.Module
-    dataset : Dataset, aligned images with true labels (both classes must occur for AUROC)
+    dataset : Dataset or Source (:func:`xaiscope.data.open_source`), aligned images with true
+        labels (both classes must occur for AUROC); read ``step_images`` at a time, so the
+        images need not fit in memory
     order_map : Tensor ``[H, W]``, the global map ``G_label`` (higher = more important)
     label : int, the class ``l`` scored one-vs-rest with ``f_l``
     fractions : increasing values in [0, 1], default 0, 0.05, ..., 1
@@ -275,21 +300,25 @@ def peppr(
     other_maps : dict label -> ``[H, W]``, other labels' global maps as reference orders
     batch_size : int, default 256, images per model call
     blur_sigma : float, default 4.0, Gaussian sigma of the ``blur`` fill
+    step_images : int, default 256, images read and perturbed together
 
     Returns
     -------
     PepprResult
     """
-    h, w = dataset.x.shape[2:]
+    src = open_source(dataset)
+    positions = [p for p in range(len(src)) if src.ids[p] not in src.skipped]
+    n = len(positions)
+    h, w = src.shape[1:]
     if order_map.shape != (h, w):
         raise DataError(f"The order map has shape {list(order_map.shape)} but the images are {h}x{w}.")
-    if not 0 <= int(label) < dataset.num_classes:
-        raise ConfigError(f"label {label} is not a class of the data (it has {dataset.num_classes}).")
-    pos = dataset.y == int(label)
+    if not 0 <= int(label) < src.num_classes:
+        raise ConfigError(f"label {label} is not a class of the data (it has {src.num_classes}).")
+    pos = src.labels[positions] == int(label)
     if pos.all() or not pos.any():
         raise DataError(
             f"PEPPR needs images of label {label} and of other labels to compute AUROC; "
-            f"{dataset.source or 'the data'} has {int(pos.sum())} of {len(dataset)}."
+            f"{src.source or 'the data'} has {int(pos.sum())} of {n}."
         )
     if random_orders < 0:
         raise ConfigError(f"random_orders must be >= 0, got {random_orders}.")
@@ -319,22 +348,31 @@ def peppr(
 
     # Fractions with k(p) = 0 or U give the same images for every order: evaluate them once.
     inner = (counts > 0) & (counts < n_units)
-    x = dataset.x.to(dev)
-    fill_t = fill_images(dataset, fill, sigma=blur_sigma).to(dev)
+    if fill not in FILLS:
+        raise ConfigError(f"Unknown fill {fill!r}; choose one of {', '.join(FILLS)}.")
+    fill_mean = channel_mean(src, positions, step_images) if fill == "mean" else None
+    pos = pos.to(dev)
+
+    def steps():
+        offset = 0
+        for b in src.batches(step_images, positions):
+            x = b.x.to(dev)
+            f = fill_step(x, fill, norm=(src.mean, src.std), channel_mean=fill_mean, sigma=blur_sigma)
+            yield offset, x, b.y.to(dev), f
+            offset += len(b)
+
     names = list(orders)
     masks = [unit_masks(orders[nm], counts[inner], (h, w), k) for nm in names]
     with eval_mode(model):
         ends = torch.tensor([0, n_units])
         end_masks = unit_masks(base, ends, (h, w), k)  # [2, H, W]: nothing / everything
-        e_score, e_correct = _evaluate(
-            model, x, dataset.y, fill_t, [end_masks], int(label), batch_size, dev, n_curves=1
-        )
+        e_score, e_correct = _evaluate(model, steps(), n, [end_masks], int(label), batch_size, dev, n_curves=1)
         # e_*[0, 0] = erasing with nothing / everything -> [kept, filled]
         kept_s, filled_s = e_score[0, 0, 0], e_score[0, 0, 1]
         kept_c, filled_c = e_correct[0, 0, 0], e_correct[0, 0, 1]
         if int(inner.sum()) > 0:
-            i_score, i_correct = _evaluate(model, x, dataset.y, fill_t, masks, int(label), batch_size, dev)
-    passes = 2 * len(dataset) + len(names) * 2 * int(inner.sum()) * len(dataset)
+            i_score, i_correct = _evaluate(model, steps(), n, masks, int(label), batch_size, dev)
+    passes = 2 * n + len(names) * 2 * int(inner.sum()) * n
 
     t_count = fr.numel()
     curves: dict = {}
@@ -342,7 +380,7 @@ def peppr(
     for oi, nm in enumerate(names):
         curves[nm], areas[nm] = {}, {}
         for ci, curve in enumerate(CURVES):
-            s_all = torch.empty(t_count, len(dataset), dtype=torch.float64, device=dev)
+            s_all = torch.empty(t_count, n, dtype=torch.float64, device=dev)
             c_all = torch.empty_like(s_all)
             none_done = counts == 0
             all_done = counts == n_units

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from xaiscope import explain, models
-from xaiscope.analyses.global_maps import global_maps
+from xaiscope.analyses.global_maps import GlobalMapsAccumulator
 from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.run.inputs import build_explainers, open_inputs, settle_batch_size
+from xaiscope.run.inputs import DataOptions, build_explainers, open_model_for, open_source, settle_batch_size
+from xaiscope.run.steps import to_device
 
 
 def _map_figure(
@@ -111,8 +112,14 @@ def run_global(
     trust_model: bool = False,
     peppr_enabled: bool = True,
     init_seed: int | None = None,
+    images_per_step: int = 256,
+    options: DataOptions = DataOptions(),
 ) -> dict[str, Any]:
     """Compute and write global maps and PEPPR results (module docstring); return the summary dict.
+
+    ``data`` is a path or any source (:func:`xaiscope.data.open_source`); the images are read
+    ``images_per_step`` at a time (global maps accumulate per label; PEPPR reads the images
+    again for each of its passes), so they need not fit in memory.
 
     ``seed`` seeds the random orders and, unless ``init_seed`` is given, the random initial
     weights of a zoo, torchvision or factory spec (:func:`~xaiscope.run.inputs.model_seed`).
@@ -126,24 +133,25 @@ def run_global(
     fractions = default_fractions(step)
     parse_unit(unit)
     (explainer,) = build_explainers([method], params, batch_size)
-    net, ds, dev = open_inputs(
-        model, data, weights=weights, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
+    src = open_source(data, model_spec=model, options=options)
+    net, dev = open_model_for(
+        model, src, weights=weights, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
     )
-    batch_size, (explainer,) = settle_batch_size(batch_size, net, ds, dev, [explainer], params)
+    batch_size, (explainer,) = settle_batch_size(batch_size, net, src, dev, [explainer], params)
     ensure_dir(out)
-    x, y = ds.x.to(dev), ds.y.to(dev)
+    n_labels = src.num_classes
+    acc = GlobalMapsAccumulator(n_labels, tuple(src.shape[1:]), normalise=normalise, signed=signed, by=by)
+    image_sums = torch.zeros(n_labels, *src.shape, dtype=torch.float64)  # per group, for the figures
     with models.count_passes(net) as count:
-        preds = models.forward(net, x, batch_size=batch_size).argmax(dim=1)
-        targets = y if by == "true" else preds
-        maps = []
-        for sl, xb, _ in ds.batches(batch_size):
-            a = explainer(net, xb.to(dev), targets[sl])
-            maps.append(explain.pool(a, "sum").cpu())
+        for b in src.batches(images_per_step):
+            x, y = to_device(b.x, dev), to_device(b.y, dev)
+            preds = models.forward(net, x, batch_size=batch_size).argmax(dim=1)
+            groups = y if by == "true" else preds
+            acc.update(explain.pool(explainer(net, x, groups), "sum").cpu(), groups.cpu())
+            image_sums.index_add_(0, groups.cpu(), b.x.double())
     explain_passes = count.rows
-    g = global_maps(
-        torch.cat(maps), ds.y, normalise=normalise, signed=signed, by=by, preds=preds.cpu(), num_classes=ds.num_classes
-    )
-    classes = list(ds.classes)
+    g = acc.result()
+    classes = list(src.classes)
     settings = {
         "model": model,
         "data": str(data),
@@ -174,9 +182,10 @@ def run_global(
     for lab, name in enumerate(classes):
         if int(g.counts[lab]) == 0:
             continue
-        mean_img = ds.x[g.groups == lab].mean(0)
+        mean_img = (image_sums[lab] / g.counts[lab]).float()
         _map_figure(mean_img, g.label_maps[lab], g.label_sd[lab], name, out / "maps" / f"{safe_name(name)}.png", signed)
-    _map_figure(ds.x.mean(0), g.overall, g.overall_sd, "all labels", out / "maps" / "overall.png", signed)
+    overall_img = (image_sums.sum(0) / g.counts.sum()).float()
+    _map_figure(overall_img, g.overall, g.overall_sd, "all labels", out / "maps" / "overall.png", signed)
 
     curves: list[dict] = []
     table: list[dict] = []
@@ -184,16 +193,17 @@ def run_global(
     peppr_passes = 0
     if peppr_enabled:
         present = [lab for lab in range(len(classes)) if int(g.counts[lab]) > 0]
+        labels = src.labels[[p for p in range(len(src)) if src.ids[p] not in src.skipped]]
         for lab in range(len(classes)):
             name = classes[lab]
-            n_pos = int((ds.y == lab).sum())
-            if int(g.counts[lab]) == 0 or n_pos in (0, len(ds)):
+            n_pos = int((labels == lab).sum())
+            if int(g.counts[lab]) == 0 or n_pos in (0, len(labels)):
                 per_label[name] = {"skipped": "no images of this label or of the other labels"}
                 continue
             others = {o: g.label_maps[o] for o in present if o != lab}
             r = peppr(
                 net,
-                ds,
+                src,
                 g.label_maps[lab],
                 lab,
                 fractions=fractions,
@@ -204,6 +214,7 @@ def run_global(
                 other_maps=others,
                 batch_size=batch_size,
                 blur_sigma=blur_sigma,
+                step_images=images_per_step,
             )
             peppr_passes += r.passes
             curves += [{**row, "class": name} for row in r.table()]
