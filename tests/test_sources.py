@@ -404,3 +404,29 @@ def test_global_maps_and_peppr_stream_with_the_in_memory_numbers(tmp_path, array
     for label, res in sa["peppr"].items():
         assert res["score_auroc"] == pytest.approx(sb["peppr"][label]["score_auroc"], abs=1e-6)
         assert res["score_accuracy"] == pytest.approx(sb["peppr"][label]["score_accuracy"], abs=1e-6)
+
+
+def test_variability_streams_from_a_folder_with_its_sums_on_disk(tmp_path, arrays, monkeypatch):
+    import importlib
+
+    from xaiscope import explain
+
+    var = importlib.import_module("xaiscope.analyses.variability")  # the module (the package exports the function)
+
+    x, y, masks = arrays
+    folder = write_folder(tmp_path / "f", x, y, masks)
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(Net())
+    ex = explain.get("saliency")
+    ref = var.variability(nets, xdata.load_folder(folder), ex, foreground=xdata.load_folder(folder).masks)
+    monkeypatch.setattr(var, "MAPS_BUDGET", 1)  # the running sums in a memory-mapped file
+    acc = var.VariabilityAccumulator(xdata.open_source(folder), ex, foreground="masks", step_images=3, batch_size=2)
+    assert acc.maps._tmp is not None
+    for net in nets:
+        acc.update(net)
+    got = acc.result()
+    for key in ("mean_map", "sd_map", "attention_sd", "attention_sd_fg", "correct_mean", "prob_sd", "spearman_mean"):
+        torch.testing.assert_close(getattr(got, key), getattr(ref, key), rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert got.ids == ref.ids

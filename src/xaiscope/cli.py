@@ -126,17 +126,24 @@ def parse_target(target: str) -> str | int:
         raise ConfigError(f"--target must be 'true', 'pred' or a class index, got {target!r}.") from None
 
 
+def data_options(options: dict[str, Any]):
+    """How a command reads its data, from its parsed options (``--workers``,
+    ``--on-bad-image``, ``--split``, ``--x-key``, ``--y-key``, ``--mask-key``; those it lacks
+    keep their defaults)."""
+    from xaiscope.run.inputs import DataOptions
+
+    keys = ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key")
+    return DataOptions(**{k: options[k] for k in keys if k in options})
+
+
 def model_and_images(options: dict[str, Any]):
     """The model and images a per-image command is pointed at, from its parsed options
     (``--model``, ``--data``, ``--weights``, ``--batch-size``, ``--device``, ``--target``,
     ``--trust-model``, ``--seed``)."""
-    from xaiscope.run.inputs import DataOptions, ModelAndImages
+    from xaiscope.run.inputs import ModelAndImages
 
-    reading = {
-        k: options[k] for k in ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key") if k in options
-    }
     return ModelAndImages(
-        options=DataOptions(**reading),
+        options=data_options(options),
         model=options["model"],
         data=options["data"],
         weights=options["weights"],
@@ -294,12 +301,8 @@ def global_cmd(
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
     from xaiscope.commands.global_job import run_global
-    from xaiscope.run.inputs import DataOptions
 
-    options = DataOptions(
-        workers=workers, on_bad_image=on_bad_image, split=split, x_key=x_key, y_key=y_key, mask_key=mask_key
-    )
-
+    options = data_options(locals())
     summary = run_global(
         model=model,
         data=data,
@@ -610,10 +613,17 @@ def variability_cmd(
     device: str = DEVICE,
     trust_model: bool = typer.Option(False, help="Allow loading pickled whole models (runs their code)."),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    workers: int = WORKERS,
+    split: Optional[str] = SPLIT,
+    x_key: str = X_KEY,
+    y_key: str = Y_KEY,
+    mask_key: str = MASK_KEY,
+    images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
     from xaiscope.commands.variability_job import run_variability
 
+    options = data_options(locals())
     summary = run_variability(
         collection=collection,
         data=data,
@@ -630,6 +640,8 @@ def variability_cmd(
         batch_size=parse_batch_size(batch_size),
         device=device,
         trust_model=trust_model,
+        images_per_step=images_per_step,
+        options=options,
     )
     console.print(f"{len(summary['models'])} models, {summary['n_images']} images; wrote {out}")
 

@@ -22,11 +22,13 @@ Models are consumed one at a time (pass a generator that loads each model lazily
 no two models are held at once). Each model's maps are computed once, batch by batch,
 and folded into running float64 sums with Welford's update
 (``mean += (v - mean)/k; M2 += (v - mean_old)(v - mean_new)``), which is numerically
-stable and gives mean and SD in one pass: memory ``2 N H W`` float64 for the maps plus
-one batch. The Spearman correlations need two models' maps at once; we keep the
-standardised ranks of a bounded subset of ``pair_images`` images (the first ones in
-dataset order) for every model: memory ``M * pair_images * H W`` float32 (10 models,
-64 images of 64x64: 10 MB). ``pair_images=None`` uses all images (``M N H W``).
+stable and gives mean and SD in one pass: ``2 N H W`` float64 for the maps (in a
+memory-mapped temporary file beyond :data:`MAPS_BUDGET`) plus one step of images, read from
+any source (:func:`xaiscope.data.open_source`), so the images need not fit in memory.
+The Spearman correlations need two models' maps at once; we keep the standardised ranks
+of a bounded subset of ``pair_images`` images (the first ones in dataset order) for every
+model: memory ``M * pair_images * H W`` float32 (10 models, 64 images of 64x64: 10 MB).
+``pair_images=None`` uses all images (``M N H W``).
 
 Passes: per model ``N`` forward passes (probabilities) plus ``E N`` for the explainer
 (``E = explainer.passes(shape)``): ``M (1 + E) N`` in all.
@@ -34,13 +36,16 @@ Passes: per model ``N`` forward passes (probabilities) plus ``E N`` for the expl
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from xaiscope import models as xmodels
-from xaiscope.data import Dataset
+from xaiscope.data import Dataset, Source, open_source
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.evaluate.stats import rank as average_ranks
 from xaiscope.explain.postprocess import normalise as _normalise
@@ -48,6 +53,9 @@ from xaiscope.explain.postprocess import pool as _pool
 from xaiscope.models.state import eval_mode, model_device
 
 NORMALISATIONS = ("sum_to_one", "max", "none")
+#: bytes of the per-image running sums of the maps (mean and M2, float64) kept in memory;
+#: beyond, they live in a memory-mapped temporary file
+MAPS_BUDGET = 2 << 30
 
 
 class RunningStats:
@@ -57,10 +65,21 @@ class RunningStats:
     :meth:`next_item` before each new item (model). Rows may arrive in batches.
     """
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device | str = "cpu"):
+    def __init__(self, shape: tuple[int, ...], device: torch.device | str = "cpu", budget_bytes: int | None = None):
         self.count = 0
-        self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.m2 = torch.zeros(shape, dtype=torch.float64, device=device)
+        self._tmp = None
+        size = 16 * int(np.prod(shape))
+        if budget_bytes is not None and size > budget_bytes and torch.device(device).type == "cpu":
+            # beyond the budget the sums live in a temporary file (memory-mapped; rows are updated a batch at a time)
+            self._tmp = tempfile.TemporaryDirectory(prefix="xaiscope-variability-")
+            arrays = [
+                np.lib.format.open_memmap(Path(self._tmp.name) / f"{k}.npy", mode="w+", dtype=np.float64, shape=shape)
+                for k in ("mean", "m2")
+            ]
+            self.mean, self.m2 = (torch.from_numpy(a) for a in arrays)
+        else:
+            self.mean = torch.zeros(shape, dtype=torch.float64, device=device)
+            self.m2 = torch.zeros(shape, dtype=torch.float64, device=device)
 
     def next_item(self) -> None:
         self.count += 1
@@ -142,23 +161,30 @@ class VariabilityAccumulator:
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset | Source,
         explainer,
         *,
         normalise: str = "sum_to_one",
         signed: bool = False,
-        foreground: torch.Tensor | None = None,
+        foreground: torch.Tensor | str | None = None,
         batch_size: int = 64,
         pair_images: int | None = 64,
+        step_images: int = 256,
     ):
         if normalise not in NORMALISATIONS:
             raise ConfigError(f"Unknown normalisation {normalise!r}; choose one of {', '.join(NORMALISATIONS)}.")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
-        if len(dataset) == 0:
-            raise DataError(f"The data {dataset.source or ''} is empty.".replace("  ", " "))
-        n, _, h, w = dataset.x.shape
-        if foreground is not None:
+        src = open_source(dataset)
+        if len(src) == 0:
+            raise DataError(f"The data {src.source or ''} is empty.".replace("  ", " "))
+        n, (h, w) = len(src), src.shape[1:]
+        if isinstance(foreground, str):
+            if foreground != "masks" or not src.has_masks:
+                raise DataError(
+                    f"The foreground {foreground!r} needs the expert masks of {src.source}, which has none."
+                )
+        elif foreground is not None:
             foreground = torch.as_tensor(foreground).bool()
             if foreground.shape == (h, w):
                 foreground = foreground.expand(n, h, w)
@@ -166,11 +192,11 @@ class VariabilityAccumulator:
                 raise DataError(
                     f"The foreground mask has shape {list(foreground.shape)}; it needs [{n}, {h}, {w}] or [{h}, {w}]."
                 )
-        self.ds, self.explainer, self.normalise, self.signed = dataset, explainer, normalise, signed
-        self.foreground, self.batch_size = foreground, batch_size
+        self.src, self.explainer, self.normalise, self.signed = src, explainer, normalise, signed
+        self.foreground, self.batch_size, self.step = foreground, batch_size, max(int(step_images), batch_size)
         k = n if pair_images is None else max(0, min(int(pair_images), n))
         self.pair_index = torch.arange(k)
-        self.maps = RunningStats((n, h, w))
+        self.maps = RunningStats((n, h, w), budget_bytes=MAPS_BUDGET)
         self.correct = RunningStats((n,))
         self.prob = RunningStats((n,))
         self.ranks: list[torch.Tensor] = []
@@ -178,16 +204,19 @@ class VariabilityAccumulator:
         self.passes = 0
 
     def update(self, model: torch.nn.Module) -> None:
-        """Explain and score the whole set with ``model`` and fold the results in."""
+        """Explain and score the whole set with ``model``, a step of images at a time, and fold
+        the results in."""
         dev = model_device(model)
         for stats in (self.maps, self.correct, self.prob):
             stats.next_item()
         ranks = []
         n_pair = self.pair_index.numel()
-        correct_total = 0.0
+        correct_total, start = 0.0, 0
         with xmodels.count_passes(model) as count:
-            for sl, xb, yb in self.ds.batches(self.batch_size):
-                xb, yb = xb.to(dev), yb.to(dev)
+            for b in self.src.batches(self.step):
+                sl = slice(start, start + len(b))
+                start += len(b)
+                xb, yb = b.x.to(dev), b.y.to(dev)
                 with eval_mode(model):
                     prob = xmodels.forward(model, xb, batch_size=self.batch_size).softmax(dim=1)
                 c = (prob.argmax(dim=1) == yb).double()
@@ -203,7 +232,23 @@ class VariabilityAccumulator:
         self.passes += count.rows
         if n_pair:
             self.ranks.append(torch.cat(ranks))
-        self.accuracy.append(correct_total / len(self.ds))
+        self.accuracy.append(correct_total / len(self.src))
+
+    def _foreground_sd(self, sd_map: torch.Tensor) -> torch.Tensor:
+        """``sum(sigma_i F_i) / sum(F_i)`` per image (NaN without foreground pixels)."""
+
+        def part(sd, fg):
+            fg = fg.to(sd.dtype).flatten(1)
+            s = fg.sum(1)
+            return torch.where(s > 0, (sd.flatten(1) * fg).sum(1) / s.clamp_min(1), torch.full_like(s, float("nan")))
+
+        if isinstance(self.foreground, torch.Tensor):
+            return part(sd_map, self.foreground)
+        out, start = [], 0
+        for b in self.src.batches(self.step):
+            out.append(part(sd_map[start : start + len(b)], b.masks))
+            start += len(b)
+        return torch.cat(out)
 
     def result(self) -> VariabilityResult:
         m = self.maps.count
@@ -212,14 +257,10 @@ class VariabilityAccumulator:
         sd_map = self.maps.sd()
         att = sd_map.flatten(1).mean(1)
         if self.foreground is not None:
-            fg = self.foreground.to(sd_map.dtype).flatten(1)
-            s = fg.sum(1)
-            att_fg = torch.where(
-                s > 0, (sd_map.flatten(1) * fg).sum(1) / s.clamp_min(1), torch.full_like(s, float("nan"))
-            )
+            att_fg = self._foreground_sd(sd_map)
         else:
             att_fg = torch.full_like(att, float("nan"))
-        n = len(self.ds)
+        n = len(self.src)
         n_pair = self.pair_index.numel()
         pairwise = torch.eye(m, dtype=torch.float64)
         per_image = torch.zeros(n_pair, dtype=torch.float64)
@@ -237,8 +278,8 @@ class VariabilityAccumulator:
                 n_ok > 0, per_image / n_ok.clamp_min(1), torch.full_like(per_image, float("nan"))
             )
         return VariabilityResult(
-            ids=list(self.ds.ids),
-            labels=self.ds.y.clone(),
+            ids=list(self.src.ids),
+            labels=self.src.labels.clone(),
             correct_mean=self.correct.mean.clone(),
             correct_sd=self.correct.sd(),
             prob_mean=self.prob.mean.clone(),
@@ -267,12 +308,12 @@ class VariabilityAccumulator:
 
 def variability(
     models: Iterable[torch.nn.Module],
-    dataset: Dataset,
+    dataset: Dataset | Source,
     explainer,
     *,
     normalise: str = "sum_to_one",
     signed: bool = False,
-    foreground: torch.Tensor | None = None,
+    foreground: torch.Tensor | str | None = None,
     batch_size: int = 64,
     pair_images: int | None = 64,
 ) -> VariabilityResult:
@@ -281,11 +322,12 @@ def variability(
     Parameters
     ----------
     models : iterable of nn.Module, consumed once, one model at a time (a generator may load lazily)
-    dataset : Dataset, the test images with true labels
+    dataset : Dataset or Source, the test images with true labels
     explainer : an :mod:`xaiscope.explain` explainer; maps explain the true label
     normalise : "sum_to_one" (default) | "max" | "none", per map before the statistics
     signed : bool, default False, keep signs instead of ``|a|``
-    foreground : bool Tensor ``[N, H, W]`` or ``[H, W]``, optional region for ``attention_sd_fg``
+    foreground : bool Tensor ``[N, H, W]`` or ``[H, W]``, or ``"masks"`` (the data's expert
+        masks, read a step at a time), optional region for ``attention_sd_fg``
     batch_size : int, default 64, images per explainer / model call
     pair_images : int or None, default 64, images (first in order) used for pairwise Spearman
 

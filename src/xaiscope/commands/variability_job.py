@@ -33,9 +33,10 @@ from xaiscope.commands.collection_job import iter_models, model_files
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.io import ensure_dir, safe_name, write_json, write_npz, write_parquet
 from xaiscope.run.inputs import (
+    DataOptions,
     build_explainers,
     check_model_fits,
-    open_data,
+    open_source,
     resolve_device,
     settle_batch_size,
 )
@@ -89,15 +90,18 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
     picks = [("most_stable", k, i) for k, i in enumerate(order[:top].tolist())]
     picks += [("least_stable", k, i) for k, i in enumerate(order.flip(0)[:top].tolist())]
     written = []
+    shown = ds.take(sorted({i for _, _, i in picks}))  # only the images shown are read
+    at = {p: k for k, p in enumerate(sorted({i for _, _, i in picks}))}
     for kind, rank, i in picks:
+        x = shown.x[at[i]]
         fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.6))
-        img = display_image(ds.x[i])
+        img = display_image(x)
         axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[0].set_axis_off()
         axes[0].set_title(
-            f"{ds.ids[i]} ({ds.classes[int(ds.y[i])]}, accuracy {float(res.correct_mean[i]):.2f})", fontsize=8
+            f"{ds.ids[i]} ({ds.classes[int(ds.labels[i])]}, accuracy {float(res.correct_mean[i]):.2f})", fontsize=8
         )
-        overlay(axes[1], ds.x[i], res.mean_map[i], title="mean map")
+        overlay(axes[1], x, res.mean_map[i], title="mean map")
         im = axes[2].imshow(res.sd_map[i].numpy(), cmap="viridis")
         axes[2].set_axis_off()
         axes[2].set_title(f"SD map (mean {float(res.attention_sd[i]):.2e})", fontsize=8)
@@ -124,8 +128,11 @@ def run_variability(
     batch_size: int | str = 64,
     device: str = "cpu",
     trust_model: bool = False,
+    images_per_step: int = 256,
+    options: DataOptions = DataOptions(),
 ) -> dict[str, Any]:
-    """Run the variability analysis for every method over the collection (module docstring)."""
+    """Run the variability analysis for every method over the collection (module docstring);
+    the images are read a step of ``images_per_step`` at a time."""
     import pandas as pd
 
     params = params or {}
@@ -140,12 +147,12 @@ def run_variability(
     explainers = build_explainers(methods, params, batch_size)
     files = model_files(collection)
     dev = resolve_device(device)
-    ds = open_data(data, model_spec=str(files[0]))
+    ds = open_source(data, model_spec=str(files[0]), options=options)
     fg = None
     if foreground == "masks":
-        if ds.masks is None:
+        if not ds.has_masks:
             raise DataError(f"--foreground masks needs expert masks, but {data} has none.")
-        fg = ds.masks
+        fg = "masks"
     ensure_dir(out)
     n_cls = max(2, ds.num_classes)
     if batch_size == "auto":  # timed on the collection's first model
@@ -154,7 +161,14 @@ def run_variability(
         batch_size, explainers = settle_batch_size(batch_size, first, ds, dev, explainers, params)
     accs = {
         ex.name: VariabilityAccumulator(
-            ds, ex, normalise=normalise, signed=signed, foreground=fg, batch_size=batch_size, pair_images=pair_images
+            ds,
+            ex,
+            normalise=normalise,
+            signed=signed,
+            foreground=fg,
+            batch_size=batch_size,
+            pair_images=pair_images,
+            step_images=images_per_step,
         )
         for ex in explainers
     }
