@@ -37,7 +37,7 @@ from xaiscope.analyses.sis.cluster import check_eps
 from xaiscope.analyses.sis.collection import METHODS
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
-from xaiscope.run.inputs import open_inputs
+from xaiscope.run.inputs import open_model_for, open_source
 
 SIS_COLUMNS = ["model", "image_id", "label", "probability", "sis_index", "n_units", "n_pixels", "value", "cluster"]
 
@@ -123,9 +123,14 @@ def run_sis(
     trust_model: bool = False,
     seed: int = 0,
     init_seed: int | None = None,
+    images_per_step: int = 256,
     console=None,
 ) -> dict:
     """Compute, write and cluster the SIS of the decision "class ``target`` with probability >= ``tau``".
+
+    The images are read ``images_per_step`` at a time to find those where the decision holds
+    (and the per-channel mean that fills removed pixels); only the (at most ``max_images``)
+    images explained are held in memory.
 
     Random initial weights (zoo, torchvision or factory specs) are drawn under ``init_seed``,
     by default :func:`~xaiscope.run.inputs.model_seed` of ``seed`` and each spec."""
@@ -157,26 +162,35 @@ def run_sis(
     all_sis, rows, per_model = [], [], []
     start_all = time.perf_counter()
     for spec, w, source in zip(specs, weights or [None] * len(specs), sources):
-        net, ds, dev = open_inputs(
-            spec, data, weights=w, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
+        src = open_source(data, model_spec=spec)
+        net, dev = open_model_for(
+            spec, src, weights=w, device=device, trust_model=trust_model, seed=seed, init_seed=init_seed
         )
-        n_out = models.forward(net, ds.x[:1].to(dev)).shape[1]
+        n_out = models.forward(net, next(src.batches(1)).x.to(dev)).shape[1]
         if target >= n_out:
             raise ConfigError(
                 f"--class {target} is out of range: the model {spec} has {n_out} outputs (classes 0..{n_out - 1})."
             )
-        make_units(unit, *ds.shape[1:])
+        make_units(unit, *src.shape[1:])
         f = class_score(net, target, batch_size=batch_size)
-        mv = ds.fill_value().to(dev)
+        # one pass over the images: the class probabilities and the per-channel mean (the fill value)
+        parts, sums, pixels = [], torch.zeros(src.shape[0], dtype=torch.float64), 0
         with torch.no_grad():
-            probs = torch.cat([f(xb.to(dev)).cpu() for _, xb, _ in ds.batches(batch_size)])
+            for b in src.batches(images_per_step):
+                parts.append(f(b.x.to(dev)).cpu())
+                sums += b.x.double().sum(dim=(0, 2, 3))
+                pixels += b.x.shape[0] * b.x.shape[2] * b.x.shape[3]
+        probs = torch.cat(parts)
+        mv = (sums / pixels).float().view(-1, 1, 1).to(dev)
         chosen = (probs >= tau).nonzero().flatten()[:max_images].tolist()
+        ds = src.take(chosen) if chosen else None  # only the images explained are held
+        probs = probs[chosen]
         sis_dir = out / "sis" if len(specs) == 1 else out / "sis" / source
-        units = make_units(unit, *ds.shape[1:])
+        units = make_units(unit, *src.shape[1:])
         seconds, passes, n_sis = [], [], []
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"SIS {source}", total=len(chosen))
-            for i in chosen:
+            for i in range(len(chosen)):
                 t0 = time.perf_counter()
                 x = ds.x[i].to(dev)
                 with models.count_passes(net) as count:
@@ -204,10 +218,10 @@ def run_sis(
                 write_npz(
                     sis_dir / f"{safe_name(image_id)}.npz",
                     image=x.cpu().numpy(),
-                    masks=np.stack([s.mask.cpu().numpy() for s in col]) if col else np.zeros((0, *ds.shape[1:]), bool),
+                    masks=np.stack([s.mask.cpu().numpy() for s in col]) if col else np.zeros((0, *src.shape[1:]), bool),
                     sis_images=np.stack([s.image.cpu().numpy() for s in col])
                     if col
-                    else np.zeros((0, *ds.shape), np.float32),
+                    else np.zeros((0, *src.shape), np.float32),
                     values=np.array([s.value for s in col]),
                     sizes=np.array([s.size for s in col]),
                     unit_labels=units.labels.numpy(),
@@ -269,10 +283,10 @@ def run_sis(
             labels=np.array([c.label for c in result.clusters], dtype=np.int64),
             mean_images=np.stack([c.mean_image.numpy() for c in result.clusters])
             if result.clusters
-            else np.zeros((0, *ds.shape), np.float32),
+            else np.zeros((0, *src.shape), np.float32),
             mean_masks=np.stack([c.mean_mask.numpy() for c in result.clusters])
             if result.clusters
-            else np.zeros((0, *ds.shape[1:])),
+            else np.zeros((0, *src.shape[1:])),
         )
         _cluster_figure(result, out / "cluster_means.png", f"SIS clusters for class {target} (tau={tau:g})")
     write_csv(out / "sis.csv", rows, SIS_COLUMNS)
