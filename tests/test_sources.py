@@ -430,3 +430,18 @@ def test_variability_streams_from_a_folder_with_its_sums_on_disk(tmp_path, array
     for key in ("mean_map", "sd_map", "attention_sd", "attention_sd_fg", "correct_mean", "prob_sd", "spearman_mean"):
         torch.testing.assert_close(getattr(got, key), getattr(ref, key), rtol=1e-5, atol=1e-7, equal_nan=True)
     assert got.ids == ref.ids
+
+
+def test_sis_reads_only_the_images_it_explains_and_counts_all(tmp_path, arrays, capsys):
+    x, y, masks = arrays
+    folder = write_folder(tmp_path / "f", x, y, masks)
+    for tau in ("0.5495", "0.999999"):
+        out = tmp_path / f"sis{tau}"
+        r = run_cli(
+            capsys, "sis", "--model", "small_cnn", "--data", str(folder), "--class", "1", "--tau", tau,
+            "--max-images", "2", "--unit", "patch:8", "--out", str(out), "--images-per-step", "5",
+        )  # fmt: skip
+        assert r.code == 0, r.err
+        summary = json.loads((out / "summary.json").read_text())["models"][0]
+        assert summary["n_images"] == N and summary["n_explained"] == min(2, summary["n_decision"])
+        assert (summary["n_decision"] > 0) == (tau == "0.5495")

@@ -424,6 +424,7 @@ def sis_cmd(
     trust_model: bool = TRUST_MODEL,
     seed: int = SEED,
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
+    images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Sufficient input subsets (Carter et al. 2019) of one class decision, clustered with DBSCAN."""
     from xaiscope.commands.sis_job import run_sis
@@ -445,6 +446,7 @@ def sis_cmd(
         device=device,
         trust_model=trust_model,
         seed=seed,
+        images_per_step=images_per_step,
         console=console,
     )
     for m in summary["models"]:

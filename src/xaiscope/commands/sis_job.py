@@ -180,7 +180,7 @@ def run_sis(
                 parts.append(f(b.x.to(dev)).cpu())
                 sums += b.x.double().sum(dim=(0, 2, 3))
                 pixels += b.x.shape[0] * b.x.shape[2] * b.x.shape[3]
-        probs = torch.cat(parts)
+        all_probs = probs = torch.cat(parts)
         mv = (sums / pixels).float().view(-1, 1, 1).to(dev)
         chosen = (probs >= tau).nonzero().flatten()[:max_images].tolist()
         ds = src.take(chosen) if chosen else None  # only the images explained are held
@@ -243,8 +243,8 @@ def run_sis(
             {
                 "model": spec,
                 "source": source,
-                "n_images": len(ds),
-                "n_decision": int((probs >= tau).sum()),
+                "n_images": len(all_probs),
+                "n_decision": int((all_probs >= tau).sum()),
                 "n_explained": len(chosen),
                 "n_sis": len(sizes),
                 "sis_per_image_mean": float(np.mean(n_sis)) if n_sis else None,

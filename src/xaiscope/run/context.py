@@ -18,6 +18,7 @@ from xaiscope import evaluate, explain, models
 from xaiscope.data.dataset import mask_hashes
 from xaiscope.data.hashing import hash_json
 from xaiscope.data.sources import MemorySource, dataset_of
+from xaiscope.data.summaries import Fingerprint
 from xaiscope.errors import ConfigError, DataError, XaiscopeError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
@@ -108,8 +109,9 @@ class RunContext:
         images themselves are kept when they fit :data:`RUN_MEMORY_BUDGET`."""
         keep_pixels = len(positions) * int(np.prod(src.shape)) * 4 <= RUN_MEMORY_BUDGET
         outs: dict[str, list[torch.Tensor]] = {name: [] for name in self.models}
-        seen, entries, parts = [], [], []
+        seen, entries, parts, fp = [], [], [], Fingerprint()
         for b in src.batches(SCAN_STEP, positions):
+            fp.update(b.x, b.y, b.ids, b.masks, b.annotator_masks)
             x = b.x.to(self.device)
             for name, net in self.models.items():
                 outs[name].append(models.forward(net, x, batch_size=self.cfg.batch_size).cpu())
@@ -141,6 +143,7 @@ class RunContext:
         self.extra_mask_names = src.extra_mask_names
         self.data_source = src.source
         self._dataset = None
+        self._fingerprint = None if bad.any() else fp.hexdigest(src.annotators)  # else: of the kept images, later
         if keep_pixels:
             self._dataset = dataset_of(parts, src)
             if bad.any():
@@ -163,9 +166,9 @@ class RunContext:
 
     def fingerprint(self) -> str:
         """The dataset fingerprint of the run's images (:class:`xaiscope.data.summaries.Fingerprint`)."""
-        if self._dataset is not None:
-            return self._dataset.fingerprint()
-        return self.source.fingerprint(positions=self.positions)
+        if self._fingerprint is None:
+            self._fingerprint = self.source.fingerprint(positions=self.positions)
+        return self._fingerprint
 
     @property
     def batch_size(self) -> int:
