@@ -445,3 +445,38 @@ def test_sis_reads_only_the_images_it_explains_and_counts_all(tmp_path, arrays, 
         summary = json.loads((out / "summary.json").read_text())["models"][0]
         assert summary["n_images"] == N and summary["n_explained"] == min(2, summary["n_decision"])
         assert (summary["n_decision"] > 0) == (tau == "0.5495")
+
+
+def write_ome_zarr(path, image_yxc: np.ndarray, version: str = "0.4") -> None:
+    """One OME-Zarr image (``multiscales``, axes c, y, x; two levels) as a pathology viewer writes it."""
+    import zarr
+
+    g = zarr.open_group(str(path), mode="w")
+    cyx = np.ascontiguousarray(image_yxc.transpose(2, 0, 1))
+    g.create_array("0", data=cyx, chunks=(1, 8, 8))
+    g.create_array("1", data=cyx[:, ::2, ::2])
+    ms = [
+        {
+            "version": version,
+            "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": "0"}, {"path": "1"}],
+        }
+    ]
+    g.attrs.update({"ome": {"version": version, "multiscales": ms}} if version == "0.5" else {"multiscales": ms})
+
+
+def test_a_folder_of_ome_zarr_images_reads_like_the_same_pngs(tmp_path, arrays):
+    x, y, masks = arrays
+    png = write_folder(tmp_path / "png", x, y, masks)
+    root = tmp_path / "ome"
+    for i in range(N):
+        c = f"c{y[i]}"
+        (root / c).mkdir(parents=True, exist_ok=True)
+        write_ome_zarr(root / c / f"{i:02d}.ome.zarr", x[i], version="0.5" if i % 2 else "0.4")
+    a, b = xdata.load_folder(png, masks="none"), xdata.load_folder(root)
+    assert a.ids == b.ids and torch.equal(a.x, b.x)
+    g = __import__("zarr").open_group(str(root / "c0" / "00.ome.zarr"), mode="a")
+    g.attrs.update({"multiscales": [{"axes": ["z", "y", "x"], "datasets": [{"path": "z"}]}]})
+    g.create_array("z", data=np.zeros((2, H, W), np.uint8))
+    with pytest.raises(DataError, match=r"00\.ome\.zarr has 2 planes along 'z'"):
+        xdata.load_folder(root)

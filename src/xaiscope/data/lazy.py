@@ -39,6 +39,7 @@ from xaiscope.data.readers import (
     _MAX_PIXELS,
     IMAGE_EXTENSIONS,
     RESERVED,
+    ZARR_IMAGE_SUFFIX,
     _resize,
     read_image,
     read_mask,
@@ -51,11 +52,22 @@ MEDMNIST_SPLITS = ("train", "val", "test")
 
 # ------------------------------------------------------------------ folders
 def _list_images(folder: Path) -> list[Path]:
+    """Image files (PNG, JPEG, TIFF) and OME-Zarr image folders (``<id>.ome.zarr``) in ``folder``."""
     return sorted(
         p
         for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        if not p.name.startswith(".")
+        and (
+            (p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            or (p.is_dir() and p.suffix.lower() == ZARR_IMAGE_SUFFIX)
+        )
     )
+
+
+def _stem(p: Path) -> str:
+    """The id part of an image file name (``img.png`` and ``img.ome.zarr`` give ``img``)."""
+    name = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return name[:-4] if p.suffix.lower() == ZARR_IMAGE_SUFFIX and name.lower().endswith(".ome") else name
 
 
 def _annotator_folders(folder: Path, classes: Sequence[str]) -> list[str] | None:
@@ -84,9 +96,9 @@ def _mask_files(folder: Path, files: list[Path], ids: list[str], images: Path) -
     present = {}
     for cdir in sorted(d for d in folder.iterdir() if d.is_dir()):
         for mp in _list_images(cdir):
-            key = f"{cdir.name}/{mp.stem}"
+            key = f"{cdir.name}/{_stem(mp)}"
             if key not in wanted:
-                raise DataError(f"The mask {mp} has no matching image {images / cdir.name / mp.stem}.*.")
+                raise DataError(f"The mask {mp} has no matching image {images / cdir.name / _stem(mp)}.*.")
             present[key] = mp
     return [present.get(i, f"The image {wanted[i]} has no mask in {folder}; every image needs one.") for i in ids]
 
@@ -191,7 +203,7 @@ class FolderSource(Source):
             raise DataError(f"The data folder {root} contains no images (expected {root}/<class>/<id>.png).")
         self.classes = list(classes)
         self.files = [p for _, _, p in listed]
-        self.ids = [f"{c}/{p.stem}" for _, c, p in listed]
+        self.ids = [f"{c}/{_stem(p)}" for _, c, p in listed]
         self.labels = torch.tensor([k for k, _, _ in listed], dtype=torch.long)
         self.mask_files: dict[str, list[list[Path]]] = {}
         for folder, key in RESERVED.items():

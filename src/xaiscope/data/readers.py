@@ -47,6 +47,8 @@ from xaiscope.data.summaries import Moments
 from xaiscope.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+#: an image stored as an OME-Zarr folder (``<id>.ome.zarr`` or ``<id>.zarr``)
+ZARR_IMAGE_SUFFIX = ".zarr"
 RESERVED = {"masks": "masks", "confounder_masks": "confounder", "true_masks": "truth"}
 
 #: most pixels (height x width) an image may have to be decoded: Pillow's default guard
@@ -140,6 +142,41 @@ def _pillow_array(path: Path, limit: int) -> np.ndarray:
         ) from None
 
 
+def _ome_zarr_array(path: Path, limit: int) -> np.ndarray:
+    """The full-resolution level of an OME-Zarr image (OME-NGFF ``multiscales``, 0.4 and 0.5
+    layouts) as ``H x W`` or ``H x W x C``; a time or z axis must have length 1."""
+    try:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        attrs = dict(group.attrs)
+        ms = (attrs.get("ome") or attrs).get("multiscales")
+        level = ms[0]["datasets"][0]["path"]
+        axes = [a["name"] if isinstance(a, dict) else str(a) for a in ms[0].get("axes", [])]
+        arr = group[level]
+    except Exception as e:
+        raise DataError(f"The image {path} is not a readable OME-Zarr image ({type(e).__name__}).") from None
+    shape = tuple(arr.shape)
+    axes = axes or ["t", "c", "z", "y", "x"][-len(shape) :]
+    if len(axes) != len(shape) or not {"y", "x"} <= set(axes):
+        raise DataError(f"The image {path} has axes {axes} for shape {list(shape)}; expected y and x among them.")
+    for extra in ("t", "z"):
+        if extra in axes and shape[axes.index(extra)] != 1:
+            raise DataError(
+                f"The image {path} has {shape[axes.index(extra)]} planes along {extra!r}; "
+                "xaiscope reads 2D images (one plane)."
+            )
+    pixels = shape[axes.index("y")] * shape[axes.index("x")]
+    if pixels > limit:
+        raise _too_large(path, pixels, limit)
+    a = np.asarray(arr[...])
+    keep = [i for i, n in enumerate(axes) if n in ("y", "x", "c")]
+    a = a.reshape([shape[i] for i in keep])
+    names = [axes[i] for i in keep]
+    order = [names.index("y"), names.index("x")] + ([names.index("c")] if "c" in names else [])
+    return np.ascontiguousarray(a.transpose(order))
+
+
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
     """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3).
 
@@ -148,6 +185,8 @@ def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray
     """
     path = Path(path)
     limit = _MAX_PIXELS.get() if max_pixels is None else int(max_pixels)
+    if path.suffix.lower() == ".zarr":
+        return _to_chw(_ome_zarr_array(path, limit), path)
     if path.suffix.lower() in {".tif", ".tiff"}:
         arr = _tiff_array(path, limit)
     else:
