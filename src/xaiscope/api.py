@@ -59,7 +59,13 @@ def evaluate_images(
     from xaiscope import data as xdata
     from xaiscope.commands.evaluate_job import check_masks, prepare_evaluation, score_source
     from xaiscope.io import ensure_dir, write_json, write_parquet
-    from xaiscope.run.inputs import check_model_fits, open_model_for, resolve_device, settle_batch_size
+    from xaiscope.run.inputs import (
+        applicable_explainers,
+        check_model_fits,
+        open_model_for,
+        resolve_device,
+        settle_batch_size,
+    )
 
     params = params or {}
     explainers, mets = prepare_evaluation(list(methods), list(metrics), params, batch_size)
@@ -76,6 +82,7 @@ def evaluate_images(
         raise ConfigError(f"model must be a torch.nn.Module or a model spec string, got {type(model).__name__}.")
     bs, objs = settle_batch_size(batch_size, net, src, dev, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], check_masks(objs[len(explainers) :], list(metrics), src, console)
+    explainers = applicable_explainers(explainers, list(methods), net, console)
     df = score_source(
         net, src, dev, explainers, mets, target=target, batch_size=bs, images_per_step=images_per_step, console=console
     )

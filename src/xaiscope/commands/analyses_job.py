@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def default_settings(ctx: "RunContext") -> dict[str, str]:
     """Each method's first (default) setting id."""
     out: dict[str, str] = {}
-    for m in ctx.cfg.method_entries():
+    for m in ctx.method_entries:
         out[m.name] = setting_id(m.settings()[0])
     return out
 
@@ -172,7 +172,7 @@ def sensitivity_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame)
     cfg = ctx.cfg.analyses.sensitivity
     maps_rows, score_rows = [], []
     ids = ctx.ids
-    for m in ctx.cfg.method_entries():
+    for m in ctx.method_entries:
         settings = [setting_id(s) for s in m.settings()]
         if len(settings) < 2:
             continue
@@ -295,7 +295,7 @@ def _default_explainers(ctx: "RunContext") -> list:
     """The run's methods, each at its first (default) setting (as :func:`default_settings`)."""
     from xaiscope import explain
 
-    return [explain.get(m.name, **{"batch_size": ctx.batch_size, **m.settings()[0]}) for m in ctx.cfg.method_entries()]
+    return [explain.get(m.name, **{"batch_size": ctx.batch_size, **m.settings()[0]}) for m in ctx.method_entries]
 
 
 def annotators_job(store: "RunStore", ctx: "RunContext", results: pd.DataFrame) -> None:

@@ -16,7 +16,13 @@ import numpy as np
 from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
 from xaiscope.io import ensure_dir, write_parquet
-from xaiscope.run.inputs import ModelAndImages, build_explainers, open_model_and_source, provisional_batch_size
+from xaiscope.run.inputs import (
+    ModelAndImages,
+    applicable_explainers,
+    build_explainers,
+    open_model_and_source,
+    provisional_batch_size,
+)
 
 
 def build_metrics(names: list[str], params: dict[str, dict[str, Any]], batch_size: int) -> list[evaluate.Metric]:
@@ -191,6 +197,7 @@ def run_evaluate(
     ensure_dir(Path(out).parent)  # an unwritable output fails now, not after all the work
     net, src, dev, batch_size, objs = open_model_and_source(what, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], check_masks(objs[len(explainers) :], metrics, src, console)
+    explainers = applicable_explainers(explainers, methods, net, console)
     df = score_source(
         net,
         src,

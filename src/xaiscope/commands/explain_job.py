@@ -19,7 +19,13 @@ import torch
 from xaiscope import explain
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_npz
-from xaiscope.run.inputs import ModelAndImages, build_explainers, choose_targets, open_model_and_source
+from xaiscope.run.inputs import (
+    ModelAndImages,
+    applicable_explainers,
+    build_explainers,
+    choose_targets,
+    open_model_and_source,
+)
 
 #: bytes of attributions (all methods) up to which ``--format auto`` writes ``.npz`` files
 NPZ_BUDGET = 2 << 30
@@ -96,7 +102,7 @@ def run_explain(
     from xaiscope.run.steps import each_step, to_device
 
     params = params or {}
-    methods = explain.expand(methods)
+    requested, methods = list(methods), explain.expand(methods)
     unknown = [m for m in params if m not in methods]
     if unknown:
         raise ConfigError(f"--param names method {unknown[0]!r}, which is not in --methods.")
@@ -104,6 +110,7 @@ def run_explain(
         raise ConfigError(f"--format must be auto, npz or zarr; got {fmt!r}.")
     explainers = build_explainers(methods, params, what.batch_size)
     net, src, dev, batch_size, explainers = open_model_and_source(what, explainers, params)
+    explainers = applicable_explainers(explainers, requested, net, console)
     fmt = choose_format(fmt, len(src), src.shape, len(explainers))
     if console is not None:
         size = len(src) * int(np.prod(src.shape)) * 4 * len(explainers) / 2**30

@@ -101,6 +101,12 @@ class Explainer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{self.name}({args})"
 
+    @classmethod
+    def applies_to(cls, model: torch.nn.Module) -> str | None:
+        """None when the method can explain ``model``, else the sentence saying why not (e.g.
+        attention methods on a CNN); see :func:`applicable`."""
+        return None
+
     def passes(self, shape: tuple[int, int, int] | None = None) -> float:
         """Model passes per image for these settings (``shape`` = (C, H, W) where it matters)."""
         return float(self._passes(shape))
@@ -158,6 +164,25 @@ def _fork_seed(seed: int, device: torch.device):
 _METHODS: Registry[Explainer] = Registry("method", MethodError, "xaiscope methods")
 register, names, get_class, get = _METHODS.register, _METHODS.names, _METHODS.get_class, _METHODS.get
 groups, expand = _METHODS.groups, _METHODS.expand
+
+
+def applicable(items, model: torch.nn.Module) -> tuple[list[str], dict[str, str]]:
+    """``(names, left_out)``: the methods ``items`` name (groups and ``all`` expanded) that can
+    explain ``model``, and those reached through a group or ``all`` that cannot, with the
+    reason (:meth:`Explainer.applies_to`); a method named on its own that cannot is one
+    :class:`MethodError` sentence."""
+    items = list(items)
+    by_group = _METHODS.by_group(items)
+    kept, left_out = [], {}
+    for n in expand(items):
+        why = get_class(n).applies_to(model)
+        if why is None:
+            kept.append(n)
+        elif n in by_group:
+            left_out[n] = why
+        else:
+            raise MethodError(why)
+    return kept, left_out
 
 
 def target_score(model: Callable, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xaiscope.errors import MethodError
 from xaiscope.explain.base import Explainer, Param, register
 from xaiscope.explain.chunking import per_chunk
 
@@ -73,9 +74,24 @@ class _ZennitExplainer(Explainer):
     def composite(self, model: nn.Module, x: torch.Tensor):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> str | None:
+        """LRP's rules here are those of CNN layers; attention (softmax, the attention product,
+        layer norm) needs its own rules (AttnLRP), which xaiscope does not have yet, so a
+        transformer is refused rather than given a CNN rule's output."""
+        if any(hasattr(m, "qkv") and hasattr(m, "num_heads") for m in model.modules()):
+            return (
+                f"{cls.name} has LRP rules for CNN layers only; attention layers need AttnLRP's rules, "
+                "which xaiscope does not have yet, so transformers are not explained with LRP."
+            )
+        return None
+
     def _attribute(self, model, x, y):
         from zennit.attribution import Gradient
 
+        why = self.applies_to(model)
+        if why is not None:
+            raise MethodError(why)
         composite = self.composite(model, x)
 
         def run(xb, yb):

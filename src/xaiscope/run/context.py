@@ -84,7 +84,8 @@ class RunContext:
         read = {evaluate.get(n, **h).mask_name() for n, h in self.metrics if "mask" in evaluate.get_class(n).needs}
         self._scan(src, positions, sorted(n for n in read if n is not None))
         self.targets = {name: self._targets(net) for name, net in self.models.items()}
-        self.methods = [(m.name, s) for m in cfg.method_entries() for s in m.settings()]
+        self.method_entries = self._applicable_methods(cfg)
+        self.methods = [(m.name, s) for m in self.method_entries for s in m.settings()]
         self.normalisation = None if src.mean is None else {"mean": list(src.mean), "std": list(src.std)}
         resolved_metrics = [[n, metric_instance(n, h, cfg.batch_size, cfg.seed).hparams] for n, h in self.metrics]
         self._settings = {
@@ -100,6 +101,27 @@ class RunContext:
             for n, s in self.methods
         }
         self._records: dict[str, dict[str, Any]] = {}
+
+    def _applicable_methods(self, cfg: RunConfig) -> list:
+        """The configured methods that can explain every model of the run
+        (:meth:`xaiscope.explain.Explainer.applies_to`): one reached through a group or ``all``
+        that cannot is left out (said on the console), one named on its own is a sentence."""
+        named = {m.name for m in cfg.methods}
+        kept, left_out = [], []
+        for m in cfg.method_entries():
+            cls = explain.get_class(m.name)
+            why = next((w for w in (cls.applies_to(net) for net in self.models.values()) if w), None)
+            if why is None:
+                kept.append(m)
+            elif m.name in named:
+                raise ConfigError(f"methods: {why}")
+            else:
+                left_out.append(m.name)
+        if left_out and self.console is not None:
+            self.console.print(f"left out {', '.join(left_out)}: they cannot explain the run's models.")
+        if not kept:
+            raise ConfigError("methods: none of the methods can explain the run's models.")
+        return kept
 
     # ------------------------------------------------------------------ images
     def _scan(self, src, positions: list[int], extra: list[str]) -> None:

@@ -169,6 +169,21 @@ def open_inputs(
     return model, ds, dev
 
 
+def applicable_explainers(explainers: list, requested: list[str], model: torch.nn.Module, console=None) -> list:
+    """The ``explainers`` that can explain ``model`` (:func:`xaiscope.explain.applicable` of the
+    ``requested`` names): those reached through a group or ``all`` that cannot are left out and
+    said on ``console``; one named on its own that cannot is one sentence."""
+    kept, left_out = explain.applicable(requested, model)
+    if left_out and console is not None:
+        name, why = next(iter(left_out.items()))
+        more = f" and {len(left_out) - 1} more" if len(left_out) > 1 else ""
+        console.print(f"left out {', '.join(left_out)}: they cannot explain this model ({name}: {why}){more}.")
+    out = [e for e in explainers if e.name in kept]
+    if not out:
+        raise ConfigError(f"None of the methods asked for can explain this model ({', '.join(left_out)}).")
+    return out
+
+
 def provisional_batch_size(value: int | str) -> int:
     """A number to validate settings with before ``"auto"`` is settled (see :func:`settle_batch_size`)."""
     return 64 if value == "auto" else int(value)

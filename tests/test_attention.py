@@ -1,0 +1,115 @@
+"""Attention rollout on timm vision transformers, and which methods apply to which models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cli_helpers import assert_user_error, run_cli
+from xaiscope import explain
+from xaiscope.errors import MethodError
+from xaiscope.explain.attention import rollout
+
+timm = pytest.importorskip("timm")
+
+
+def toy_vit(**kw):
+    torch.manual_seed(0)
+    args = dict(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=2, in_chans=3)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**args, **kw}).eval()
+
+
+def hand_rollout(model, x, fusion="mean", prefix=1, class_token=True):
+    """Attention recomputed from each block's input and its qkv weights; rollout multiplied by hand."""
+    inputs = []
+    hooks = [b.norm1.register_forward_hook(lambda m, a, out: inputs.append(out)) for b in model.blocks]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    r = None
+    for blk, h in zip(model.blocks, inputs):
+        at = blk.attn
+        b, t, c = h.shape
+        qkv = at.qkv(h).reshape(b, t, 3, at.num_heads, c // at.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        a = ((q * at.scale) @ k.transpose(-2, -1)).softmax(-1).double()
+        a = {"mean": a.mean(1), "max": a.amax(1), "min": a.amin(1)}[fusion]
+        a = a + torch.eye(t, dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+    rows = r[:, 0, prefix:] if class_token else r[:, prefix:, prefix:].mean(1)
+    g = int(rows.shape[1] ** 0.5)
+    return F.interpolate(rows.reshape(-1, 1, g, g).float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_rollout_equals_the_product_computed_by_hand(fusion):
+    model, x = toy_vit(), torch.rand(3, 3, 16, 16)
+    a = explain.get("attention_rollout", head_fusion=fusion)(model, x, torch.tensor([0, 1, 0]))
+    assert a.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(a[:, :1], hand_rollout(model, x, fusion), rtol=1e-5, atol=1e-6)
+    assert all(blk.attn.fused_attn == timm.layers.use_fused_attn() for blk in model.blocks)  # restored
+
+
+def test_register_tokens_and_global_pooling_take_the_layout_from_the_model():
+    x = torch.rand(2, 3, 16, 16)
+    reg = toy_vit(reg_tokens=4)
+    assert reg.num_prefix_tokens == 5
+    a = explain.get("attention_rollout")(reg, x, torch.tensor([0, 1]))
+    torch.testing.assert_close(a[:, :1], hand_rollout(reg, x, prefix=5), rtol=1e-5, atol=1e-6)
+    gap = toy_vit(global_pool="avg", class_token=False)
+    a = explain.get("attention_rollout")(gap, x, torch.tensor([0, 1]))
+    torch.testing.assert_close(a[:, :1], hand_rollout(gap, x, prefix=0, class_token=False), rtol=1e-5, atol=1e-6)
+
+
+def test_rollout_closed_forms():
+    # identity attention: every layer is I, so R = I
+    eye = torch.eye(4).expand(1, 2, 4, 4)
+    torch.testing.assert_close(rollout([eye, eye]), torch.eye(4, dtype=torch.float64).expand(1, 4, 4))
+    # uniform attention U: (U + I) / 2 per layer
+    u = torch.full((1, 2, 4, 4), 0.25)
+    step = (torch.full((4, 4), 0.25, dtype=torch.float64) + torch.eye(4, dtype=torch.float64)) / 2
+    torch.testing.assert_close(rollout([u, u])[0], step @ step)
+    # discarding the smallest third of the entries: 0.05, 0.1 and 0.15 go, then + I and rows renormalised
+    a = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.15, 0.05, 0.8]], dtype=torch.float64)
+    want = torch.tensor([[1.5, 0.3, 0.2], [0.0, 1.6, 0.3], [0.0, 0.0, 1.8]], dtype=torch.float64)
+    want = want / want.sum(-1, keepdim=True)
+    torch.testing.assert_close(rollout([a.view(1, 1, 3, 3)], discard_ratio=1 / 3)[0], want)
+    # the class token's attention to itself is never discarded, even when it is among the smallest
+    a[0, 0] = 0.01
+    got = rollout([a.view(1, 1, 3, 3)], discard_ratio=1 / 3)[0]
+    assert got[0, 0] == pytest.approx(1.01 / (1.01 + 0.3 + 0.2)) and got[1, 0] == 0 and got[2, 1] == 0
+
+
+def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, capsys):
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    cnn(torch.rand(1, 3, 16, 16))
+    kept, left = explain.applicable(["all"], cnn)
+    assert "attention_rollout" in left and "attention_rollout" not in kept and "saliency" in kept
+    with pytest.raises(MethodError, match=r"attention_rollout explains vision transformers .* this model has none"):
+        explain.applicable(["saliency", "attention_rollout"], cnn)
+    vit = toy_vit()
+    kept, left = explain.applicable(["lrp", "attention"], vit)
+    assert kept == ["attention_rollout"] and set(left) == set(explain.expand(["lrp"]))
+    with pytest.raises(MethodError, match=r"lrp_epsilon_plus_flat has LRP rules for CNN layers only"):
+        explain.applicable(["lrp_epsilon_plus_flat"], vit)
+    with pytest.raises(MethodError, match=r"LRP rules for CNN layers only"):
+        explain.get("lrp_epsilon_plus_flat")(vit, torch.rand(1, 3, 16, 16), torch.tensor([0]))
+    # the command line: groups leave out with a message, a named method is one sentence
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.random.rand(4, 3, 16, 16).astype(np.float32), y=np.array([0, 1, 0, 1]))
+    args = ["evaluate", "--model", "small_cnn", "--data", str(tmp_path / "d.npz"), "--metrics", "sparseness"]
+    r = run_cli(capsys, *args, "--methods", "saliency,attention", "--out", str(tmp_path / "a.parquet"))
+    assert r.code == 0, r.err
+    assert "left out attention_rollout: they cannot explain this model" in " ".join(r.out.split())
+    r = run_cli(capsys, *args, "--methods", "attention_rollout", "--out", str(tmp_path / "b.parquet"))
+    assert_user_error(r, r"attention_rollout explains vision transformers")
+    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=4,depth=2,embed_dim=24,num_heads=3"
+    r = run_cli(capsys, *["explain", "--model", spec, "--data", str(tmp_path / "d.npz")], "--methods",
+                "attention_rollout,lrp", "--out", str(tmp_path / "maps"), "--overlays", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert (tmp_path / "maps" / "attention_rollout.npz").exists()
+    assert not list((tmp_path / "maps").glob("lrp*.npz"))
