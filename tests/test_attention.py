@@ -113,3 +113,44 @@ def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, c
     assert r.code == 0, r.err
     assert (tmp_path / "maps" / "attention_rollout.npz").exists()
     assert not list((tmp_path / "maps").glob("lrp*.npz"))
+
+
+def test_cams_on_vit_tokens_and_swin_channels_last_equal_the_formula_by_hand():
+    """Grad-CAM on a ViT's last norm1 (tokens laid on the patch grid, prefix tokens dropped) and
+    on a Swin stage (channels last): ReLU(sum_k mean_ij(g_k) A_k), upsampled."""
+    vit, x, y = toy_vit(reg_tokens=2), torch.rand(2, 3, 16, 16), torch.tensor([1, 0])
+    layer = vit.blocks[-1].norm1
+    acts = {}
+    h = layer.register_forward_hook(lambda m, a, out: acts.__setitem__("a", out))
+    xr = x.clone().requires_grad_(True)
+    out = vit(xr)
+    h.remove()
+    (g,) = torch.autograd.grad(out.gather(1, y.view(-1, 1)).sum(), acts["a"])
+    a = acts["a"].detach()[:, 3:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+    g = g[:, 3:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+    want = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True).clamp_min(0)
+    want = F.interpolate(want, size=(16, 16), mode="bilinear", align_corners=False)
+    got = explain.get("gradcam")(vit, x, y)
+    torch.testing.assert_close(got[:, :1], want, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(explain.get("gradcam_plus_plus")(vit, x, y)).all()
+    torch.manual_seed(0)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=2, embed_dim=24,
+        depths=(1, 1), num_heads=(1, 2), num_classes=2,
+    ).eval()  # fmt: skip
+    xs = torch.rand(2, 3, 32, 32)
+    got = explain.get("gradcam", layer="layers.1")(swin, xs, y)
+    assert got.shape == xs.shape and torch.isfinite(got).all() and got.abs().sum() > 0
+    with pytest.raises(MethodError, match=r"needs a layer with spatial output"):
+        explain.get("gradcam", layer="head.fc")(swin, xs, y)
+
+
+def test_rollout_does_not_depend_on_the_batch_size_or_the_target_and_counts_one_pass():
+    from xaiscope.models import count_passes
+
+    vit, x = toy_vit(), torch.rand(5, 3, 16, 16)
+    ex1, ex4 = explain.get("attention_rollout", batch_size=1), explain.get("attention_rollout", batch_size=4)
+    with count_passes(vit) as count:
+        a1 = ex1(vit, x, torch.zeros(5, dtype=torch.long))
+    assert count.rows == 5 == 5 * ex1.passes((3, 16, 16))
+    torch.testing.assert_close(a1, ex4(vit, x, torch.ones(5, dtype=torch.long)), rtol=1e-5, atol=1e-7)

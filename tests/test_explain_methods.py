@@ -21,8 +21,10 @@ CHEAP = {
     "lime": {"n_samples": 8, "n_segments": 8},
     "kernel_shap": {"n_samples": 8, "n_segments": 8},
 }
-STOCHASTIC = [n for n in explain.names() if explain.get_class(n).stochastic]
-DETERMINISTIC = [n for n in explain.names() if not explain.get_class(n).stochastic]
+#: the methods that explain CNNs (attention methods explain transformers: tests/test_attention.py)
+CNN_METHODS = [n for n in explain.names() if explain.get_class(n).family != "attention"]
+STOCHASTIC = [n for n in CNN_METHODS if explain.get_class(n).stochastic]
+DETERMINISTIC = [n for n in CNN_METHODS if not explain.get_class(n).stochastic]
 
 
 def _models():
@@ -40,6 +42,12 @@ def test_every_method_on_zoo_models(model_name, method):
     model, c = _models()[model_name]
     x = torch.rand(2, c, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1])
+    why = explain.get_class(method).applies_to(model)
+    if why is not None:  # a transformer-only method on a CNN: one sentence, never a map
+        assert method == "attention_rollout", why
+        with pytest.raises(MethodError, match="explains vision transformers"):
+            explain.get(method)(model, x, y)
+        return
     a = explain.get(method, **CHEAP.get(method, {}))(model, x, y)
     assert a.shape == x.shape and a.dtype == torch.float32 and a.device == x.device
     assert torch.isfinite(a).all()
@@ -53,6 +61,8 @@ def test_every_method_on_torchvision_models(arch):
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))  # the smallest DenseNet input
     y = torch.tensor([2])
     for method in explain.names():
+        if explain.get_class(method).applies_to(model) is not None:
+            continue  # tested on the zoo models
         if method == "cam" and arch == "vgg11_bn":
             # VGG's head is 7x7 pooling + three linear layers: CAM is undefined there
             with pytest.raises(MethodError, match="cam needs a model that ends in global average pooling"):
@@ -92,7 +102,7 @@ def test_stochastic_methods_leave_global_rng_alone(small_cnn, gray_batch):
     torch.testing.assert_close(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("method", explain.names())
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_documented_passes_equal_counted_passes(small_cnn, gray_batch, method):
     """Images through the first convolution (shared by the traced copies DeepLIFT and guided
     backprop run on) equal the documented passes per image times the number of images."""
@@ -160,7 +170,7 @@ def test_wrong_channel_count_is_a_clear_error(small_cnn):
         explain.get("saliency")(small_cnn, x, torch.tensor([0, 1]))
 
 
-MODEL_METHODS = [m for m in explain.names() if m not in ("random", "sobel", "laplace", "input")]
+MODEL_METHODS = [m for m in CNN_METHODS if m not in ("random", "sobel", "laplace", "input")]
 
 
 @pytest.mark.parametrize("method", MODEL_METHODS)

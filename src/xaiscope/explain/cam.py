@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from xaiscope.errors import MethodError
 from xaiscope.explain.base import LAYER, Explainer, Param, register
 from xaiscope.explain.chunking import per_chunk
-from xaiscope.explain.layers import find_layer, gap_features_model
+from xaiscope.explain.layers import find_layer, gap_features_model, to_channels_first
 from xaiscope.models.prepare import unique_activations
 
 
@@ -81,21 +81,40 @@ class GradCAMExplainer(Explainer):
 
     def _attribute(self, model, x, y):
         _, layer = find_layer(model, self.hparams["layer"], self.name)
-        gc = ca.LayerGradCam(model, layer)
+        relu = self.hparams["relu"]
+        if _channels_first(model):  # Captum's LayerGradCam on [N, K, h, w] maps
+            gc = ca.LayerGradCam(model, layer)
 
-        def run(xb, yb):
-            cam = gc.attribute(xb, target=yb, relu_attributions=self.hparams["relu"])
-            return upsample(_spatial(cam, self.name), xb.shape[-2:])
+            def run(xb, yb):
+                return upsample(gc.attribute(xb, target=yb, relu_attributions=relu), xb.shape[-2:])
+
+        else:  # tokens or channels-last maps: the same formula after the layout step
+
+            def run(xb, yb):
+                a, g = activations_and_gradients(model, layer, xb, yb, self.name)
+                cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True)
+                return upsample(cam.clamp_min(0) if relu else cam, xb.shape[-2:])
 
         return per_chunk(run, x, y, self.batch_size)
 
 
-def _spatial(cam: torch.Tensor, method: str) -> torch.Tensor:
-    if cam.dim() != 4:
-        raise MethodError(
-            f"{method} needs a layer with spatial output [N, K, h, w]; this layer gives {cam.dim()} dimensions."
-        )
-    return cam
+def _channels_first(model) -> bool:
+    """Whether the model's layers give channels-first ``[N, K, h, w]`` maps: not a vision
+    transformer (tokens) and not a channels-last model (``output_fmt`` ``NHWC``, Swin)."""
+    if getattr(model, "output_fmt", None) == "NHWC":
+        return False
+    return not any(hasattr(m, "qkv") and hasattr(m, "num_heads") for m in model.modules())
+
+
+def activations_and_gradients(model, layer, xb, yb, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, dS_y/dA)`` at ``layer``, both ``[N, K, h, w]`` after the layout step
+    (:func:`~xaiscope.explain.layers.to_channels_first`); one forward and one backward."""
+    xb = xb.clone().requires_grad_(True)
+    with torch.enable_grad():
+        out, a = _capture(layer, lambda: model(xb))
+        score = out.gather(1, yb.view(-1, 1)).sum()
+        (g,) = torch.autograd.grad(score, a)
+    return to_channels_first(a.detach(), model, method), to_channels_first(g, model, method)
 
 
 @register
@@ -111,13 +130,7 @@ class GradCAMPlusPlusExplainer(Explainer):
         _, layer = find_layer(model, self.hparams["layer"], self.name)
 
         def run(xb, yb):
-            xb = xb.clone().requires_grad_(True)
-            with torch.enable_grad():
-                out, a = _capture(layer, lambda: model(xb))
-                a = _spatial(a, self.name)
-                score = out.gather(1, yb.view(-1, 1)).sum()
-                (g,) = torch.autograd.grad(score, a)
-            a = a.detach()
+            a, g = activations_and_gradients(model, layer, xb, yb, self.name)
             g2, g3 = g.pow(2), g.pow(3)
             denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
             alpha = torch.where(

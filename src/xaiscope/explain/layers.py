@@ -10,7 +10,9 @@ from xaiscope.errors import MethodError, did_you_mean
 
 
 def find_layer(model: nn.Module, name: str, method: str) -> tuple[str, nn.Module]:
-    """``(name, module)``: the module called ``name``, or the last ``Conv2d`` for ``"auto"``."""
+    """``(name, module)``: the module called ``name``; for ``"auto"`` the first normalisation
+    of the last attention block of a vision transformer (where its tokens still map to
+    patches), else the last ``Conv2d``."""
     modules = dict(model.named_modules())
     if name != "auto":
         if name not in modules or name == "":
@@ -18,6 +20,9 @@ def find_layer(model: nn.Module, name: str, method: str) -> tuple[str, nn.Module
                 f"The model has no layer {name!r} for {method}{did_you_mean(name, [m for m in modules if m])}."
             )
         return name, modules[name]
+    vit = _vit_auto_layer(model, modules)
+    if vit is not None:
+        return vit
     convs = [(n, m) for n, m in modules.items() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise MethodError(
@@ -63,3 +68,37 @@ def gap_features_model(model: nn.Module, method: str) -> tuple[nn.Module, nn.Lin
     gm.graph.output((result, pools[-1].args[0]))
     gm.recompile()
     return gm, linears[-1]
+
+
+def _vit_auto_layer(model: nn.Module, modules: dict) -> tuple[str, nn.Module] | None:
+    """``blocks.<last>.norm1`` of a timm vision transformer with a patch grid, else None."""
+    if getattr(getattr(model, "patch_embed", None), "grid_size", None) is None:
+        return None
+    blocks = [n for n, m in modules.items() if hasattr(m, "attn") and hasattr(m, "norm1") and hasattr(m.attn, "qkv")]
+    if not blocks:
+        return None
+    return f"{blocks[-1]}.norm1", modules[f"{blocks[-1]}.norm1"]
+
+
+def to_channels_first(a: torch.Tensor, model: nn.Module, method: str) -> torch.Tensor:
+    """A layer's activations (or their gradients) as ``[N, C, h, w]``: channels-first maps as
+    they are (CNNs, ConvNeXt); channels-last maps of models whose ``output_fmt`` is ``NHWC``
+    (Swin) permuted; vision-transformer tokens ``[N, T, C]`` with the prefix (class and
+    register) tokens dropped and the patches laid on the model's grid."""
+    if a.dim() == 4:
+        return a.permute(0, 3, 1, 2) if getattr(model, "output_fmt", None) == "NHWC" else a
+    if a.dim() == 3:
+        from xaiscope.explain.attention import token_layout
+
+        layout = token_layout(model, method)
+        h, w = layout.grid
+        tokens = a[:, layout.prefix :]
+        if tokens.shape[1] != h * w:
+            raise MethodError(
+                f"{method}: the layer gives {a.shape[1]} tokens, not the {layout.prefix} prefix tokens and {h}x{w} patches."
+            )
+        return tokens.reshape(a.shape[0], h, w, a.shape[2]).permute(0, 3, 1, 2)
+    raise MethodError(
+        f"{method} needs a layer with spatial output ([N, K, h, w] maps or [N, T, K] tokens); "
+        f"this layer gives {a.dim()} dimensions."
+    )
