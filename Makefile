@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch>=2.2" torchvision
 	$(BIN)/pip install --quiet -e ".[test,ray]"
+	@# pytorch-grad-cam, the CAM family's test oracle, without its opencv-python (which needs
+	@# libGL); the headless build it also runs on comes with the test extra
+	$(BIN)/pip install --quiet --no-deps "grad-cam==1.5.4"
 	touch $(STAMP)
 
 install: $(STAMP)

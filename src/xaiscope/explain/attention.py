@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from xaiscope.errors import MethodError
 from xaiscope.explain.base import Explainer, Param, register
 from xaiscope.explain.chunking import per_chunk
+from xaiscope.models.forward import check_target_range
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ class AttentionRolloutExplainer(Explainer):
 
         def run(xb, yb):
             with captured_attention(layout) as store, torch.no_grad():
-                model(xb)
+                out = model(xb)
+            check_target_range(yb, out.shape[1])  # class-agnostic, but a target must still be a class
             if len(store) != len(layout.attentions):
                 raise MethodError(f"{self.name}: {len(store)} of {len(layout.attentions)} attention layers ran.")
             m = token_map(rollout(store, hp["head_fusion"], hp["discard_ratio"]), layout).float()
