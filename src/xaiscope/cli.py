@@ -249,17 +249,7 @@ def convert_cmd(
             assert len(size) == 2 and min(size) >= 1
         except (ValueError, AssertionError):
             raise ConfigError(f"--resize must be H,W with two whole numbers >= 1; got {resize!r}.") from None
-    src = xdata.open_source(
-        data,
-        resize=size,
-        masks=masks,
-        workers=workers,
-        split=split,
-        x_key=x_key,
-        y_key=y_key,
-        mask_key=mask_key,
-        on_bad_image=on_bad_image,
-    )
+    src = xdata.open_source(data, resize=size, masks=masks, **data_options(locals()).source_kwargs())
     path = convert(src, out, dtype=dtype, images_per_step=images_per_step, console=console)
     skipped = (
         f"; left out {len(src.skipped)} unreadable image(s): {', '.join(sorted(src.skipped))}" if src.skipped else ""

@@ -48,6 +48,10 @@ class DataOptions:
     y_key: str = "y"
     mask_key: str = "masks"
 
+    def source_kwargs(self) -> dict[str, Any]:
+        """These options as keyword arguments of :func:`xaiscope.data.open_source`."""
+        return dict(self.__dict__)
+
 
 def open_source(
     data,
@@ -70,17 +74,7 @@ def open_source(
         resize = tuple(info["input_size"][1:])
     classes = info.get("classes") if info is not None and is_folder else None
     return xdata.open_source(
-        data,
-        normalise=normalise,
-        resize=resize,
-        masks=masks,
-        classes=classes,
-        workers=options.workers,
-        split=options.split,
-        x_key=options.x_key,
-        y_key=options.y_key,
-        mask_key=options.mask_key,
-        on_bad_image=options.on_bad_image,
+        data, normalise=normalise, resize=resize, masks=masks, classes=classes, **options.source_kwargs()
     )
 
 
