@@ -33,6 +33,7 @@ METHODS, METRICS = "saliency,gradcam", "sparseness,deletion"
 CHILD_EVALUATE = """
 import sys, time
 from pathlib import Path
+import zarr  # imported before the clock starts in both modes (the in-memory read needs it too)
 from xaiscope.api import evaluate_images
 data, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
 if mode == "memory":
