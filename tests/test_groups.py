@@ -17,7 +17,16 @@ LOCALISATION = evaluate.groups()["localisation"]
 def test_all_and_families_expand_in_registration_order_each_once():
     assert explain.expand(["all"]) == explain.names()
     assert evaluate.expand(["all"]) == evaluate.names()
-    assert explain.expand(["cams"]) == ["cam", "gradcam", "gradcam_plus_plus", "guided_gradcam"]
+    assert explain.expand(["cams"]) == [
+        "cam",
+        "gradcam",
+        "gradcam_plus_plus",
+        "guided_gradcam",
+        "hirescam",
+        "xgradcam",
+        "layercam",
+        "eigencam",
+    ]
     assert explain.expand(["sobel", "baseline", "lrp"]) == [
         "sobel",
         "random",
@@ -159,6 +168,10 @@ def test_run_config_groups_expand_and_a_named_entry_keeps_its_settings(npz):
         "cam",
         "gradcam_plus_plus",
         "guided_gradcam",
+        "hirescam",
+        "xgradcam",
+        "layercam",
+        "eigencam",
         *explain.groups()["baseline"],
     ]
     assert entries[0].hparams == {"relu": False}

@@ -480,3 +480,20 @@ def test_a_folder_of_ome_zarr_images_reads_like_the_same_pngs(tmp_path, arrays):
     g.create_array("z", data=np.zeros((2, H, W), np.uint8))
     with pytest.raises(DataError, match=r"00\.ome\.zarr has 2 planes along 'z'"):
         xdata.load_folder(root)
+
+
+def test_a_corrupt_chunk_in_a_zarr_store_names_the_image_or_is_skipped(tmp_path, arrays):
+    import zarr
+
+    x, y, masks = arrays
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("x", data=x.transpose(0, 3, 1, 2), chunks=(2, 3, H, W))
+    g.create_array("y", data=y)
+    chunk = next(p for p in (tmp_path / "d.zarr" / "x" / "c" / "3").rglob("*") if p.is_file())  # images 6, 7
+    chunk.write_bytes(b"this is not a compressed chunk")
+    with pytest.raises(DataError, match=r"The image at index 6 \('6'\) of .*d\.zarr cannot be read"):
+        evaluate_images(Net(), str(tmp_path / "d.zarr"), methods=["saliency"], metrics=["sparseness"])
+    df = evaluate_images(
+        Net(), str(tmp_path / "d.zarr"), methods=["saliency"], metrics=["sparseness"], on_bad_image="skip"
+    )
+    assert sorted(set(df["image_id"]), key=int) == [str(i) for i in range(N) if i not in (6, 7)]

@@ -412,22 +412,44 @@ class ArraySource(Source):
                 f"The array {self.mask_key!r} in {self.location} has shape {list(ms)} but the images need {[n, h, w]}."
             )
 
+    def _rows(self, arr, positions: np.ndarray, bad: dict[int, str]) -> np.ndarray:
+        """Rows ``positions`` of ``arr``; when the slice cannot be read (a corrupt chunk), row by
+        row, each unreadable row zeros and its sentence in ``bad``."""
+        try:
+            return _read_rows(arr, positions)
+        except Exception:
+            pass
+        rows, first = [], None
+        for p in positions.tolist():
+            try:
+                rows.append(np.asarray(arr[p : p + 1]))
+                first = rows[-1] if first is None else first
+            except Exception as e:
+                bad[p] = (
+                    f"The image at index {p} ({self.ids[p]!r}) of {self.location} cannot be read ({type(e).__name__})."
+                )
+                rows.append(None)
+        if first is None:
+            first = np.zeros((1, *arr.shape[1:]), dtype=arr.dtype)
+        return np.concatenate([np.zeros_like(first) if r is None else r for r in rows])
+
     def _read(self, positions: np.ndarray) -> Raw:
-        x = _read_rows(self.x_arr, positions)
+        bad: dict[int, str] = {}
+        x = self._rows(self.x_arr, positions, bad)
         if x.ndim == 3:
             x = x[:, None]
         elif self.channels_last:
             x = x.transpose(0, 3, 1, 2)
         x = scale_pixels(x, self.location)
-        bad = {}
         finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         for k in np.flatnonzero(~finite).tolist():
-            bad[int(positions[k])] = (
-                f"The image {self.ids[positions[k]]!r} in {self.location} contains NaN or infinite values"
+            bad.setdefault(
+                int(positions[k]),
+                f"The image {self.ids[positions[k]]!r} in {self.location} contains NaN or infinite values",
             )
         masks = ann = None
         if self.mask_arr is not None:
-            m = _read_rows(self.mask_arr, positions)
+            m = self._rows(self.mask_arr, positions, bad)
             if m.dtype != bool and not np.isin(np.unique(m), [0, 1]).all():
                 raise DataError(f"The array {self.mask_key!r} in {self.location} is not binary.")
             m = m.astype(bool)
