@@ -45,6 +45,7 @@ import torch
 from xaiscope import models
 from xaiscope.analyses.units import parse_unit
 from xaiscope.data import Dataset, open_source
+from xaiscope.data.summaries import Moments
 from xaiscope.errors import ConfigError, DataError
 from xaiscope.evaluate import stats
 from xaiscope.explain.references import gaussian_blur
@@ -94,12 +95,10 @@ def fill_step(x: torch.Tensor, fill: str, *, norm=(None, None), channel_mean=Non
 
 def channel_mean(src, positions, step: int = 256) -> torch.Tensor:
     """Per-channel mean ``[1, C, 1, 1]`` of the images at ``positions`` of ``src`` (one pass)."""
-    total, count = None, 0
+    mom = Moments(src.shape[0])
     for b in src.batches(step, positions):
-        s = b.x.double().sum(dim=(0, 2, 3))
-        total = s if total is None else total + s
-        count += b.x.shape[0] * b.x.shape[2] * b.x.shape[3]
-    return (total / count).float().view(1, -1, 1, 1)
+        mom.update(b.x.numpy())
+    return torch.tensor(mom.mean, dtype=torch.float32).view(1, -1, 1, 1)
 
 
 def unit_scores(order_map: torch.Tensor, k: int) -> torch.Tensor:

@@ -35,6 +35,7 @@ from xaiscope import models
 from xaiscope.analyses.sis import check_probability_tau, class_score, cluster, make_units, parse_unit, sis_collection
 from xaiscope.analyses.sis.cluster import check_eps
 from xaiscope.analyses.sis.collection import METHODS
+from xaiscope.data.summaries import Moments
 from xaiscope.errors import ConfigError
 from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
 from xaiscope.run.inputs import open_model_for, open_source
@@ -174,14 +175,13 @@ def run_sis(
         make_units(unit, *src.shape[1:])
         f = class_score(net, target, batch_size=batch_size)
         # one pass over the images: the class probabilities and the per-channel mean (the fill value)
-        parts, sums, pixels = [], torch.zeros(src.shape[0], dtype=torch.float64), 0
+        parts, mom = [], Moments(src.shape[0])
         with torch.no_grad():
             for b in src.batches(images_per_step):
                 parts.append(f(b.x.to(dev)).cpu())
-                sums += b.x.double().sum(dim=(0, 2, 3))
-                pixels += b.x.shape[0] * b.x.shape[2] * b.x.shape[3]
+                mom.update(b.x.numpy())
         all_probs = probs = torch.cat(parts)
-        mv = (sums / pixels).float().view(-1, 1, 1).to(dev)
+        mv = torch.tensor(mom.mean, dtype=torch.float32).view(-1, 1, 1).to(dev)
         chosen = (probs >= tau).nonzero().flatten()[:max_images].tolist()
         ds = src.take(chosen) if chosen else None  # only the images explained are held
         probs = probs[chosen]
