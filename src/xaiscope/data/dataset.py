@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from xaiscope.data.hashing import array_hash
@@ -19,20 +20,23 @@ class Dataset:
 
     Attributes
     ----------
-    x : Tensor ``[N, C, H, W]`` float32 (normalised when ``mean``/``std`` are set)
+    x : Tensor ``[N, C, H, W]`` (images) or ``[N, C, D, H, W]`` (volumes) float32 (normalised
+        when ``mean``/``std`` are set); "spatial" below means ``H, W`` or ``D, H, W``
     y : Tensor ``[N]`` int64, indices into ``classes``
     ids : list of str, unique image ids (``<class>/<stem>`` for folders)
     classes : list of str, class names (label ``k`` is ``classes[k]``)
-    masks : Tensor ``[N, H, W]`` bool or None, expert masks (ground truth); with several
+    masks : Tensor ``[N, *spatial]`` bool or None, expert masks (ground truth); with several
         annotators, their consensus by majority vote (:func:`majority_vote`: a pixel is
         foreground when at least half of the annotators mark it, so ties count as foreground)
-    extra_masks : dict of name -> Tensor ``[N, H, W]`` bool (e.g. ``confounder``)
+    extra_masks : dict of name -> Tensor ``[N, *spatial]`` bool (e.g. ``confounder``)
     mean, std : per-channel normalisation applied to ``x`` (None when not normalised)
     source : where the data came from (a path), for messages and the manifest
     pixel_hashes : list of str or None, per image a hash of its pixels as decoded (before
         normalisation), set by the readers; see :meth:`image_hashes`
-    annotator_masks : Tensor ``[N, A, H, W]`` bool or None, one mask per annotator and image
+    annotator_masks : Tensor ``[N, A, *spatial]`` bool or None, one mask per annotator and image
     annotators : list of str or None, the ``A`` annotator names (default ``"0"``, ``"1"``, ...)
+    affines : array ``[N, 4, 4]`` float64 or None, per volume the voxel-to-world matrix (RAS, mm)
+        of its index order ``(d, h, w)``, as read from NIfTI / DICOM (see :mod:`xaiscope.data.volumes`)
     """
 
     x: torch.Tensor
@@ -47,15 +51,21 @@ class Dataset:
     pixel_hashes: list[str] | None = None
     annotator_masks: torch.Tensor | None = None
     annotators: list[str] | None = None
+    affines: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.x.shape[0]
         if self.annotator_masks is not None:
             self._check_annotators(n)
-        if self.x.dim() != 4:
+        if self.x.dim() not in (4, 5):
             raise DataError(
-                f"Images must be [N, C, H, W]; got shape {list(self.x.shape)} from {self.source or 'input'}."
+                f"Images must be [N, C, H, W] (or volumes [N, C, D, H, W]); got shape {list(self.x.shape)} "
+                f"from {self.source or 'input'}."
             )
+        if self.affines is not None:
+            self.affines = np.asarray(self.affines, dtype=np.float64)
+            if self.affines.shape != (n, 4, 4):
+                raise DataError(f"{self.source or 'The dataset'} has {n} images but affines of shape {list(self.affines.shape)}.")
         if self.y.shape != (n,) or len(self.ids) != n:
             raise DataError(
                 f"{self.source or 'The dataset'} has {n} images but {self.y.shape[0]} labels and {len(self.ids)} ids."
@@ -71,10 +81,10 @@ class Dataset:
 
     def _check_annotators(self, n: int) -> None:
         am, where = self.annotator_masks, self.source or "the dataset"
-        if am.dim() != 4 or am.shape[0] != n or tuple(am.shape[2:]) != tuple(self.x.shape[2:]):
+        if am.dim() != self.x.dim() or am.shape[0] != n or tuple(am.shape[2:]) != tuple(self.x.shape[2:]):
             raise DataError(
                 f"Annotator masks in {where} have shape {list(am.shape)} but the images need "
-                f"[{n}, annotators, {self.x.shape[2]}, {self.x.shape[3]}]."
+                f"[{n}, annotators, {', '.join(str(s) for s in self.x.shape[2:])}]."
             )
         if am.shape[1] < 1:
             raise DataError(f"Annotator masks in {where} hold no annotator.")
@@ -92,7 +102,7 @@ class Dataset:
         return self.x.shape[0]
 
     def __getitem__(self, i: int):
-        """Item ``i`` as ``(id, x [C,H,W], y, mask [H,W] or None)``."""
+        """Item ``i`` as ``(id, x [C, *spatial], y, mask [*spatial] or None)``."""
         mask = None if self.masks is None else self.masks[i]
         return self.ids[i], self.x[i], int(self.y[i]), mask
 
@@ -101,9 +111,14 @@ class Dataset:
         return len(self.classes)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """``(C, H, W)`` of one image."""
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+    def shape(self) -> tuple[int, ...]:
+        """``(C, H, W)`` of one image, ``(C, D, H, W)`` of one volume."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.x.dim() - 2
 
     def subset(self, index: Sequence[int] | torch.Tensor) -> "Dataset":
         """A new dataset with the items at ``index`` (in that order)."""
@@ -121,6 +136,7 @@ class Dataset:
             pixel_hashes=None if self.pixel_hashes is None else [self.pixel_hashes[i] for i in idx.tolist()],
             annotator_masks=None if self.annotator_masks is None else self.annotator_masks[idx],
             annotators=None if self.annotators is None else list(self.annotators),
+            affines=None if self.affines is None else self.affines[idx.numpy()],
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
@@ -130,8 +146,10 @@ class Dataset:
             yield sl, self.x[sl], self.y[sl]
 
     def fill_value(self) -> torch.Tensor:
-        """Per-channel value of a "blank" pixel: the dataset mean in the stored scale, ``[C, 1, 1]``."""
-        return self.x.mean(dim=(0, 2, 3)).view(-1, 1, 1)
+        """Per-channel value of a "blank" pixel: the dataset mean in the stored scale, ``[C, 1, 1]``
+        (``[C, 1, 1, 1]`` for volumes)."""
+        dims = (0, *range(2, self.x.dim()))
+        return self.x.mean(dim=dims).view(-1, *([1] * self.spatial_dims))
 
     def image_hashes(self) -> list[str]:
         """Per image, a hash of its pixels as read (before normalisation): the readers' hashes,
@@ -156,7 +174,7 @@ class Dataset:
 
 
 def majority_vote(annotator_masks: torch.Tensor) -> torch.Tensor:
-    """Consensus ``[N, H, W]`` bool of masks ``[N, A, H, W]``: a pixel is foreground when at
+    """Consensus ``[N, *spatial]`` bool of masks ``[N, A, *spatial]``: a pixel is foreground when at
     least half of the ``A`` annotators mark it (a tie, possible for even ``A``, counts as
     foreground, so two annotators give their union)."""
     am = annotator_masks.bool()

@@ -275,6 +275,7 @@ def normalise_dataset(ds: Dataset, normalise: str | tuple[Sequence[float], Seque
     else:
         raise DataError(f"normalise must be 'none', 'dataset' or (mean, std); got {normalise!r}.")
     ds.image_hashes()  # of the pixels as read, before they are normalised
-    ds.x = (ds.x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    ones = [1] * (ds.x.dim() - 2)
+    ds.x = (ds.x - mean.view(1, -1, *ones)) / std.view(1, -1, *ones)
     ds.mean, ds.std = mean.tolist(), std.tolist()
     return ds

@@ -12,7 +12,7 @@ import torch
 
 
 class Moments:
-    """Per-channel running mean and sum of squared deviations over images ``[B, C, H, W]``
+    """Per-channel running mean and sum of squared deviations over images ``[B, C, *spatial]``
     (Chan, Golub & LeVeque 1979, pairwise update), float64.
 
     ``M2_ab = M2_a + M2_b + delta^2 n_a n_b / (n_a + n_b)``, ``delta = mean_b - mean_a``.
@@ -24,7 +24,7 @@ class Moments:
         self.m2 = np.zeros(channels)
 
     def update(self, x: np.ndarray) -> None:
-        xb = np.asarray(x, dtype=np.float64).transpose(1, 0, 2, 3).reshape(x.shape[1], -1)
+        xb = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(x.shape[1], -1)
         nb = xb.shape[1]
         if nb == 0:
             return
