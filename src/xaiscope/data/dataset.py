@@ -65,7 +65,9 @@ class Dataset:
         if self.affines is not None:
             self.affines = np.asarray(self.affines, dtype=np.float64)
             if self.affines.shape != (n, 4, 4):
-                raise DataError(f"{self.source or 'The dataset'} has {n} images but affines of shape {list(self.affines.shape)}.")
+                raise DataError(
+                    f"{self.source or 'The dataset'} has {n} images but affines of shape {list(self.affines.shape)}."
+                )
         if self.y.shape != (n,) or len(self.ids) != n:
             raise DataError(
                 f"{self.source or 'The dataset'} has {n} images but {self.y.shape[0]} labels and {len(self.ids)} ids."

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from xaiscope.data.dataset import Dataset, majority_vote
+from xaiscope.data.pixels import scale_pixels
 from xaiscope.data.readers import (
     _MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -44,7 +45,8 @@ from xaiscope.data.readers import (
     read_image,
     read_mask,
 )
-from xaiscope.data.sources import MemorySource, Raw, Source, TorchSource, from_tensors, scale_pixels
+from xaiscope.data.sources import MemorySource, Raw, Source, TorchSource, from_tensors
+from xaiscope.data.volumes import is_dicom_series, is_nifti, nifti_stem, resized_affine, volume_geometry
 from xaiscope.errors import DataError
 
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -52,20 +54,26 @@ MEDMNIST_SPLITS = ("train", "val", "test")
 
 # ------------------------------------------------------------------ folders
 def _list_images(folder: Path) -> list[Path]:
-    """Image files (PNG, JPEG, TIFF) and OME-Zarr image folders (``<id>.ome.zarr``) in ``folder``."""
+    """Image files (PNG, JPEG, TIFF), OME-Zarr image folders (``<id>.ome.zarr``) and volumes
+    (NIfTI ``<id>.nii[.gz]``, DICOM series folders ``<id>/``) in ``folder``."""
     return sorted(
         p
         for p in folder.iterdir()
         if not p.name.startswith(".")
         and (
-            (p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            or (p.is_dir() and p.suffix.lower() == ZARR_IMAGE_SUFFIX)
+            (p.is_file() and (p.suffix.lower() in IMAGE_EXTENSIONS or is_nifti(p)))
+            or (p.is_dir() and (p.suffix.lower() == ZARR_IMAGE_SUFFIX or is_dicom_series(p)))
         )
     )
 
 
 def _stem(p: Path) -> str:
-    """The id part of an image file name (``img.png`` and ``img.ome.zarr`` give ``img``)."""
+    """The id part of an image file name (``img.png``, ``img.ome.zarr``, ``img.nii.gz`` and a
+    DICOM series folder ``img/`` give ``img``)."""
+    if is_nifti(p):
+        return nifti_stem(p.name)
+    if p.is_dir() and p.suffix.lower() != ZARR_IMAGE_SUFFIX:
+        return p.name
     name = p.name[: -len(p.suffix)] if p.suffix else p.name
     return name[:-4] if p.suffix.lower() == ZARR_IMAGE_SUFFIX and name.lower().endswith(".ome") else name
 
@@ -118,6 +126,12 @@ class _FolderItems(torch.utils.data.Dataset):
         try:
             arr = read_image(self.files[p], max_pixels=self.limit)
             if self.resize is not None:
+                if len(self.resize) != arr.ndim - 1:
+                    kind, need = ("volume", "D,H,W") if arr.ndim == 4 else ("2D image", "H,W")
+                    raise DataError(
+                        f"The image {self.files[p]} is a {kind}; resizing it needs {need}, "
+                        f"got {','.join(str(v) for v in self.resize)}."
+                    )
                 arr = _resize(arr, tuple(self.resize), order=1)
             if self.shape is not None and arr.shape != self.shape:
                 raise DataError(self._mismatch(self.files[p], arr.shape))
@@ -129,13 +143,20 @@ class _FolderItems(torch.utils.data.Dataset):
             return p, None, None, str(e)
 
     def _mismatch(self, path: Path, shape) -> str:
-        c, h, w = self.shape
+        if len(shape) != len(self.shape):
+            kinds = {3: "a 2D image", 4: "a volume"}
+            return (
+                f"The image {path} is {kinds.get(len(shape), 'an image')} but {self.first} is "
+                f"{kinds.get(len(self.shape), 'an image')}; a folder holds either 2D images or volumes."
+            )
+        c = self.shape[0]
         if shape[0] != c:
             return (
                 f"The image {path} has {shape[0]} channel(s) but {self.first} has {c}; convert them to one colour mode."
             )
+        have, want = ("x".join(str(v) for v in t[1:][::-1]) for t in (shape, self.shape))
         return (
-            f"The image {path} is {shape[2]}x{shape[1]} but {self.first} is {w}x{h}; "
+            f"The image {path} is {have} but {self.first} is {want}; "
             "pass a resize option to use images of different sizes."
         )
 
@@ -146,7 +167,8 @@ class _FolderItems(torch.utils.data.Dataset):
         if self.resize is not None:
             m = _resize(m[None].astype(np.float32), tuple(self.resize), order=0)[0] > 0.5
         if m.shape != tuple(hw):
-            raise DataError(f"The mask {path} is {m.shape[1]}x{m.shape[0]} but its image is {hw[1]}x{hw[0]}.")
+            have, want = ("x".join(str(v) for v in t[::-1]) for t in (m.shape, tuple(hw)))
+            raise DataError(f"The mask {path} is {have} but its image is {want}.")
         return m
 
 
@@ -227,6 +249,18 @@ class FolderSource(Source):
         if why is not None:
             raise DataError(why)
         self.shape = first.shape
+        self._affines: dict[int, np.ndarray] = {}
+
+    def affine(self, position: int) -> np.ndarray | None:
+        """The affine of a volume (header only; updated for ``resize``); None for 2D images."""
+        if len(self.shape) != 4:
+            return None
+        if position not in self._affines:
+            native, aff = volume_geometry(self.files[position])
+            if self.resize is not None:
+                aff = resized_affine(aff, native, tuple(self.resize))
+            self._affines[position] = aff
+        return self._affines[position]
 
     def _raw_batches(self, batch_size: int, positions: Sequence[int] | None) -> Iterator[Raw]:
         pos = np.arange(len(self)) if positions is None else np.asarray(positions, dtype=np.int64).reshape(-1)
@@ -250,9 +284,8 @@ class FolderSource(Source):
 
     def _assemble(self, items) -> Raw:
         """The decoded items of one batch, in order; a bad item holds zeros and its sentence."""
-        c, h, w = self.shape
-        x = np.zeros((len(items), c, h, w), np.float32)
-        masks = {k: np.zeros((len(items), len(v[0]), h, w), bool) for k, v in self.mask_files.items()}
+        x = np.zeros((len(items), *self.shape), np.float32)
+        masks = {k: np.zeros((len(items), len(v[0]), *self.shape[1:]), bool) for k, v in self.mask_files.items()}
         bad = {}
         for k, (p, arr, ms, why) in enumerate(items):
             if why is not None:

@@ -44,6 +44,7 @@ from PIL import Image
 
 from xaiscope.data.dataset import Dataset
 from xaiscope.data.summaries import Moments
+from xaiscope.data.volumes import is_volume_file, read_volume, resize_volume
 from xaiscope.errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
@@ -178,13 +179,17 @@ def _ome_zarr_array(path: Path, limit: int) -> np.ndarray:
 
 
 def read_image(path: str | Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3).
+    """Read one image as float32 ``[C, H, W]`` scaled to ``[0, 1]`` (C is 1 or 3), or one
+    volume (NIfTI, DICOM series folder, TIFF stack) as ``[C, D, H, W]``
+    (:func:`xaiscope.data.volumes.read_volume`, which also gives its affine).
 
-    Images with more than ``max_pixels`` pixels (default: the current limit, see
+    Images with more than ``max_pixels`` pixels (voxels) (default: the current limit, see
     :func:`max_image_pixels`) are refused before they are decoded.
     """
     path = Path(path)
     limit = _MAX_PIXELS.get() if max_pixels is None else int(max_pixels)
+    if is_volume_file(path):
+        return read_volume(path, limit)[0]
     if path.suffix.lower() == ".zarr":
         return _to_chw(_ome_zarr_array(path, limit), path)
     if path.suffix.lower() in {".tif", ".tiff"}:
@@ -226,7 +231,8 @@ def _to_chw(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a binary mask as bool ``[H, W]``; any value other than 0 and the maximum is an error."""
+    """Read a binary mask as bool ``[H, W]`` (``[D, H, W]`` from a volume file); any value
+    other than 0 and the maximum is an error."""
     path = Path(path)
     arr = read_image(path)
     if arr.shape[0] != 1:
@@ -238,9 +244,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr > 0
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int], order: int) -> np.ndarray:
+def _resize(arr: np.ndarray, size: tuple[int, ...], order: int) -> np.ndarray:
+    """``[C, H, W]`` or ``[H, W]`` resized to ``size`` (H, W); ``[C, D, H, W]`` to (D, H, W)."""
     from skimage.transform import resize as sk_resize
 
+    if len(size) == 3:
+        return resize_volume(arr, tuple(size), order)
     if arr.shape[-2:] == tuple(size):
         return arr
     out = sk_resize(

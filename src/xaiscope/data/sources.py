@@ -35,6 +35,7 @@ import torch
 
 from xaiscope.data.dataset import Dataset
 from xaiscope.data.hashing import array_hash
+from xaiscope.data.pixels import scale_pixels
 from xaiscope.data.readers import normalise_dataset
 from xaiscope.data.summaries import Fingerprint, Moments
 from xaiscope.errors import DataError
@@ -75,19 +76,6 @@ class Raw:
     extra_masks: dict[str, np.ndarray] = field(default_factory=dict)
     annotator_masks: np.ndarray | None = None
     bad: dict[int, str] = field(default_factory=dict)
-
-
-def scale_pixels(x: np.ndarray, where: str) -> np.ndarray:
-    """Pixels as float32: unsigned 8-bit / 255, 16-bit / 65535, bool as 0/1, floats as they are."""
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    if x.dtype == np.uint16:
-        return x.astype(np.float32) / 65535.0
-    if x.dtype == bool:
-        return x.astype(np.float32)
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-        raise DataError(f"The images in {where} have unsupported type {x.dtype}.")
-    return x.astype(np.float32)
 
 
 class Source:
@@ -140,6 +128,21 @@ class Source:
 
     def _read(self, positions: np.ndarray) -> Raw:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for images ``(C, H, W)``, 3 for volumes ``(C, D, H, W)``."""
+        return len(self.shape) - 1
+
+    def affine(self, position: int) -> np.ndarray | None:
+        """The voxel-to-world matrix (RAS, mm) of the volume at ``position`` as stored (see
+        :mod:`xaiscope.data.volumes`); None for 2D images and sources without geometry."""
+        return None
+
+    def affines_of(self, positions: Sequence[int]) -> np.ndarray | None:
+        """``[B, 4, 4]`` affines of ``positions``, or None when the source has none."""
+        found = [self.affine(int(p)) for p in positions]
+        return None if not found or any(a is None for a in found) else np.stack(found)
 
     # ------------------------------------------------------------ normalising
     def settle_normalisation(self) -> None:
@@ -275,6 +278,7 @@ def dataset_of(parts: list[Batch], src: "Source") -> Dataset:
         pixel_hashes=[h for b in parts for h in b.pixel_hashes],
         annotator_masks=cat(lambda b: b.annotator_masks),
         annotators=None if src.annotators is None else list(src.annotators),
+        affines=src.affines_of([int(i) for b in parts for i in b.index.tolist()]),
     )
 
 
@@ -293,6 +297,9 @@ class MemorySource(Source):
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         return x  # the dataset's pixels are already as the model sees them
+
+    def affine(self, position: int) -> np.ndarray | None:
+        return None if self.dataset.affines is None else self.dataset.affines[int(position)]
 
     def batches(self, batch_size: int, positions: Sequence[int] | None = None) -> Iterator[Batch]:
         ds = self.dataset
