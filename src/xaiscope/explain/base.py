@@ -78,6 +78,8 @@ class Explainer:
     library: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     stochastic: ClassVar[bool] = False
+    #: empty when the method explains volumes ``[N, C, D, H, W]`` too, else the reason it cannot
+    volumes_unsupported: ClassVar[str] = ""
     #: model passes per image as a function of the hyperparameters and input shape (C, H, W)
     passes_formula: ClassVar[str] = "1"
 
@@ -119,9 +121,15 @@ class Explainer:
         return int(self.hparams["batch_size"])
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Raw attributions ``[N, C, H, W]`` (float32, on ``x.device``) of ``model`` for targets ``y``."""
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise MethodError(f"{self.name} needs images [N, C, H, W]; got {getattr(x, 'shape', type(x).__name__)}.")
+        """Raw attributions ``[N, C, H, W]`` (``[N, C, D, H, W]`` for volumes; float32, on
+        ``x.device``) of ``model`` for targets ``y``."""
+        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+            raise MethodError(
+                f"{self.name} needs images [N, C, H, W] or volumes [N, C, D, H, W]; "
+                f"got {getattr(x, 'shape', type(x).__name__)}."
+            )
+        if x.dim() == 5 and self.volumes_unsupported:
+            raise MethodError(f"{self.name} explains 2D images only: {self.volumes_unsupported}")
         y = torch.as_tensor(y, device=x.device).long().view(-1)
         if y.shape[0] != x.shape[0]:
             raise MethodError(f"{self.name} got {x.shape[0]} images but {y.shape[0]} targets.")
@@ -133,7 +141,7 @@ class Explainer:
         if a.dim() == 3:
             a = a.unsqueeze(1)
         if a.shape[1] == 1 and x.shape[1] != 1:  # CAM-type maps: the same map on every channel
-            a = a.expand(-1, x.shape[1], -1, -1)
+            a = a.expand(-1, x.shape[1], *x.shape[2:])
         return a.detach().to(dtype=torch.float32, device=x.device).contiguous()
 
     def _seeded(self, device: torch.device):

@@ -4,9 +4,13 @@ The output relevance is the target logit (one-hot times the output), so with
 conserving rules the input relevance sums to ``f_y(x)`` (Bach et al. 2015,
 doi:10.1371/journal.pone.0130140; Montavon et al. 2019, doi:10.1007/978-3-030-28954-6_10).
 Batch norm is merged into the preceding linear layer by a canonizer: Zennit's
-ResNetCanonizer for torchvision ResNets, VGGCanonizer for torchvision VGGs and
-SequentialMergeBatchNorm otherwise; DenseNet gets none (no canonizer exists, so its
-relevance is only approximately conserved). One pass per image.
+ResNetCanonizer for torchvision ResNets, VGGCanonizer for torchvision VGGs, xaiscope's
+:class:`~xaiscope.explain.lrp_canonizers.VideoResNetCanonizer` for torchvision's 3D video
+ResNets (``r3d_18`` and kin) and SequentialMergeBatchNorm otherwise; DenseNets (torchvision's
+and MONAI's, 2D or 3D) get none (no canonizer exists, so their relevance is only
+approximately conserved). The rules apply to ``Conv3d``/``BatchNorm3d`` as to their 2D
+kin. A canonizer that fails half-way leaves the model's weights as they were. One pass per
+image.
 """
 
 from __future__ import annotations
@@ -21,19 +25,30 @@ from xaiscope.explain.chunking import per_chunk
 
 def canonizers_for(model: nn.Module) -> list:
     """The Zennit canonizers that fit ``model``."""
-    from torchvision.models import VGG, DenseNet, ResNet
+    from torchvision.models import VGG, ResNet
+    from torchvision.models.video import VideoResNet
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 
+    from xaiscope.explain.lrp_canonizers import VideoResNetCanonizer
+
     if isinstance(model, ResNet):
         return [ResNetCanonizer()]
+    if isinstance(model, VideoResNet):
+        return [VideoResNetCanonizer()]
     if isinstance(model, VGG):
         return [VGGCanonizer()]
-    if isinstance(model, DenseNet):
+    if is_densenet(model):
         return []  # no canonizer exists; batch norm before concatenation cannot be merged
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return [SequentialMergeBatchNorm()]
     return []
+
+
+def is_densenet(model: nn.Module) -> bool:
+    """A DenseNet (torchvision's or MONAI's, any number of spatial dims): pre-activation batch
+    norm after concatenation, which no canonizer merges."""
+    return any(c.__name__ == "DenseNet" for c in type(model).__mro__)
 
 
 _LRP_LAYERS = (
@@ -58,9 +73,7 @@ def supports_lrp(model: nn.Module) -> bool:
     (no canonizer exists for it). Models with other layers (attention, other activations)
     are not; nor are functional operations inside ``forward`` other than a torchvision
     ResNet's additions, which cannot be seen from the modules."""
-    from torchvision.models import DenseNet
-
-    if isinstance(model, DenseNet):
+    if is_densenet(model):
         return False
     leaves = [m for m in model.modules() if not list(m.children())]
     return bool(leaves) and all(isinstance(m, _LRP_LAYERS) for m in leaves)
@@ -93,6 +106,7 @@ class _ZennitExplainer(Explainer):
         if why is not None:
             raise MethodError(why)
         composite = self.composite(model, x)
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
         def run(xb, yb):
             def logit_relevance(out: torch.Tensor) -> torch.Tensor:
@@ -102,7 +116,11 @@ class _ZennitExplainer(Explainer):
                 _, attr = attributor(xb.detach(), logit_relevance)  # one forward and one backward
             return attr
 
-        return per_chunk(run, x, y, self.batch_size)
+        try:
+            return per_chunk(run, x, y, self.batch_size)
+        except Exception:
+            model.load_state_dict(saved)  # a canonizer that failed half-way must not leave merged weights
+            raise
 
 
 @register

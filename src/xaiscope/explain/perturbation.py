@@ -1,15 +1,21 @@
 """Perturbation methods, computed by Captum: occlusion, feature ablation, LIME, KernelSHAP.
 
 Pass counts per image: occlusion ``1 + windows`` where windows =
-``(floor((H - w)/s) + 1) * (floor((W - w)/s) + 1)``; feature_ablation ``1 + (H/p)(W/p)``
-patches; lime and kernel_shap ``n_samples``.
+``prod_axis (ceil((L_axis - w)/s) + 1)`` over the spatial axes (H, W; D, H, W for volumes:
+cubic windows; Captum adds a last, clipped window where the stride does not divide ``L - w``); feature_ablation ``1 + prod_axis ceil(L_axis / p)`` patches (cubes in 3D);
+lime and kernel_shap ``n_samples``.
 LIME and KernelSHAP work on SLIC superpixels (Achanta et al. 2012) whose number and
-compactness are hyperparameters.
+compactness are hyperparameters; on volumes SLIC makes supervoxels (``channel_axis=None``
+for one channel), with the voxel spacing set by :func:`voxel_spacing` (the jobs set it from
+the volumes' affines) so compactness is measured in millimetres, not voxels.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import Iterator, Sequence
 
 import captum.attr as ca
 import numpy as np
@@ -22,7 +28,21 @@ from xaiscope.explain.references import REFERENCES, reference
 
 
 def _windows(size: int, window: int, stride: int) -> int:
-    return max(0, (size - window) // stride) + 1
+    return max(0, -(-(size - window) // stride)) + 1
+
+
+_SPACING: contextvars.ContextVar[tuple[float, ...] | None] = contextvars.ContextVar("voxel_spacing", default=None)
+
+
+@contextlib.contextmanager
+def voxel_spacing(spacing: Sequence[float] | None) -> Iterator[None]:
+    """Within the block, supervoxels of volumes use voxel size ``spacing`` ``(dz, dy, dx)`` in mm
+    (None: isotropic unit voxels)."""
+    token = _SPACING.set(None if spacing is None else tuple(float(v) for v in spacing))
+    try:
+        yield
+    finally:
+        _SPACING.reset(token)
 
 
 @register
@@ -40,22 +60,23 @@ class OcclusionExplainer(Explainer):
     def _passes(self, shape):
         if shape is None:
             return float("nan")
-        _, hh, ww = shape
         w, s = self.hparams["window"], self.hparams["stride"]
-        return 1 + _windows(hh, w, s) * _windows(ww, w, s)
+        return 1 + math.prod(_windows(n, w, s) for n in shape[1:])
 
     def _attribute(self, model, x, y):
         h = self.hparams
-        if h["window"] > min(x.shape[-2:]):
-            raise MethodError(f"occlusion window {h['window']} is larger than the image ({x.shape[-2]}x{x.shape[-1]}).")
+        spatial = tuple(x.shape[2:])
+        if h["window"] > min(spatial):
+            size = "x".join(str(n) for n in spatial)
+            raise MethodError(f"occlusion window {h['window']} is larger than the image ({size}).")
         occ = ca.Occlusion(model)
         images = max(1, min(x.shape[0], self.batch_size))
 
         def run(xb, yb):
             return occ.attribute(
                 xb,
-                sliding_window_shapes=(xb.shape[1], h["window"], h["window"]),
-                strides=(xb.shape[1], h["stride"], h["stride"]),
+                sliding_window_shapes=(xb.shape[1], *[h["window"]] * len(spatial)),
+                strides=(xb.shape[1], *[h["stride"]] * len(spatial)),
                 baselines=reference(xb, h["baseline"]),
                 target=yb,
                 perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
@@ -64,11 +85,12 @@ class OcclusionExplainer(Explainer):
         return per_chunk(run, x, y, images)
 
 
-def patch_mask(h: int, w: int, patch: int, device) -> torch.Tensor:
-    """Feature ids ``[1, 1, H, W]`` of a grid of ``patch x patch`` squares."""
-    rows = torch.arange(h, device=device) // patch
-    cols = torch.arange(w, device=device) // patch
-    return (rows[:, None] * math.ceil(w / patch) + cols[None, :]).view(1, 1, h, w)
+def patch_mask(spatial: Sequence[int], patch: int, device) -> torch.Tensor:
+    """Feature ids ``[1, 1, *spatial]`` of a grid of ``patch``-sided squares (cubes in 3D), row-major."""
+    ids = torch.zeros((), dtype=torch.long, device=device)
+    for n in spatial:
+        ids = ids[..., None] * math.ceil(n / patch) + (torch.arange(n, device=device) // patch)
+    return ids.view(1, 1, *spatial)
 
 
 @register
@@ -84,21 +106,20 @@ class FeatureAblationExplainer(Explainer):
     def _passes(self, shape):
         if shape is None:
             return float("nan")
-        _, hh, ww = shape
         p = self.hparams["patch"]
-        return 1 + math.ceil(hh / p) * math.ceil(ww / p)
+        return 1 + math.prod(math.ceil(n / p) for n in shape[1:])
 
     def _attribute(self, model, x, y):
         h = self.hparams
         fa = ca.FeatureAblation(model)
-        mask = patch_mask(x.shape[2], x.shape[3], h["patch"], x.device)
+        mask = patch_mask(x.shape[2:], h["patch"], x.device)
 
         def run(xb, yb):
             return fa.attribute(
                 xb,
                 baselines=reference(xb, h["baseline"]),
                 target=yb,
-                feature_mask=mask.expand(xb.shape[0], xb.shape[1], -1, -1),
+                feature_mask=mask.expand(xb.shape[0], xb.shape[1], *xb.shape[2:]),
                 perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
             )
 
@@ -106,27 +127,32 @@ class FeatureAblationExplainer(Explainer):
 
 
 def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.Tensor:
-    """SLIC superpixel ids ``[1, C, H, W]`` (long) for one image ``[1, C, H, W]``.
+    """SLIC superpixel ids ``[1, C, H, W]`` (supervoxel ids ``[1, C, D, H, W]``; long) for one
+    image ``[1, C, *spatial]``.
 
     The image is min-max scaled to [0, 1] first, so ``compactness`` means the same for
-    normalised and raw data. A flat image (one superpixel) falls back to a 4 x 4 grid."""
+    normalised and raw data. Volumes use the voxel spacing of :func:`voxel_spacing`. A flat
+    image (one superpixel) falls back to a grid of 4 cells per side."""
     from skimage.segmentation import slic
 
-    img = x[0].detach().cpu().numpy().transpose(1, 2, 0)
+    spatial = tuple(x.shape[2:])
+    img = np.moveaxis(x[0].detach().cpu().numpy(), 0, -1)
     lo, hi = img.min(), img.max()
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-    gray = img.shape[2] == 1
+    gray = img.shape[-1] == 1
+    spacing = _SPACING.get() if len(spatial) == 3 else None
     seg = slic(
         img[..., 0] if gray else img,
         n_segments=n_segments,
         compactness=compactness,
         start_label=0,
         channel_axis=None if gray else -1,
+        spacing=None if spacing is None else np.asarray(spacing, dtype=np.float64),
     )
-    seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device).view(1, 1, *img.shape[:2])
-    if int(seg.max()) < 1:  # a flat image gives one superpixel; a 4x4 grid keeps the surrogate defined
-        seg = patch_mask(x.shape[2], x.shape[3], max(1, min(x.shape[2:]) // 4), x.device)
-    return seg.expand(1, x.shape[1], -1, -1)
+    seg = torch.from_numpy(np.asarray(seg, dtype=np.int64)).to(x.device).view(1, 1, *spatial)
+    if int(seg.max()) < 1:  # a flat image gives one superpixel; a grid keeps the surrogate defined
+        seg = patch_mask(spatial, max(1, min(spatial) // 4), x.device)
+    return seg.expand(1, x.shape[1], *spatial)
 
 
 class _SurrogateExplainer(Explainer):

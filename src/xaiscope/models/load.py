@@ -7,6 +7,14 @@ Spec forms
 ``torchvision:resnet18``
     A torchvision architecture with random weights, ``num_classes`` outputs and its
     first convolution adapted to ``in_channels``.
+``torchvision:r3d_18``
+    torchvision's video ResNets (``r3d_18``, ``mc3_18``, ``r2plus1d_18``) take volumes
+    ``[N, C, D, H, W]``; their stem is adapted to ``in_channels`` the same way.
+``monai:DenseNet121`` or ``monai:NAME,key=value,...``
+    A MONAI network (``pip install 'xaiscope[monai]'``) with random weights, built with
+    ``spatial_dims`` (2 for images, 3 for volumes), ``in_channels`` and ``out_channels``
+    (the number of classes) from the data unless given; other keyword arguments as Python
+    literals (``monai:DenseNet121,dropout_prob=0.2``).
 ``timm:vit_tiny_patch16_224`` or ``timm:NAME,key=value,...``
     A timm architecture (``pip install timm``) with random weights, ``in_chans`` and
     ``num_classes`` from the data unless given (e.g. ``timm:vit_tiny_patch16_224,img_size=64,patch_size=8``);
@@ -91,12 +99,12 @@ def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
 
 
 def _adapt_in_channels(model: nn.Module, in_channels: int) -> nn.Module:
-    """Replace the first Conv2d so the model takes ``in_channels`` channels."""
+    """Replace the first convolution (2D or 3D) so the model takes ``in_channels`` channels."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
             if module.in_channels == in_channels:
                 return model
-            new = nn.Conv2d(
+            new = type(module)(
                 in_channels,
                 module.out_channels,
                 module.kernel_size,
@@ -122,25 +130,33 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     return _adapt_in_channels(model, in_channels)
 
 
-def _timm(spec: str, num_classes: int, in_channels: int) -> nn.Module:
-    """``timm:NAME`` or ``timm:NAME,key=value,...`` (values as Python literals, e.g.
-    ``timm:vit_tiny_patch16_224,img_size=64,patch_size=8``): the architecture with random
-    weights (nothing is downloaded), ``in_chans`` and ``num_classes`` from the data unless
-    given."""
+def _spec_kwargs(spec: str, defaults: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(NAME, kwargs)`` of ``prefix:NAME,key=value,...``: ``defaults`` updated by the pairs
+    (values as Python literals)."""
     import ast
 
     name, *pairs = [p.strip() for p in spec.split(":", 1)[1].split(",")]
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_channels}
+    kwargs = dict(defaults)
+    prefix = spec.split(":", 1)[0]
     for pair in pairs:
         key, eq, text = pair.partition("=")
         if not eq or not key.strip().isidentifier():
-            raise ModelError(f"The model spec {spec!r} has {pair!r}; write timm:NAME,key=value,... .")
+            raise ModelError(f"The model spec {spec!r} has {pair!r}; write {prefix}:NAME,key=value,... .")
         try:
             kwargs[key.strip()] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError):
             raise ModelError(
                 f"The model spec {spec!r} gives {key.strip()} the value {text.strip()!r}, not a Python literal."
             ) from None
+    return name, kwargs
+
+
+def _timm(spec: str, num_classes: int, in_channels: int) -> nn.Module:
+    """``timm:NAME`` or ``timm:NAME,key=value,...`` (values as Python literals, e.g.
+    ``timm:vit_tiny_patch16_224,img_size=64,patch_size=8``): the architecture with random
+    weights (nothing is downloaded), ``in_chans`` and ``num_classes`` from the data unless
+    given."""
+    name, kwargs = _spec_kwargs(spec, {"num_classes": num_classes, "in_chans": in_channels})
     try:
         import timm
     except ImportError:
@@ -151,6 +167,26 @@ def _timm(spec: str, num_classes: int, in_channels: int) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as e:
         raise ModelError(f"timm cannot build {name!r} with {kwargs}: {e}.") from None
+
+
+def _monai(spec: str, num_classes: int, in_channels: int, spatial_dims: int) -> nn.Module:
+    """``monai:NAME`` or ``monai:NAME,key=value,...``: ``monai.networks.nets.NAME`` with random
+    weights, ``spatial_dims``, ``in_channels`` and ``out_channels`` from the data unless given."""
+    name, kwargs = _spec_kwargs(
+        spec, {"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": num_classes}
+    )
+    try:
+        from monai.networks import nets
+    except ImportError:
+        raise ModelError(f"The model spec {spec!r} needs MONAI; install it with: pip install monai.") from None
+    names = [n for n in dir(nets) if n[:1].isupper() and isinstance(getattr(nets, n), type)]
+    cls = getattr(nets, name, None)
+    if name not in names or not issubclass(cls, nn.Module):
+        raise ModelError(f"MONAI has no network named {name!r}{did_you_mean(name, names)}.")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ModelError(f"MONAI cannot build {name!r} with {kwargs}: {str(e) or type(e).__name__}.") from None
 
 
 def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -221,7 +257,7 @@ def is_file_spec(spec: str) -> bool:
 
 def random_weights(spec: str, weights: str | Path | None = None) -> bool:
     """True when loading ``spec`` draws random initial weights that no file replaces
-    (a zoo, ``torchvision:NAME`` or factory spec without ``weights``)."""
+    (a zoo, ``torchvision:NAME``, ``timm:NAME``, ``monai:NAME`` or factory spec without ``weights``)."""
     return weights is None and not is_file_spec(spec)
 
 
@@ -248,9 +284,13 @@ def load(
     in_channels: int = 1,
     trust_model: bool = False,
     seed: int = 0,
+    spatial_dims: int = 2,
     **kwargs: Any,
 ) -> nn.Module:
     """Load a model from ``spec`` (see the module docstring) in eval mode on the CPU.
+
+    ``spatial_dims`` (2 for images, 3 for volumes) is given to specs that build for either
+    (``monai:NAME``).
 
     ``seed`` fixes the random initial weights of zoo, ``torchvision:NAME`` and factory
     specs (the global random state is untouched); weights read from a file do not
@@ -270,6 +310,9 @@ def load(
     elif spec.startswith("timm:"):
         with seeded(seed):
             model = _timm(spec, num_classes, in_channels)
+    elif spec.startswith("monai:"):
+        with seeded(seed):
+            model = _monai(spec, num_classes, in_channels, spatial_dims)
     elif spec.startswith("zoo:") or spec in zoo.ZOO:
         with seeded(seed):
             model = zoo.build(spec.split(":", 1)[-1], in_channels=in_channels, num_classes=num_classes, **kwargs)
@@ -279,7 +322,7 @@ def load(
     else:
         raise ModelError(
             f"The model spec {spec!r} is not a file, a zoo name ({', '.join(zoo.ZOO)}), "
-            "'torchvision:NAME', 'timm:NAME' or 'package.module:factory'."
+            "'torchvision:NAME', 'timm:NAME', 'monai:NAME' or 'package.module:factory'."
         )
     if weights is not None:
         model = _load_state_dict(model, weights)

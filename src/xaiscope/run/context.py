@@ -68,6 +68,7 @@ class RunContext:
                 m.weights,
                 num_classes=max(2, src.num_classes),
                 in_channels=src.shape[0],
+                spatial_dims=len(src.shape) - 1,
                 trust_model=m.trust_model,
                 seed=seed,
             )

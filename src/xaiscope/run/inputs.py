@@ -127,6 +127,7 @@ def open_model_for(
         weights,
         num_classes=max(2, src.num_classes),
         in_channels=src.shape[0],
+        spatial_dims=len(src.shape) - 1,
         trust_model=trust_model,
         seed=model_seed(seed, model_spec) if init_seed is None else init_seed,
     )
