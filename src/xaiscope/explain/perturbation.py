@@ -2,8 +2,9 @@
 
 Pass counts per image: occlusion ``1 + windows`` where windows =
 ``prod_axis (ceil((L_axis - w)/s) + 1)`` over the spatial axes (H, W; D, H, W for volumes:
-cubic windows; Captum adds a last, clipped window where the stride does not divide ``L - w``); feature_ablation ``1 + prod_axis ceil(L_axis / p)`` patches (cubes in 3D);
-lime and kernel_shap ``n_samples``.
+cubic windows; Captum adds a last, clipped window where the stride does not divide
+``L - w``); feature_ablation ``1 + prod_axis ceil(L_axis / p)`` patches (cubes in 3D); lime
+and kernel_shap ``n_samples``.
 LIME and KernelSHAP work on SLIC superpixels (Achanta et al. 2012) whose number and
 compactness are hyperparameters; on volumes SLIC makes supervoxels (``channel_axis=None``
 for one channel), with the voxel spacing set by :func:`voxel_spacing` (the jobs set it from
