@@ -78,3 +78,17 @@ def crash_once() -> nn.Module:
 def seeded_cnn() -> nn.Module:
     torch.manual_seed(0)
     return build("small_cnn", width=4)
+
+
+def conv3d(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
+    """A tiny volume classifier: Conv3d-ReLU-MaxPool3d-Conv3d-ReLU, global average pooling, linear."""
+    return nn.Sequential(
+        nn.Conv3d(in_channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool3d(2),
+        nn.Conv3d(4, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )

@@ -6,6 +6,9 @@ in memory; ``zarr`` writes ``attributions.zarr`` (one array ``<method>`` ``[N, C
 method, chunked by image, and ``ids``, ``targets``, ``labels``), one step of images at a time,
 so memory does not grow with the number of images; ``auto`` (default) takes ``npz`` when all
 methods' attributions fit :data:`NPZ_BUDGET` and ``zarr`` beyond, and says which it chose.
+Volumes are ``[N, C, D, H, W]``; volumes read with an affine (NIfTI, DICOM) also get every
+map (channels summed) as ``nifti/<method>/<id>.nii.gz`` carrying the input's affine, so it
+opens aligned with the scan in any viewer.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import torch
 
 from xaiscope import explain
 from xaiscope.errors import ConfigError
-from xaiscope.io import ensure_dir, safe_name, write_npz
+from xaiscope.io import ensure_dir, safe_name, write_bytes, write_npz
 from xaiscope.run.inputs import (
     ModelAndImages,
     applicable_explainers,
     build_explainers,
     choose_targets,
     open_model_and_source,
+    spacing_of,
 )
 
 #: bytes of attributions (all methods) up to which ``--format auto`` writes ``.npz`` files
@@ -132,13 +136,17 @@ def run_explain(
         t = choose_targets(net, x, to_device(b.y, dev), what.target, batch_size)
         return t.cpu(), [ex(net, x, t).cpu() for ex in explainers]
 
-    with ImageProgress(console, len(src), "explaining") as progress:
+    spacing = spacing_of(src)
+    with ImageProgress(console, len(src), "explaining") as progress, explain.voxel_spacing(spacing):
         for b, (t, maps) in each_step(src.batches(images_per_step), step):
             keep = min(len(b), max(0, overlays - len(shown)))
+            affines = src.affines_of(b.index.tolist()) if spacing is not None else None
             for ex, sink, a in zip(explainers, sinks, maps):
                 sink.add(a)
                 if keep:
-                    _overlays(save_overlay, out, ex.name, b.x[:keep], b.ids[:keep], a[:keep])
+                    _overlays(save_overlay, out, ex.name, b.x[:keep], b.ids[:keep], a[:keep], b.masks)
+                if affines is not None:
+                    _nifti_maps(out, ex.name, b.ids, a, affines)
             shown += b.ids[:keep]
             ids += b.ids
             targets.append(t.numpy())
@@ -159,7 +167,23 @@ def run_explain(
     return written
 
 
-def _overlays(save_overlay, out: Path, method: str, x, ids, a) -> None:
+def _overlays(save_overlay, out: Path, method: str, x, ids, a, masks=None) -> None:
     maps = explain.postprocess(a, pool="sum", normalise="max")
     for i, id_ in enumerate(ids):
-        save_overlay(x[i], maps[i], out / "overlays" / method / f"{safe_name(id_)}.png", title=f"{method}: {id_}")
+        save_overlay(
+            x[i],
+            maps[i],
+            out / "overlays" / method / f"{safe_name(id_)}.png",
+            title=f"{method}: {id_}",
+            mask=None if masks is None else masks[i],
+        )
+
+
+def _nifti_maps(out: Path, method: str, ids, a: torch.Tensor, affines: np.ndarray) -> None:
+    """Each volume's map (channels summed, unnormalised) as ``nifti/<method>/<id>.nii.gz``."""
+    from xaiscope.data.volumes import write_nifti
+
+    maps = explain.pool(a, "sum").numpy()
+    for i, id_ in enumerate(ids):
+        path = out / "nifti" / method / f"{safe_name(id_)}.nii.gz"
+        write_bytes(path, write_nifti(path, maps[i], affines[i]))

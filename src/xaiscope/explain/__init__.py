@@ -9,6 +9,7 @@
 
 from xaiscope.explain import gradient, cam, cam_family, lrp, perturbation, baselines, attention  # noqa: F401,I001  (registration order)
 from xaiscope.explain.base import Explainer, Param, applicable, expand, get, get_class, groups, names
+from xaiscope.explain.perturbation import voxel_spacing
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS, normalise, pool, postprocess
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "normalise",
     "pool",
     "postprocess",
+    "voxel_spacing",
 ]

@@ -1,4 +1,5 @@
-"""Turn raw attributions ``[N, C, H, W]`` into maps ``[N, H, W]``.
+"""Turn raw attributions ``[N, C, H, W]`` into maps ``[N, H, W]`` (volumes: ``[N, C, D, H, W]``
+into ``[N, D, H, W]``).
 
 Display choices never change stored data: raw attributions are kept and these
 functions make new tensors.
@@ -27,12 +28,19 @@ POOLS = ("sum", "mean", "max_abs", "l2", "pos_sum")
 NORMALISATIONS = ("none", "max", "dataset_max", "p99", "dataset_p99", "sum_to_one")
 
 
-def pool(a: torch.Tensor, how: str = "sum") -> torch.Tensor:
-    """Pool channels of ``[N, C, H, W]`` into ``[N, H, W]``."""
-    if a.dim() == 3:
+def pool(a: torch.Tensor, how: str = "sum", spatial_dims: int | None = None) -> torch.Tensor:
+    """Pool channels of raw attributions ``[N, C, *spatial]`` into maps ``[N, *spatial]``; maps
+    pass through. Without ``spatial_dims``, a 3-D tensor is a 2D map, a 4-D one raw 2D
+    attributions and a 5-D one raw volume attributions; a volume map ``[N, D, H, W]`` needs
+    ``spatial_dims=3`` to be told from raw 2D attributions."""
+    if spatial_dims is None:
+        spatial_dims = 3 if a.dim() == 5 else 2
+    if a.dim() == spatial_dims + 1:
         return a
-    if a.dim() != 4:
-        raise MethodError(f"Attributions must be [N, C, H, W]; got shape {list(a.shape)}.")
+    if a.dim() != spatial_dims + 2:
+        raise MethodError(
+            f"Attributions must be [N, C, H, W] or [N, C, D, H, W] (maps one dim less); got shape {list(a.shape)}."
+        )
     if how == "sum":
         return a.sum(dim=1)
     if how == "mean":
@@ -60,7 +68,7 @@ def _quantile(v: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def normalise(m: torch.Tensor, how: str = "none") -> torch.Tensor:
-    """Normalise maps ``[N, H, W]`` (see the module docstring)."""
+    """Normalise maps ``[N, *spatial]`` (see the module docstring)."""
     mag = m.abs().flatten(1)
     if how == "none":
         return m.clone()
@@ -77,10 +85,13 @@ def normalise(m: torch.Tensor, how: str = "none") -> torch.Tensor:
     raise MethodError(f"Unknown normalisation {how!r}; choose one of {', '.join(NORMALISATIONS)}.")
 
 
-def postprocess(a: torch.Tensor, pool: str = "sum", normalise: str = "none", signed: bool = False) -> torch.Tensor:
-    """Maps ``[N, H, W]`` from raw attributions: pool channels, take ``|.|`` unless signed, normalise."""
-    m = globals()["pool"](a, pool)
-    if m.shape[-2] * m.shape[-1] == 0:
+def postprocess(
+    a: torch.Tensor, pool: str = "sum", normalise: str = "none", signed: bool = False, spatial_dims: int | None = None
+) -> torch.Tensor:
+    """Maps ``[N, *spatial]`` from raw attributions: pool channels, take ``|.|`` unless signed,
+    normalise (``spatial_dims`` as in :func:`pool`)."""
+    m = globals()["pool"](a, pool, spatial_dims)
+    if m.shape[1:].numel() == 0:
         raise MethodError(f"Attributions of shape {list(a.shape)} have no pixels; there is nothing to post-process.")
     if m.shape[0] == 0:  # no images (e.g. no overlays asked for)
         return m.clone()

@@ -78,6 +78,19 @@ def open_source(
     )
 
 
+def spacing_of(src: xdata.Source) -> tuple[float, float, float] | None:
+    """Voxel size ``(dd, dh, dw)`` in mm of a source of volumes, from its first volume's affine
+    (the lengths of the affine's columns); None for 2D images and volumes without geometry."""
+    if len(src.shape) != 4 or not len(src):
+        return None
+    aff = src.affine(0)
+    if aff is None:
+        return None
+    import numpy as np
+
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(aff)[:3, :3], axis=0))
+
+
 def open_data(
     path: str | Path, *, model_spec: str | None = None, resize=None, normalise=None, masks: str = "auto"
 ) -> xdata.Dataset:
