@@ -57,3 +57,30 @@ def test_explain_on_nifti_volumes_writes_aligned_nifti_maps(tmp_path, capsys):
         raw = nib.load(str(written))
         assert np.allclose(raw.affine, aff) and raw.header.get_xyzt_units()[0] in ("unknown", "mm")
     assert (out / "overlays" / "saliency" / "a_a0.png").is_file()
+
+
+def test_resize_resamples_volumes_and_their_affines(tmp_path, capsys):
+    data = nifti_folder(tmp_path / "data", n=1)
+    out = tmp_path / "out"
+    r = run_cli(
+        capsys, "explain", "--model", "fixture_models:conv3d", "--data", data, "--methods", "saliency",
+        "--out", out, "--resize", "4,6,5", "--overlays", "0",
+    )  # fmt: skip
+    assert r.code == 0, r.out
+    assert np.load(out / "saliency.npz")["attributions"].shape == (2, 1, 4, 6, 5)
+    native_shape, native_aff = volumes.volume_geometry(data / "a" / "a0.nii.gz")
+    _, aff = volumes.read_volume(out / "nifti" / "saliency" / "a_a0.nii.gz", 10**9)
+    assert np.allclose(aff, volumes.resized_affine(native_aff, native_shape, (4, 6, 5)))
+
+
+def test_bad_resize_values_are_one_sentence(tmp_path, capsys):
+    from cli_helpers import assert_user_error
+
+    data = nifti_folder(tmp_path / "data", n=1)
+    for bad in ("4,5,6,7", "0,4,4", "a,b"):
+        r = run_cli(capsys, "explain", "--model", "fixture_models:conv3d", "--data", data, "--out", tmp_path / "o",
+                    "--resize", bad)  # fmt: skip
+        assert_user_error(r, r"--resize must be H,W or D,H,W with whole numbers >= 1")
+    r = run_cli(capsys, "explain", "--model", "fixture_models:conv3d", "--data", data, "--out", tmp_path / "o",
+                "--resize", "8,8")  # fmt: skip
+    assert_user_error(r, r"is a volume; resizing it needs D,H,W, got 8,8")

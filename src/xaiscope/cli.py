@@ -58,6 +58,11 @@ SPLIT = typer.Option(None, help="The split of a MedMNIST .npz file: train, val o
 X_KEY = typer.Option("x", help="Name of the images' array in an HDF5, Zarr or NPZ file.")
 Y_KEY = typer.Option("y", help="Name of the labels' array in an HDF5, Zarr or NPZ file.")
 MASK_KEY = typer.Option("masks", help="Name of the masks' array in an HDF5, Zarr or NPZ file.")
+RESIZE = typer.Option(
+    None,
+    help="H,W (images) or D,H,W (volumes): resample a folder's images (linear) and masks (nearest); "
+    "a volume's affine follows.",
+)
 IMAGES_PER_STEP = typer.Option(256, min=1, help="Images read from disk and scored together (memory per step).")
 
 
@@ -126,14 +131,27 @@ def parse_target(target: str) -> str | int:
         raise ConfigError(f"--target must be 'true', 'pred' or a class index, got {target!r}.") from None
 
 
+def parse_resize(text: str | None) -> tuple[int, ...] | None:
+    """``--resize H,W`` or ``D,H,W`` as a tuple of whole numbers >= 1 (None when not given)."""
+    if not text:
+        return None
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise ConfigError(f"--resize must be H,W or D,H,W with whole numbers >= 1; got {text!r}.")
+    return size
+
+
 def data_options(options: dict[str, Any]):
     """How a command reads its data, from its parsed options (``--workers``,
-    ``--on-bad-image``, ``--split``, ``--x-key``, ``--y-key``, ``--mask-key``; those it lacks
-    keep their defaults)."""
+    ``--on-bad-image``, ``--split``, ``--x-key``, ``--y-key``, ``--mask-key``, ``--resize``;
+    those it lacks keep their defaults)."""
     from xaiscope.run.inputs import DataOptions
 
     keys = ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key")
-    return DataOptions(**{k: options[k] for k in keys if k in options})
+    return DataOptions(**{k: options[k] for k in keys if k in options}, resize=parse_resize(options.get("resize")))
 
 
 def model_and_images(options: dict[str, Any]):
@@ -202,6 +220,7 @@ def explain_cmd(
     x_key: str = X_KEY,
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
+    resize: Optional[str] = RESIZE,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Compute raw attributions per method; write them (.npz per method or one Zarr store) and PNG overlays."""
@@ -227,7 +246,7 @@ def convert_cmd(
     data: Path = typer.Argument(..., help="Any data xaiscope reads: image folder, .h5, .zarr, .npz, MedMNIST .npz."),
     out: Path = typer.Argument(..., help="The Zarr store to write (ends in .zarr)."),
     dtype: str = typer.Option("auto", help="uint8 (8-bit pixels), float32, or auto (uint8 when the pixels are 8-bit)."),
-    resize: Optional[str] = typer.Option(None, help="H,W: resize the images of a folder while converting."),
+    resize: Optional[str] = RESIZE,
     masks: str = typer.Option("auto", help="Masks of a folder: auto, required or none."),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
     workers: int = WORKERS,
@@ -242,14 +261,8 @@ def convert_cmd(
     from xaiscope import data as xdata
     from xaiscope.commands.convert_job import convert
 
-    size = None
-    if resize:
-        try:
-            size = tuple(int(v) for v in resize.split(","))
-            assert len(size) == 2 and min(size) >= 1
-        except (ValueError, AssertionError):
-            raise ConfigError(f"--resize must be H,W with two whole numbers >= 1; got {resize!r}.") from None
-    src = xdata.open_source(data, resize=size, masks=masks, **data_options(locals()).source_kwargs())
+    options = data_options(locals())
+    src = xdata.open_source(data, resize=options.resize, masks=masks, **options.source_kwargs())
     path = convert(src, out, dtype=dtype, images_per_step=images_per_step, console=console)
     skipped = (
         f"; left out {len(src.skipped)} unreadable image(s): {', '.join(sorted(src.skipped))}" if src.skipped else ""
@@ -287,6 +300,7 @@ def global_cmd(
     x_key: str = X_KEY,
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
+    resize: Optional[str] = RESIZE,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
@@ -610,6 +624,7 @@ def variability_cmd(
     x_key: str = X_KEY,
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
+    resize: Optional[str] = RESIZE,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
@@ -685,6 +700,7 @@ def evaluate_cmd(
     x_key: str = X_KEY,
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
+    resize: Optional[str] = RESIZE,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric.

@@ -47,10 +47,13 @@ class DataOptions:
     x_key: str = "x"
     y_key: str = "y"
     mask_key: str = "masks"
+    #: (H, W) or (D, H, W) a folder's images are resampled to (None: as they are)
+    resize: tuple[int, ...] | None = None
 
     def source_kwargs(self) -> dict[str, Any]:
-        """These options as keyword arguments of :func:`xaiscope.data.open_source`."""
-        return dict(self.__dict__)
+        """These options (but ``resize``, passed on its own) as keyword arguments of
+        :func:`xaiscope.data.open_source`."""
+        return {k: v for k, v in self.__dict__.items() if k != "resize"}
 
 
 def open_source(
@@ -70,6 +73,7 @@ def open_source(
         normalise = (norm["mean"], norm["std"])
     is_path = isinstance(data, (str, Path))
     is_folder = is_path and Path(data).suffix.lower() not in xdata.ARRAY_SUFFIXES
+    resize = resize if resize is not None else options.resize
     if info is not None and resize is None and info.get("input_size") and is_folder:
         resize = tuple(info["input_size"][1:])
     classes = info.get("classes") if info is not None and is_folder else None
