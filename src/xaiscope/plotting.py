@@ -79,17 +79,21 @@ def save_overlay(
     return save_figure(fig, path)
 
 
-def volume_views(image: torch.Tensor, heat: torch.Tensor, mask: torch.Tensor | None = None) -> list[tuple]:
+def volume_views(
+    image: torch.Tensor, heat: torch.Tensor, mask: torch.Tensor | None = None, at: tuple[int, int, int] | None = None
+) -> list[tuple]:
     """The views of a volume map: ``(name, image [C, h, w], heat [h, w], mask [h, w] or None)``
-    for the axial, coronal and sagittal slices through the map's maximum and the
-    maximum-intensity projection along D (of the image and of the map).
+    for the axial, coronal and sagittal slices through the map's maximum (or through voxel
+    ``at``) and the maximum-intensity projection along D (of the image and of the map).
 
     Axes are the stored ``(D, H, W)`` = (inferior->superior, posterior->anterior,
     left->right) of :mod:`xaiscope.data.volumes`; slices are drawn with the origin at the
     bottom left, so superior and anterior point up."""
     h = heat.detach().cpu().float()
     finite = torch.nan_to_num(h, nan=float("-inf"))
-    d, r, c = (int(v) for v in np.unravel_index(int(finite.argmax()), tuple(h.shape)))
+    if at is None:
+        at = tuple(int(v) for v in np.unravel_index(int(finite.argmax()), tuple(h.shape)))
+    d, r, c = at
     m = None if mask is None else mask.detach().cpu().bool()
 
     def cut(index):

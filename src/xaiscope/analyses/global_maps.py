@@ -3,7 +3,7 @@
 Only meaningful when every pixel position is the same place on the imaged object
 (retina, registered MRI, the ``--aligned`` benchmark).
 
-Per image ``i`` a pooled map ``a_i`` ``[H, W]`` is turned into ``m_i``:
+Per image ``i`` a pooled map ``a_i`` ``[H, W]`` (``[D, H, W]`` for volumes) is turned into ``m_i``:
 ``|a_i|`` unless ``signed=True``, then normalised (``sum_to_one`` by default: divide by
 ``sum |a_i|`` so each image weighs the same; ``max`` and ``none`` optional; all-zero
 maps stay zero). For label ``l`` with image set ``I_l`` (true labels by default, the
@@ -61,15 +61,23 @@ class GlobalMaps:
         return float((g * region.to(g.device, g.dtype)).sum() / total) if total > 0 else float("nan")
 
 
-def per_image_maps(maps: torch.Tensor, *, normalise: str = "sum_to_one", signed: bool = False) -> torch.Tensor:
-    """``m_i``: pool channels (sum) when ``[N, C, H, W]``, ``|.|`` unless signed, then normalise."""
+def per_image_maps(
+    maps: torch.Tensor, *, normalise: str = "sum_to_one", signed: bool = False, spatial_dims: int | None = None
+) -> torch.Tensor:
+    """``m_i``: pool channels (sum) when raw ``[N, C, *spatial]``, ``|.|`` unless signed, then
+    normalise. ``spatial_dims`` 2 or 3 (None: 3 for a 5-D tensor, else 2), so a volume map
+    ``[N, D, H, W]`` is told from raw 2D attributions."""
     if normalise not in GLOBAL_NORMALISATIONS:
         raise ConfigError(
             f"Unknown normalisation {normalise!r} for global maps; choose one of {', '.join(GLOBAL_NORMALISATIONS)}."
         )
-    if maps.dim() not in (3, 4):
-        raise DataError(f"Maps must be [N, H, W] or [N, C, H, W]; got shape {list(maps.shape)}.")
-    m = _pool(maps.float(), "sum") if maps.dim() == 4 else maps.float()
+    dims = spatial_dims if spatial_dims is not None else (3 if maps.dim() == 5 else 2)
+    if maps.dim() not in (dims + 1, dims + 2):
+        raise DataError(
+            f"Maps must be [N, H, W] or [N, C, H, W] (volumes [N, D, H, W] or [N, C, D, H, W]); "
+            f"got shape {list(maps.shape)}."
+        )
+    m = _pool(maps.float(), "sum", dims)
     if not signed:
         m = m.abs()
     return _normalise(m, normalise)
@@ -84,12 +92,14 @@ def global_maps(
     by: str = "true",
     preds: torch.Tensor | None = None,
     num_classes: int | None = None,
+    spatial_dims: int | None = None,
 ) -> GlobalMaps:
     """Label-wise global maps ``G_l``, the overall map and per-pixel SDs (module docstring).
 
     Parameters
     ----------
-    maps : Tensor ``[N, H, W]`` (pooled) or ``[N, C, H, W]`` (raw; channels summed)
+    maps : Tensor ``[N, H, W]`` (pooled) or ``[N, C, H, W]`` (raw; channels summed); volumes
+        ``[N, D, H, W]`` or ``[N, C, D, H, W]`` (``spatial_dims=3`` tells a volume map apart)
     labels : Tensor ``[N]`` int64, true labels
     normalise : "sum_to_one" (default) | "max" | "none"
         Per-image normalisation before averaging.
@@ -100,6 +110,7 @@ def global_maps(
     preds : Tensor ``[N]`` int64, required when ``by="pred"``
     num_classes : int, optional
         Number of labels ``L`` (default: the largest label seen + 1).
+    spatial_dims : 2 or 3, optional (default: 3 for 5-D ``maps``, else 2)
 
     Returns
     -------
@@ -121,7 +132,8 @@ def global_maps(
     if (groups < 0).any():
         raise DataError("Labels must be non-negative class indices.")
     n_labels = int(num_classes if num_classes is not None else max(int(groups.max()), int(labels.max())) + 1)
-    acc = GlobalMapsAccumulator(n_labels, tuple(maps.shape[-2:]), normalise=normalise, signed=signed, by=by)
+    dims = spatial_dims if spatial_dims is not None else (3 if maps.dim() == 5 else 2)
+    acc = GlobalMapsAccumulator(n_labels, tuple(maps.shape[-dims:]), normalise=normalise, signed=signed, by=by)
     acc.update(maps, groups)
     return acc.result()
 
@@ -133,11 +145,11 @@ class GlobalMapsAccumulator:
     memory holds ``O(L H W)`` numbers whatever the number of images."""
 
     def __init__(
-        self, n_labels: int, shape: tuple[int, int], *, normalise: str = "sum_to_one", signed: bool = False, by="true"
+        self, n_labels: int, shape: tuple[int, ...], *, normalise: str = "sum_to_one", signed: bool = False, by="true"
     ) -> None:
         if by not in GROUPINGS:
             raise ConfigError(f"by must be 'true' or 'pred', got {by!r}.")
-        per_image_maps(torch.zeros(1, *shape), normalise=normalise, signed=signed)  # checks the settings
+        per_image_maps(torch.zeros(1, *shape), normalise=normalise, signed=signed, spatial_dims=len(shape))
         self.settings = {"normalise": normalise, "signed": signed, "by": by}
         self.n_labels, self.shape = int(n_labels), tuple(shape)
         self.count = torch.zeros(self.n_labels, dtype=torch.float64)
@@ -147,7 +159,7 @@ class GlobalMapsAccumulator:
         self.groups: list[torch.Tensor] = []
 
     def update(self, maps: torch.Tensor, groups: torch.Tensor) -> None:
-        """Add the maps ``[B, H, W]`` or ``[B, C, H, W]`` of images grouped under ``groups`` ``[B]``."""
+        """Add the maps ``[B, *shape]`` or raw ``[B, C, *shape]`` of images grouped under ``groups`` ``[B]``."""
         groups = torch.as_tensor(groups).long().view(-1).cpu()
         if groups.shape[0] != maps.shape[0]:
             raise DataError(f"There are {maps.shape[0]} maps but {groups.shape[0]} labels.")
@@ -155,7 +167,8 @@ class GlobalMapsAccumulator:
             raise DataError("Labels must be non-negative class indices.")
         if len(groups) and int(groups.max()) >= self.n_labels:
             raise DataError(f"Label {int(groups.max())} is not below num_classes={self.n_labels}.")
-        m = per_image_maps(maps, **{k: self.settings[k] for k in ("normalise", "signed")}).double().cpu()
+        settings = {k: self.settings[k] for k in ("normalise", "signed")}
+        m = per_image_maps(maps, **settings, spatial_dims=len(self.shape)).double().cpu()
         for lab in groups.unique().tolist():
             sub = m[groups == lab]
             self.count[lab], self.mean[lab], self.m2[lab] = _merge(
@@ -168,7 +181,7 @@ class GlobalMapsAccumulator:
         if self.all[0] == 0:
             raise DataError("Global maps need at least one map.")
         counts = self.count
-        sd = (self.m2 / counts.clamp_min(1).view(-1, 1, 1)).sqrt()
+        sd = (self.m2 / counts.clamp_min(1).view(-1, *([1] * len(self.shape)))).sqrt()
         present = counts > 0
         overall = self.mean[present].mean(0)
         overall_sd = (self.all[2] / self.all[0]).sqrt() if self.all[0] > 1 else torch.zeros(self.shape)

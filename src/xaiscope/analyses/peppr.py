@@ -1,6 +1,6 @@
 """PEPPR: progressive erasing and progressive restoration with one global pixel order.
 
-For label ``l`` one order of units (pixels, or ``K x K`` patches) is taken from a global
+For label ``l`` one order of units (pixels, or ``K x K`` patches; voxels or ``K x K x K`` cubes for volumes) is taken from a global
 map, most important first, and applied to every image of the set. For each fraction
 ``p`` in ``fractions`` (default 0, 0.05, ..., 1) with ``k(p) = round(p * U)`` of the
 ``U`` units:
@@ -38,6 +38,7 @@ deletion/insertion (Petsiuk et al., 2018) with one order shared by all images.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -67,7 +68,7 @@ def default_fractions(step: float = 0.05) -> torch.Tensor:
 
 def fill_images(ds: Dataset, fill: str = "black", *, sigma: float = 4.0) -> torch.Tensor:
     """The filled version of every image, broadcastable to ``ds.x`` (:func:`fill_step` of all images)."""
-    mean = ds.fill_value().view(1, -1, 1, 1) if fill == "mean" else None
+    mean = ds.fill_value().unsqueeze(0) if fill == "mean" else None
     return fill_step(ds.x, fill, norm=(ds.mean, ds.std), channel_mean=mean, sigma=sigma)
 
 
@@ -79,48 +80,56 @@ def fill_step(x: torch.Tensor, fill: str, *, norm=(None, None), channel_mean=Non
     dataset's per-channel mean; ``blur``: each image blurred with a Gaussian of ``sigma``
     pixels.
     """
-    c = x.shape[1]
+    c, ones = x.shape[1], [1] * (x.dim() - 2)
     if fill == "black":
         if norm[0] is not None and norm[1] is not None:
-            mean = torch.as_tensor(norm[0], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            std = torch.as_tensor(norm[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            return ((0.0 - mean) / std).expand(1, c, 1, 1).contiguous()
-        return torch.zeros(1, c, 1, 1, dtype=x.dtype, device=x.device)
+            mean = torch.as_tensor(norm[0], dtype=x.dtype, device=x.device).view(1, -1, *ones)
+            std = torch.as_tensor(norm[1], dtype=x.dtype, device=x.device).view(1, -1, *ones)
+            return ((0.0 - mean) / std).expand(1, c, *ones).contiguous()
+        return torch.zeros(1, c, *ones, dtype=x.dtype, device=x.device)
     if fill == "mean":
-        return torch.as_tensor(channel_mean, dtype=x.dtype).to(x.device).view(1, c, 1, 1)
+        return torch.as_tensor(channel_mean, dtype=x.dtype).to(x.device).view(1, c, *ones)
     if fill == "blur":
         return gaussian_blur(x, sigma)
     raise ConfigError(f"Unknown fill {fill!r}; choose one of {', '.join(FILLS)}.")
 
 
 def channel_mean(src, positions, step: int = 256) -> torch.Tensor:
-    """Per-channel mean ``[1, C, 1, 1]`` of the images at ``positions`` of ``src`` (one pass)."""
+    """Per-channel mean ``[1, C, 1, 1]`` (``[1, C, 1, 1, 1]`` for volumes) of the images at
+    ``positions`` of ``src`` (one pass)."""
     mom = Moments(src.shape[0])
     for b in src.batches(step, positions):
         mom.update(b.x.numpy())
-    return torch.tensor(mom.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    return torch.tensor(mom.mean, dtype=torch.float32).view(1, -1, *([1] * (len(src.shape) - 1)))
 
 
 def unit_scores(order_map: torch.Tensor, k: int) -> torch.Tensor:
-    """Scores of the ``K x K`` units (sum of the map inside each; edge patches may be smaller), flattened."""
+    """Scores of the ``K x K`` units (``K x K x K`` cubes for a volume map; sum of the map
+    inside each; edge units may be smaller), flattened row-major."""
     if k == 1:
         return order_map.flatten()
-    h, w = order_map.shape
-    ph, pw = (-h) % k, (-w) % k
-    padded = torch.nn.functional.pad(order_map.view(1, 1, h, w), (0, pw, 0, ph))
-    return torch.nn.functional.avg_pool2d(padded, k).flatten() * (k * k)
+    dims = order_map.dim()
+    pad = [p for n in reversed(order_map.shape) for p in (0, (-n) % k)]
+    padded = torch.nn.functional.pad(order_map.view(1, 1, *order_map.shape), pad)
+    pool = torch.nn.functional.avg_pool2d if dims == 2 else torch.nn.functional.avg_pool3d
+    return pool(padded, k).flatten() * (k**dims)
 
 
-def unit_masks(order: torch.Tensor, counts: torch.Tensor, shape: tuple[int, int], k: int) -> torch.Tensor:
-    """Bool masks ``[T, H, W]``: True on the first ``counts[t]`` units of ``order``."""
-    h, w = shape
-    gh, gw = -(-h // k), -(-w // k)
+def n_units(shape: tuple[int, ...], k: int) -> int:
+    """Units of side ``k`` covering ``shape`` (the last ones clipped)."""
+    return math.prod(-(-n // k) for n in shape)
+
+
+def unit_masks(order: torch.Tensor, counts: torch.Tensor, shape: tuple[int, ...], k: int) -> torch.Tensor:
+    """Bool masks ``[T, *shape]``: True on the first ``counts[t]`` units of ``order``."""
+    grid = [-(-n // k) for n in shape]
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
     m = rank.view(1, -1) < counts.view(-1, 1).to(order.device)  # [T, U]
-    m = m.view(-1, gh, gw)
+    m = m.view(-1, *grid)
     if k > 1:
-        m = m.repeat_interleave(k, 1).repeat_interleave(k, 2)[:, :h, :w]
+        for axis, n in enumerate(shape, start=1):
+            m = m.repeat_interleave(k, axis).narrow(axis, 0, n)
     return m
 
 
@@ -240,7 +249,7 @@ def _evaluate(model, steps, n, masks_by_order, label, batch_size, dev, n_curves=
     shape = (o_count, n_curves, t_count, n)
     score = torch.empty(shape, dtype=torch.float64, device=dev)
     correct = torch.empty(shape, dtype=torch.float64, device=dev)
-    masks = torch.stack(masks_by_order)  # [O, T, H, W]
+    masks = torch.stack(masks_by_order)  # [O, T, *spatial]
     for offset, x, y, fill in steps:
         nb = x.shape[0]
         total = o_count * n_curves * t_count * nb
@@ -253,9 +262,9 @@ def _evaluate(model, steps, n, masks_by_order, label, batch_size, dev, n_curves=
             step = (idx // nb) % t_count
             curve = (idx // (nb * t_count)) % n_curves
             order = idx // (nb * t_count * n_curves)
-            m = masks[order, step].unsqueeze(1)  # [B, 1, H, W]
+            m = masks[order, step].unsqueeze(1)  # [B, 1, *spatial]
             # erasing: fill where m; restoration: keep where m
-            keep_x = torch.where(curve.view(-1, 1, 1, 1) == 0, ~m, m)
+            keep_x = torch.where(curve.view(-1, *([1] * (m.dim() - 1))) == 0, ~m, m)
             xb = torch.where(keep_x, x[img], fill[img] if per_image_fill else fill)
             prob = models.forward(model, xb, batch_size=batch_size).softmax(dim=1).double()
             s_flat[idx] = prob[:, label]
@@ -289,7 +298,7 @@ def peppr(
     dataset : Dataset or Source (:func:`xaiscope.data.open_source`), aligned images with true
         labels (both classes must occur for AUROC); read ``step_images`` at a time, so the
         images need not fit in memory
-    order_map : Tensor ``[H, W]``, the global map ``G_label`` (higher = more important)
+    order_map : Tensor ``[H, W]`` (``[D, H, W]``), the global map ``G_label`` (higher = more important)
     label : int, the class ``l`` scored one-vs-rest with ``f_l``
     fractions : increasing values in [0, 1], default 0, 0.05, ..., 1
     fill : "black" (default) | "mean" | "blur"
@@ -308,9 +317,10 @@ def peppr(
     src = open_source(dataset)
     positions = [p for p in range(len(src)) if src.ids[p] not in src.skipped]
     n = len(positions)
-    h, w = src.shape[1:]
-    if order_map.shape != (h, w):
-        raise DataError(f"The order map has shape {list(order_map.shape)} but the images are {h}x{w}.")
+    spatial = tuple(src.shape[1:])
+    size = "x".join(str(v) for v in spatial)
+    if tuple(order_map.shape) != spatial:
+        raise DataError(f"The order map has shape {list(order_map.shape)} but the images are {size}.")
     if not 0 <= int(label) < src.num_classes:
         raise ConfigError(f"label {label} is not a class of the data (it has {src.num_classes}).")
     pos = src.labels[positions] == int(label)
@@ -328,8 +338,8 @@ def peppr(
         raise ConfigError("fractions must be at least two increasing values in [0, 1].")
     k = parse_unit(unit)
     dev = model_device(model)
-    n_units = (-(-h // k)) * (-(-w // k))
-    counts = torch.round(fr * n_units).long()
+    units = n_units(spatial, k)
+    counts = torch.round(fr * units).long()
 
     orders: dict[str, torch.Tensor] = {}
     base = descending_order(unit_scores(order_map.to(dev).double(), k), seed=TIE_SALT + int(seed))
@@ -337,16 +347,16 @@ def peppr(
     orders["reversed"] = base.flip(0)
     for r in range(random_orders):
         g = torch.Generator().manual_seed(int(seed) + r)
-        orders[f"random:{int(seed) + r}"] = torch.randperm(n_units, generator=g).to(dev)
+        orders[f"random:{int(seed) + r}"] = torch.randperm(units, generator=g).to(dev)
     for other_label, omap in (other_maps or {}).items():
-        if omap.shape != (h, w):
-            raise DataError(f"The map of label {other_label} has shape {list(omap.shape)} but the images are {h}x{w}.")
+        if tuple(omap.shape) != spatial:
+            raise DataError(f"The map of label {other_label} has shape {list(omap.shape)} but the images are {size}.")
         orders[f"other:{other_label}"] = descending_order(
             unit_scores(omap.to(dev).double(), k), seed=TIE_SALT + int(seed)
         )
 
     # Fractions with k(p) = 0 or U give the same images for every order: evaluate them once.
-    inner = (counts > 0) & (counts < n_units)
+    inner = (counts > 0) & (counts < units)
     if fill not in FILLS:
         raise ConfigError(f"Unknown fill {fill!r}; choose one of {', '.join(FILLS)}.")
     fill_mean = channel_mean(src, positions, step_images) if fill == "mean" else None
@@ -361,10 +371,10 @@ def peppr(
             offset += len(b)
 
     names = list(orders)
-    masks = [unit_masks(orders[nm], counts[inner], (h, w), k) for nm in names]
+    masks = [unit_masks(orders[nm], counts[inner], spatial, k) for nm in names]
     with eval_mode(model):
-        ends = torch.tensor([0, n_units])
-        end_masks = unit_masks(base, ends, (h, w), k)  # [2, H, W]: nothing / everything
+        ends = torch.tensor([0, units])
+        end_masks = unit_masks(base, ends, spatial, k)  # [2, *spatial]: nothing / everything
         e_score, e_correct = _evaluate(model, steps(), n, [end_masks], int(label), batch_size, dev, n_curves=1)
         # e_*[0, 0] = erasing with nothing / everything -> [kept, filled]
         kept_s, filled_s = e_score[0, 0, 0], e_score[0, 0, 1]
@@ -382,7 +392,7 @@ def peppr(
             s_all = torch.empty(t_count, n, dtype=torch.float64, device=dev)
             c_all = torch.empty_like(s_all)
             none_done = counts == 0
-            all_done = counts == n_units
+            all_done = counts == units
             # erasing: k=0 -> kept images, k=U -> filled; restoration the other way round
             s_all[none_done] = kept_s if curve == "erasing" else filled_s
             c_all[none_done] = kept_c if curve == "erasing" else filled_c

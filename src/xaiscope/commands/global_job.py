@@ -29,7 +29,7 @@ from xaiscope.analyses.global_maps import GlobalMapsAccumulator
 from xaiscope.analyses.peppr import default_fractions, peppr
 from xaiscope.analyses.units import parse_unit
 from xaiscope.errors import ConfigError
-from xaiscope.io import ensure_dir, safe_name, write_csv, write_json, write_npz
+from xaiscope.io import ensure_dir, safe_name, write_bytes, write_csv, write_json, write_npz
 from xaiscope.run.inputs import DataOptions, build_explainers, open_model_for, open_source, settle_batch_size
 from xaiscope.run.steps import to_device
 
@@ -41,12 +41,37 @@ def _map_figure(
 
     from xaiscope.plotting import overlay, save_figure
 
+    if g.dim() == 3:
+        return _volume_map_figure(mean_image, g, sd, title, path, signed)
     fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.6))
     overlay(axes[0], mean_image, g, signed=signed, title=f"{title}: global map")
     im = axes[1].imshow(sd.numpy(), cmap="viridis")
     axes[1].set_axis_off()
     axes[1].set_title("per-pixel SD over images", fontsize=8)
     fig.colorbar(im, ax=axes[1], fraction=0.046)
+    save_figure(fig, path)
+
+
+def _volume_map_figure(
+    mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool
+) -> None:
+    """A volume's global map (top row) and per-voxel SD (bottom row), both in the four views
+    through the map's maximum (:func:`~xaiscope.plotting.volume_views`)."""
+    import matplotlib.pyplot as plt
+
+    from xaiscope.plotting import overlay, save_figure, volume_views
+
+    views = volume_views(mean_image, g)
+    at = tuple(int(v) for v in np.unravel_index(int(torch.nan_to_num(g, nan=float("-inf")).argmax()), tuple(g.shape)))
+    sd_views = volume_views(mean_image, sd, at=at)
+    fig, axes = plt.subplots(2, len(views), figsize=(2.2 * len(views), 4.8))
+    for col, ((name, img, hm, _), (_, _, sdm, _)) in enumerate(zip(views, sd_views)):
+        overlay(axes[0, col], img, hm, signed=signed, title=name, origin="lower")
+        im = axes[1, col].imshow(sdm.numpy(), cmap="viridis", origin="lower")
+        axes[1, col].set_axis_off()
+    axes[1, 0].set_title("per-voxel SD over images", fontsize=8)
+    fig.colorbar(im, ax=axes[1, -1], fraction=0.046)
+    fig.suptitle(f"{title}: global map", fontsize=9)
     save_figure(fig, path)
 
 
@@ -186,6 +211,16 @@ def run_global(
         _map_figure(mean_img, g.label_maps[lab], g.label_sd[lab], name, out / "maps" / f"{safe_name(name)}.png", signed)
     overall_img = (image_sums.sum(0) / g.counts.sum()).float()
     _map_figure(overall_img, g.overall, g.overall_sd, "all labels", out / "maps" / "overall.png", signed)
+    affine = src.affine(0) if len(src.shape) == 4 else None
+    if affine is not None:  # aligned volumes (e.g. MNI-registered): the maps open over the template
+        from xaiscope.data.volumes import write_nifti
+
+        for name, gmap in [
+            *((c, g.label_maps[k]) for k, c in enumerate(classes) if int(g.counts[k])),
+            ("overall", g.overall),
+        ]:
+            path = out / "maps" / f"{safe_name(name)}.nii.gz"
+            write_bytes(path, write_nifti(path, gmap.numpy(), affine))
 
     curves: list[dict] = []
     table: list[dict] = []

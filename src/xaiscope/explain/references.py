@@ -10,7 +10,7 @@ REFERENCES = ("zero", "mean", "blur")
 
 
 def reference(x: torch.Tensor, kind: str, *, sigma: float = 4.0) -> torch.Tensor:
-    """The reference input for ``x`` ``[N, C, H, W]``.
+    """The reference input for ``x`` ``[N, C, H, W]`` (or volumes ``[N, C, D, H, W]``).
 
     ``zero``: all zeros (black for unnormalised data, the dataset mean for normalised data);
     ``mean``: each image's per-channel mean; ``blur``: each image Gaussian-blurred with
@@ -19,23 +19,33 @@ def reference(x: torch.Tensor, kind: str, *, sigma: float = 4.0) -> torch.Tensor
     if kind == "zero":
         return torch.zeros_like(x)
     if kind == "mean":
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True).expand_as(x).contiguous()
     if kind == "blur":
         return gaussian_blur(x, sigma)
     raise MethodError(f"Unknown reference {kind!r}; choose one of {', '.join(REFERENCES)}.")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N, C, H, W]`` with reflect padding (radius 3 sigma)."""
+    """Separable Gaussian blur of ``[N, C, H, W]`` (or volumes ``[N, C, D, H, W]``) with reflect
+    padding, the last axis first; the kernel radius is 3 sigma, cut to one less than the
+    axis length on each axis (an axis of length 1 is left as it is)."""
     if sigma <= 0:
         return x.clone()
-    radius = max(1, int(round(3 * sigma)))
-    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    dims = x.dim() - 2
     c = x.shape[1]
-    out = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode="reflect")
-    out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    out = torch.nn.functional.pad(out, (0, 0, radius, radius), mode="reflect")
-    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    conv = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d
+    out = x
+    for axis in reversed(range(dims)):
+        radius = min(max(1, int(round(3 * sigma))), x.shape[2 + axis] - 1)
+        if radius < 1:
+            continue
+        t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        k = torch.exp(-0.5 * (t / sigma) ** 2)
+        k = k / k.sum()
+        pad = [0] * (2 * dims)
+        pad[2 * (dims - 1 - axis)] = pad[2 * (dims - 1 - axis) + 1] = radius  # F.pad lists the last axis first
+        shape = [1] * dims
+        shape[axis] = -1
+        kernel = k.view(1, 1, *shape).repeat(c, *([1] * (dims + 1)))
+        out = conv(torch.nn.functional.pad(out, pad, mode="reflect"), kernel, groups=c)
+    return out

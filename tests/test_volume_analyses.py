@@ -1,0 +1,112 @@
+"""Global maps and PEPPR on volumes: a volume of depth 1 explained by a model that reads its one
+slice gives exactly the 2D results; 3D units, fills and blur; the ``global`` command on NIfTI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xaiscope.analyses.global_maps import global_maps
+from xaiscope.analyses.peppr import fill_step, n_units, peppr, unit_masks, unit_scores
+from xaiscope.data import Dataset
+from xaiscope.explain.references import gaussian_blur, reference
+from xaiscope.models import build
+
+
+class OneSlice(nn.Module):
+    """Reads the single slice of a depth-1 volume with a 2D model."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[:, :, 0])
+
+
+def _images(n: int = 12):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 12, 12, generator=g)
+    y = torch.arange(n) % 2
+    x[y == 1, :, 2:6, 2:6] += 1.0  # label 1 is brighter in one corner
+    return x, y
+
+
+def test_peppr_on_depth_one_volumes_equals_peppr_on_the_images():
+    torch.manual_seed(0)
+    net = build("small_cnn", width=4)
+    x, y = _images()
+    order = torch.rand(12, 12, generator=torch.Generator().manual_seed(1))
+    flat = Dataset(x=x, y=y, ids=[str(i) for i in range(12)], classes=["a", "b"])
+    vol = Dataset(x=x[:, :, None], y=y, ids=flat.ids, classes=["a", "b"])
+    for unit, fill in (("pixel", "black"), ("patch:4", "mean"), ("pixel", "blur")):
+        kw = dict(fractions=[0.0, 0.25, 0.5, 1.0], unit=unit, fill=fill, random_orders=2, batch_size=7, blur_sigma=1.0)
+        r2 = peppr(net, flat, order, 1, **kw)
+        r3 = peppr(OneSlice(net), vol, order[None], 1, **kw)
+        assert r2.passes == r3.passes
+        for o in r2.orders:
+            for curve in ("erasing", "restoration"):
+                assert torch.allclose(r2.curves[o][curve]["auroc"], r3.curves[o][curve]["auroc"]), (unit, fill, o)
+        assert r2.score == pytest.approx(r3.score)
+
+
+def test_global_maps_of_volumes_are_per_voxel_means_of_normalised_maps():
+    maps = torch.rand(6, 3, 4, 5, generator=torch.Generator().manual_seed(2))  # volume maps [N, D, H, W]
+    labels = torch.tensor([0, 0, 1, 1, 1, 0])
+    g = global_maps(maps, labels, spatial_dims=3)
+    m = maps / maps.flatten(1).sum(1).view(-1, 1, 1, 1)
+    assert g.label_maps.shape == (2, 3, 4, 5)
+    assert torch.allclose(g.label_maps[1], m[labels == 1].mean(0))
+    assert torch.allclose(g.label_sd[0], m[labels == 0].std(0, unbiased=False), atol=1e-6)
+    raw = maps[:, None].repeat(1, 2, 1, 1, 1) / 2  # raw [N, C, D, H, W]: channels summed first
+    assert torch.allclose(global_maps(raw, labels).label_maps, g.label_maps, atol=1e-6)
+
+
+def test_3d_units_cover_the_volume_and_their_scores_sum_the_map():
+    shape, k = (3, 5, 4), 2
+    assert n_units(shape, k) == 2 * 3 * 2
+    omap = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    scores = unit_scores(omap, k)
+    assert scores.numel() == 12 and torch.isclose(scores.sum(), omap.sum())
+    assert torch.isclose(scores[0], omap[:2, :2, :2].sum())
+    order = torch.argsort(scores, descending=True)
+    masks = unit_masks(order, torch.tensor([0, 1, 12]), shape, k)
+    assert masks.shape == (3, *shape)
+    assert not masks[0].any() and masks[2].all()
+    first = int(order[0])
+    d, h, w = first // 6, (first // 2) % 3, first % 2
+    expected = torch.zeros(shape, dtype=torch.bool)
+    expected[2 * d : 2 * d + 2, 2 * h : 2 * h + 2, 2 * w : 2 * w + 2] = True
+    assert torch.equal(masks[1], expected)
+
+
+def test_fills_references_and_blur_in_3d():
+    x = torch.rand(2, 2, 4, 6, 5, generator=torch.Generator().manual_seed(4))
+    assert fill_step(x, "black", norm=([0.5, 0.1], [2.0, 1.0])).shape == (1, 2, 1, 1, 1)
+    assert torch.allclose(reference(x, "mean")[:, :, 0, 0, 0], x.mean(dim=(2, 3, 4)))
+    flat = torch.rand(2, 1, 9, 9, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(gaussian_blur(flat[:, :, None], 1.5)[:, :, 0], gaussian_blur(flat, 1.5), atol=1e-6)
+    const = torch.full((1, 1, 5, 6, 7), 3.0)
+    assert torch.allclose(gaussian_blur(const, 1.0), const)
+
+
+def test_global_command_on_nifti_volumes_writes_nifti_maps(tmp_path, capsys):
+    from cli_helpers import run_cli
+    from test_volume_jobs import nifti_folder
+    from xaiscope.data import volumes
+
+    data = nifti_folder(tmp_path / "data", n=3)
+    out = tmp_path / "g"
+    r = run_cli(
+        capsys, "global", "--model", "fixture_models:conv3d", "--data", data, "--method", "saliency",
+        "--out", out, "--random-orders", "1", "--step", "0.5", "--unit", "patch:2",
+    )  # fmt: skip
+    assert r.code == 0, r.out
+    z = np.load(out / "global_maps.npz")
+    assert z["label_maps"].shape == (2, *volumes.volume_geometry(data / "a" / "a0.nii.gz")[0])
+    back, aff = volumes.read_volume(out / "maps" / "b.nii.gz", 10**9)
+    assert np.allclose(back[0], z["label_maps"][1], atol=1e-6)
+    assert np.allclose(aff, volumes.volume_geometry(data / "a" / "a0.nii.gz")[1])
+    assert (out / "maps" / "overall.png").is_file() and (out / "peppr_a.png").is_file()
