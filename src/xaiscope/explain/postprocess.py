@@ -1,4 +1,4 @@
-"""Turn raw attributions ``[N, C, H, W]`` into maps ``[N, H, W]``.
+"""Turn raw attributions ``[N, C, H, W]`` into maps ``[N, H, W]`` (``[N, C, D, H, W]`` into ``[N, D, H, W]``).
 
 Display choices never change stored data: raw attributions are kept and these
 functions make new tensors.
@@ -28,11 +28,12 @@ NORMALISATIONS = ("none", "max", "dataset_max", "p99", "dataset_p99", "sum_to_on
 
 
 def pool(a: torch.Tensor, how: str = "sum") -> torch.Tensor:
-    """Pool channels of ``[N, C, H, W]`` into ``[N, H, W]``."""
+    """Pool channels of ``[N, C, H, W]`` into ``[N, H, W]`` (of volumes ``[N, C, D, H, W]`` into
+    ``[N, D, H, W]``); maps ``[N, H, W]`` pass as they are."""
     if a.dim() == 3:
         return a
-    if a.dim() != 4:
-        raise MethodError(f"Attributions must be [N, C, H, W]; got shape {list(a.shape)}.")
+    if a.dim() not in (4, 5):
+        raise MethodError(f"Attributions must be [N, C, H, W] or [N, C, D, H, W]; got shape {list(a.shape)}.")
     if how == "sum":
         return a.sum(dim=1)
     if how == "mean":
