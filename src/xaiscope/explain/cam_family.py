@@ -216,7 +216,7 @@ class ScoreCAMExplainer(_ChannelScoreCAM):
     name = "scorecam"
 
     def weights(self, model, layer, xb, yb, out, raw, a):
-        n, k = a.shape[:2]
+        k = a.shape[1]
         size = xb.shape[2:]
 
         def masked(img, ch):
@@ -246,7 +246,7 @@ class AblationCAMExplainer(_ChannelScoreCAM):
     name = "ablationcam"
 
     def weights(self, model, layer, xb, yb, out, raw, a):
-        n, k = a.shape[:2]
+        k = a.shape[1]
         dim = channel_dim(raw, model)
         state: dict[str, torch.Tensor] = {}
 
