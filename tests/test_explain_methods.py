@@ -105,12 +105,13 @@ def test_stochastic_methods_leave_global_rng_alone(small_cnn, gray_batch):
 @pytest.mark.parametrize("method", CNN_METHODS)
 def test_documented_passes_equal_counted_passes(small_cnn, gray_batch, method):
     """Images through the first convolution (shared by the traced copies DeepLIFT and guided
-    backprop run on) equal the documented passes per image times the number of images."""
+    backprop run on) equal the documented passes per image times the number of images (given
+    the model, whose layer's channels scorecam and ablationcam count)."""
     x, y = gray_batch
     ex = explain.get(method, batch_size=8, **CHEAP.get(method, {}))
     with count_passes(small_cnn.features[0]) as count:
         ex(small_cnn, x, y)
-    assert count.rows == ex.passes(tuple(x.shape[1:])) * x.shape[0]
+    assert count.rows == ex.passes(tuple(x.shape[1:]), small_cnn) * x.shape[0]
     assert count.largest_call <= 8
 
 
@@ -157,8 +158,8 @@ def test_unknown_method_and_hyperparameters_are_clear_errors():
 def test_cam_methods_on_model_without_conv_are_clear_errors(gray_batch):
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 2))
     x, y = gray_batch
-    for name in ("gradcam", "gradcam_plus_plus", "guided_gradcam"):
-        with pytest.raises(MethodError, match=f"{name} needs a model with a Conv2d layer"):
+    for name in ("gradcam", "gradcam_plus_plus", "guided_gradcam", "scorecam", "ablationcam"):
+        with pytest.raises(MethodError, match=f"{name} needs a model with a Conv2d or Conv3d layer"):
             explain.get(name)(mlp, x, y)
     with pytest.raises(MethodError, match="cam needs a model that ends in global average pooling"):
         explain.get("cam")(mlp, x, y)

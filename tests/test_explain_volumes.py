@@ -24,8 +24,8 @@ CHEAP = {
     "lime": {"n_samples": 8, "n_segments": 8},
     "kernel_shap": {"n_samples": 8, "n_segments": 8},
 }
-#: the CAM family is checked on Conv3d layers in its own tests
-NON_CAM = [n for n in explain.names() if explain.get_class(n).family not in ("cams", "attention")]
+#: every method that explains volumes (the CAM family's maps are checked by hand in test_cam_volumes.py)
+VOLUME_METHODS = [n for n in explain.names() if explain.get_class(n).volumes]
 
 
 def conv3d_model(activation: type[nn.Module] = nn.ReLU) -> nn.Module:
@@ -46,16 +46,18 @@ def _volumes(n: int = 2) -> torch.Tensor:
     return torch.rand(n, 1, 8, 12, 10, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("method", NON_CAM)
+@pytest.mark.parametrize("method", VOLUME_METHODS)
 def test_every_method_explains_a_conv3d_model(method):
     x, y = _volumes(), torch.tensor([0, 1])
     a = explain.get(method, **CHEAP.get(method, {}))(conv3d_model(), x, y)
     assert a.shape == x.shape and a.dtype == torch.float32 and torch.isfinite(a).all()
 
 
-def test_attention_methods_refuse_a_conv3d_model():
-    with pytest.raises(MethodError, match="explains vision transformers"):
-        explain.get("attention_rollout")(conv3d_model(), _volumes(), torch.tensor([0, 1]))
+def test_only_fullgrad_and_attention_rollout_refuse_volumes_with_one_sentence():
+    assert sorted(set(explain.names()) - set(VOLUME_METHODS)) == ["attention_rollout", "fullgrad"]
+    for name in ("attention_rollout", "fullgrad"):
+        with pytest.raises(MethodError, match=rf"{name} explains images \[N, C, H, W\] only"):
+            explain.get(name)(conv3d_model(), _volumes(), torch.tensor([0, 1]))
 
 
 def test_integrated_gradients_is_complete_on_a_smooth_3d_model():

@@ -26,6 +26,9 @@ def test_all_and_families_expand_in_registration_order_each_once():
         "xgradcam",
         "layercam",
         "eigencam",
+        "scorecam",
+        "ablationcam",
+        "fullgrad",
     ]
     assert explain.expand(["sobel", "baseline", "lrp"]) == [
         "sobel",
@@ -172,6 +175,9 @@ def test_run_config_groups_expand_and_a_named_entry_keeps_its_settings(npz):
         "xgradcam",
         "layercam",
         "eigencam",
+        "scorecam",
+        "ablationcam",
+        "fullgrad",
         *explain.groups()["baseline"],
     ]
     assert entries[0].hparams == {"relu": False}

@@ -192,6 +192,8 @@ def methods() -> None:
 
 def _passes_text(inst) -> str:
     p = inst.passes((1, 64, 64))
+    if p != p:  # the count needs the model (e.g. the channels of a CAM's layer): the formula
+        return inst.passes_formula
     return f"{p:g} (64x64)" if inst.passes(None) != inst.passes(None) else f"{p:g}"
 
 

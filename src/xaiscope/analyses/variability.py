@@ -117,7 +117,7 @@ class VariabilityResult:
 
     ``correct_mean/sd``, ``prob_mean/sd``, ``attention_sd``, ``attention_sd_fg`` (NaN
     without a foreground), ``spearman_mean`` (mean over model pairs, NaN for images
-    outside the pair subset): ``[N]``. ``mean_map``, ``sd_map``: ``[N, H, W]``.
+    outside the pair subset): ``[N]``. ``mean_map``, ``sd_map``: ``[N, H, W]`` (``[N, D, H, W]``).
     ``pairwise``: ``[M, M]`` mean Spearman over the pair-subset images (1 on the diagonal).
     ``model_accuracy``: ``[M]``. ``pair_index``: image indices used for pairs.
     """
@@ -178,7 +178,7 @@ class VariabilityAccumulator:
         src = open_source(dataset)
         if len(src) == 0:
             raise DataError(f"The data {src.source or ''} is empty.".replace("  ", " "))
-        n, (h, w) = len(src), src.shape[1:]
+        n, spatial = len(src), tuple(src.shape[1:])
         if isinstance(foreground, str):
             if foreground != "masks" or not src.has_masks:
                 raise DataError(
@@ -186,17 +186,17 @@ class VariabilityAccumulator:
                 )
         elif foreground is not None:
             foreground = torch.as_tensor(foreground).bool()
-            if foreground.shape == (h, w):
-                foreground = foreground.expand(n, h, w)
-            if foreground.shape != (n, h, w):
+            if tuple(foreground.shape) == spatial:
+                foreground = foreground.expand(n, *spatial)
+            if tuple(foreground.shape) != (n, *spatial):
                 raise DataError(
-                    f"The foreground mask has shape {list(foreground.shape)}; it needs [{n}, {h}, {w}] or [{h}, {w}]."
+                    f"The foreground mask has shape {list(foreground.shape)}; it needs {[n, *spatial]} or {list(spatial)}."
                 )
         self.src, self.explainer, self.normalise, self.signed = src, explainer, normalise, signed
         self.foreground, self.batch_size, self.step = foreground, batch_size, max(int(step_images), batch_size)
         k = n if pair_images is None else max(0, min(int(pair_images), n))
         self.pair_index = torch.arange(k)
-        self.maps = RunningStats((n, h, w), budget_bytes=MAPS_BUDGET)
+        self.maps = RunningStats((n, *spatial), budget_bytes=MAPS_BUDGET)
         self.correct = RunningStats((n,))
         self.prob = RunningStats((n,))
         self.ranks: list[torch.Tensor] = []
@@ -224,7 +224,7 @@ class VariabilityAccumulator:
                 self.correct.update(c, sl)
                 self.prob.update(prob.gather(1, yb.view(-1, 1)).squeeze(1), sl)
                 a = self.explainer(model, xb, yb)
-                m = _pool(a, "sum")
+                m = _pool(a, "sum", len(self.src.shape) - 1)
                 m = _normalise(m if self.signed else m.abs(), self.normalise)
                 self.maps.update(m, sl)
                 if sl.start < n_pair:

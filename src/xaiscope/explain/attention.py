@@ -116,6 +116,7 @@ class AttentionRolloutExplainer(Explainer):
     layers' head-fused, residual-corrected attention, read at the class token. 1 pass."""
 
     name, family, library = "attention_rollout", "attention", "xaiscope"
+    volumes = False  # timm ViTs take 2D images
     params = {
         "head_fusion": Param("mean", str, "how the heads of a layer are fused", choices=("mean", "max", "min")),
         "discard_ratio": Param(0.0, float, "share of the smallest fused attention entries set to zero", low=0.0),

@@ -3,8 +3,12 @@
 An explainer is declared as a subclass of :class:`Explainer` with a ``name``, a
 ``family``, the ``library`` that computes it, a dict of :class:`Param` (the
 hyperparameters with defaults, types and ranges), a ``passes`` formula (model passes
-per image, one pass = one image forward, with its backward when gradients are taken)
-and an ``_attribute(model, x, y)`` that returns raw attributions ``[N, C, H, W]``.
+per image, one pass = one image forward, with its backward when gradients are taken;
+``_passes(shape, model)``, where the count may depend on the input shape and on the model,
+e.g. the channels of the layer a CAM perturbs) and an ``_attribute(model, x, y)`` that
+returns raw attributions ``[N, C, H, W]``. Methods with ``volumes = True`` (all but a few
+that are defined for 2D images only) also explain volumes ``[N, C, D, H, W]`` and return
+``[N, C, D, H, W]``.
 
 Calling ``explainer(model, x, y)`` validates the inputs, puts the model in eval mode
 (restoring train/eval mode and ``requires_grad`` flags afterwards, also on errors),
@@ -67,7 +71,7 @@ def _tname(types: tuple[type, ...]) -> str:
 
 BATCH = Param(64, int, "most images (incl. steps/samples/perturbations) per model call", low=1)
 SEED = Param(0, int, "seed of the random draws", low=0)
-LAYER = Param("auto", str, "module name of the CAM layer; 'auto' = last Conv2d")
+LAYER = Param("auto", str, "module name of the CAM layer; 'auto' = last Conv2d or Conv3d")
 
 
 class Explainer:
@@ -78,9 +82,11 @@ class Explainer:
     library: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     stochastic: ClassVar[bool] = False
-    #: empty when the method explains volumes ``[N, C, D, H, W]`` too, else the reason it cannot
-    volumes_unsupported: ClassVar[str] = ""
-    #: model passes per image as a function of the hyperparameters and input shape (C, H, W)
+    #: whether the method also explains volumes [N, C, D, H, W] (3D models); False for those
+    #: that explain 2D images only (they say so in one sentence on a volume or a 3D model)
+    volumes: ClassVar[bool] = True
+    #: model passes per image as a function of the hyperparameters, the input shape (C, H, W)
+    #: and, where the count depends on it, the model (e.g. ``K`` = channels of a CAM's layer)
     passes_formula: ClassVar[str] = "1"
 
     def __init__(self, **hparams: Any) -> None:
@@ -106,14 +112,18 @@ class Explainer:
     @classmethod
     def applies_to(cls, model: torch.nn.Module) -> str | None:
         """None when the method can explain ``model``, else the sentence saying why not (e.g.
-        attention methods on a CNN); see :func:`applicable`."""
+        attention methods on a CNN, or a method without ``volumes`` on a model with 3D
+        convolutions); see :func:`applicable`."""
+        if not cls.volumes and any(isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) for m in model.modules()):
+            return _not_volumes(cls.name, "this model has 3D convolutions")
         return None
 
-    def passes(self, shape: tuple[int, int, int] | None = None) -> float:
-        """Model passes per image for these settings (``shape`` = (C, H, W) where it matters)."""
-        return float(self._passes(shape))
+    def passes(self, shape: tuple[int, ...] | None = None, model: torch.nn.Module | None = None) -> float:
+        """Model passes per image for these settings (``shape`` = (C, H, W) where it matters,
+        ``model`` where the count depends on it); NaN where it needs what is not given."""
+        return float(self._passes(shape, model))
 
-    def _passes(self, shape) -> float:
+    def _passes(self, shape, model=None) -> float:
         return 1.0
 
     @property
@@ -121,15 +131,13 @@ class Explainer:
         return int(self.hparams["batch_size"])
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Raw attributions ``[N, C, H, W]`` (``[N, C, D, H, W]`` for volumes; float32, on
-        ``x.device``) of ``model`` for targets ``y``."""
-        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
-            raise MethodError(
-                f"{self.name} needs images [N, C, H, W] or volumes [N, C, D, H, W]; "
-                f"got {getattr(x, 'shape', type(x).__name__)}."
-            )
-        if x.dim() == 5 and self.volumes_unsupported:
-            raise MethodError(f"{self.name} explains 2D images only: {self.volumes_unsupported}")
+        """Raw attributions ``[N, C, H, W]`` (float32, on ``x.device``) of ``model`` for targets ``y``
+        (``[N, C, D, H, W]`` for volumes, where the method explains them)."""
+        if isinstance(x, torch.Tensor) and x.dim() == 5 and not self.volumes:
+            raise MethodError(_not_volumes(self.name, "not volumes [N, C, D, H, W]"))
+        if not isinstance(x, torch.Tensor) or x.dim() not in ((4, 5) if self.volumes else (4,)):
+            want = "images [N, C, H, W] or volumes [N, C, D, H, W]" if self.volumes else "images [N, C, H, W]"
+            raise MethodError(f"{self.name} needs {want}; got {getattr(x, 'shape', type(x).__name__)}.")
         y = torch.as_tensor(y, device=x.device).long().view(-1)
         if y.shape[0] != x.shape[0]:
             raise MethodError(f"{self.name} got {x.shape[0]} images but {y.shape[0]} targets.")
@@ -138,7 +146,7 @@ class Explainer:
         with eval_mode(model), self._seeded(x.device), friendly_model_errors(x, y), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Captum's notes on hooks and requires_grad
             a = self._attribute(model, x, y)
-        if a.dim() == 3:
+        if a.dim() == x.dim() - 1:
             a = a.unsqueeze(1)
         if a.shape[1] == 1 and x.shape[1] != 1:  # CAM-type maps: the same map on every channel
             a = a.expand(-1, x.shape[1], *x.shape[2:])
@@ -151,6 +159,12 @@ class Explainer:
 
     def _attribute(self, model, x, y) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _not_volumes(method: str, why: str) -> str:
+    """The sentence for a method that explains images only, naming the other such methods."""
+    images_only = ", ".join(n for n in names() if not get_class(n).volumes and n != method)
+    return f"{method} explains images [N, C, H, W] only, {why}; every method but {images_only} explains volumes."
 
 
 @contextlib.contextmanager

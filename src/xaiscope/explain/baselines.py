@@ -57,7 +57,7 @@ class _Baseline(Explainer):
     family, library = "baseline", "xaiscope"
     params = {}
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return 0
 
 

@@ -2,8 +2,10 @@
 
 Maps are computed at a layer's resolution and upsampled bilinearly to the input size,
 then repeated over the input channels so every explainer returns ``[N, C, H, W]``.
-Pass counts per image: cam 1 (forward only), gradcam 1, gradcam_plus_plus 1,
-guided_gradcam 2.
+Grad-CAM and Grad-CAM++ also explain volumes ``[N, C, D, H, W]`` (a ``Conv3d`` layer): the
+channel weights average (sum) over the three spatial dimensions and the map is upsampled
+trilinearly to ``(D, H, W)``. Pass counts per image: cam 1 (forward only), gradcam 1,
+gradcam_plus_plus 1, guided_gradcam 2.
 """
 
 from __future__ import annotations
@@ -19,11 +21,19 @@ from xaiscope.explain.layers import find_layer, gap_features_model, to_channels_
 from xaiscope.models.prepare import unique_activations
 
 
-def upsample(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 1, h, w]`` -> ``[N, 1, H, W]`` (bilinear)."""
-    if cam.shape[-2:] == tuple(size):
+def upsample(cam: torch.Tensor, size: tuple[int, ...], align_corners: bool = False) -> torch.Tensor:
+    """``[N, K, h, w]`` -> ``[N, K, H, W]`` (bilinear), or ``[N, K, d, h, w]`` -> ``[N, K, D, H, W]``
+    (trilinear); half-pixel centres unless ``align_corners``."""
+    size = tuple(size)
+    if tuple(cam.shape[2:]) == size:
         return cam
-    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    mode = "trilinear" if len(size) == 3 else "bilinear"
+    return F.interpolate(cam, size=size, mode=mode, align_corners=align_corners)
+
+
+def spatial_dims(a: torch.Tensor) -> tuple[int, ...]:
+    """The spatial dimensions of ``[N, K, h, w]`` maps or ``[N, K, d, h, w]`` volumes."""
+    return tuple(range(2, a.dim()))
 
 
 def _capture(module, x_fn):
@@ -57,16 +67,16 @@ class CAMExplainer(Explainer):
         def run(xb, yb):
             with torch.no_grad():
                 _, a = features(xb)
-            if a.dim() != 4 or a.shape[1] != linear.in_features:
+            if a.dim() != xb.dim() or a.shape[1] != linear.in_features:
                 raise MethodError(
                     "cam needs the pooled feature maps to feed the final linear layer directly "
                     f"({a.shape[1] if a.dim() > 1 else '?'} maps vs {linear.in_features} inputs)."
                 )
             w = linear.weight[yb]  # [N, K]
-            cam = torch.einsum("nk,nkhw->nhw", w, a).unsqueeze(1)
+            cam = torch.einsum("nk,nk...->n...", w, a).unsqueeze(1)
             if self.hparams["relu"]:
                 cam = cam.clamp_min(0)
-            return upsample(cam, xb.shape[-2:])
+            return upsample(cam, xb.shape[2:])
 
         return per_chunk(run, x, y, self.batch_size)
 
@@ -82,18 +92,18 @@ class GradCAMExplainer(Explainer):
     def _attribute(self, model, x, y):
         _, layer = find_layer(model, self.hparams["layer"], self.name)
         relu = self.hparams["relu"]
-        if _channels_first(model):  # Captum's LayerGradCam on [N, K, h, w] maps
+        if _channels_first(model):  # Captum's LayerGradCam on [N, K, h, w] maps (or volumes)
             gc = ca.LayerGradCam(model, layer)
 
             def run(xb, yb):
-                return upsample(gc.attribute(xb, target=yb, relu_attributions=relu), xb.shape[-2:])
+                return upsample(gc.attribute(xb, target=yb, relu_attributions=relu), xb.shape[2:])
 
         else:  # tokens or channels-last maps: the same formula after the layout step
 
             def run(xb, yb):
                 a, g = activations_and_gradients(model, layer, xb, yb, self.name)
-                cam = (g.mean(dim=(2, 3), keepdim=True) * a).sum(dim=1, keepdim=True)
-                return upsample(cam.clamp_min(0) if relu else cam, xb.shape[-2:])
+                cam = (g.mean(dim=spatial_dims(g), keepdim=True) * a).sum(dim=1, keepdim=True)
+                return upsample(cam.clamp_min(0) if relu else cam, xb.shape[2:])
 
         return per_chunk(run, x, y, self.batch_size)
 
@@ -107,7 +117,7 @@ def _channels_first(model) -> bool:
 
 
 def activations_and_gradients(model, layer, xb, yb, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, dS_y/dA)`` at ``layer``, both ``[N, K, h, w]`` after the layout step
+    """``(A, dS_y/dA)`` at ``layer``, both ``[N, K, h, w]`` (``[N, K, d, h, w]``) after the layout step
     (:func:`~xaiscope.explain.layers.to_channels_first`); one forward and one backward."""
     xb = xb.clone().requires_grad_(True)
     with torch.enable_grad():
@@ -132,13 +142,13 @@ class GradCAMPlusPlusExplainer(Explainer):
         def run(xb, yb):
             a, g = activations_and_gradients(model, layer, xb, yb, self.name)
             g2, g3 = g.pow(2), g.pow(3)
-            denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+            denom = 2 * g2 + a.sum(dim=spatial_dims(a), keepdim=True) * g3
             alpha = torch.where(
                 denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g)
             )
-            w = (alpha * g.clamp_min(0)).sum(dim=(2, 3), keepdim=True)
+            w = (alpha * g.clamp_min(0)).sum(dim=spatial_dims(a), keepdim=True)
             cam = (w * a).sum(dim=1, keepdim=True).clamp_min(0)
-            return upsample(cam, xb.shape[-2:])
+            return upsample(cam, xb.shape[2:])
 
         return per_chunk(run, x, y, self.batch_size)
 
@@ -151,7 +161,7 @@ class GuidedGradCAMExplainer(Explainer):
     name, family, library = "guided_gradcam", "cams", "captum"
     params = {"layer": LAYER}
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return 2
 
     def _attribute(self, model, x, y):

@@ -60,7 +60,7 @@ class IntegratedGradientsExplainer(Explainer):
         "baseline": REF,
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return self.hparams["n_steps"]
 
     def _attribute(self, model, x, y):
@@ -91,7 +91,7 @@ class _NoiseTunnelExplainer(Explainer):
         "sigma": Param(0.15, float, "noise standard deviation (input units)", low=0.0),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return self.hparams["n_samples"]
 
     def _attribute(self, model, x, y):
@@ -135,7 +135,7 @@ class DeepLiftExplainer(Explainer):
     name, family, library = "deeplift", "path", "captum"
     params = {"baseline": REF}
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return 2
 
     def _attribute(self, model, x, y):
@@ -167,7 +167,7 @@ class DeepLiftShapExplainer(Explainer):
         "sigma": Param(0.1, float, "noise SD of the references", low=0.0),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return 2 * self.hparams["n_baselines"]
 
     def _attribute(self, model, x, y):
@@ -196,7 +196,7 @@ class GradientShapExplainer(Explainer):
         "stdevs": Param(0.0, float, "noise SD added to each sampled input", low=0.0),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return self.hparams["n_samples"]
 
     def _attribute(self, model, x, y):

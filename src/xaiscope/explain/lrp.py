@@ -97,7 +97,7 @@ class _ZennitExplainer(Explainer):
                 f"{cls.name} has LRP rules for CNN layers only; attention layers need AttnLRP's rules, "
                 "which xaiscope does not have yet, so transformers are not explained with LRP."
             )
-        return None
+        return super().applies_to(model)
 
     def _attribute(self, model, x, y):
         from zennit.attribution import Gradient

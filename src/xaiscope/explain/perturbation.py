@@ -58,7 +58,7 @@ class OcclusionExplainer(Explainer):
         "baseline": Param("zero", str, "fill of the window", choices=REFERENCES),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
         w, s = self.hparams["window"], self.hparams["stride"]
@@ -104,7 +104,7 @@ class FeatureAblationExplainer(Explainer):
         "baseline": Param("zero", str, "fill of the patch", choices=REFERENCES),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
         p = self.hparams["patch"]
@@ -168,7 +168,7 @@ class _SurrogateExplainer(Explainer):
         "baseline": Param("zero", str, "fill of removed superpixels", choices=REFERENCES),
     }
 
-    def _passes(self, shape):
+    def _passes(self, shape, model=None):
         return self.hparams["n_samples"]
 
     def make(self, model):  # pragma: no cover - abstract

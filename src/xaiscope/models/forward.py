@@ -51,12 +51,13 @@ def friendly_model_errors(x: torch.Tensor, y: torch.Tensor | None = None) -> Ite
     except (RuntimeError, IndexError) as e:
         msg = str(e)
         first = msg.splitlines()[0] if msg else type(e).__name__
+        size = "x".join(str(s) for s in x.shape[2:])  # HxW, or DxHxW for volumes
         if "channels" in msg and ("expected input" in msg or "Given groups" in msg):
             raise ModelError(
-                f"The model does not accept images with {x.shape[1]} channel(s) of size {x.shape[2]}x{x.shape[3]}: {first}"
+                f"The model does not accept images with {x.shape[1]} channel(s) of size {size}: {first}"
             ) from None
         if "mat1 and mat2 shapes cannot be multiplied" in msg:
-            raise ModelError(f"The model does not accept images of size {x.shape[2]}x{x.shape[3]}: {first}") from None
+            raise ModelError(f"The model does not accept images of size {size}: {first}") from None
         if y is not None and y.numel() and f"index {int(y.max())} is out of bounds" in msg:
             raise ModelError(f"Target class {int(y.max())} is beyond the model's outputs ({first}).") from None
         raise

@@ -115,7 +115,7 @@ def passes_per_image(
     no pass of their own; NaN where a count needs what is not known."""
     ex = explain.get(method, **{"batch_size": batch_size, **hparams})
     shape3 = tuple(shape) if len(shape) == 3 else None
-    return ex.passes(shape3) + sum(
+    return ex.passes(shape3, model) + sum(
         metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model)
         for n, h in per_unit_metrics(metrics)
     )
