@@ -110,3 +110,35 @@ def test_global_command_on_nifti_volumes_writes_nifti_maps(tmp_path, capsys):
     assert np.allclose(back[0], z["label_maps"][1], atol=1e-6)
     assert np.allclose(aff, volumes.volume_geometry(data / "a" / "a0.nii.gz")[1])
     assert (out / "maps" / "overall.png").is_file() and (out / "peppr_a.png").is_file()
+
+
+def test_variability_of_volume_maps_across_a_torchscript_collection(tmp_path, capsys):
+    from cli_helpers import assert_user_error, run_cli
+    from fixture_models import conv3d
+    from test_volume_jobs import nifti_folder
+    from xaiscope import explain
+    from xaiscope.data import open_source
+
+    data = nifti_folder(tmp_path / "data", n=2)
+    coll = tmp_path / "coll"
+    coll.mkdir()
+    nets = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        nets.append(conv3d().eval())
+        torch.jit.script(nets[-1]).save(str(coll / f"m{seed}.ts"))
+    out = tmp_path / "v"
+    r = run_cli(capsys, "variability", "--collection", coll, "--data", data, "--methods", "saliency",
+                "--out", out, "--bootstrap", "5", "--top", "1")  # fmt: skip
+    assert r.code == 0, r.out
+    z = np.load(out / "maps" / "saliency.npz")
+    ds = open_source(data).take()
+    maps = []
+    for net in nets:
+        m = explain.pool(explain.get("saliency")(net, ds.x, ds.y), "sum").abs()
+        maps.append(m / m.flatten(1).sum(1).view(-1, 1, 1, 1))
+    expected_sd = torch.stack(maps).std(0, unbiased=False)
+    assert z["sd_map"].shape == tuple(expected_sd.shape)
+    assert np.allclose(z["sd_map"], expected_sd.numpy(), atol=1e-5)
+    r = run_cli(capsys, "variability", "--collection", coll, "--data", data, "--methods", "gradcam", "--out", out)
+    assert_user_error(r, "the layers of a TorchScript program cannot be hooked")

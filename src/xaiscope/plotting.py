@@ -120,3 +120,28 @@ def save_volume_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def save_volume_map_and_sd(
+    image: torch.Tensor,
+    heat: torch.Tensor,
+    sd: torch.Tensor,
+    path: str | Path,
+    title: str,
+    sd_title: str = "per-voxel SD",
+    signed: bool = False,
+) -> Path:
+    """A volume's map over its image (top row) and a per-voxel SD map (bottom row), both in
+    the four :func:`volume_views` through the map's maximum."""
+    h = heat.detach().cpu().float()
+    at = tuple(int(v) for v in np.unravel_index(int(torch.nan_to_num(h, nan=float("-inf")).argmax()), tuple(h.shape)))
+    views, sd_views = volume_views(image, h, at=at), volume_views(image, sd, at=at)
+    fig, axes = plt.subplots(2, len(views), figsize=(2.2 * len(views), 4.8))
+    for col, ((name, img, hm, _), (_, _, sdm, _)) in enumerate(zip(views, sd_views)):
+        overlay(axes[0, col], img, hm, signed=signed, title=name, origin="lower")
+        im = axes[1, col].imshow(sdm.numpy(), cmap="viridis", origin="lower")
+        axes[1, col].set_axis_off()
+    axes[1, 0].set_title(sd_title, fontsize=8)
+    fig.colorbar(im, ax=axes[1, -1], fraction=0.046)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)

@@ -42,36 +42,16 @@ def _map_figure(
     from xaiscope.plotting import overlay, save_figure
 
     if g.dim() == 3:
-        return _volume_map_figure(mean_image, g, sd, title, path, signed)
+        from xaiscope.plotting import save_volume_map_and_sd
+
+        save_volume_map_and_sd(mean_image, g, sd, path, f"{title}: global map", "per-voxel SD over images", signed)
+        return
     fig, axes = plt.subplots(1, 2, figsize=(5.0, 2.6))
     overlay(axes[0], mean_image, g, signed=signed, title=f"{title}: global map")
     im = axes[1].imshow(sd.numpy(), cmap="viridis")
     axes[1].set_axis_off()
     axes[1].set_title("per-pixel SD over images", fontsize=8)
     fig.colorbar(im, ax=axes[1], fraction=0.046)
-    save_figure(fig, path)
-
-
-def _volume_map_figure(
-    mean_image: torch.Tensor, g: torch.Tensor, sd: torch.Tensor, title: str, path: Path, signed: bool
-) -> None:
-    """A volume's global map (top row) and per-voxel SD (bottom row), both in the four views
-    through the map's maximum (:func:`~xaiscope.plotting.volume_views`)."""
-    import matplotlib.pyplot as plt
-
-    from xaiscope.plotting import overlay, save_figure, volume_views
-
-    views = volume_views(mean_image, g)
-    at = tuple(int(v) for v in np.unravel_index(int(torch.nan_to_num(g, nan=float("-inf")).argmax()), tuple(g.shape)))
-    sd_views = volume_views(mean_image, sd, at=at)
-    fig, axes = plt.subplots(2, len(views), figsize=(2.2 * len(views), 4.8))
-    for col, ((name, img, hm, _), (_, _, sdm, _)) in enumerate(zip(views, sd_views)):
-        overlay(axes[0, col], img, hm, signed=signed, title=name, origin="lower")
-        im = axes[1, col].imshow(sdm.numpy(), cmap="viridis", origin="lower")
-        axes[1, col].set_axis_off()
-    axes[1, 0].set_title("per-voxel SD over images", fontsize=8)
-    fig.colorbar(im, ax=axes[1, -1], fraction=0.046)
-    fig.suptitle(f"{title}: global map", fontsize=9)
     save_figure(fig, path)
 
 

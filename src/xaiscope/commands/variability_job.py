@@ -94,6 +94,16 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
     at = {p: k for k, p in enumerate(sorted({i for _, _, i in picks}))}
     for kind, rank, i in picks:
         x = shown.x[at[i]]
+        path = out / "maps" / safe_name(method) / f"{kind}_{rank}_{safe_name(ds.ids[i])}.png"
+        if x.dim() == 4:  # a volume: map and SD in the four views
+            from xaiscope.plotting import save_volume_map_and_sd
+
+            title = (
+                f"{ds.ids[i]} ({ds.classes[int(ds.labels[i])]}, accuracy {float(res.correct_mean[i]):.2f}): mean map"
+            )
+            sd_title = f"SD map (mean {float(res.attention_sd[i]):.2e})"
+            written.append(save_volume_map_and_sd(x, res.mean_map[i], res.sd_map[i], path, title, sd_title))
+            continue
         fig, axes = plt.subplots(1, 3, figsize=(7.2, 2.6))
         img = display_image(x)
         axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
@@ -106,7 +116,6 @@ def _stable_images(ds, res, method: str, out: Path, top: int) -> list[Path]:
         axes[2].set_axis_off()
         axes[2].set_title(f"SD map (mean {float(res.attention_sd[i]):.2e})", fontsize=8)
         fig.colorbar(im, ax=axes[2], fraction=0.046)
-        path = out / "maps" / safe_name(method) / f"{kind}_{rank}_{safe_name(ds.ids[i])}.png"
         written.append(save_figure(fig, path))
     return written
 

@@ -14,6 +14,11 @@ def find_layer(model: nn.Module, name: str, method: str) -> tuple[str, nn.Module
     of the last attention block of a vision transformer (where its tokens still map to
     patches), else the last ``Conv2d`` or ``Conv3d`` (for volumes)."""
     modules = dict(model.named_modules())
+    if any(isinstance(m, torch.jit.ScriptModule) for m in modules.values()):
+        raise MethodError(
+            f"{method} reads a layer inside the model, and the layers of a TorchScript program cannot be "
+            "hooked; load the model as a module (weights with their sidecar, or a factory spec) to use it."
+        )
     if name != "auto":
         if name not in modules or name == "":
             raise MethodError(

@@ -214,6 +214,19 @@ def _factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
     return model
 
 
+class TorchScriptModel(nn.Module):
+    """A TorchScript program behind an ordinary module, so forward hooks (pass counting, the
+    chunked forward helper's checks) work on it; hooks on layers inside the program do not
+    (TorchScript forbids them), so methods that read a layer (CAMs) say so."""
+
+    def __init__(self, script: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.script = script
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.script(x)
+
+
 def _load_file(path: Path, trust_model: bool) -> nn.Module:
     info = read_sidecar(str(path))
     if info is not None:
@@ -224,7 +237,7 @@ def _load_file(path: Path, trust_model: bool) -> nn.Module:
             is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
         if is_script:
             try:
-                return torch.jit.load(str(path), map_location="cpu")
+                return TorchScriptModel(torch.jit.load(str(path), map_location="cpu"))
             except Exception as e:
                 raise ModelError(f"The TorchScript file {path} cannot be loaded ({type(e).__name__}).") from None
     try:
