@@ -56,16 +56,16 @@ def scale_rows(n_images: int, pixels: int, picks: list[int], *, budget: int, blo
 def normalised_maps(
     read: Any, n_images: int, picks: list[int], *, budget: int = 2**24, block: int = 32, chunk_values: int = 2**22
 ) -> dict[str, np.ndarray]:
-    """The maps of images ``picks`` in the four normalisations, each ``[len(picks), H, W]`` in [0, 1].
+    """The maps of images ``picks`` in the four normalisations, each ``[len(picks), *spatial]`` in [0, 1].
 
-    ``read(index)`` returns raw attributions ``[n, C, H, W]`` of rows ``index`` (a slice) of
-    one (model, method, setting). Rows are read in runs of consecutive rows (at most
-    ``chunk_values`` values at a time), so memory stays bounded.
+    ``read(index)`` returns raw attributions ``[n, C, H, W]`` (``[n, C, D, H, W]``) of rows
+    ``index`` (a slice) of one (model, method, setting). Rows are read in runs of consecutive
+    rows (at most ``chunk_values`` values at a time), so memory stays bounded.
     """
     first = np.asarray(read(slice(0, 1)))
-    _, c, h, w = first.shape
-    rows = scale_rows(n_images, h * w, picks, budget=budget, block=block)
-    step = max(1, chunk_values // max(1, c * h * w))
+    c, pixels = first.shape[1], int(np.prod(first.shape[2:]))
+    rows = scale_rows(n_images, pixels, picks, budget=budget, block=block)
+    step = max(1, chunk_values // max(1, c * pixels))
     runs: list[tuple[int, int]] = []
     for r in rows:  # consecutive rows -> one read, at most ``step`` rows long
         if runs and runs[-1][1] == r and r - runs[-1][0] < step:
@@ -86,3 +86,37 @@ def normalised_maps(
         "dataset_p99": explain.normalise(scale_set, "dataset_p99")[pos],
     }
     return {k: v.clamp(0, 1).numpy() for k, v in out.items()}
+
+
+def volume_rows(
+    x: torch.Tensor, masks: np.ndarray | None, maps: dict[str, np.ndarray], row_labels: list[str]
+) -> tuple[list, list | None, dict[str, list], list[str]]:
+    """Volume examples as rows of 2D views for the example grid: per volume, the axial,
+    coronal and sagittal slices through one voxel and the maximum-intensity projection along
+    D (:func:`~xaiscope.plotting.volume_views`), the same views for the image, the mask
+    and every method, so methods compare on the same slices. The voxel is the centre of the
+    expert mask's mass where there is one, else the maximum of the methods' mean map. Views
+    are flipped to draw superior and anterior up.
+
+    ``x`` ``[K, C, D, H, W]``, ``masks`` ``[K, D, H, W]`` or None, ``maps`` method ->
+    ``[K, D, H, W]``; returns images, masks, maps and labels with 4 rows per volume."""
+    from xaiscope.plotting import volume_views
+
+    images, mask_rows, labels = [], [] if masks is not None else None, []
+    out: dict[str, list] = {m: [] for m in maps}
+    for k in range(x.shape[0]):
+        mean = torch.as_tensor(np.mean([maps[m][k] for m in maps], axis=0)) if maps else torch.zeros(x.shape[2:])
+        if masks is not None and masks[k].any():
+            at = tuple(int(round(float(v))) for v in np.argwhere(masks[k]).mean(axis=0))
+        else:
+            at = tuple(int(v) for v in np.unravel_index(int(mean.argmax()), tuple(mean.shape)))
+        mk = None if masks is None else torch.as_tensor(masks[k])
+        views = volume_views(x[k], mean, mk, at=at)
+        for name, img, _, mv in views:
+            images.append(img.flip(-2))
+            labels.append(f"{row_labels[k]}\n{name}")
+            if mask_rows is not None:
+                mask_rows.append(np.flipud(mv.numpy()))
+        for m, arr in maps.items():
+            out[m] += [np.flipud(v[2].numpy()) for v in volume_views(x[k], torch.as_tensor(arr[k]), at=at)]
+    return images, mask_rows, out, labels

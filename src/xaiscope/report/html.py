@@ -31,7 +31,7 @@ from xaiscope.errors import OutputError, XaiscopeError
 from xaiscope.io import write_text
 from xaiscope.report import plots
 from xaiscope.report.artefacts import collect
-from xaiscope.report.examples import NORMALISATIONS, normalised_maps, pick_examples
+from xaiscope.report.examples import NORMALISATIONS, normalised_maps, pick_examples, volume_rows
 
 DEFAULT_BASELINES = ("random", "sobel", "input")
 MAX_TABLE_ROWS = 100
@@ -511,7 +511,7 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
                 maps[k][method] = v
         if not maps["max"]:
             continue
-        srcs = {k: data_uri(plots.example_grid(ds.x, masks, maps[k], row_labels)) for k in NORMALISATIONS}
+        srcs = {k: data_uri(plots.example_grid(*_grid_rows(ds.x, masks, maps[k], row_labels))) for k in NORMALISATIONS}
         out.append(
             {
                 "model": model,
@@ -521,6 +521,13 @@ def examples_section(run: RunView) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _grid_rows(x, masks, maps, row_labels):
+    """The example grid's rows: the images as they are, volumes as four 2D views each."""
+    if x.dim() == 5:
+        return volume_rows(x, masks, maps, row_labels)
+    return x, masks, maps, row_labels
 
 
 def distributions_section(run: RunView) -> list[dict[str, str]]:

@@ -67,7 +67,8 @@ def example_grid(
 ) -> bytes:
     """Rows = example images, columns = the input (mask outline in cyan) then one map per method.
 
-    ``images``: ``[K, C, H, W]`` tensors or arrays; ``maps``: method -> ``[K, H, W]`` already
+    ``images``: ``[K, C, H, W]`` tensors or arrays (or lists of ``[C, h, w]`` views of differing
+    shapes, e.g. of volumes, rows padded to one width); ``maps``: method -> ``[K, H, W]`` already
     normalised to [0, 1] (drawn on one fixed colour scale, 0 to 1, so the normalisation
     shows); ``masks``: ``[K, H, W]`` bool or None. The panels are composed into one mosaic
     image (``tile`` pixels high each) drawn on a single axis, which keeps this fast for many
@@ -93,7 +94,8 @@ def example_grid(
         tiles = [rgb] + [_tile(cmap(np.clip(np.asarray(maps[n][r], float), 0, 1))[..., :3], size) for n in names]
         sep = np.ones((size, gap, 3))
         rows.append(np.concatenate([t for tl in tiles for t in (tl, sep)][:-1], axis=1))
-    width = rows[0].shape[1]
+    width = max(r.shape[1] for r in rows)  # views of a volume differ in aspect: pad rows to one width
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
     hsep = np.ones((gap, width, 3))
     mosaic = np.concatenate([t for row in rows for t in (row, hsep)][:-1], axis=0)
     tw = (width + gap) / (1 + len(names))
