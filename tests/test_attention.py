@@ -92,7 +92,7 @@ def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, c
         explain.applicable(["saliency", "attention_rollout"], cnn)
     vit = toy_vit()
     kept, left = explain.applicable(["lrp", "attention"], vit)
-    assert kept == ["attention_rollout"] and set(left) == set(explain.expand(["lrp"]))
+    assert kept == ["attention_rollout", "generic_attention"] and set(left) == set(explain.expand(["lrp"]))
     with pytest.raises(MethodError, match=r"lrp_epsilon_plus_flat has LRP rules for CNN layers only"):
         explain.applicable(["lrp_epsilon_plus_flat"], vit)
     with pytest.raises(MethodError, match=r"LRP rules for CNN layers only"):
@@ -104,7 +104,7 @@ def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, c
     args = ["evaluate", "--model", "small_cnn", "--data", str(tmp_path / "d.npz"), "--metrics", "sparseness"]
     r = run_cli(capsys, *args, "--methods", "saliency,attention", "--out", str(tmp_path / "a.parquet"))
     assert r.code == 0, r.err
-    assert "left out attention_rollout: they cannot explain this model" in " ".join(r.out.split())
+    assert "left out attention_rollout, generic_attention: they cannot explain this model" in " ".join(r.out.split())
     r = run_cli(capsys, *args, "--methods", "attention_rollout", "--out", str(tmp_path / "b.parquet"))
     assert_user_error(r, r"attention_rollout explains vision transformers")
     spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=4,depth=2,embed_dim=24,num_heads=3"
@@ -154,3 +154,67 @@ def test_rollout_does_not_depend_on_the_batch_size_or_the_target_and_counts_one_
         a1 = ex1(vit, x, torch.zeros(5, dtype=torch.long))
     assert count.rows == 5 == 5 * ex1.passes((3, 16, 16))
     torch.testing.assert_close(a1, ex4(vit, x, torch.ones(5, dtype=torch.long)), rtol=1e-5, atol=1e-7)
+
+
+def hand_generic_attention(model, x, y, prefix=1, class_token=True):
+    """Chefer et al. 2021 by hand: each block's attention recomputed explicitly from its qkv
+    weights inside the forward, its gradient taken, R = I; R += mean_h((grad * A)^+) R."""
+    store = []
+
+    def explicit(at):
+        def forward(h, attn_mask=None, **_):
+            b, t, c = h.shape
+            qkv = at.qkv(h).reshape(b, t, 3, at.num_heads, c // at.num_heads).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)
+            q, k = at.q_norm(q), at.k_norm(k)
+            a = ((q * at.scale) @ k.transpose(-2, -1)).softmax(-1)
+            a.retain_grad()
+            store.append(a)
+            o = (a @ v).transpose(1, 2).reshape(b, t, c)
+            return at.proj_drop(at.proj(at.norm(o)))
+
+        return forward
+
+    for blk in model.blocks:
+        blk.attn.forward = explicit(blk.attn)
+    try:
+        xg = x.clone().requires_grad_(True)
+        model(xg).gather(1, y.view(-1, 1)).sum().backward()
+    finally:
+        for blk in model.blocks:
+            del blk.attn.forward
+    t = store[0].shape[-1]
+    r = torch.eye(t, dtype=torch.float64).expand(x.shape[0], t, t)
+    for a in store:
+        r = r + (a.grad.double() * a.double()).clamp(min=0).mean(1) @ r
+    rows = r[:, 0, prefix:] if class_token else r[:, prefix:, prefix:].mean(1)
+    g = int(rows.shape[1] ** 0.5)
+    return F.interpolate(rows.reshape(-1, 1, g, g).float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reg_tokens": 2}, {"global_pool": "avg", "class_token": False}])
+def test_generic_attention_equals_the_hand_written_reference(kw):
+    from xaiscope.models import count_passes
+
+    model, x, y = (
+        toy_vit(**kw),
+        torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
+        torch.tensor([0, 1, 1]),
+    )
+    m = explain.get("generic_attention", batch_size=2)
+    with count_passes(model) as count:
+        a = m(model, x, y)
+    assert count.rows == 3 and m.passes((3, 16, 16)) == 1
+    prefix = model.num_prefix_tokens
+    want = hand_generic_attention(model, x, y, prefix=prefix, class_token=model.global_pool == "token")
+    torch.testing.assert_close(a[:, :1], want, rtol=1e-5, atol=1e-6)
+    other = m(model, x, 1 - y)  # the map depends on the class explained
+    assert not torch.allclose(other, a)
+    assert all(blk.attn.fused_attn == timm.layers.use_fused_attn() for blk in model.blocks)  # restored
+
+
+def test_generic_attention_refuses_a_cnn_with_one_sentence():
+    from xaiscope.models import build
+
+    with pytest.raises(MethodError, match="generic_attention explains vision transformers"):
+        explain.get("generic_attention")(build("small_cnn", width=4), torch.rand(1, 1, 16, 16), torch.tensor([0]))

@@ -15,6 +15,16 @@ the identity is added for the residual path and each row renormalised:
 reshaped to the patch grid and upsampled bilinearly to the image; a model without a class
 token (global average pooling) gets the mean of the patch tokens' rows over the patches.
 Rollout does not depend on the class explained. Passes: 1 forward per image.
+
+**Generic attention** (Chefer, Gur & Wolf 2021, "Generic Attention-model Explainability for
+Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV, arXiv:2103.15679, eq. 5-6).
+Per layer the attention is weighted by the gradient of the target logit ``y_t`` with respect
+to it and averaged over heads, positive part first:
+``Ā_l = E_h[(∇A_l ⊙ A_l)^+]`` with ``∇A_l = ∂y_t/∂A_l``; the relevance of tokens to tokens
+starts at the identity and accumulates layer by layer, ``R ← R + Ā_l R`` (l = 1..L). The map
+is the class token's row of ``R`` over the patches (the mean patch row without a class
+token), as for rollout. It depends on the class explained. Passes: 1 forward and 1
+backward per image.
 """
 
 from __future__ import annotations
@@ -61,15 +71,20 @@ def token_layout(model: torch.nn.Module, method: str = "this method") -> TokenLa
 
 
 @contextlib.contextmanager
-def captured_attention(layout: TokenLayout):
+def captured_attention(layout: TokenLayout, *, keep_graph: bool = False):
     """Within the block, every attention module computes its probabilities explicitly (fused
-    kernels off) and the list yielded receives them, ``[B, heads, T, T]`` per module in order."""
+    kernels off) and the list yielded receives them, ``[B, heads, T, T]`` per module in order
+    (detached, unless ``keep_graph``: then gradients can be taken with respect to them)."""
     store: list[torch.Tensor] = []
     handles, fused = [], []
+
+    def keep(_m, args, _out):
+        store.append(args[0] if keep_graph else args[0].detach())
+
     for m in layout.attentions:
         fused.append(m.fused_attn)
         m.fused_attn = False
-        handles.append(m.attn_drop.register_forward_hook(lambda _m, args, _out: store.append(args[0].detach())))
+        handles.append(m.attn_drop.register_forward_hook(keep))
     try:
         yield store
     finally:
@@ -99,6 +114,18 @@ def rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_r
     return result
 
 
+def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
+    """``R`` ``[B, T, T]`` of Chefer et al. 2021: ``R = I``, then ``R <- R + E_h[(grad * A)^+] R``
+    per layer in order (module docstring)."""
+    r = None
+    for a, g in zip(attentions, gradients):
+        cam = (g.double() * a.double()).clamp_min(0).mean(1)
+        if r is None:
+            r = torch.eye(cam.shape[-1], dtype=cam.dtype, device=cam.device).expand_as(cam).clone()
+        r = r + cam @ r
+    return r
+
+
 def token_map(r: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """Patch-grid maps ``[B, 1, h, w]`` from the rollout ``R`` ``[B, T, T]``: the class token's
     row over the patches, or the mean patch row for a model without a class token."""
@@ -110,21 +137,11 @@ def token_map(r: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return rows.reshape(-1, 1, h, w)
 
 
-@register
-class AttentionRolloutExplainer(Explainer):
-    """Attention rollout (Abnar & Zuidema 2020, ACL, arXiv:2005.00928): the product of the
-    layers' head-fused, residual-corrected attention, read at the class token. 1 pass."""
+class _AttentionExplainer(Explainer):
+    """Shared declarations: timm vision transformers only (their token layout), 2D images."""
 
-    name, family, library = "attention_rollout", "attention", "xaiscope"
+    family, library = "attention", "xaiscope"
     volumes = False  # timm ViTs take 2D images
-    params = {
-        "head_fusion": Param("mean", str, "how the heads of a layer are fused", choices=("mean", "max", "min")),
-        "discard_ratio": Param(0.0, float, "share of the smallest fused attention entries set to zero", low=0.0),
-    }
-
-    def _validate(self) -> None:
-        if not self.hparams["discard_ratio"] < 1:
-            raise MethodError(f"discard_ratio of {self.name} must be below 1, got {self.hparams['discard_ratio']}.")
 
     @classmethod
     def applies_to(cls, model: torch.nn.Module) -> str | None:
@@ -133,6 +150,22 @@ class AttentionRolloutExplainer(Explainer):
         except MethodError as e:
             return str(e)
         return None
+
+
+@register
+class AttentionRolloutExplainer(_AttentionExplainer):
+    """Attention rollout (Abnar & Zuidema 2020, ACL, arXiv:2005.00928): the product of the
+    layers' head-fused, residual-corrected attention, read at the class token. 1 pass."""
+
+    name = "attention_rollout"
+    params = {
+        "head_fusion": Param("mean", str, "how the heads of a layer are fused", choices=("mean", "max", "min")),
+        "discard_ratio": Param(0.0, float, "share of the smallest fused attention entries set to zero", low=0.0),
+    }
+
+    def _validate(self) -> None:
+        if not self.hparams["discard_ratio"] < 1:
+            raise MethodError(f"discard_ratio of {self.name} must be below 1, got {self.hparams['discard_ratio']}.")
 
     def _attribute(self, model, x, y):
         layout = token_layout(model, self.name)
@@ -145,6 +178,32 @@ class AttentionRolloutExplainer(Explainer):
             if len(store) != len(layout.attentions):
                 raise MethodError(f"{self.name}: {len(store)} of {len(layout.attentions)} attention layers ran.")
             m = token_map(rollout(store, hp["head_fusion"], hp["discard_ratio"]), layout).float()
+            return F.interpolate(m, size=xb.shape[-2:], mode="bilinear", align_corners=False)
+
+        return per_chunk(run, x, y, self.batch_size)
+
+
+@register
+class GenericAttentionExplainer(_AttentionExplainer):
+    """Gradient-weighted attention propagated through the layers (Chefer, Gur & Wolf 2021,
+    ICCV, arXiv:2103.15679), read at the class token. 1 forward + 1 backward."""
+
+    name = "generic_attention"
+    params = {}
+
+    def _attribute(self, model, x, y):
+        layout = token_layout(model, self.name)
+
+        def run(xb, yb):
+            xg = xb.detach().requires_grad_(True)  # the graph reaches the attention through the input
+            with captured_attention(layout, keep_graph=True) as store, torch.enable_grad():
+                out = model(xg)
+                check_target_range(yb, out.shape[1])
+                if len(store) != len(layout.attentions):
+                    raise MethodError(f"{self.name}: {len(store)} of {len(layout.attentions)} attention layers ran.")
+                grads = torch.autograd.grad(out.gather(1, yb.view(-1, 1)).sum(), store)
+            r = generic_relevance([a.detach() for a in store], grads)
+            m = token_map(r, layout).float()
             return F.interpolate(m, size=xb.shape[-2:], mode="bilinear", align_corners=False)
 
         return per_chunk(run, x, y, self.batch_size)
