@@ -134,8 +134,6 @@ def lift(net2: nn.Sequential) -> nn.Sequential:
 #: metrics whose one-slice volume legitimately scores differently from its image, and why
 DIFFER_ON_ONE_SLICE = {
     "emd_score": "refuses volumes (the exact transport does not scale to voxels)",
-    "irof": "SLIC places its seeds on a 3D grid (step (D H W / n_segments)^(1/3)), so the supervoxels of "
-    "a one-slice volume are not the superpixels of its image",
     "random_logit": "its default SSIM is 3-D on volumes: a 7x7x7 window does not fit one slice, so the "
     "score is NaN as scikit-image refuses such a volume (with similarity='spearman' it is the image's, below)",
 }
@@ -165,11 +163,10 @@ def test_random_logit_on_one_slice_is_nan_with_ssim_and_the_image_with_spearman(
     torch.testing.assert_close(s3, s2, atol=1e-5, rtol=0)
 
 
-def test_the_one_slice_refusals_and_differences_are_real(twins):
+def test_the_one_slice_refusal_is_real(twins):
     with pytest.raises(MetricError, match="does not scale to volumes"):
         _score("emd_score", *twins[1])
     assert torch.isfinite(_score("emd_score", *twins[0])).all()
-    assert torch.isfinite(_score("irof", *twins[1])).all()
 
 
 def test_one_slice_maps_and_raw_attributions_of_the_twin_are_the_image_ones(twins):

@@ -10,7 +10,7 @@ On volumes ``[N, C, D, H, W]`` every metric here is the same declaration on voxe
 below is a voxel, a patch a cube of side ``patch_size`` (``ceil(D/p) ceil(H/p) ceil(W/p)``
 of them), a superpixel a SLIC supervoxel, the blur and ROAD's imputation work along D, H
 and W; ``H W`` in a pass count becomes ``D H W``. A volume of one slice (D = 1) scores as
-its image (IROF's SLIC aside, whose seeds are placed in 3D).
+its image.
 """
 
 from __future__ import annotations

@@ -151,9 +151,10 @@ class Patches:
 class Superpixels:
     """SLIC superpixels of each image (scikit-image, ``start_label=0``, on the CPU once per
     image); score = mean of the map over the superpixel. Volumes get the supervoxels the
-    explainers use (:func:`xaiscope.explain.perturbation.superpixels`: SLIC on the volume
-    scaled to [0, 1], with the voxel spacing of ``voxel_spacing``, a grid for a flat volume);
-    images keep the unscaled SLIC call Quantus makes."""
+    explainers use (:func:`xaiscope.explain.perturbation.superpixels`: SLIC with the voxel
+    spacing of ``voxel_spacing``, a grid for a flat volume); images keep the SLIC call Quantus
+    makes. SLIC scales each image to [0, 1] and segments an image as a volume of one slice, so
+    a one-slice volume gets its image's superpixels (unless it is flat or a spacing is set)."""
 
     segments: str = "n_segments"
     compactness: str = "compactness"
