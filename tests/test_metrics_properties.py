@@ -88,7 +88,7 @@ def test_monotonicity_early_stop_equals_whole_curve(data, batch_size):
     with models.count_passes(net) as c:
         got = m(net, x, y, a)
     # the whole curve of every image, then the paper's test
-    units = P.pixel_units(m.map(a))
+    units = P.pixel_units(m.map(a, dims=2))
     lo, hi = P.cumulative(8, units.size)
     steps = P.RankSteps(units, P.ranks(units, "lerf"), lo, hi)
     v = P.run(net, x, y, steps, P.make_fill("black", x, steps.T), batch_size=512, insertion=True)

@@ -5,6 +5,11 @@
 >>> scores = m(model, x, y, a)                  # [N], NaN where undefined
 >>> fractions, curves = m.curves(model, x, y, a)   # [T+1], [N, T+1]
 >>> m.passes((1, 64, 64))                      # model passes per image
+>>> m.passes((1, 32, 64, 64))                  # ... per volume [C, D, H, W]
+
+Every metric takes images ``x`` ``[N, C, H, W]`` or volumes ``[N, C, D, H, W]`` with
+attributions of the shape of ``x`` or maps ``[N, *spatial]`` (``emd_score`` alone refuses
+volumes, in one sentence).
 
 Metadata per metric class: ``name``, ``category``, ``direction``, ``needs``,
 ``passes_formula``, ``reference``; ``evaluate.table()`` lists them. ``all`` and the

@@ -9,9 +9,8 @@ import torch
 from xaiscope import models
 from xaiscope.errors import MetricError
 from xaiscope.evaluate import perturbation as P
-from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, Metric, Param, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM_F, OUTPUT_L, Metric, Param, pooled, register
 from xaiscope.evaluate.cost import E
-from xaiscope.explain.postprocess import pool
 
 
 @register
@@ -51,7 +50,7 @@ class NonSensitivity(P.PerturbationMetric):
     ``features_in_step`` pixels in raster order is set to the fill separately.
 
     Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584. Lower is better;
-    passes = 1 + ceil(H W / features_in_step).
+    passes = 1 + ceil(H W / features_in_step) (D H W voxels for volumes).
     """
 
     name, category, direction = "non_sensitivity", "axiomatic", "lower"
@@ -69,12 +68,14 @@ class NonSensitivity(P.PerturbationMetric):
 
 
 def shifted_model(model: torch.nn.Module, shift: float, shape) -> torch.nn.Module:
-    """Copy of ``model`` whose first Conv2d absorbs an input shift: bias_c becomes
-    ``2 b_c - min(conv(shift)_c)`` as in Quantus (exact away from zero-padded borders)."""
+    """Copy of ``model`` whose first Conv2d (Conv3d for volumes: ``shape`` = ``(C, D, H, W)``)
+    absorbs an input shift: bias_c becomes ``2 b_c - min(conv(shift)_c)`` as in Quantus (exact
+    away from zero-padded borders)."""
     new = copy.deepcopy(model)
-    first = next((m for m in new.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    conv = torch.nn.Conv3d if len(shape) == 4 else torch.nn.Conv2d
+    first = next((m for m in new.modules() if isinstance(m, conv)), None)
     if first is None or first.bias is None:
-        raise MetricError("input_invariance needs a model whose first layer is a Conv2d with a bias.")
+        raise MetricError(f"input_invariance needs a model whose first layer is a {conv.__name__} with a bias.")
     with torch.no_grad():
         dev = first.weight.device
         fw = first(torch.full((1, *shape), float(shift), device=dev))[0]
@@ -89,7 +90,7 @@ class InputInvariance(Metric):
     the shifted model equals the original map (``atol`` 1e-4), else 0.
 
     Kindermans et al. 2019, "The (un)reliability of saliency methods", arXiv:1711.00867.
-    Higher is better; passes = E.
+    On volumes the first layer is a Conv3d. Higher is better; passes = E.
     """
 
     name, category, direction = "input_invariance", "axiomatic", "higher"
@@ -106,7 +107,8 @@ class InputInvariance(Metric):
     def _score(self, model, x, y, a, mask, explainer):
         shift = self.hparams["input_shift"]
         net = shifted_model(model, shift, x.shape[1:])
+        dims = x.dim() - 2
         with models.eval_mode(net):
-            a2 = self.map(pool(explainer(net, x + shift, y), "sum"))
-        a1 = self.map(a)
+            a2 = self.map(pooled(explainer(net, x + shift, y), dims), dims=dims)
+        a1 = self.map(a, dims=dims)
         return torch.isclose(a1, a2, atol=self.hparams["atol"]).flatten(1).all(1).double()

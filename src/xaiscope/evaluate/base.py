@@ -17,8 +17,13 @@ puts the model in eval mode (restoring it afterwards, also on errors), and retur
 float tensor ``[N]`` on ``x.device``; NaN marks images where the score is undefined
 (for example an all-zero map or an empty mask); one bad image never raises.
 
-Attributions ``a`` may be raw ``[N, C, H, W]`` or maps ``[N, H, W]``. Where a metric
-needs a map, channels are pooled by **sum** (``explain.pool(a, "sum")``); the
+Images ``x`` are ``[N, C, H, W]`` and volumes ``[N, C, D, H, W]``: with ``S`` = 2 or 3
+spatial dims, attributions ``a`` are raw when they have ``S + 2`` dims (``[N, C, H, W]``,
+``[N, C, D, H, W]``) and maps when they have ``S + 1`` (``[N, H, W]``, ``[N, D, H, W]``),
+decided from ``x``, never from ``a`` alone (a 4-D tensor is a raw image attribution or a
+volume's map); masks are ``[N, *spatial]`` (several annotators' ``[N, A, *spatial]``,
+reduced to their union). Where a metric needs a map, channels are pooled by **sum**
+(:func:`pooled`); the
 Quantus defaults ``abs`` (take ``|a|``) and ``normalise`` (divide each map by its
 largest magnitude) are hyperparameters of each metric. Quantus normalises by the
 maximum over the whole batch it is given; we normalise each image by its own maximum,
@@ -36,7 +41,6 @@ from xaiscope.errors import MethodError, MetricError, did_you_mean
 from xaiscope.evaluate import stats
 from xaiscope.evaluate.cost import Count, Env, number
 from xaiscope.explain.base import Param
-from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
 from xaiscope.registry import Registry
@@ -76,16 +80,19 @@ class Metric:
     #: metric also gives ``set_scores(a, predicted)`` from the maps and predicted classes alone
     set_level: ClassVar[bool] = False
 
-    def set_pairs(self, a: torch.Tensor) -> torch.Tensor:
+    def set_pairs(self, a: torch.Tensor, dims: int = 2) -> torch.Tensor:
         """``[N, N]`` bool: which pairs of images of the set a set-level metric compares (maps
-        ``a`` of the whole set; e.g. maps close to each other for sufficiency)."""
-        return self._set_pairs(self.map(torch.as_tensor(a).float()))
+        ``a`` of the whole set; e.g. maps close to each other for sufficiency). ``dims``: the
+        spatial dims of the images (3 for volumes: ``a`` raw ``[N, C, D, H, W]`` or maps
+        ``[N, D, H, W]``)."""
+        return self._set_pairs(self.map(torch.as_tensor(a).float(), dims=dims))
 
-    def set_scores(self, a: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    def set_scores(self, a: torch.Tensor, predicted: torch.Tensor, dims: int = 2) -> torch.Tensor:
         """Per-image scores ``[N]`` of a set-level metric from the maps ``a`` of the whole set and
         the model's predicted classes, without a model pass: for image i, the share of the
-        images paired with it (:meth:`set_pairs`) predicted as the same class; 0 if none."""
-        return self.set_scores_of_maps(self.map(torch.as_tensor(a).float()), predicted)
+        images paired with it (:meth:`set_pairs`) predicted as the same class; 0 if none.
+        ``dims`` as in :meth:`set_pairs`."""
+        return self.set_scores_of_maps(self.map(torch.as_tensor(a).float(), dims=dims), predicted)
 
     def set_scores_of_maps(self, m: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """:meth:`set_scores` from the maps ``m`` (already through :meth:`map`)."""
@@ -148,10 +155,11 @@ class Metric:
     def batch_size(self) -> int:
         return int(self.hparams.get("batch_size", BATCH.default))
 
-    def passes(self, shape: tuple[int, int, int] | None = None, explainer=None, model=None) -> float:
+    def passes(self, shape: tuple[int, ...] | None = None, explainer=None, model=None) -> float:
         """Model passes per image for these settings (``cost``; NaN where it needs what is not given).
 
-        ``shape`` = (C, H, W) where the count depends on the image size; ``explainer``
+        ``shape`` = (C, H, W), or (C, D, H, W) for volumes, where the count depends on the
+        image size (features of a volume are voxels and cubes); ``explainer``
         gives E (its passes per image) for explainer-based metrics; ``model`` gives L
         (its layers with parameters) for randomisation metrics.
         """
@@ -173,20 +181,26 @@ class Metric:
         return out.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
 
     def _check(self, model, x, y, a, mask, explainer):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise MetricError(f"{self.name} needs images [N, C, H, W]; got {getattr(x, 'shape', type(x).__name__)}.")
+        if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+            raise MetricError(
+                f"{self.name} needs images [N, C, H, W] or volumes [N, C, D, H, W]; "
+                f"got {list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}."
+            )
         x = x.detach().float()
-        n, _, h, w = x.shape
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        dims, sp = len(spatial), "D, H, W" if len(spatial) == 3 else "H, W"
         y = torch.as_tensor(y, device=x.device).long().view(-1)
         if y.shape[0] != n:
             raise MetricError(f"{self.name} got {n} images but {y.shape[0]} targets.")
         check_targets(y)
         if a is not None:
             a = torch.as_tensor(a).detach().to(x.device).float()
-            if a.dim() not in (3, 4) or a.shape[0] != n or tuple(a.shape[-2:]) != (h, w):
+            raw = a.dim() == dims + 2 and tuple(a.shape[2:]) == spatial
+            if not (raw or (a.dim() == dims + 1 and tuple(a.shape[1:]) == spatial)) or a.shape[0] != n:
+                kind = "volumes" if dims == 3 else "images"
                 raise MetricError(
-                    f"{self.name} needs attributions [N, C, H, W] or maps [N, H, W] matching images {list(x.shape)}; "
-                    f"got {list(a.shape)}."
+                    f"{self.name} needs attributions [N, C, {sp}] or maps [N, {sp}] matching {kind} "
+                    f"{list(x.shape)}; got {list(a.shape)}."
                 )
         elif not self._explains_itself():
             raise MetricError(f"{self.name} needs attributions a; got None.")
@@ -194,10 +208,13 @@ class Metric:
             if mask is None:
                 raise MetricError(f"{self.name} is a localisation metric and needs masks, but none were given.")
             mask = torch.as_tensor(mask).to(x.device)
-            if mask.dim() == 4:
+            if mask.dim() == dims + 2:  # several annotators' masks: their union
                 mask = mask.any(dim=1)
-            if tuple(mask.shape) != (n, h, w):
-                raise MetricError(f"{self.name} needs masks [N, H, W] = {[n, h, w]}; got {list(mask.shape)}.")
+            if tuple(mask.shape) != (n, *spatial):
+                raise MetricError(
+                    f"{self.name} needs masks [N, {sp}] = {[n, *spatial]} (or [N, A, {sp}] from several "
+                    f"annotators); got {list(mask.shape)}."
+                )
             mask = mask.bool()
         if "model" in self.needs and model is None:
             raise MetricError(f"{self.name} needs the model; got None.")
@@ -212,9 +229,10 @@ class Metric:
         raise NotImplementedError
 
     # --------------------------------------------------------------- helpers
-    def map(self, a: torch.Tensor, abs_key: str = "abs", norm_key: str = "normalise") -> torch.Tensor:
-        """Maps ``[N, H, W]``: channels pooled by sum, then ``abs`` and ``normalise`` settings."""
-        m = pool(a, "sum") if a.dim() == 4 else a
+    def map(self, a: torch.Tensor, abs_key: str = "abs", norm_key: str = "normalise", *, dims: int) -> torch.Tensor:
+        """Maps ``[N, *spatial]``: channels pooled by sum (:func:`pooled`; ``dims`` = number of
+        spatial dims, ``x.dim() - 2``), then the ``abs`` and ``normalise`` settings."""
+        m = pooled(a, dims)
         if self.hparams.get(norm_key, False):
             m = normalise_max(m)
         if self.hparams.get(abs_key, False):
@@ -250,6 +268,17 @@ def has_masks_for(cls: type[Metric], masks: bool, extra: "set[str] | None") -> b
     if name is None or extra is None:
         return masks
     return name in extra
+
+
+def pooled(a: torch.Tensor, dims: int) -> torch.Tensor:
+    """Maps ``[N, *spatial]`` from attributions with ``dims`` spatial dims: raw attributions
+    ``[N, C, *spatial]`` (``dims + 2`` dims) summed over channels, maps (``dims + 1``) as they are."""
+    if a.dim() == dims + 2:
+        return a.sum(dim=1)
+    if a.dim() != dims + 1:
+        sp = "D, H, W" if dims == 3 else "H, W"
+        raise MetricError(f"Attributions must be [N, C, {sp}] or maps [N, {sp}]; got shape {list(a.shape)}.")
+    return a
 
 
 def normalise_max(m: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Complexity metrics: how concentrated a map is. None calls the model (0 passes)."""
+"""Complexity metrics: how concentrated a map is. None calls the model (0 passes). Maps of
+images ``[N, H, W]`` and volumes ``[N, D, H, W]`` alike are flat vectors of pixels (voxels)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class Sparseness(_Complexity):
     reference = "Chalasani et al. 2020, ICML, arXiv:1810.06583"
 
     def _score(self, model, x, y, a, mask, explainer):
-        m = self.map(a).flatten(1).double()
+        m = self.map(a, dims=x.dim() - 2).flatten(1).double()
         v = stats.sort_rows(m + 1e-7)
         n = v.shape[-1]
         i = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
@@ -48,7 +49,7 @@ class Complexity(_Complexity):
     reference = "Bhatt et al. 2020, IJCAI, arXiv:2005.00631"
 
     def _score(self, model, x, y, a, mask, explainer):
-        v = self.map(a).flatten(1).double()
+        v = self.map(a, dims=x.dim() - 2).flatten(1).double()
         p = v / v.abs().sum(-1, keepdim=True)
         return -(p * torch.log(p + 1e-12)).sum(-1)
 
@@ -66,4 +67,4 @@ class EffectiveComplexity(_Complexity):
     params = {"abs": ABS_T, "normalise": NORM, "eps": Param(1e-5, float, "threshold", low=0.0)}
 
     def _score(self, model, x, y, a, mask, explainer):
-        return (self.map(a).flatten(1) > self.hparams["eps"]).sum(-1).double()
+        return (self.map(a, dims=x.dim() - 2).flatten(1) > self.hparams["eps"]).sum(-1).double()

@@ -1,12 +1,17 @@
 """Model passes per image as expressions: one object gives the number and the formula.
 
 A :class:`Count` is built from the settings of a metric (:func:`setting`), the image
-size (:data:`H`, :data:`W`), the explainer's passes per image (:data:`E`) and the
-number of layers with parameters (:data:`L`) with ``+``, ``*``, ``/``, :func:`ceil`,
-:func:`floor` and :func:`smallest`. ``count(env)`` evaluates it for an :class:`Env`
-and ``str(count)`` prints it, so the pass count of ``metric.passes()``, the formula of
-``xaiscope metrics`` and the README table all come from the same expression. A count
-that needs an unknown quantity (no shape, no explainer, no model) is NaN.
+size (:data:`H`, :data:`W`; :data:`D` for volumes), the explainer's passes per image
+(:data:`E`) and the number of layers with parameters (:data:`L`) with ``+``, ``*``, ``/``,
+:func:`ceil`, :func:`floor` and :func:`smallest`. ``count(env)`` evaluates it for an
+:class:`Env` and ``str(count)`` prints it, so the pass count of ``metric.passes()``, the
+formula of ``xaiscope metrics`` and the README table all come from the same expression. A
+count that needs an unknown quantity (no shape, no explainer, no model) is NaN.
+
+Where volumes ``(C, D, H, W)`` count differently from images (voxels, cubes), a count is
+made of both forms by :func:`per_dims` (e.g. ``H*W`` and ``D*H*W``); every expression built
+from it keeps both, evaluates the one that fits the shape and prints the image formula
+followed by ``; volumes: `` and the volume formula.
 
 Each count has a ``kind``: ``"exact"``, ``"at most"`` (an upper bound: images that
 stop early make fewer passes) or ``"about"`` (depends on the data, e.g. the number of
@@ -16,6 +21,8 @@ superpixels found); an expression takes the loosest kind of its parts.
 '1 + nr_samples * (E + 1)'
 >>> str(ceil(H * W / setting("features_in_step")))
 'ceil(H*W / features_in_step)'
+>>> str(1 + per_dims(H * W, D * H * W))
+'1 + H*W; volumes: 1 + D*H*W'
 """
 
 from __future__ import annotations
@@ -40,19 +47,26 @@ def _loosest(*counts: Count) -> str:
 
 @dataclass(frozen=True)
 class Env:
-    """What a count is evaluated for: the settings, the image shape ``(C, H, W)`` (or None),
-    the explainer's passes per image ``e`` and the number of layers ``layers`` (NaN when unknown)."""
+    """What a count is evaluated for: the settings, the image shape ``(C, H, W)`` or volume
+    shape ``(C, D, H, W)`` (or None), the explainer's passes per image ``e`` and the number of
+    layers ``layers`` (NaN when unknown)."""
 
     hparams: dict
     shape: tuple | None = None
     e: float = NAN
     layers: float = NAN
 
+    @property
+    def volume(self) -> bool:
+        """The shape is a volume's ``(C, D, H, W)``."""
+        return self.shape is not None and len(self.shape) == 4
+
 
 class Count:
-    """A pass count: ``self(env)`` -> float, ``str(self)`` -> its formula."""
+    """A pass count: ``self(env)`` -> float, ``str(self)`` -> its formula. ``text`` is the
+    formula for images; ``vtext`` the one for volumes where it differs (else None)."""
 
-    __slots__ = ("text", "value", "prec", "const", "shaped", "symbol", "kind")
+    __slots__ = ("text", "value", "prec", "const", "shaped", "symbol", "kind", "vtext")
 
     def __init__(
         self,
@@ -64,31 +78,41 @@ class Count:
         shaped: bool = False,
         symbol: bool = False,
         kind: str = "exact",
+        vtext: str | None = None,
     ):
         self.text, self.value, self.prec = text, value, prec
         self.const, self.shaped, self.symbol, self.kind = const, shaped, symbol, kind
+        self.vtext = vtext
 
     def __call__(self, env: Env) -> float:
         return float(self.value(env))
 
     def __str__(self) -> str:
-        return self.text
+        return self.text if self.vtext is None else f"{self.text}; volumes: {self.vtext}"
 
     def __repr__(self) -> str:
         return f"Count({self.text!r})"
 
-    def _in(self, prec: int) -> str:
-        return f"({self.text})" if self.prec < prec else self.text
+    def _in(self, prec: int, volume: bool = False) -> str:
+        text = self.vtext if volume and self.vtext is not None else self.text
+        return f"({text})" if self.prec < prec else text
 
     def _join(self, other: Count, op: str, f: Callable[[float, float], float], prec: int, right: int) -> Count:
         """``self op other``, ``other`` parenthesised when it binds looser than ``right``."""
+        vtext = None
+        if self.vtext is not None or other.vtext is not None:
+            vtext = f"{self._in(prec, True)}{op}{other._in(right, True)}"
         return Count(
             f"{self._in(prec)}{op}{other._in(right)}",
             lambda env: f(self(env), other(env)),
             prec,
             shaped=self.shaped or other.shaped,
             kind=_loosest(self, other),
+            vtext=vtext,
         )
+
+    def _volume_text(self) -> str:
+        return self.text if self.vtext is None else self.vtext
 
     def __add__(self, other) -> Count:
         other = count(other)
@@ -120,22 +144,28 @@ class Count:
 
     def when(self, name: str, value, extra: Count) -> Count:
         """``self``, plus ``extra`` where setting ``name`` equals ``value``."""
+        vtext = None
+        if self.vtext is not None or extra.vtext is not None:
+            vtext = f"{self._volume_text()} (+ {extra._volume_text()} for {name}={value})"
         return Count(
-            f"{self.text} (+ {extra} for {name}={value})",
+            f"{self.text} (+ {extra.text} for {name}={value})",
             lambda env: self(env) + (extra(env) if env.hparams[name] == value else 0.0),
             _SUM,
             shaped=self.shaped or extra.shaped,
             kind=_loosest(self, extra),
+            vtext=vtext,
         )
 
     def at_most(self) -> Count:
         """An upper bound: the same number, the formula read as "at most"."""
         kind = "about" if self.kind == "about" else "at most"
-        return Count(f"{self.text} at most", self.value, _SUM, shaped=self.shaped, kind=kind)
+        vtext = None if self.vtext is None else f"{self.vtext} at most"
+        return Count(f"{self.text} at most", self.value, _SUM, shaped=self.shaped, kind=kind, vtext=vtext)
 
     def about(self, why: str) -> Count:
         """An estimate: the same number, the formula followed by ``why`` it may differ."""
-        return Count(f"{self.text} ({why})", self.value, _SUM, shaped=self.shaped, kind="about")
+        vtext = None if self.vtext is None else f"{self.vtext} ({why})"
+        return Count(f"{self.text} ({why})", self.value, _SUM, shaped=self.shaped, kind="about", vtext=vtext)
 
 
 def number(v: float) -> Count:
@@ -154,9 +184,26 @@ def setting(name: str) -> Count:
     return Count(name, lambda env: env.hparams[name], symbol=True)
 
 
-def symbol(text: str, value: Callable[[Env], float], shaped: bool = False, kind: str = "exact") -> Count:
-    """A quantity printed as ``text`` (e.g. ``len(range(1, 100, percentage_step))``)."""
-    return Count(text, value, shaped=shaped, symbol=True, kind=kind)
+def symbol(
+    text: str, value: Callable[[Env], float], shaped: bool = False, kind: str = "exact", vtext: str | None = None
+) -> Count:
+    """A quantity printed as ``text`` (e.g. ``len(range(1, 100, percentage_step))``; ``vtext``
+    where volumes print it differently)."""
+    return Count(text, value, shaped=shaped, symbol=True, kind=kind, vtext=vtext)
+
+
+def per_dims(image: Count, volume: Count) -> Count:
+    """``image`` for images ``(C, H, W)`` and ``volume`` for volumes ``(C, D, H, W)``: the value
+    that fits the shape (the image form where none is given), both formulas in the text."""
+    return Count(
+        image.text,
+        lambda env: volume(env) if env.volume else image(env),
+        image.prec,
+        shaped=image.shaped or volume.shaped,
+        symbol=image.symbol,
+        kind=_loosest(image, volume),
+        vtext=volume._volume_text(),
+    )
 
 
 def _nan_safe(f: Callable[[float], float]) -> Callable[[float], float]:
@@ -165,7 +212,8 @@ def _nan_safe(f: Callable[[float], float]) -> Callable[[float], float]:
 
 def _call(name: str, f: Callable[[float], float], c: Count) -> Count:
     g = _nan_safe(f)
-    return Count(f"{name}({c.text})", lambda env: g(c(env)), shaped=c.shaped, kind=c.kind)
+    vtext = None if c.vtext is None else f"{name}({c.vtext})"
+    return Count(f"{name}({c.text})", lambda env: g(c(env)), shaped=c.shaped, kind=c.kind, vtext=vtext)
 
 
 def ceil(c: Count) -> Count:
@@ -178,7 +226,14 @@ def floor(c: Count) -> Count:
 
 def smallest(a: Count, b: Count) -> Count:
     a, b = count(a), count(b)
-    return Count(f"min({a}, {b})", lambda env: _min(a(env), b(env)), shaped=a.shaped or b.shaped, kind=_loosest(a, b))
+    vtext = None if a.vtext is None and b.vtext is None else f"min({a._volume_text()}, {b._volume_text()})"
+    return Count(
+        f"min({a.text}, {b.text})",
+        lambda env: _min(a(env), b(env)),
+        shaped=a.shaped or b.shaped,
+        kind=_loosest(a, b),
+        vtext=vtext,
+    )
 
 
 def _min(u: float, v: float) -> float:
@@ -186,10 +241,12 @@ def _min(u: float, v: float) -> float:
 
 
 def _dim(i: int) -> Callable[[Env], float]:
-    return lambda env: float(env.shape[i]) if env.shape is not None else NAN
+    """Spatial size ``i`` counted from the last axis (-1: W, -2: H, -3: D, which is 1 for images)."""
+    return lambda env: NAN if env.shape is None else float(env.shape[i]) if len(env.shape) > -i else 1.0
 
 
-H = Count("H", _dim(1), shaped=True, symbol=True)
-W = Count("W", _dim(2), shaped=True, symbol=True)
+D = Count("D", _dim(-3), shaped=True, symbol=True)
+H = Count("H", _dim(-2), shaped=True, symbol=True)
+W = Count("W", _dim(-1), shaped=True, symbol=True)
 E = symbol("E", lambda env: env.e)
 L = symbol("L", lambda env: env.layers)

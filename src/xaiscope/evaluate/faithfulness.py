@@ -5,6 +5,12 @@ in a :class:`~xaiscope.evaluate.perturbation.Perturbation`; its pass count follo
 the declaration. Where the definition matches Quantus 0.6 the defaults give Quantus'
 numbers (for single-channel images: Quantus treats every channel value as a feature, we
 treat every pixel, with all its channels, as one).
+
+On volumes ``[N, C, D, H, W]`` every metric here is the same declaration on voxels: a pixel
+below is a voxel, a patch a cube of side ``patch_size`` (``ceil(D/p) ceil(H/p) ceil(W/p)``
+of them), a superpixel a SLIC supervoxel, the blur and ROAD's imputation work along D, H
+and W; ``H W`` in a pass count becomes ``D H W``. A volume of one slice (D = 1) scores as
+its image.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ class PixelFlipping(_Faithfulness):
     (Quantus' ``return_auc_per_sample``). ``curves()`` gives ``(steps [T], f_y [N, T])``.
 
     Bach et al. 2015, "On pixel-wise explanations ... by LRP", PLoS ONE 10:e0130140.
-    Lower is better; passes = ceil(H W / features_in_step).
+    Lower is better; passes = ceil(H W / features_in_step) (D H W for volumes).
     """
 
     name, direction = "pixel_flipping", "lower"
@@ -99,7 +105,8 @@ class RegionPerturbation(_Faithfulness):
     (Quantus returns the curve; its ``get_auc_score`` is the mean of these areas).
 
     Samek et al. 2017, "Evaluating the visualization of what a DNN has learned", IEEE TNNLS
-    28:2660. Higher is better (for MoRF); passes = 1 + min(patches, regions_evaluation).
+    28:2660. Higher is better (for MoRF); passes = 1 + min(patches, regions_evaluation) (patches:
+    ceil(H/p) ceil(W/p), cubes ceil(D/p) ceil(H/p) ceil(W/p) for volumes).
     """
 
     name, direction, stochastic = "region_perturbation", "higher", True
@@ -123,7 +130,7 @@ class Selectivity(_Faithfulness):
     ``get_auc_score`` per image).
 
     Montavon et al. 2018, "Methods for interpreting and understanding deep neural networks",
-    Digital Signal Processing 73:1-15. Lower is better; passes = number of patches.
+    Digital Signal Processing 73:1-15. Lower is better; passes = number of patches (cubes for volumes).
     """
 
     name, direction = "selectivity", "lower"
@@ -163,7 +170,8 @@ class FaithfulnessEstimate(_Faithfulness):
     attribution sum and the output drop.
 
     Alvarez-Melis & Jaakkola 2018, "Towards robust interpretability with self-explaining
-    neural networks", NeurIPS. Higher is better; passes = 1 + ceil(H W / features_in_step).
+    neural networks", NeurIPS. Higher is better; passes = 1 + ceil(H W / features_in_step)
+    (D H W for volumes).
     """
 
     name, direction = "faithfulness_estimate", "higher"
@@ -183,7 +191,8 @@ class Monotonicity(_Faithfulness):
     already-filled baseline, so its curve is constant and every map scores True; we add the
     image's pixels back, as the paper. Steps go to the model in order and an image stops
     as soon as its curve decreases (its score is then 0 whatever follows). Higher is
-    better; passes = ceil(H W / features_in_step) at most (images that fail stop early).
+    better; passes = ceil(H W / features_in_step) at most (images that fail stop early; D H W
+    for volumes).
 
     Which ``features_in_step`` keeps it informative: the score is 1 only if *every* step
     raises ``f_y`` (on a linear model: every step's summed contribution ``w_i (x_i - fill)``
@@ -243,7 +252,7 @@ class MonotonicityCorrelation(_Faithfulness):
     these variances.
 
     Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584. Higher is better;
-    passes = 1 + ceil(H W / features_in_step) * nr_samples.
+    passes = 1 + ceil(H W / features_in_step) * nr_samples (D H W for volumes).
     """
 
     name, direction, stochastic = "monotonicity_correlation", "higher", True
@@ -277,7 +286,7 @@ class SensitivityN(_Faithfulness):
     Ancona et al. 2018, "Towards better understanding of gradient-based attribution methods",
     ICLR. Quantus 0.6 returns one correlation per step computed *across images*, using only
     the current window's attribution sum; ``per_n()`` returns exactly that list. Higher is
-    better; passes = 1 + floor(n_max_percentage H W / features_in_step).
+    better; passes = 1 + floor(n_max_percentage H W / features_in_step) (D H W for volumes).
     """
 
     name, direction = "sensitivity_n", "higher"
@@ -312,7 +321,7 @@ class IROF(_Faithfulness):
     images and pads curves of images with fewer superpixels with zeros, so its score depends
     on the other images of the batch; ``fill="running_mean"`` reproduces Quantus run with
     ``batch_size=1`` (mean of the partly removed image at each step). Higher is better;
-    passes = 1 + K (K about n_segments).
+    passes = 1 + K (K about n_segments; supervoxels on volumes).
     """
 
     name, direction = "irof", "higher"
@@ -368,7 +377,8 @@ class Infidelity(_Faithfulness):
     deterministic pass ``n_perturb_samples`` times with identical results, we run it once).
 
     Yeh et al. 2019, "On the (in)fidelity and sensitivity of explanations", NeurIPS.
-    Lower is better; passes = 1 + ceil(H/patch_size) ceil(W/patch_size).
+    Lower is better; passes = 1 + ceil(H/patch_size) ceil(W/patch_size) (times ceil(D/patch_size)
+    cubes deep for volumes).
     """
 
     name, direction = "infidelity", "lower"
@@ -382,7 +392,7 @@ class Infidelity(_Faithfulness):
         # attribution-weighted change sum(a * (x - x_t)): x - x_t = (x - fill) on removed pixels
         fill = c.fill(x, None, torch.arange(n, device=x.device), torch.zeros(n, dtype=torch.long, device=x.device))
         diff = (x - fill).double()
-        if a.dim() == 4 and a.shape[1] == ch and not hp["abs"] and not hp["normalise"]:
+        if a.dim() == x.dim() and a.shape[1] == ch and not hp["abs"] and not hp["normalise"]:
             per_pix = (a.double() * diff).sum(1).flatten(1)
         else:
             per_pix = (c.m.double().unsqueeze(1) * diff).sum(1).flatten(1)

@@ -1,9 +1,11 @@
 """Localisation metrics: how much of a map falls on the annotated region ``s``.
 
-All need a mask ``s`` ``[N, H, W]``; none calls the model (0 passes). Maps are pooled
-over channels by sum. Images with an empty mask score NaN, and so do constant maps
-(all-zero included): they rank no pixel above another, so any score would be an artefact
-of tie-breaking (a constant map used to win the pointing game).
+All need a mask ``s`` ``[N, H, W]`` (volumes: ``[N, D, H, W]``); none calls the model
+(0 passes). Maps are pooled over channels by sum and read as flat vectors of pixels
+(voxels), so every metric but the EMD score works on volumes as on images (the pointing
+game's tolerance is a ball instead of a disc). Images with an empty mask score NaN, and so
+do constant maps (all-zero included): they rank no pixel above another, so any score would
+be an artefact of tie-breaking (a constant map used to win the pointing game).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import math
 
 import torch
 
+from xaiscope.errors import MetricError
 from xaiscope.evaluate import stats
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, Metric, Param, register
-from xaiscope.explain.postprocess import pool
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, Metric, Param, pooled, register
 
 NAN = float("nan")
 
@@ -30,7 +32,7 @@ class _Localisation(Metric):
     params = {"abs": ABS, "normalise": NORM}
 
     def _flat(self, a, mask):
-        m = self.map(a).flatten(1).double()
+        m = self.map(a, dims=mask.dim() - 1).flatten(1).double()
         s = mask.flatten(1)
         return m, s, (s.sum(-1) == 0) | (m.amax(-1) == m.amin(-1))
 
@@ -95,8 +97,9 @@ class PrecisionAtK(_Localisation):
 @register
 class PointingGame(_Localisation):
     """Pointing game: 1 if the largest value of the map lies in ``s`` (any pixel tied for the
-    maximum counts), else 0. With ``tolerance`` r > 0 a hit within r pixels of ``s`` counts.
-    ``weighted`` multiplies hits by ``1 - |s| / (H W)`` (Quantus option).
+    maximum counts), else 0. With ``tolerance`` r > 0 a hit within r pixels of ``s`` counts
+    (Euclidean: a disc, a ball in volumes). ``weighted`` multiplies hits by
+    ``1 - |s| / (H W)`` (``D H W`` in volumes; Quantus option).
 
     Zhang et al. 2018, "Top-down neural attention by excitation backprop", IJCV 126:1084.
     Higher is better; 0 passes; NaN for an empty mask.
@@ -114,10 +117,11 @@ class PointingGame(_Localisation):
         r = self.hparams["tolerance"]
         s_img = mask
         if r > 0:
-            k = 2 * r + 1
-            yy, xx = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
-            disc = (((yy - r) ** 2 + (xx - r) ** 2) <= r * r).float().to(mask.device).view(1, 1, k, k)
-            s_img = torch.nn.functional.conv2d(mask.float().unsqueeze(1), disc, padding=r).squeeze(1) > 0
+            dims = mask.dim() - 1
+            grid = torch.meshgrid(*[torch.arange(2 * r + 1) - r] * dims, indexing="ij")
+            ball = (sum(g**2 for g in grid) <= r * r).float().to(mask.device)[None, None]
+            conv = torch.nn.functional.conv3d if dims == 3 else torch.nn.functional.conv2d
+            s_img = conv(mask.float().unsqueeze(1), ball, padding=r).squeeze(1) > 0
         m, s, empty = self._flat(a, s_img)
         empty = empty | (mask.flatten(1).sum(-1) == 0)
         top = m == m.amax(-1, keepdim=True)
@@ -157,7 +161,7 @@ class TopKIntersection(_Localisation):
 class AttributionLocalisation(_Localisation):
     """Attribution localisation: ``sum(a * s) / sum(a)`` of the (by default absolute) map,
     NaN when the ratio exceeds 1 or the mask is empty; ``positive_attributions`` clips
-    ``a`` at 0 first; ``weighted`` multiplies by ``|s| / (H W)``.
+    ``a`` at 0 first; ``weighted`` multiplies by ``|s| / (H W)`` (``D H W`` in volumes).
 
     Kohlbrenner et al. 2020, "Towards best practice in explaining neural network decisions
     with LRP", IJCNN, arXiv:1910.09840. Quantus divides by the size of ``x[2:]`` (images
@@ -227,7 +231,7 @@ class ConfounderRelevance(_Localisation):
     }
 
     def _score(self, model, x, y, a, mask, explainer):
-        m = (pool(a, "sum") if a.dim() == 4 else a).flatten(1).double()
+        m = pooled(a, mask.dim() - 1).flatten(1).double()
         m = m.abs() if self.hparams["abs"] else m.clamp_min(0)
         s = mask.flatten(1)
         total = m.sum(-1)
@@ -276,7 +280,10 @@ class EMDScore(_Localisation):
     pixels; ``D`` = image diagonal ``sqrt(H^2 + W^2)`` (``diagonal="xai_tris"`` uses
     ``sqrt(2 H W)`` as the XAI-TRIS code). The exact transport is solved by POT's network
     simplex (``ot.emd2``) between the map's support and the mask, one image at a time on
-    the CPU (no model calls).
+    the CPU (no model calls). Volumes are refused: the exact transport needs a dense cost
+    matrix of (map support) x (mask voxels) entries and a network simplex over it, about
+    2.5 x 10^8 entries (2 GB) for a 224 x 224 image whose mask covers a tenth of it but about
+    4 x 10^11 for a 128^3 volume with the same share, far beyond memory.
 
     Clark et al. 2024, "XAI-TRIS", Machine Learning; Rubner et al. 2000, IJCV 40:99.
     Higher is better; 0 passes; NaN for an empty mask or an all-zero map.
@@ -287,11 +294,16 @@ class EMDScore(_Localisation):
     params = {"diagonal": Param("image", str, "normaliser D", choices=("image", "xai_tris"))}
 
     def _score(self, model, x, y, a, mask, explainer):
+        if mask.dim() == 4:
+            raise MetricError(
+                "emd_score solves the exact transport between every pair of pixels, which does not scale to "
+                "volumes; it scores images [N, C, H, W] only (relevance_mass_accuracy or auroc score volumes)."
+            )
         import numpy as np
         import ot
 
         n, h, w = mask.shape
-        m = (a.sum(1) if a.dim() == 4 else a).abs().flatten(1).double().cpu().numpy()
+        m = pooled(a, 2).abs().flatten(1).double().cpu().numpy()
         s = mask.flatten(1).cpu().numpy()
         yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         pts = np.stack([yy.ravel(), xx.ravel()], -1).astype(np.float64)

@@ -5,8 +5,9 @@ one generic :class:`PerturbationMetric`:
 
 - **features** (a feature space): the units that are changed together: :class:`Pixels`,
   square :class:`Patches` (on a grid padded as Quantus pads it) or SLIC
-  :class:`Superpixels`. A unit covers all channels of its pixels and gets an attribution
-  score (sum or mean of the map over its pixels).
+  :class:`Superpixels`; on volumes ``[N, C, D, H, W]`` voxels, cubes on the same padded grid
+  along D, H and W, and SLIC supervoxels. A unit covers all channels of its pixels and gets
+  an attribution score (sum or mean of the map over its pixels).
 - **order**: ``morf`` (most relevant first), ``lerf`` (least first), ``random`` (seeded)
   or ``raster`` (unit index order).
 - **schedule**: which units are changed at step ``t``: fixed :class:`Fractions` of the
@@ -16,10 +17,12 @@ one generic :class:`PerturbationMetric`:
   The schedule's step count is a :class:`~xaiscope.evaluate.cost.Count` of the units, so
   a metric's pass count and its formula follow from the declaration.
 - **fill**: what replaces a changed pixel: ``black`` (the image's minimum, as Quantus),
-  ``zero``, ``mean`` (the image's mean), ``blur`` (Gaussian blur of the image),
+  ``zero``, ``mean`` (the image's mean), ``blur`` (Gaussian blur of the image; of the
+  volume along D, H and W),
   ``uniform`` (one U(low, high) value per perturbed image, as Quantus' "uniform"
   baseline), ``running_mean`` (the mean of the image as it is when a unit is removed) or
-  ``noisy_linear`` imputation (ROAD). For insertion the roles swap: the chosen units show
+  ``noisy_linear`` imputation (ROAD; in volumes over the 26-neighbourhood). For insertion
+  the roles swap: the chosen units show
   the image and the rest shows the fill.
 - **output** read from the model: ``softmax`` / ``logit`` of the target ``f_y``,
   ``correct`` (the prediction is the target) or ``class`` (the predicted class); with
@@ -34,7 +37,7 @@ All (image, step) pairs are built lazily in chunks of ``batch_size`` perturbed i
 and each chunk goes to the model through :func:`xaiscope.models.forward`; nothing
 loops over images in Python and nothing leaves the device. Image shape is handled by
 the feature space (which pixels form a unit) and the fill (what a changed pixel
-becomes) only.
+becomes) only; both work on images and volumes.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from xaiscope import models
 from xaiscope.errors import MetricError
 from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate.base import ABS, NORM, OUTPUT_P, Metric, Param
-from xaiscope.evaluate.cost import Count, Env, H, W, ceil, floor, number, setting, smallest, symbol
+from xaiscope.evaluate.cost import Count, D, Env, H, W, ceil, floor, number, per_dims, setting, smallest, symbol
 from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
@@ -74,7 +77,8 @@ def settings(first: dict, fill="black", output=OUTPUT_P, absolute=ABS, normalise
 class Units:
     """A partition of each image's pixels into units.
 
-    ``ids`` ``[N, H*W]`` unit of every pixel; ``scores`` ``[N, U]`` attribution per unit;
+    ``ids`` ``[N, P]`` unit of every pixel (``P`` = H*W, or D*H*W voxels); ``scores``
+    ``[N, U]`` attribution per unit;
     ``count`` ``[N]`` real units per image (units ``>= count`` are padding).
     """
 
@@ -88,7 +92,7 @@ class Units:
 
 
 def pixel_units(m: torch.Tensor) -> Units:
-    """Every pixel is a unit; score = map value. ``m``: ``[N, H, W]``."""
+    """Every pixel (voxel) is a unit; score = map value. ``m``: ``[N, H, W]`` or ``[N, D, H, W]``."""
     n, hw = m.shape[0], m[0].numel()
     return Units(torch.arange(hw, device=m.device).expand(n, hw), m.flatten(1), torch.full((n,), hw, device=m.device))
 
@@ -103,58 +107,72 @@ def _count(v) -> Count:
 
 
 class Pixels:
-    """Every pixel (all its channels) is a unit; its score is the map value."""
+    """Every pixel (voxel; all its channels) is a unit; its score is the map value."""
 
     def units(self, x: torch.Tensor, m: torch.Tensor, hp: dict) -> Units:
         return pixel_units(m)
 
     def count(self) -> Count:
-        return H * W
+        return per_dims(H * W, D * H * W)
 
 
-def patch_grid(h: int, w: int, p: int, device) -> tuple[torch.Tensor, int]:
-    """Patch id of each pixel on a ``p x p`` grid padded like Quantus (floor/ceil halves)."""
-    ph = (p - h % p) // 2 if h % p else 0
-    pw = (p - w % p) // 2 if w % p else 0
-    rows = (torch.arange(h, device=device) + ph) // p
-    cols = (torch.arange(w, device=device) + pw) // p
-    gw = math.ceil(w / p)
-    return (rows.view(-1, 1) * gw + cols.view(1, -1)).flatten(), math.ceil(h / p) * gw
+def patch_grid(spatial: tuple[int, ...], p: int, device) -> tuple[torch.Tensor, int]:
+    """Patch id ``[prod(spatial)]`` of each pixel (voxel) on a grid of ``p``-sided squares
+    (cubes), padded like Quantus along every axis (floor/ceil halves), row-major; and the
+    number of patches ``prod ceil(L / p)``."""
+    ids = torch.zeros((), dtype=torch.long, device=device)
+    for n in spatial:
+        pad = (p - n % p) // 2 if n % p else 0
+        ids = ids[..., None] * math.ceil(n / p) + (torch.arange(n, device=device) + pad) // p
+    return ids.flatten(), math.prod(math.ceil(n / p) for n in spatial)
 
 
 @dataclass(frozen=True)
 class Patches:
-    """Square patches of side ``size`` (a setting or a number) on :func:`patch_grid`; score = sum of the map."""
+    """Square patches (cubes in volumes) of side ``size`` (a setting or a number) on
+    :func:`patch_grid`; score = sum of the map."""
 
     size: str | int = "patch_size"
 
     def units(self, x, m, hp) -> Units:
-        p, (n, h, w) = resolve(hp, self.size), m.shape
+        p, n = resolve(hp, self.size), m.shape[0]
         if p == 1:
             return pixel_units(m)
-        pid, count = patch_grid(h, w, p, m.device)
+        pid, count = patch_grid(tuple(m.shape[1:]), p, m.device)
         scores = torch.zeros(n, count, device=m.device, dtype=m.dtype).index_add_(1, pid, m.flatten(1))
         return Units(pid.expand(n, -1), scores, torch.full((n,), count, device=m.device))
 
     def count(self) -> Count:
         p = _count(self.size)
-        return ceil(H / p) * ceil(W / p)
+        return per_dims(ceil(H / p) * ceil(W / p), ceil(D / p) * ceil(H / p) * ceil(W / p))
 
 
 @dataclass(frozen=True)
 class Superpixels:
     """SLIC superpixels of each image (scikit-image, ``start_label=0``, on the CPU once per
-    image); score = mean of the map over the superpixel."""
+    image); score = mean of the map over the superpixel. Volumes get the supervoxels the
+    explainers use (:func:`xaiscope.explain.perturbation.superpixels`: SLIC with the voxel
+    spacing of ``voxel_spacing``, a grid for a flat volume); images keep the SLIC call Quantus
+    makes. SLIC scales each image to [0, 1] and segments an image as a volume of one slice, so
+    a one-slice volume gets its image's superpixels (unless it is flat or a spacing is set)."""
 
     segments: str = "n_segments"
     compactness: str = "compactness"
 
     def units(self, x, m, hp) -> Units:
-        from skimage.segmentation import slic
+        n = x.shape[0]
+        if x.dim() == 5:
+            from xaiscope.explain.perturbation import superpixels
 
-        n, kw = x.shape[0], {"n_segments": hp[self.segments], "compactness": hp[self.compactness], "start_label": 0}
-        imgs = x.detach().permute(0, 2, 3, 1).double().cpu().numpy()
-        ids = torch.stack([torch.as_tensor(slic(imgs[i], **kw)).flatten() for i in range(n)]).to(m.device).long()
+            seg, comp = hp[self.segments], hp[self.compactness]
+            ids = torch.stack([superpixels(x[i : i + 1], seg, comp)[0, 0].flatten() for i in range(n)])
+        else:
+            from skimage.segmentation import slic
+
+            kw = {"n_segments": hp[self.segments], "compactness": hp[self.compactness], "start_label": 0}
+            imgs = x.detach().permute(0, 2, 3, 1).double().cpu().numpy()
+            ids = torch.stack([torch.as_tensor(slic(imgs[i], **kw)).flatten() for i in range(n)])
+        ids = ids.to(m.device).long()
         count = ids.amax(1) + 1
         flat = m.flatten(1).double()
         sums = torch.zeros(n, int(count.max()), device=m.device, dtype=torch.float64).scatter_add_(1, ids, flat)
@@ -163,7 +181,11 @@ class Superpixels:
 
     def count(self) -> Count:
         return symbol(
-            f"K (superpixels, about {self.segments})", lambda env: env.hparams[self.segments], shaped=True, kind="about"
+            f"K (superpixels, about {self.segments})",
+            lambda env: env.hparams[self.segments],
+            shaped=True,
+            kind="about",
+            vtext=f"K (supervoxels, about {self.segments})",
         )
 
 
@@ -184,7 +206,7 @@ def ranks(units: Units, order: str = "morf", generator: torch.Generator | None =
 
 # ----------------------------------------------------------------------------- steps
 class Steps:
-    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, H*W]``;
+    """Which pixels are changed at each of ``T`` steps; ``mask(n_idx, t_idx)`` -> ``[B, P]``;
     ``unit_sums()`` -> ``[N, T]`` attribution sum of each step's changed units."""
 
     T: int
@@ -224,7 +246,7 @@ class RankSteps(Steps):
 
 class SubsetSteps(Steps):
     """Step t changes the pixel subset ``idx[n, t]`` (``[N, T, S]`` pixel indices); ``scores``
-    ``[N, H*W]`` are the pixels' attributions."""
+    ``[N, P]`` are the pixels' attributions."""
 
     def __init__(self, idx: torch.Tensor, hw: int, scores: torch.Tensor):
         self.idx, self.hw, self.T, self.scores = idx, hw, idx.shape[1], scores
@@ -372,7 +394,8 @@ class RandomSubsets(Schedule):
     def steps(self, units, rank, hp, x, name=""):
         s, hw = hp[self.size], units.size
         if s >= hw:
-            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} pixels of an image.")
+            what = "voxels of a volume" if x.dim() == 5 else "pixels of an image"
+            raise MetricError(f"{name}: {self.size} {s} must be smaller than the {hw} {what}.")
         g = draws.generator(hp["seed"], x.device, self.stream)
         return SubsetSteps(draws.subsets(g, x.shape[0], hp[self.runs], hw, s, x.device), hw, units.scores)
 
@@ -419,19 +442,43 @@ def make_fill(
     kind: str, x: torch.Tensor, T: int, *, seed: int = 0, low: float = 0.0, high: float = 1.0, sigma: float = 5.0
 ) -> Fill:
     """Fill by name: ``black`` (the image's minimum), ``zero``, ``mean`` (the image's mean), ``blur``
-    (Gaussian of ``sigma`` pixels) or ``uniform`` (one U(low, high) value per (image, step) from ``seed``)."""
+    (:func:`blur` of ``sigma`` pixels) or ``uniform`` (one U(low, high) value per (image, step)
+    from ``seed``); images ``[N, C, H, W]`` or volumes ``[N, C, D, H, W]``."""
     if kind == "uniform":
         g = draws.generator(seed, x.device, stream=11)
         return scalar_fill(draws.uniform(g, (T, x.shape[0]), low, high, x.device).t())
     if kind == "blur":
-        from xaiscope.explain.references import gaussian_blur
-
-        return _per_image_fill(gaussian_blur(x, sigma))
+        return _per_image_fill(blur(x, sigma))
     if kind == "zero":
         return _per_image_fill(torch.zeros_like(x))
     flat = x.flatten(1)
     value = flat.amin(1) if kind == "black" else flat.mean(1)
     return _per_image_fill(value.view(-1, *[1] * (x.dim() - 1)).expand_as(x))
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of standard deviation ``sigma`` pixels, each channel on its own, reflect
+    padding. Images: :func:`xaiscope.explain.references.gaussian_blur` (radius
+    ``min(round(3 sigma), H - 1, W - 1)``). Volumes: the same 1-D kernel along W, H and D in
+    turn, of radius ``min(round(3 sigma), L - 1)`` over the axes of length L > 1; an axis of
+    length 1 is left as it is, so a volume of one slice is blurred as that image."""
+    from xaiscope.explain.references import gaussian_blur
+
+    if x.dim() == 4:
+        return gaussian_blur(x, sigma)
+    axes = [d for d in range(x.dim() - 1, 1, -1) if x.shape[d] > 1]
+    if sigma <= 0 or not axes:
+        return x.clone()
+    radius = min([max(1, int(round(3 * sigma)))] + [x.shape[d] - 1 for d in axes])
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, -1)
+    out = x
+    for d in axes:
+        v = out.movedim(d, -1)
+        flat = torch.nn.functional.pad(v.reshape(-1, 1, v.shape[-1]), (radius, radius), mode="reflect")
+        out = torch.nn.functional.conv1d(flat, k).view(v.shape).movedim(-1, d)
+    return out.contiguous()
 
 
 def running_mean_fill(x: torch.Tensor, steps: RankSteps) -> Fill:
@@ -462,38 +509,48 @@ def fill_for(kind: str, x: torch.Tensor, steps: Steps, hp: dict) -> Fill:
 
 
 def neighbour_mean(v: torch.Tensor) -> torch.Tensor:
-    """``K * v`` (zero padding) for ROAD's 3x3 stencil ``K = [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12``,
-    computed separably as ``([1, 2, 1]^T [1, 2, 1] * v - 4 v) / 12`` (four times faster than
-    ``conv2d`` in float64 on the CPU)."""
-    p = torch.nn.functional.pad(v, (1, 1, 1, 1))
-    rows = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]
-    return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :] - 4 * v) / 12
+    """``K * v`` (zero padding) for ROAD's 3x3 stencil ``K = [[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12``
+    on ``[B, 1, H, W]``, computed separably as ``([1, 2, 1]^T [1, 2, 1] * v - 4 v) / 12`` (four
+    times faster than ``conv2d`` in float64 on the CPU). On volumes ``[B, 1, D, H, W]`` the
+    same binomial weights in 3D: ``([1, 2, 1]^(x3) * v - 8 v) / 56`` over the 26 neighbours
+    (face 4/56, edge 2/56, corner 1/56), whose middle slice is ROAD's stencil (times 24/56),
+    so a volume of one slice is imputed as that image."""
+    dims = v.dim() - 2
+    acc = torch.nn.functional.pad(v, (1, 1) * dims)
+    for d in range(v.dim() - 1, 1, -1):  # W first, then H (and D)
+        n = acc.shape[d] - 2
+        acc = acc.narrow(d, 0, n) + 2 * acc.narrow(d, 1, n) + acc.narrow(d, 2, n)
+    centre = 2**dims
+    return (acc - centre * v) / (4**dims - centre)
 
 
 def noisy_linear_fill(x: torch.Tensor, noise: float, seed: int, tol: float = 1e-7, max_iter: int = 2000) -> Fill:
     """ROAD's noisy linear imputation (Rong et al. 2022) for the images ``x``: every removed
     pixel becomes the weighted mean of its 8 neighbours (weights 1/6 for the 4 direct and
     1/12 for the diagonal neighbours), solved jointly as a sparse linear system by batched
-    conjugate gradients, plus Gaussian noise of standard deviation ``noise``. The noise is
+    conjugate gradients, plus Gaussian noise of standard deviation ``noise``. In volumes a
+    removed voxel becomes the mean of its 26 neighbours with the same binomial weights
+    (:func:`neighbour_mean`: 4 for the 6 face, 2 for the 12 edge and 1 for the 8 corner
+    neighbours, relative); a one-slice volume gets its image's imputation. The noise is
     one field per image drawn from ``seed`` up front and shared by that image's steps, so
     scores do not depend on how (image, step) pairs are chunked.
 
     The system of image ``i`` is ``M (D - K * M) v = M K * (x (1 - M))`` (``K`` the 3x3
-    stencil, ``D = K * 1`` its row sums, ``M`` the removed pixels): symmetric positive
+    (3x3x3) stencil, ``D = K * 1`` its row sums, ``M`` the removed pixels): symmetric positive
     definite on the removed pixels. CG stops per system at ``|r| <= tol |r_0|``; converged
     systems leave the active set, so small holes do not wait for large ones.
     """
 
     def fill(xb, mb, n_idx, t_idx):
-        b, c, h, w = xb.shape
-        xd = xb.double().reshape(b * c, 1, h, w)
-        m = mb.double().expand(b, c, h, w).reshape(b * c, 1, h, w)
+        b, c, *sp = xb.shape
+        xd = xb.double().reshape(b * c, 1, *sp)
+        m = mb.double().expand(b, c, *sp).reshape(b * c, 1, *sp)
         conv = neighbour_mean
-        deg = conv(torch.ones(1, 1, h, w, dtype=torch.float64, device=xb.device))
+        deg = conv(torch.ones(1, 1, *sp, dtype=torch.float64, device=xb.device))
         out = _conjugate_gradients(
             lambda v, mm: (deg * v - conv(v * mm)) * mm, conv(xd * (1 - m)) * m, m, tol, max_iter
         )
-        out = out.reshape(b, c, h, w)
+        out = out.reshape(b, c, *sp)
         if field is not None:
             out = out + noise * field[n_idx]
         return out.to(xb.dtype)
@@ -506,8 +563,9 @@ def noisy_linear_fill(x: torch.Tensor, noise: float, seed: int, tol: float = 1e-
 
 
 def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max_iter: int) -> torch.Tensor:
-    """Solve ``op(v, m) = rhs`` for a batch of SPD systems ``[B, 1, H, W]`` (``m`` the unknowns);
+    """Solve ``op(v, m) = rhs`` for a batch of SPD systems ``[B, 1, *spatial]`` (``m`` the unknowns);
     each system stops at ``|r| <= tol |rhs|`` and is then dropped from the batch."""
+    ones = [1] * (rhs.dim() - 1)
     out = torch.zeros_like(rhs)
     idx = torch.arange(rhs.shape[0], device=rhs.device)
     v, r, p = torch.zeros_like(rhs), rhs.clone(), rhs.clone()
@@ -522,11 +580,11 @@ def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max
                 return out
             idx, v, r, p, m, rs, stop = idx[keep], v[keep], r[keep], p[keep], m[keep], rs[keep], stop[keep]
         ap = op(p, m)
-        alpha = (rs / (p * ap).flatten(1).sum(1)).view(-1, 1, 1, 1)
+        alpha = (rs / (p * ap).flatten(1).sum(1)).view(-1, *ones)
         v = v + alpha * p
         r = r - alpha * ap
         rs_new = (r * r).flatten(1).sum(1)
-        p = r + (rs_new / rs).view(-1, 1, 1, 1) * p
+        p = r + (rs_new / rs).view(-1, *ones) * p
         rs = rs_new
     out[idx] = v
     return out
@@ -671,7 +729,7 @@ class PerturbationMetric(Metric):
     def evaluate(self, model, x, y, a) -> Curve:
         """Build the steps, run them through the model and collect the :class:`Curve`."""
         spec, hp = self.spec, self.hparams
-        c, sched, output = Curve(x, a, self.map(a)), spec.schedule, resolve(hp, spec.output)
+        c, sched, output = Curve(x, a, self.map(a, dims=x.dim() - 2)), spec.schedule, resolve(hp, spec.output)
         if sched is None:  # no perturbation: the unperturbed images only
             if spec.base:
                 c.base = readout(models.forward(model, x, batch_size=self.batch_size), y, output).double()

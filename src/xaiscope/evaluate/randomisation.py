@@ -15,7 +15,8 @@ similarity named by the ``similarity`` setting, or :func:`entropy_rise`) and the
 another (every module with ``reset_parameters``, from the output (``top_down``) or the
 input (``bottom_up``), cumulatively, each reset seeded with ``seed + 1`` as Quantus
 does) without touching the user's model or the global random state. The pass count
-follows from the declaration.
+follows from the declaration. Volumes work as images: maps ``[N, D, H, W]``, the SSIM in 3-D
+(:func:`similarity`), the noisy copies of smooth MPRT drawn per voxel.
 """
 
 from __future__ import annotations
@@ -28,17 +29,18 @@ import torch
 
 from xaiscope import models
 from xaiscope.evaluate import draws, stats
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, register
 from xaiscope.evaluate.cost import Count, E, L, number, setting
-from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import check_target_range
 
 SIMILARITIES = ("spearman", "pearson", "ssim", "ssim_flat")
 
 
 def similarity(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row similarity of maps ``[N, H, W]``: Spearman, Pearson, 2-D SSIM or SSIM of the
-    flattened maps (what Quantus 0.6 computes)."""
+    """Row similarity of maps ``[N, H, W]`` or ``[N, D, H, W]``: Spearman, Pearson, SSIM of the
+    maps in their own dimensions (2-D for images, 3-D with a 7x7x7 window for volumes, as
+    ``skimage.metrics.structural_similarity``; NaN for maps thinner than the window) or SSIM
+    of the flattened maps (what Quantus 0.6 computes)."""
     return similarity_to(kind, a)(b)
 
 
@@ -116,14 +118,15 @@ class _Randomisation(Metric):
         """The map of ``model`` for ``(x, y)``, pooled by sum (with ``smooth``: the mean over the
         noisy copies, in float64), then ``normalise`` / ``abs``."""
         smooth = self.spec.smooth
+        dims = x.dim() - 2
         if smooth:
             k = self.hparams[smooth]
             xs = torch.cat([(x.unsqueeze(0) + self._noise(x, k)).flatten(0, 1), x]) if k > 1 else x
-            m = pool(explainer(model, xs, y.repeat(k)), "sum").view(k, *x.shape[:1], *x.shape[2:]).double().mean(0)
+            m = pooled(explainer(model, xs, y.repeat(k)), dims).view(k, *x.shape[:1], *x.shape[2:]).double().mean(0)
         else:
-            m = pool(explainer(model, x, y), "sum")
+            m = pooled(explainer(model, x, y), dims)
         if self.hparams.get("normalise", False):
-            return self.map(m)
+            return self.map(m, dims=dims)
         return m.abs() if self.hparams.get("abs", False) else m
 
     def _noise(self, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -155,7 +158,7 @@ class _Randomisation(Metric):
     def _layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
         spec, hp = self.spec, self.hparams
         explained = spec.reference == "explained"
-        ref = self._explain(explainer, model, x, y) if explained else self.map(a)
+        ref = self._explain(explainer, model, x, y) if explained else self.map(a, dims=x.dim() - 2)
         score = spec.compare(ref, hp)
         out = {}
         if hp.get("summary") == "quantus_average":
@@ -275,8 +278,9 @@ class EfficientModelParameterRandomisation(_Randomisation):
 
 @register
 class RandomLogit(_Randomisation):
-    """Random logit: similarity (2-D SSIM by default) between the map for the target and the
-    explainer's map for a uniformly drawn other class.
+    """Random logit: similarity (SSIM by default: 2-D on images, 3-D with a 7x7x7 window on
+    volumes, NaN for volumes thinner than 7 voxels along an axis, as scikit-image refuses them)
+    between the map for the target and the explainer's map for a uniformly drawn other class.
 
     Sixt et al. 2020, "When explanations lie", ICML, arXiv:1912.09818. Quantus 0.6 computes
     SSIM on the flattened maps (a 1-D signal); ``similarity="ssim_flat"`` reproduces that.

@@ -1,7 +1,8 @@
 """Robustness metrics: declarations of the re-explanation mechanism.
 
 A metric declares a :class:`Reexplanation`: a **sampler** (:class:`Uniform` or
-:class:`Normal` noise added to the image, or horizontal :class:`Shifts`), the setting
+:class:`Normal` noise added to every value of the image or volume, or horizontal
+:class:`Shifts` along W, of every slice of a volume alike), the setting
 with the number of **draws**, what the chunked forward helper computes on the perturbed
 images besides the explanation (**forward**: ``logits`` or the ``layers``' relative
 distance), a **comparison** of each draw with the reference (``[draws, N]`` values),
@@ -26,10 +27,9 @@ import torch
 from xaiscope import models
 from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate import perturbation as P
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, register
 from xaiscope.evaluate.cost import Count, E, setting
 from xaiscope.evaluate.setlevel import block_agreement
-from xaiscope.explain.postprocess import pool
 from xaiscope.models.forward import iter_chunks
 
 NAN = float("nan")
@@ -136,17 +136,17 @@ class Normal:
 
 @dataclass(frozen=True)
 class Shifts:
-    """Draw j translates the image horizontally by ``-W + (j + 1) ((2W + 1) // steps)`` pixels;
-    uncovered pixels take the image minimum."""
+    """Draw j translates the image horizontally (along W; every slice of a volume alike) by
+    ``-W + (j + 1) ((2W + 1) // steps)`` pixels; uncovered pixels take the image minimum."""
 
     steps: str = "nr_steps"
 
     def perturb(self, x, j, hp):
-        w = x.shape[-1]
+        w, ones = x.shape[-1], [1] * (x.dim() - 1)
         t = -w + (2 * w + 1) // hp[self.steps] * (j + 1)
         src = torch.arange(w, device=x.device) - t
-        ok = ((src >= 0) & (src < w)).view(1, 1, 1, w)
-        return torch.where(ok, x[..., src.clamp(0, w - 1)], x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x))
+        ok = ((src >= 0) & (src < w)).view(*ones, w)
+        return torch.where(ok, x[..., src.clamp(0, w - 1)], x.flatten(1).amin(1).view(-1, *ones).expand_as(x))
 
 
 @dataclass
@@ -161,7 +161,7 @@ class Reference:
 
 @dataclass
 class Draws:
-    """One group of ``k`` draws: images ``xp`` ``[k, N, ...]``, maps ``ap`` ``[k, N, H, W]``,
+    """One group of ``k`` draws: images ``xp`` ``[k, N, ...]``, maps ``ap`` ``[k, N, *spatial]``,
     logits ``[k N, K]`` and the layers' relative distance ``[k N]`` where the declaration asks
     for them; ``x`` and ``a`` give images and maps as ``[k, N, D]`` (float64)."""
 
@@ -273,9 +273,10 @@ class Robustness(Metric):
             fwd = _Logits(model, self.batch_size)
         elif spec.forward == "layers":
             fwd = LayerDistance(model, self.batch_size, self.hparams["eps_min"])
+        dims = x.dim() - 2
         if spec.explain_reference:
-            a = pool(explainer(model, x, y), "sum")
-        ref = Reference(x.flatten(1).double(), self.map(a).flatten(1).double(), self.hparams)
+            a = pooled(explainer(model, x, y), dims)
+        ref = Reference(x.flatten(1).double(), self.map(a, dims=dims).flatten(1).double(), self.hparams)
         if fwd is not None:
             ref.logits = fwd.reference(x)
         v = self.reexplain(model, x, y, explainer, lambda d: spec.compare(ref, d), fwd)
@@ -294,7 +295,7 @@ class Robustness(Metric):
             kk = min(per, k - start)
             xp = torch.stack([spec.sampler.perturb(x, start + j, hp) for j in range(kk)])
             flat = xp.reshape(kk * n, *x.shape[1:])
-            ap = self.map(pool(explainer(model, flat, y.repeat(kk)), "sum"))
+            ap = self.map(explainer(model, flat, y.repeat(kk)), dims=x.dim() - 2)
             d = Draws(xp, ap.view(kk, n, *ap.shape[1:]))
             if fwd is not None:
                 d.logits, d.layers = fwd.distance(flat)

@@ -55,10 +55,11 @@ class SetLevelScores:
             )
 
     def update(self, index: torch.Tensor, a: torch.Tensor, predicted: torch.Tensor) -> None:
-        """Add the attributions ``a`` (``[B, C, H, W]`` or maps ``[B, H, W]``) of the images at
-        positions ``index`` and their predicted classes."""
+        """Add the attributions ``a`` (``[B, C, *map_shape]`` or maps ``[B, *map_shape]``: images
+        ``(H, W)``, volumes ``(D, H, W)``) of the images at positions ``index`` and their
+        predicted classes."""
         pos = torch.as_tensor(index).cpu().numpy().astype(np.int64)
-        m = self.metric.map(torch.as_tensor(a).detach().float()).reshape(len(pos), -1)
+        m = self.metric.map(torch.as_tensor(a).detach().float(), dims=len(self.map_shape)).reshape(len(pos), -1)
         self.maps[pos] = m.cpu().numpy()
         self.predicted[pos] = torch.as_tensor(predicted).cpu().numpy()
         self.seen[pos] = True
