@@ -84,3 +84,39 @@ def test_bad_resize_values_are_one_sentence(tmp_path, capsys):
     r = run_cli(capsys, "explain", "--model", "fixture_models:conv3d", "--data", data, "--out", tmp_path / "o",
                 "--resize", "8,8")  # fmt: skip
     assert_user_error(r, r"is a volume; resizing it needs D,H,W, got 8,8")
+
+
+def test_evaluate_and_run_score_volumes_and_the_report_shows_them(tmp_path, capsys):
+    import pandas as pd
+    import yaml
+
+    from xaiscope.run.store import RunStore
+
+    data = nifti_folder(tmp_path / "data")
+    r = run_cli(
+        capsys, "evaluate", "--model", "fixture_models:conv3d", "--data", data, "--methods", "saliency,gradcam",
+        "--metrics", "relevance_mass_accuracy,sparseness,deletion", "-p", "deletion.steps=4", "--out", tmp_path / "e.parquet",
+    )  # fmt: skip
+    assert r.code == 0, r.out
+    scores = pd.read_parquet(tmp_path / "e.parquet")
+    assert len(scores) == 4 * 2 * 3 and scores["value"].notna().all()
+    cfg = {
+        "out": str(tmp_path / "run"),
+        "unit_images": 2,
+        "data": {"path": str(data)},
+        "models": [{"name": "c3", "spec": "fixture_models:conv3d"}],
+        "methods": ["saliency", "gradcam", "random"],
+        "metrics": ["pointing_game", "sparseness", {"name": "max_sensitivity", "hparams": {"nr_samples": 2}}],
+        "analyses": {"ranking": {"draws": 50}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli(capsys, "run", tmp_path / "c.yaml")
+    assert r.code == 0, r.out
+    store = RunStore(tmp_path / "run")
+    shape = volumes.volume_geometry(data / "a" / "a0.nii.gz")[0]
+    assert store.attributions("c3", "gradcam", "default").shape == (4, 1, *shape)
+    results = store.results()
+    assert len(results) == 4 * 3 * 3 and results["value"].notna().all()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "axial d=" not in html  # views are drawn into the example images, not written as text
+    assert html.count("data:image/png;base64,") >= 4

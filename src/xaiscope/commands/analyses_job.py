@@ -160,7 +160,7 @@ def _set_level_intervals(store, ctx, intervals: pd.DataFrame, set_level: set[str
     for i, row in intervals[intervals["metric"].isin(set_level)].iterrows():
         a = torch.from_numpy(store.attributions(row["model"], row["method"], row["setting"]))
         metric = metric_instance(row["metric"], hparams[row["metric"]], ctx.batch_size, ctx.seed)
-        pairs = metric.set_pairs(a).cpu().numpy()
+        pairs = metric.set_pairs(a, dims=a.dim() - 2).cpu().numpy()  # stored raw [N, C, *spatial]
         predicted = ctx.outputs[row["model"]].argmax(dim=1).numpy()
         key = (row["model"], row["method"], row["setting"], row["metric"])
         iv = set_level_interval(pairs, predicted, rng=cell_rng(ctx.cfg.seed, "set", *key), n_resamples=resamples)

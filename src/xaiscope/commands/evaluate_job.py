@@ -22,6 +22,7 @@ from xaiscope.run.inputs import (
     build_explainers,
     open_model_and_source,
     provisional_batch_size,
+    spacing_of,
 )
 
 
@@ -123,7 +124,7 @@ def score_source(
         return t.cpu().numpy(), out
 
     try:
-        with ImageProgress(console, n, "evaluating") as progress:
+        with ImageProgress(console, n, "evaluating") as progress, explain.voxel_spacing(spacing_of(src)):
             for b, (t, out) in each_step(src.batches(images_per_step), step):
                 targets[b.index.numpy()] = t
                 parts += out

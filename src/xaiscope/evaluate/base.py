@@ -163,7 +163,7 @@ class Metric:
         gives E (its passes per image) for explainer-based metrics; ``model`` gives L
         (its layers with parameters) for randomisation metrics.
         """
-        e = float(explainer.passes(shape)) if explainer is not None else float("nan")
+        e = float(explainer.passes(shape, model)) if explainer is not None else float("nan")
         layers = float(n_layers(model)) if model is not None else float("nan")
         return self.cost(Env(self.hparams, shape, e, layers))
 

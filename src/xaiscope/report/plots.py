@@ -82,7 +82,7 @@ def example_grid(
     h0 = int(np.asarray(images[0]).shape[-2])
     size = tile if h0 < tile else min(h0, 2 * tile)
     gap = 2
-    rows = []
+    grid = []
     for r in range(len(row_labels)):
         x = images[r] if isinstance(images[r], torch.Tensor) else torch.as_tensor(np.asarray(images[r]))
         img = display_image(x)
@@ -91,11 +91,16 @@ def example_grid(
             edge = _outline(_tile(np.asarray(masks[r]).astype(float), size) > 0.5)
             rgb = rgb.copy()
             rgb[edge] = (0.0, 1.0, 1.0)
-        tiles = [rgb] + [_tile(cmap(np.clip(np.asarray(maps[n][r], float), 0, 1))[..., :3], size) for n in names]
-        sep = np.ones((size, gap, 3))
-        rows.append(np.concatenate([t for tl in tiles for t in (tl, sep)][:-1], axis=1))
-    width = max(r.shape[1] for r in rows)  # views of a volume differ in aspect: pad rows to one width
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=1.0) for r in rows]
+        grid.append([rgb] + [_tile(cmap(np.clip(np.asarray(maps[n][r], float), 0, 1))[..., :3], size) for n in names])
+    cell = max(t.shape[1] for row in grid for t in row)  # views of a volume differ in aspect: one cell width
+
+    def centred(t):
+        left = (cell - t.shape[1]) // 2
+        return np.pad(t, ((0, 0), (left, cell - t.shape[1] - left), (0, 0)), constant_values=1.0)
+
+    sep = np.ones((size, gap, 3))
+    rows = [np.concatenate([t for tl in row for t in (centred(tl), sep)][:-1], axis=1) for row in grid]
+    width = rows[0].shape[1]
     hsep = np.ones((gap, width, 3))
     mosaic = np.concatenate([t for row in rows for t in (row, hsep)][:-1], axis=0)
     tw = (width + gap) / (1 + len(names))

@@ -26,11 +26,12 @@ import pandas as pd
 import torch
 
 import xaiscope
-from xaiscope import evaluate, models
+from xaiscope import evaluate, explain, models
 from xaiscope.errors import ConfigError, StaleResultsError
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, dump_config, setting_id
 from xaiscope.run.context import RunContext
+from xaiscope.run.inputs import spacing_of
 from xaiscope.run.store import RESULT_COLUMNS, RunStore
 from xaiscope.run.units import Unit, UnitSource, compute_unit, inexact_counts, metric_instance
 
@@ -225,7 +226,8 @@ def run(
 
             ray_backend(ctx, todo, on_result, address=address or cfg.ray_address, max_retries=cfg.ray_max_retries)
         else:
-            local_backend(ctx, todo, on_result, counted)
+            with explain.voxel_spacing(spacing_of(ctx.source)):  # supervoxels in mm (LIME, SHAP, IROF)
+                local_backend(ctx, todo, on_result, counted)
     t_units = time.time() - t0
     results = score_set_level(store, ctx, store.consolidate())
     timings = analyses(store, ctx, results, console) if analyses is not None else {}

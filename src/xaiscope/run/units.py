@@ -114,9 +114,9 @@ def passes_per_image(
     metrics are scored after the units from the stored maps and the run's predictions, with
     no pass of their own; NaN where a count needs what is not known."""
     ex = explain.get(method, **{"batch_size": batch_size, **hparams})
-    shape3 = tuple(shape) if len(shape) == 3 else None
-    return ex.passes(shape3, model) + sum(
-        metric_instance(n, h, batch_size, seed).passes(shape3, explainer=ex, model=model)
+    one = tuple(shape) if len(shape) in (3, 4) else None  # (C, H, W) or (C, D, H, W)
+    return ex.passes(one, model) + sum(
+        metric_instance(n, h, batch_size, seed).passes(one, explainer=ex, model=model)
         for n, h in per_unit_metrics(metrics)
     )
 
