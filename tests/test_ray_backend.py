@@ -106,3 +106,28 @@ def test_backend_can_be_set_in_the_config_file(tmp_path):
 
     with pytest.raises(ConfigError, match="backend: Input should be 'local' or 'ray'"):
         parse_config(cfg)
+
+
+def test_ray_puts_each_image_range_once_and_holds_few_at_a_time(tmp_path, ray_cluster, monkeypatch):
+    import torch
+
+    from xaiscope.run import ray_backend as rb
+
+    opened = []
+    real = rb._range_inputs
+
+    def spy(ctx, unit):
+        opened.append((unit.start, unit.stop))
+        return real(ctx, unit)
+
+    monkeypatch.setattr(rb, "_range_inputs", spy)
+    monkeypatch.setitem(rb.ray_backend.__kwdefaults__, "ranges_in_flight", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run(parse_config(_config(tmp_path, "fixture_models:seeded_cnn", "local")))
+        remote = run(parse_config(_config(tmp_path, "fixture_models:seeded_cnn", "ray")), backend="ray")
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(_results(local), _results(remote))
+    assert len(opened) == len(set(opened)) > 1  # one put per range, shared by every model and method

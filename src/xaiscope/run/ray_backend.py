@@ -1,7 +1,13 @@
 """Run work units as Ray tasks; the driver commits every result, as the local backend does.
 
-The models and the images go to Ray's object store once (``ray.put``) and every task
-receives references, so nothing is re-pickled per task. Each task asks for one CPU (and
+The models go to Ray's object store once (``ray.put``). The images go there one range of
+images at a time: the units of a run share image ranges (every model and method explains
+the same ``unit_images`` images), so the driver reads a range's inputs from the run's
+source once, puts them in the store, submits every unit of that range with a reference to
+them, and drops the reference when the last of those units has returned. At most
+``ranges_in_flight`` ranges are in the store at once (default: twice the cluster's CPUs), so
+the store holds a bounded part of a dataset of any size, and nothing is re-pickled per
+task. Each task asks for one CPU (and
 one GPU when the run's device is CUDA), computes one unit with :func:`compute_unit`
 and returns its arrays; the driver commits results as they arrive, so a unit is never
 stored twice, resume and ``--force`` behave as in the local backend, and a task whose
@@ -33,37 +39,41 @@ def _import_ray():
     return ray
 
 
-def _run_unit(
-    model,
-    x,
-    y,
-    targets,
-    masks,
-    ids,
-    unit: Unit,
-    metrics,
-    batch_size: int,
-    seed: int,
-    device: str,
-    threads: int,
-    extra_masks=None,
-):
-    """The body of one Ray task (a module-level function so workers can import it)."""
+def _run_unit(model, inputs: dict, unit: Unit, metrics, batch_size: int, seed: int, device: str, threads: int):
+    """The body of one Ray task (a module-level function so workers can import it); ``inputs``
+    holds the images of the unit's range (:func:`_range_inputs`)."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    sl = slice(unit.start, unit.stop)
+
+    def t(a):
+        return torch.from_numpy(np.array(a)).to(dev)
+
     inp = UnitInputs(
-        x=torch.from_numpy(np.array(x[sl])).to(dev),
-        y=torch.from_numpy(np.array(y[sl])),
-        targets=torch.from_numpy(np.array(targets[sl])).to(dev),
-        ids=list(ids[sl]),
-        masks=None if masks is None else torch.from_numpy(np.array(masks[sl])).to(dev),
-        extra_masks={k: torch.from_numpy(np.array(v[sl])).to(dev) for k, v in (extra_masks or {}).items()},
+        x=t(inputs["x"]),
+        y=torch.from_numpy(np.array(inputs["y"])),
+        targets=t(inputs["targets"][unit.model]),
+        ids=list(inputs["ids"]),
+        masks=None if inputs["masks"] is None else t(inputs["masks"]),
+        extra_masks={k: t(v) for k, v in inputs["extra_masks"].items()},
         metrics=metrics,
         batch_size=batch_size,
         seed=seed,
     )
     return compute_unit(model.to(dev), unit, inp)
+
+
+def _range_inputs(ctx: UnitSource, unit: Unit) -> dict:
+    """The inputs of ``unit``'s image range as NumPy arrays, with every model's targets."""
+    inp = ctx.inputs(unit)
+    sl = slice(unit.start, unit.stop)
+    return {
+        "x": inp.x.cpu().numpy(),
+        "y": inp.y.cpu().numpy(),
+        "ids": list(inp.ids),
+        "masks": None if inp.masks is None else inp.masks.cpu().numpy(),
+        "extra_masks": {k: v.cpu().numpy() for k, v in inp.extra_masks.items()},
+        "targets": {name: t[sl].cpu().numpy() for name, t in ctx.targets.items()},
+    }
 
 
 def ray_backend(
@@ -74,8 +84,10 @@ def ray_backend(
     address: str | None = None,
     max_retries: int = 3,
     threads_per_task: int = 1,
+    ranges_in_flight: int | None = None,
 ) -> None:
-    """Compute ``units`` as Ray tasks and hand each result to ``on_result`` in this process."""
+    """Compute ``units`` as Ray tasks and hand each result to ``on_result`` in this process;
+    at most ``ranges_in_flight`` image ranges are in the object store at once (module docstring)."""
     ray = _import_ray()
     if not units:
         return
@@ -86,35 +98,39 @@ def ray_backend(
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"Cannot connect to the Ray cluster at {address!r}: {str(e).splitlines()[0]}") from None
-    ds = ctx.dataset
     gpu = 1 if ctx.device.type == "cuda" else 0
     remote = ray.remote(num_cpus=threads_per_task, num_gpus=gpu, max_retries=max_retries)(_run_unit)
-    x_ref = ray.put(ds.x.numpy())
-    y_ref = ray.put(ds.y.numpy())
-    m_ref = ray.put(ds.masks.numpy()) if ds.masks is not None else None
-    extra_ref = ray.put({k: v.numpy() for k, v in ds.extra_masks.items()}) if ds.extra_masks else None
-    ids_ref = ray.put(list(ds.ids))
     model_refs = {name: ray.put(net.cpu()) for name, net in ctx.models.items()}
-    target_refs = {name: ray.put(t.numpy()) for name, t in ctx.targets.items()}
     device = str(ctx.device)
-    pending = {
-        remote.remote(
-            model_refs[u.model],
-            x_ref,
-            y_ref,
-            target_refs[u.model],
-            m_ref,
-            ids_ref,
-            u,
-            ctx.metrics,
-            ctx.batch_size,
-            ctx.seed,
-            device,
-            threads_per_task,
-            extra_ref,
-        ): u
-        for u in units
-    }
+    by_range: dict[tuple[int, int], list[Unit]] = {}
+    for u in units:
+        by_range.setdefault((u.start, u.stop), []).append(u)
+    ranges = iter(by_range.items())
+    window = ranges_in_flight or max(2, 2 * int(ray.available_resources().get("CPU", 1)))
+    in_store: dict[tuple[int, int], Any] = {}  # range -> reference to its inputs
+    left: dict[tuple[int, int], int] = {}  # range -> units not returned yet
+    pending: dict[Any, Unit] = {}
+
+    def open_range() -> bool:
+        key, todo = next(ranges, (None, None))
+        if key is None:
+            return False
+        ref = ray.put(_range_inputs(ctx, todo[0]))
+        in_store[key], left[key] = ref, len(todo)
+        for u in todo:
+            args = (model_refs[u.model], ref, u, ctx.metrics, ctx.batch_size, ctx.seed, device, threads_per_task)
+            pending[remote.remote(*args)] = u
+        return True
+
+    def returned(unit: Unit) -> None:
+        key = (unit.start, unit.stop)
+        left[key] -= 1
+        if left[key] == 0:
+            del in_store[key], left[key]  # the store frees the range once no task holds it
+            open_range()
+
+    while len(in_store) < window and open_range():
+        pass
     failed: list[tuple[Unit, str]] = []
     try:
         while pending:
@@ -130,8 +146,10 @@ def ray_backend(
                     if isinstance(cause, XaiscopeError):
                         raise cause from None
                     failed.append((unit, type(e).__name__))
+                    returned(unit)
                     continue
                 on_result(unit, result)
+                returned(unit)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
