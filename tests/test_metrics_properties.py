@@ -278,3 +278,26 @@ def test_road_stencil_equals_its_convolution():
     k = torch.tensor([[1, 2, 1], [2, 0, 2], [1, 2, 1]], dtype=torch.float64).view(1, 1, 3, 3) / 12
     v = torch.rand(3, 1, 7, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(neighbour_mean(v), torch.nn.functional.conv2d(v, k, padding=1), atol=1e-15, rtol=0)
+
+
+def test_emd_coarse_transport_stays_within_its_bound_of_the_exact_one():
+    """The coarse solver moves each unit of mass by at most half a cell diagonal in each
+    distribution: |score_coarse - score_exact| <= k sqrt(2) / D."""
+    from xaiscope.evaluate.localisation import cell_side
+
+    g = torch.Generator().manual_seed(3)
+    hw = 24
+    a = torch.rand(6, hw, hw, generator=g) ** 3
+    mask = torch.zeros(6, hw, hw, dtype=torch.bool)
+    for i in range(6):
+        mask[i, 2 + i : 9 + i, 4 + 2 * i : 12 + i] = True
+    x, y = torch.rand(6, 1, hw, hw), torch.zeros(6, dtype=torch.long)
+    exact = evaluate.get("emd_score", solver="exact")(None, x, y, a, mask=mask)
+    for cells in (16, 64, 144):
+        k = cell_side((hw, hw), cells)
+        coarse = evaluate.get("emd_score", solver="coarse", max_cells=cells)(None, x, y, a, mask=mask)
+        bound = k * 2**0.5 / (2 * hw * hw) ** 0.5
+        assert (coarse - exact).abs().max() <= bound + 1e-9
+    same = evaluate.get("emd_score", solver="coarse", max_cells=hw * hw)(None, x, y, a, mask=mask)
+    torch.testing.assert_close(same, exact)  # cells of one pixel: the exact transport
+    assert torch.equal(evaluate.get("emd_score", max_cells=hw * hw)(None, x, y, a, mask=mask), exact)  # auto: exact

@@ -274,16 +274,30 @@ class AveragePrecision(_Ranking):
     reference = "Zhu 2004, Recall, precision and average precision, Univ. Waterloo"
 
 
+SOLVERS = ("auto", "exact", "coarse")
+
+
 @register
 class EMDScore(_Localisation):
     """Earth mover's score ``1 - EMD(|a| / sum|a|, s / |s|) / D``, Euclidean ground distance in
-    pixels; ``D`` = image diagonal ``sqrt(H^2 + W^2)`` (``diagonal="xai_tris"`` uses
-    ``sqrt(2 H W)`` as the XAI-TRIS code). The exact transport is solved by POT's network
-    simplex (``ot.emd2``) between the map's support and the mask, one image at a time on
-    the CPU (no model calls). Volumes are refused: the exact transport needs a dense cost
-    matrix of (map support) x (mask voxels) entries and a network simplex over it, about
-    2.5 x 10^8 entries (2 GB) for a 224 x 224 image whose mask covers a tenth of it but about
-    4 x 10^11 for a 128^3 volume with the same share, far beyond memory.
+    pixels (voxels); ``D`` = image diagonal ``sqrt(H^2 + W^2)`` (``sqrt(D^2 + H^2 + W^2)`` for
+    volumes; ``diagonal="xai_tris"`` uses ``sqrt(2 H W)`` as the XAI-TRIS code). The transport
+    is solved by POT's network simplex (``ot.emd2``) between the map's support and the mask,
+    one image at a time on the CPU (no model calls).
+
+    Solvers (``solver``): ``exact`` transports pixel to pixel; its cost grows with
+    (map support) x (mask pixels): up to about 1 s per image at 32 x 32 and 4 s at 64 x 64
+    for a map without zeros (measured on 2 cores), and a 224 x 224 image would need a
+    2.5 x 10^8-entry cost matrix. ``coarse`` first sums map and mask into cells of side ``k``
+    (the smallest ``k`` giving at most ``max_cells`` cells; cells at the far edges clipped)
+    placed at their centres, then solves exactly on the cells. Each distribution then moves
+    each unit of mass by at most half a cell diagonal, so ``|EMD_coarse - EMD| <= k sqrt(S)``
+    (S = 2 or 3 spatial dims) and the score moves by at most ``k sqrt(S) / D``: 0.016 on
+    64 x 64 with the default 1,024 cells, 0.031 on 224 x 224. Measured on random maps with box
+    masks the difference is far smaller: 2 x 10^-4 at 64 x 64 (0.08 s per image instead of
+    4 s), 1.6 x 10^-3 at 32 x 32 with 256 cells. ``auto`` (default) solves exactly up to
+    ``max_cells`` pixels (32 x 32 images) and coarsely beyond, volumes included, so its cost
+    per image is bounded whatever the size.
 
     Clark et al. 2024, "XAI-TRIS", Machine Learning; Rubner et al. 2000, IJCV 40:99.
     Higher is better; 0 passes; NaN for an empty mask or an all-zero map.
@@ -291,30 +305,74 @@ class EMDScore(_Localisation):
 
     name = "emd_score"
     reference = "Clark et al. 2024, XAI-TRIS; Rubner et al. 2000, IJCV 40:99-121"
-    params = {"diagonal": Param("image", str, "normaliser D", choices=("image", "xai_tris"))}
+    params = {
+        "diagonal": Param("image", str, "normaliser D", choices=("image", "xai_tris")),
+        "solver": Param("auto", str, "exact pixel transport, coarse cells, or auto by size", choices=SOLVERS),
+        "max_cells": Param(1024, int, "most cells of the coarse transport (auto: exact up to this many pixels)", low=4),
+    }
 
     def _score(self, model, x, y, a, mask, explainer):
-        if mask.dim() == 4:
-            raise MetricError(
-                "emd_score solves the exact transport between every pair of pixels, which does not scale to "
-                "volumes; it scores images [N, C, H, W] only (relevance_mass_accuracy or auroc score volumes)."
-            )
         import numpy as np
         import ot
 
-        n, h, w = mask.shape
-        m = pooled(a, 2).abs().flatten(1).double().cpu().numpy()
-        s = mask.flatten(1).cpu().numpy()
-        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        pts = np.stack([yy.ravel(), xx.ravel()], -1).astype(np.float64)
-        d = math.sqrt(h * h + w * w) if self.hparams["diagonal"] == "image" else math.sqrt(2 * h * w)
+        spatial = tuple(mask.shape[1:])
+        n, dims = mask.shape[0], len(spatial)
+        pixels = math.prod(spatial)
+        coarse = self.hparams["solver"] == "coarse" or (
+            self.hparams["solver"] == "auto" and pixels > self.hparams["max_cells"]
+        )
+        if not coarse and pixels > 250_000:
+            raise MetricError(
+                f"emd_score with solver='exact' on {pixels:,} pixels needs a cost matrix far beyond memory; "
+                "use solver='auto' or 'coarse'."
+            )
+        k = cell_side(spatial, self.hparams["max_cells"]) if coarse else 1
+        m = cell_sums(pooled(a, dims).abs().double(), k).cpu().numpy()
+        s = cell_sums(mask.double(), k).cpu().numpy()
+        pts = cell_centres(spatial, k)
+        if self.hparams["diagonal"] == "image":
+            d = math.sqrt(sum(v * v for v in spatial))
+        else:
+            d = math.sqrt(2 * spatial[-2] * spatial[-1])
         out = np.full(n, np.nan)
         for i in range(n):
-            src, dst = m[i] > 0, s[i]
+            src, dst = m[i] > 0, s[i] > 0
             if not src.any() or not dst.any():
                 continue
             p = m[i][src] / m[i][src].sum()
-            q = np.full(int(dst.sum()), 1.0 / dst.sum())
+            q = s[i][dst] / s[i][dst].sum()
             cost = ot.dist(pts[src], pts[dst], metric="euclidean")
             out[i] = 1 - float(ot.emd2(p, q, cost, numItermax=1_000_000)) / d
         return torch.as_tensor(out)
+
+
+def cell_side(spatial: tuple[int, ...], max_cells: int) -> int:
+    """The smallest side ``k`` whose cells (``prod ceil(L / k)``) number at most ``max_cells``."""
+    k = 1
+    while math.prod(-(-v // k) for v in spatial) > max_cells:
+        k += 1
+    return k
+
+
+def cell_sums(v: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, *spatial]`` summed over cells of side ``k`` (the last ones clipped), flattened ``[N, cells]``."""
+    if k == 1:
+        return v.flatten(1)
+    spatial = v.shape[1:]
+    pad = [p for n in reversed(spatial) for p in (0, (-n) % k)]
+    padded = torch.nn.functional.pad(v.unsqueeze(1), pad)
+    pool = torch.nn.functional.avg_pool2d if len(spatial) == 2 else torch.nn.functional.avg_pool3d
+    return (pool(padded, k) * k ** len(spatial)).flatten(1)
+
+
+def cell_centres(spatial: tuple[int, ...], k: int):
+    """Centres ``[cells, S]`` (in pixels) of the cells of side ``k``, row-major, clipped cells
+    centred on their pixels."""
+    import numpy as np
+
+    axes = []
+    for n in spatial:
+        starts = np.arange(0, n, k, dtype=np.float64)
+        axes.append(starts + (np.minimum(starts + k, n) - starts - 1) / 2)
+    grids = np.meshgrid(*axes, indexing="ij")
+    return np.stack([g.ravel() for g in grids], -1)
