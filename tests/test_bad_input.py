@@ -339,7 +339,7 @@ CASES = [
     Case(
         "cam-on-model-without-conv",
         lambda ws, mp: [*EXPLAIN[:2], "reliability_helpers:mlp", *EXPLAIN[3:6], "gradcam", *EXPLAIN[7:]],
-        r"gradcam needs a model with a Conv2d layer, and this model has none; pass layer=NAME to choose one\.",
+        r"gradcam needs a model with a Conv2d or Conv3d layer, and this model has none; pass layer=NAME to choose one\.",
     ),
     Case(
         "corrupt-weights",

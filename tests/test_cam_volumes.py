@@ -162,12 +162,15 @@ def test_methods_for_images_only_are_one_sentence_on_volumes():
     net, (x, y) = net3d(), volumes(2)
     with pytest.raises(
         MethodError,
-        match=r"fullgrad explains images \[N, C, H, W\] only, not volumes .*every method but attention_rollout",
+        match=r"fullgrad explains images \[N, C, H, W\] only, not volumes .*every method but attention_rollout, generic_attention explains volumes",
     ):
         explain.get("fullgrad")(net, x, y)
     kept, left_out = explain.applicable(["cams"], net)
     assert kept == [n for n in explain.expand(["cams"]) if n != "fullgrad"]
     assert set(left_out) == {"fullgrad"}
-    assert "this model has 3D convolutions; every method but attention_rollout explains volumes" in left_out["fullgrad"]
+    assert (
+        "this model has 3D convolutions; every method but attention_rollout, generic_attention explains volumes"
+        in left_out["fullgrad"]
+    )
     with pytest.raises(MethodError, match="fullgrad explains images"):
         explain.applicable(["fullgrad"], net)

@@ -53,9 +53,9 @@ def test_every_method_explains_a_conv3d_model(method):
     assert a.shape == x.shape and a.dtype == torch.float32 and torch.isfinite(a).all()
 
 
-def test_only_fullgrad_and_attention_rollout_refuse_volumes_with_one_sentence():
-    assert sorted(set(explain.names()) - set(VOLUME_METHODS)) == ["attention_rollout", "fullgrad"]
-    for name in ("attention_rollout", "fullgrad"):
+def test_only_fullgrad_and_the_attention_methods_refuse_volumes_with_one_sentence():
+    assert sorted(set(explain.names()) - set(VOLUME_METHODS)) == ["attention_rollout", "fullgrad", "generic_attention"]
+    for name in ("attention_rollout", "fullgrad", "generic_attention"):
         with pytest.raises(MethodError, match=rf"{name} explains images \[N, C, H, W\] only"):
             explain.get(name)(conv3d_model(), _volumes(), torch.tensor([0, 1]))
 

@@ -50,7 +50,8 @@ def _in_tmp(name: str, payload: bytes):
 
 
 def _check_image(arr) -> None:
-    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim == 3 and arr.shape[0] in (1, 3)
+    # a 2D image [C, H, W], or a stack of several pages read as a volume [C, D, H, W]
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.float32 and arr.ndim in (3, 4) and arr.shape[0] in (1, 3)
     assert np.isfinite(arr).all()
 
 
@@ -487,7 +488,8 @@ def test_postprocess_on_random_arrays(a, pool, norm, signed):
         m = explain.postprocess(t, pool=pool, normalise=norm, signed=signed)
     except XaiscopeError:
         return
-    assert m.dim() == 3 and m.shape[0] == t.shape[0] and tuple(m.shape[1:]) == tuple(t.shape[-2:])
+    spatial = 3 if t.dim() == 5 else 2  # raw volume attributions [N, C, D, H, W] give [N, D, H, W]
+    assert m.dim() == spatial + 1 and m.shape[0] == t.shape[0] and tuple(m.shape[1:]) == tuple(t.shape[-spatial:])
     if np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all() and np.abs(a).max(initial=0) < 1e3:
         assert torch.isfinite(m).all()
 

@@ -26,7 +26,7 @@ from file and folder names.
 
 Layouts: ``<id>.nii`` / ``<id>.nii.gz``; a DICOM series is one folder ``<id>/`` of slice
 files (``.dcm`` or without extension), ordered by their position along the slice normal;
-``<id>.tif`` with several pages (axes ``Z``, ``Q`` or ``I`` in tifffile's series) is a stack,
+``<id>.tif`` with several pages (an axis ``Z``, ``Q`` or ``I`` longer than 1 in tifffile's series) is a stack,
 its voxel size from ImageJ metadata (``spacing``) and the resolution tags when present.
 """
 
@@ -257,7 +257,8 @@ def tiff_stack_info(path: Path):
     try:
         with tifffile.TiffFile(path) as tf:
             s = tf.series[0]
-            return any(a in s.axes for a in "ZQI") and len(s.shape) >= 3, s.axes, tuple(s.shape)
+            slices = [n for a, n in zip(s.axes, s.shape) if a in "ZQI"]
+            return any(n > 1 for n in slices) and len(s.shape) >= 3, s.axes, tuple(s.shape)
     except Exception:
         return False, "", ()
 
@@ -298,7 +299,10 @@ def stack_to_volume(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
         )
     if "C" not in names:
         arr, names = arr[None], ["C", *names]
-    return np.ascontiguousarray(arr.transpose([names.index(a) for a in "CDHW"]))
+    vol = arr.transpose([names.index(a) for a in "CDHW"])
+    if vol.shape[0] not in (1, 3, 4):
+        raise DataError(f"The TIFF stack {path} has {vol.shape[0]} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA).")
+    return np.ascontiguousarray(vol[:3])  # RGBA: the alpha channel is dropped, as for images
 
 
 def tiff_geometry(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:

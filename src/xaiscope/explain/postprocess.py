@@ -35,12 +35,16 @@ def pool(a: torch.Tensor, how: str = "sum", spatial_dims: int | None = None) -> 
     ``spatial_dims=3`` to be told from raw 2D attributions."""
     if spatial_dims is None:
         spatial_dims = 3 if a.dim() == 5 else 2
+    if not a.is_floating_point():
+        a = a.float()  # integer or boolean attributions are numbers
     if a.dim() == spatial_dims + 1:
         return a
     if a.dim() != spatial_dims + 2:
         raise MethodError(
             f"Attributions must be [N, C, H, W] or [N, C, D, H, W] (maps one dim less); got shape {list(a.shape)}."
         )
+    if a.shape[1] == 0:
+        raise MethodError(f"Attributions of shape {list(a.shape)} have no channels to pool.")
     if how == "sum":
         return a.sum(dim=1)
     if how == "mean":
