@@ -162,7 +162,8 @@ def test_methods_for_images_only_are_one_sentence_on_volumes():
     net, (x, y) = net3d(), volumes(2)
     with pytest.raises(
         MethodError,
-        match=r"fullgrad explains images \[N, C, H, W\] only, not volumes .*every method but attention_rollout, generic_attention explains volumes",
+        match=r"fullgrad explains images \[N, C, H, W\] only, not volumes .*"
+        r"every method but attention_rollout, generic_attention explains volumes",
     ):
         explain.get("fullgrad")(net, x, y)
     kept, left_out = explain.applicable(["cams"], net)
