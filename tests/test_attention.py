@@ -218,3 +218,29 @@ def test_generic_attention_refuses_a_cnn_with_one_sentence():
 
     with pytest.raises(MethodError, match="generic_attention explains vision transformers"):
         explain.get("generic_attention")(build("small_cnn", width=4), torch.rand(1, 1, 16, 16), torch.tensor([0]))
+
+
+def test_timm_models_take_their_checkpoints_normalisation_else_the_datas(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=4,depth=1,embed_dim=12,num_heads=2"
+    from xaiscope.models import load
+
+    torch.save(load(spec, num_classes=2, in_channels=3).state_dict(), tmp_path / "w.pt")
+    base = ["explain", "--model", spec, "--data", tmp_path / "d", "--methods", "input", "--overlays", "0"]
+    assert run_cli(capsys, *base, "--out", tmp_path / "raw", "--normalise-images", "none").code == 0
+    raw = np.load(tmp_path / "raw" / "input.npz")["attributions"].astype(np.float64)
+    assert run_cli(capsys, *base, "--out", tmp_path / "ckpt", "--weights", tmp_path / "w.pt").code == 0
+    ckpt = np.load(tmp_path / "ckpt" / "input.npz")["attributions"]
+    np.testing.assert_allclose(ckpt, (raw - 0.5) / 0.5, atol=1e-5)  # vit_tiny's pretrained mean and std
+    assert run_cli(capsys, *base, "--out", tmp_path / "rand").code == 0  # random weights: the data's statistics
+    rand = np.load(tmp_path / "rand" / "input.npz")["attributions"].astype(np.float64)
+    mean = raw.mean(axis=(0, 2, 3), keepdims=True)
+    std = raw.std(axis=(0, 2, 3), keepdims=True, ddof=1)
+    np.testing.assert_allclose(rand, (raw - mean) / std, atol=1e-4)

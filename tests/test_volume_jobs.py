@@ -120,3 +120,23 @@ def test_evaluate_and_run_score_volumes_and_the_report_shows_them(tmp_path, caps
     html = (tmp_path / "run" / "report.html").read_text()
     assert "axial d=" not in html  # views are drawn into the example images, not written as text
     assert html.count("data:image/png;base64,") >= 4
+
+
+def test_normalise_images_dataset_and_given_values(tmp_path, capsys):
+    from cli_helpers import assert_user_error
+
+    data = nifti_folder(tmp_path / "data")
+    base = ["explain", "--model", "fixture_models:conv3d", "--data", data, "--methods", "input", "--overlays", "0"]
+    r = run_cli(capsys, *base, "--out", tmp_path / "raw")
+    assert r.code == 0, r.out
+    raw = np.load(tmp_path / "raw" / "input.npz")["attributions"].astype(np.float64)
+    r = run_cli(capsys, *base, "--out", tmp_path / "ds", "--normalise-images", "dataset")
+    assert r.code == 0, r.out
+    ds = np.load(tmp_path / "ds" / "input.npz")["attributions"].astype(np.float64)
+    np.testing.assert_allclose(ds, (raw - raw.mean()) / raw.std(ddof=1), atol=1e-5)
+    r = run_cli(capsys, *base, "--out", tmp_path / "given", "--normalise-images", "0.5/0.25")
+    assert r.code == 0, r.out
+    np.testing.assert_allclose(np.load(tmp_path / "given" / "input.npz")["attributions"], (raw - 0.5) / 0.25, atol=1e-5)
+    for bad in ("0.5", "0.5/0", "1,2/3", "mean"):
+        r = run_cli(capsys, *base, "--out", tmp_path / "bad", "--normalise-images", bad)
+        assert_user_error(r, "--normalise-images must be none, dataset or MEANS/STDS")

@@ -63,6 +63,12 @@ RESIZE = typer.Option(
     help="H,W (images) or D,H,W (volumes): resample a folder's images (linear) and masks (nearest); "
     "a volume's affine follows.",
 )
+NORMALISE_IMAGES = typer.Option(
+    None,
+    help="Normalise the images: none, dataset (per-channel mean/std of the data, one streamed pass) or "
+    "MEANS/STDS (e.g. 0.5,0.5,0.5/0.25,0.25,0.25). Default: a trained model's own, a timm checkpoint's "
+    "configuration (random timm weights: dataset), else none.",
+)
 IMAGES_PER_STEP = typer.Option(256, min=1, help="Images read from disk and scored together (memory per step).")
 
 
@@ -144,14 +150,34 @@ def parse_resize(text: str | None) -> tuple[int, ...] | None:
     return size
 
 
+def parse_normalise(text: str | None):
+    """``--normalise-images``: None, ``none``, ``dataset`` or ``MEANS/STDS`` as ``(means, stds)``."""
+    if text is None or text in ("none", "dataset"):
+        return text
+    try:
+        means, stds = text.split("/")
+        pair = ([float(v) for v in means.split(",")], [float(v) for v in stds.split(",")])
+    except ValueError:
+        pair = None
+    if pair is None or len(pair[0]) != len(pair[1]) or min(pair[1]) <= 0:
+        raise ConfigError(
+            f"--normalise-images must be none, dataset or MEANS/STDS with as many positive stds as means; got {text!r}."
+        )
+    return pair
+
+
 def data_options(options: dict[str, Any]):
     """How a command reads its data, from its parsed options (``--workers``,
-    ``--on-bad-image``, ``--split``, ``--x-key``, ``--y-key``, ``--mask-key``, ``--resize``;
-    those it lacks keep their defaults)."""
+    ``--on-bad-image``, ``--split``, ``--x-key``, ``--y-key``, ``--mask-key``, ``--resize``,
+    ``--normalise-images``; those it lacks keep their defaults)."""
     from xaiscope.run.inputs import DataOptions
 
     keys = ("workers", "on_bad_image", "split", "x_key", "y_key", "mask_key")
-    return DataOptions(**{k: options[k] for k in keys if k in options}, resize=parse_resize(options.get("resize")))
+    return DataOptions(
+        **{k: options[k] for k in keys if k in options},
+        resize=parse_resize(options.get("resize")),
+        normalise=parse_normalise(options.get("normalise_images")),
+    )
 
 
 def model_and_images(options: dict[str, Any]):
@@ -223,6 +249,7 @@ def explain_cmd(
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
     resize: Optional[str] = RESIZE,
+    normalise_images: Optional[str] = NORMALISE_IMAGES,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Compute raw attributions per method; write them (.npz per method or one Zarr store) and PNG overlays."""
@@ -303,6 +330,7 @@ def global_cmd(
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
     resize: Optional[str] = RESIZE,
+    normalise_images: Optional[str] = NORMALISE_IMAGES,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Label-wise global maps (aligned images) and their PEPPR faithfulness curves."""
@@ -627,6 +655,7 @@ def variability_cmd(
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
     resize: Optional[str] = RESIZE,
+    normalise_images: Optional[str] = NORMALISE_IMAGES,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """How explanations vary across the models of a collection, per image and method."""
@@ -703,6 +732,7 @@ def evaluate_cmd(
     y_key: str = Y_KEY,
     mask_key: str = MASK_KEY,
     resize: Optional[str] = RESIZE,
+    normalise_images: Optional[str] = NORMALISE_IMAGES,
     images_per_step: int = IMAGES_PER_STEP,
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric.

@@ -171,6 +171,13 @@ class Source:
         self.mean = np.broadcast_to(mean, (c,)).tolist()
         self.std = np.broadcast_to(std, (c,)).tolist()
 
+    def set_normalisation(self, normalise) -> None:
+        """Set the normalisation (``"none"``, ``"dataset"`` or ``(mean, std)``) before any batch is
+        read; it is settled with the first batch."""
+        if self.mean is not None:
+            raise DataError(f"The normalisation of {self.location} is already fixed.")
+        self._normalise = normalise
+
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if self._normalise is not None:
             self.settle_normalisation()

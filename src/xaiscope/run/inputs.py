@@ -49,16 +49,19 @@ class DataOptions:
     mask_key: str = "masks"
     #: (H, W) or (D, H, W) a folder's images are resampled to (None: as they are)
     resize: tuple[int, ...] | None = None
+    #: the images' normalisation: None (the model's, else none), "none", "dataset" or (mean, std)
+    normalise: Any = None
 
     def source_kwargs(self) -> dict[str, Any]:
-        """These options (but ``resize``, passed on its own) as keyword arguments of
-        :func:`xaiscope.data.open_source`."""
-        return {k: v for k, v in self.__dict__.items() if k != "resize"}
+        """These options (but ``resize`` and ``normalise``, passed on their own) as keyword
+        arguments of :func:`xaiscope.data.open_source`."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("resize", "normalise")}
 
 
 def open_source(
     data,
     *,
+    weights=None,
     model_spec: str | None = None,
     resize=None,
     normalise=None,
@@ -66,7 +69,11 @@ def open_source(
     options: DataOptions = DataOptions(),
 ) -> xdata.Source:
     """A lazy source of ``data`` (a path or a Python object); a model trained by ``xaiscope
-    train`` brings its normalisation, input size and classes."""
+    train`` brings its normalisation, input size and classes.
+
+    Normalisation: the caller's ``normalise`` (or ``options.normalise``) wins; else a trained
+    model's sidecar; else, for a ``timm:NAME`` spec, :func:`timm_normalisation`; else none."""
+    normalise = normalise if normalise is not None else options.normalise
     info = models.read_sidecar(model_spec) if model_spec else None
     if info is not None and normalise is None and info.get("normalisation"):
         norm = info["normalisation"]
@@ -77,9 +84,30 @@ def open_source(
     if info is not None and resize is None and info.get("input_size") and is_folder:
         resize = tuple(info["input_size"][1:])
     classes = info.get("classes") if info is not None and is_folder else None
-    return xdata.open_source(
+    src = xdata.open_source(
         data, normalise=normalise, resize=resize, masks=masks, classes=classes, **options.source_kwargs()
     )
+    if normalise is None and info is None and model_spec and str(model_spec).startswith("timm:"):
+        src.set_normalisation(timm_normalisation(str(model_spec), weights, src.shape[0]))
+    return src
+
+
+def timm_normalisation(spec: str, weights, channels: int):
+    """The normalisation of a ``timm:NAME`` model: with a checkpoint (``weights``), the mean and
+    std of the architecture's pretrained configuration (``timm.get_pretrained_cfg``; what its
+    published weights were trained with) when it has one value per channel of the data; else
+    (random weights, or other channels) the data's own statistics (``"dataset"``)."""
+    if weights is not None:
+        try:
+            import timm
+
+            cfg = timm.get_pretrained_cfg(spec.split(":", 1)[1].split(",")[0].strip())
+        except Exception:  # timm missing or an unknown name: the model's loading says so
+            cfg = None
+        mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+        if mean is not None and std is not None and len(mean) == channels == len(std):
+            return (list(mean), list(std))
+    return "dataset"
 
 
 def spacing_of(src: xdata.Source) -> tuple[float, float, float] | None:
@@ -288,7 +316,7 @@ class OpenedSource(NamedTuple):
 def open_model_and_source(what: ModelAndImages, objects: list, params: dict[str, dict[str, Any]]) -> OpenedSource:
     """Open the model and a lazy source of the images of ``what``; settle ``"auto"`` images
     per call for ``objects`` (see :func:`settle_batch_size`)."""
-    src = open_source(what.data, model_spec=what.model, options=what.options)
+    src = open_source(what.data, model_spec=what.model, weights=what.weights, options=what.options)
     net, dev = open_model_for(
         what.model, src, weights=what.weights, device=what.device, trust_model=what.trust_model, seed=what.seed
     )
