@@ -19,9 +19,11 @@ Settings: ``tiny`` (a 2-conv CNN on 1x16x16 images, N=64: framework overhead dom
 and ``small`` (``small_cnn`` at 1x64x64, N=256; ``--quick`` uses N=64); ``volume``
 (``small_cnn3d`` on volumes 1x24x28x24, N=32): the metrics whose passes grow with the number
 of voxels and the perturbation methods (occlusion, feature ablation, LIME), each against its
-floor only, since Quantus scores 2D images.
+floor only, since Quantus scores 2D images; ``vit`` (a timm ViT with patch 4 on 3x32x32,
+N=32): every method that explains it, against its floor (``passes`` forwards, or forward +
+backward for gradient methods, timed as one saliency explanation).
 
-    python benchmarks/bench_metrics.py [--quick] [--setting tiny|small|volume|both|all] [--only a,b] [--batch-size B]
+    python benchmarks/bench_metrics.py [--quick] [--setting tiny|small|volume|vit|both|all] [--only a,b] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -337,10 +339,57 @@ def run_volume(n: int, shape: tuple[int, int, int], only: set[str] | None, bs: i
     )
 
 
+#: the ViT setting: (method, settings, floor unit) with the unit "forward" or "backward"
+VIT_METHODS = [
+    ("attention_rollout", {}, "forward"),
+    ("generic_attention", {}, "backward"),
+    ("saliency", {}, "backward"),
+    ("integrated_gradients", {"n_steps": 16}, "backward"),
+    ("gradcam", {}, "backward"),
+    ("layercam", {}, "backward"),
+    ("eigencam", {}, "forward"),
+    ("scorecam", {}, "forward"),
+    ("ablationcam", {}, "forward"),
+    ("occlusion", {"window": 8, "stride": 8}, "forward"),
+]
+
+
+def run_vit(n: int, only: set[str] | None, bs: int):
+    """A small timm ViT: every transformer-capable method against its pass floor."""
+    torch.manual_seed(0)
+    spec = "timm:vit_tiny_patch16_224,img_size=32,patch_size=4,depth=4,embed_dim=96,num_heads=3"
+    net = models.load(spec, num_classes=2, in_channels=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    y = torch.arange(n) % 2
+    sal = explain.get("saliency", batch_size=bs)
+    models.forward(net, x, batch_size=bs)
+    t_fwd = timed(lambda: models.forward(net, x, batch_size=bs), 5)[0]
+    t_bwd = timed(lambda: sal(net, x, y), 5)[0]
+    print(
+        f"\n== vit: {spec}, N={n}, 3x32x32, {bs} images per model call; one forward of the N images = "
+        f"{t_fwd * 1e3:.2f} ms, one forward + backward = {t_bwd * 1e3:.2f} ms"
+    )
+    print(f"{'method':40s} {'ours s':>9s} {'passes':>8s} {'floor s':>9s} {'ours/floor':>10s}")
+    ratios = []
+    for name, hp, unit in VIT_METHODS:
+        if only and name not in only:
+            continue
+        method = explain.get(name, batch_size=bs, **hp)
+        t_ours, _ = timed(lambda method=method: method(net, x, y))
+        p = method.passes((3, 32, 32), net)
+        floor_s = p * (t_fwd if unit == "forward" else t_bwd)
+        ratios.append(t_ours / floor_s)
+        print(f"{name:40s} {t_ours:9.4f} {p:8.0f} {floor_s:9.4f} {t_ours / floor_s:10.2f}", flush=True)
+    print(
+        f"{'ours / floor':40s} largest {max(ratios):.2f}, {sum(r <= 1.3 for r in ratios)} of {len(ratios)} within 1.3x"
+    )
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="N=64 for the small_cnn setting, N=16 for volumes")
-    ap.add_argument("--setting", default="both", choices=("tiny", "small", "volume", "both", "all"))
+    ap.add_argument("--setting", default="both", choices=("tiny", "small", "volume", "vit", "both", "all"))
     ap.add_argument("--only", default="", help="comma-separated metric names")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = stable timings on a shared machine)")
     ap.add_argument("--batch-size", type=int, default=0, help="images per model call (default: 1024 tiny, 16 small)")
@@ -353,6 +402,8 @@ def main():
         run("small", 64 if args.quick else 256, 64, only, args.batch_size or 16)
     if args.setting in ("volume", "all"):
         run_volume(16 if args.quick else 32, (24, 28, 24), only, args.batch_size or 8)
+    if args.setting in ("vit", "all"):
+        run_vit(16 if args.quick else 32, only, args.batch_size or 32)
 
 
 if __name__ == "__main__":

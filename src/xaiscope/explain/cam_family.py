@@ -115,8 +115,14 @@ def first_component(a: torch.Tensor) -> torch.Tensor:
     n, k = a.shape[:2]
     r = a.double().flatten(2).transpose(1, 2)  # [N, hw, K]
     r = r - r.mean(dim=1, keepdim=True)
-    _, _, vt = torch.linalg.svd(r, full_matrices=False)
-    p = (r @ vt[:, 0, :].unsqueeze(-1)).squeeze(-1)  # [N, hw]
+    # the first singular pair from the smaller Gram matrix (an eigendecomposition of
+    # min(hw, K)^2 entries instead of an SVD): p = r v_1 = sigma_1 u_1
+    if r.shape[1] <= k:
+        lam, u = torch.linalg.eigh(r @ r.transpose(1, 2))  # [N, hw, hw], ascending eigenvalues
+        p = u[:, :, -1] * lam[:, -1:].clamp_min(0).sqrt()
+    else:
+        _, v = torch.linalg.eigh(r.transpose(1, 2) @ r)  # [N, K, K]
+        p = (r @ v[:, :, -1:]).squeeze(-1)  # [N, hw]
     ref = a.double().sum(1).flatten(1)
     ref = ref - ref.mean(1, keepdim=True)
     sign = torch.where((p * ref).sum(1, keepdim=True) < 0, -1.0, 1.0).to(p.dtype)
