@@ -244,3 +244,20 @@ def test_timm_models_take_their_checkpoints_normalisation_else_the_datas(tmp_pat
     mean = raw.mean(axis=(0, 2, 3), keepdims=True)
     std = raw.std(axis=(0, 2, 3), keepdims=True, ddof=1)
     np.testing.assert_allclose(rand, (raw - mean) / std, atol=1e-4)
+
+
+def test_model_randomisation_on_a_vit_keeps_its_layer_norms_and_goes_top_down():
+    from xaiscope import evaluate
+    from xaiscope.evaluate.base import randomisable_layers
+    from xaiscope.evaluate.randomisation import randomised_models
+
+    model = toy_vit()
+    names = [n for n, _ in randomisable_layers(model)]
+    assert names and not any("norm" in n for n in names)
+    assert any(n.endswith("attn.qkv") for n in names) and any(n.endswith("mlp.fc1") for n in names)
+    first_name, first = next(randomised_models(model, "top_down", seed=0))
+    assert first_name == names[-1] == "head"
+    for (n, p), q in zip(model.named_parameters(), first.parameters()):
+        assert torch.equal(p, q) != n.startswith("head."), n  # only the head changed so far
+    m = evaluate.get("model_parameter_randomisation")
+    assert m.passes((3, 16, 16), explain.get("saliency"), model) == len(names)

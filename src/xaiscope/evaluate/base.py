@@ -287,9 +287,22 @@ def normalise_max(m: torch.Tensor) -> torch.Tensor:
     return torch.where(d > 0, m / torch.where(d > 0, d, torch.ones_like(d)), m)
 
 
+def randomisable_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The layers a randomisation test re-initialises, in forward order: every module with
+    ``reset_parameters``; in a transformer (a model with attention modules, ``qkv`` and
+    ``num_heads``) the normalisation layers are kept, so its blocks are randomised by their
+    attention and MLP weights (Adebayo et al. 2018 randomise learned weights; a layer norm
+    re-initialised to ones and zeros would only rescale the tokens)."""
+    mods = [(n, m) for n, m in model.named_modules() if hasattr(m, "reset_parameters")]
+    if any(hasattr(m, "qkv") and hasattr(m, "num_heads") for m in model.modules()):
+        norms = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase)
+        mods = [(n, m) for n, m in mods if not isinstance(m, norms)]
+    return mods
+
+
 def n_layers(model: torch.nn.Module) -> int:
-    """Modules with ``reset_parameters`` (the layers a randomisation test re-initialises)."""
-    return sum(1 for _, m in model.named_modules() if hasattr(m, "reset_parameters"))
+    """The number of :func:`randomisable_layers` (L of the randomisation metrics' pass counts)."""
+    return len(randomisable_layers(model))
 
 
 def _check_declaration(cls: type[Metric]) -> None:

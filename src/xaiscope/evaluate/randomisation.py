@@ -12,8 +12,9 @@ similarity named by the ``similarity`` setting, or :func:`entropy_rise`) and the
 ``quantus_average``, which also compares the unrandomised model's map).
 
 :func:`randomised_models` copies the model and re-initialises its layers one after
-another (every module with ``reset_parameters``, from the output (``top_down``) or the
-input (``bottom_up``), cumulatively, each reset seeded with ``seed + 1`` as Quantus
+another (every module with ``reset_parameters``, but the normalisation layers of a
+transformer: :func:`~xaiscope.evaluate.base.randomisable_layers`; from the output
+(``top_down``) or the input (``bottom_up``), cumulatively, each reset seeded with ``seed + 1`` as Quantus
 does) without touching the user's model or the global random state. The pass count
 follows from the declaration. Volumes work as images: maps ``[N, D, H, W]``, the SSIM in 3-D
 (:func:`similarity`), the noisy copies of smooth MPRT drawn per voxel.
@@ -29,7 +30,7 @@ import torch
 
 from xaiscope import models
 from xaiscope.evaluate import draws, stats
-from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, register
+from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, randomisable_layers, register
 from xaiscope.evaluate.cost import Count, E, L, number, setting
 from xaiscope.models.forward import check_target_range
 
@@ -60,7 +61,7 @@ def similarity_to(kind: str, ref: torch.Tensor) -> Callable[[torch.Tensor], torc
 def randomised_models(model: torch.nn.Module, order: str, seed: int) -> Iterator[tuple[str, torch.nn.Module]]:
     """Yield ``(layer name, model copy with this and all earlier layers re-initialised)``."""
     rnd = copy.deepcopy(model)
-    mods = [(n, m) for n, m in rnd.named_modules() if hasattr(m, "reset_parameters")]
+    mods = randomisable_layers(rnd)
     if order == "top_down":
         mods = mods[::-1]
     dev = models.model_device(model)
