@@ -230,3 +230,48 @@ def test_cosine_schedule_anneals_to_zero_and_is_validated():
     assert not torch.equal(a.model.classifier.weight, b.model.classifier.weight)
     with pytest.raises(ConfigError, match="schedule must be"):
         train(model, _toy(), schedule="step", progress=False)
+
+
+def test_linear_probe_of_a_timm_backbone_trains_the_head_only_and_loads_back(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from cli_helpers import assert_user_error, run_cli
+    from xaiscope import models
+
+    pytest.importorskip("timm")
+    rng = np.random.default_rng(0)
+    for c, shift in (("a", 0), ("b", 90)):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(8):
+            img = np.clip(rng.normal(80 + shift, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "d" / c / f"{i}.png")
+    spec = "timm:vit_tiny_patch16_224,img_size=16,patch_size=4,depth=1,embed_dim=12,num_heads=2"
+    backbone = models.load(spec, num_classes=0, in_channels=3, seed=5)  # a foundation model: no head
+    torch.save(backbone.state_dict(), tmp_path / "backbone.pt")
+    out = tmp_path / "probe.pt"
+    args = ["train", "--data", tmp_path / "d", "--out", out, "--arch", spec, "--epochs", "3", "--lr", "0.05"]
+    r = run_cli(capsys, *args, "--weights", tmp_path / "backbone.pt", "--freeze-backbone")
+    assert r.code == 0, r.out
+    trained = torch.load(out, weights_only=True)
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(trained[k], v), k  # the backbone is untouched
+    assert set(trained) - set(backbone.state_dict()) == {"head.weight", "head.bias"}
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["arch"] == spec and info["extra"]["settings"]["freeze_backbone"] is True
+    model = models.load(str(out))  # loads like any trained model
+    x = torch.rand(2, 3, 16, 16)
+    fresh = models.load(spec, num_classes=2, in_channels=3)
+    fresh.load_state_dict(trained)
+    torch.testing.assert_close(model(x), fresh.eval()(x))
+    other = models.load(
+        "timm:vit_tiny_patch16_224,img_size=16,patch_size=4,depth=2,embed_dim=12,num_heads=2",
+        num_classes=0,
+        in_channels=3,
+    )
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    r = run_cli(capsys, *args, "--weights", tmp_path / "other.pt", "--freeze-backbone")
+    assert_user_error(r, r"The backbone weights in .*other.pt do not fit the model: the checkpoint has blocks.1")

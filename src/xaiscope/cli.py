@@ -547,7 +547,10 @@ def benchmark_cmd(
 def train_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
     out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
-    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    arch: str = typer.Option(
+        "small_cnn",
+        help="Zoo architecture (small_cnn, small_vgg, small_resnet, ...) or a timm:/monai:/torchvision: spec.",
+    ),
     test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
     epochs: int = typer.Option(15, help="Epochs."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
@@ -557,10 +560,16 @@ def train_cmd(
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
     augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
     schedule: str = typer.Option("cosine", help="Learning rate: cosine (annealed per step) or constant."),
+    weights: Optional[Path] = typer.Option(
+        None, help="A backbone checkpoint (state dict; e.g. a foundation model without its head) loaded first."
+    ),
+    freeze_backbone: bool = typer.Option(
+        False, "--freeze-backbone", help="Train the classifier head only (linear probing)."
+    ),
     device: str = DEVICE,
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
-    """Train a zoo model (seeded, reproducible); save weights and a sidecar that models.load reads."""
+    """Train a model (seeded, reproducible); save weights and a sidecar that models.load reads."""
     from xaiscope.commands.train_job import run_train
 
     run_train(
@@ -576,6 +585,8 @@ def train_cmd(
         weight_decay=weight_decay,
         augment=augment,
         schedule=schedule,
+        weights=weights,
+        freeze_backbone=freeze_backbone,
         device=device,
         console=console,
     )
@@ -586,7 +597,10 @@ def train_cmd(
 def collection_cmd(
     data: Path = typer.Option(..., help="Training image folder (or a benchmark folder: uses its train/ and test/)."),
     out: Path = typer.Option(..., help="Collection folder (weights, sidecars, manifest.json)."),
-    arch: str = typer.Option("small_cnn", help="Zoo architecture: small_cnn, small_vgg or small_resnet."),
+    arch: str = typer.Option(
+        "small_cnn",
+        help="Zoo architecture (small_cnn, small_vgg, small_resnet, ...) or a timm:/monai:/torchvision: spec.",
+    ),
     seeds: str = typer.Option("10", help="A count (10: seeds 0..9), a list (3,7,11) or a range (0-9)."),
     epochs: int = typer.Option(15, min=1, help="Epochs per model."),
     test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy stored in the manifest)."),

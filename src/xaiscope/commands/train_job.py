@@ -60,9 +60,15 @@ def run_train(
     device: str = "cpu",
     progress: bool = True,
     schedule: str = "cosine",
+    weights: Path | None = None,
+    freeze_backbone: bool = False,
     console=None,
 ):
-    """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar)."""
+    """Train ``arch`` on ``data`` and write ``out`` (state dict) and ``out.with_suffix('.json')`` (sidecar).
+
+    ``arch`` is a zoo name or a ``timm:``/``monai:``/``torchvision:`` spec; ``weights`` a
+    backbone checkpoint loaded first (everything but the classifier head must fit);
+    ``freeze_backbone`` trains the head alone (linear probing, how foundation models are used)."""
     from xaiscope.run.inputs import resolve_device
 
     out = Path(out)
@@ -75,7 +81,11 @@ def run_train(
     ensure_dir(out.parent)  # an unwritable output fails now, not after training
     dev = resolve_device(device)
     train_ds, test_ds = read_pair(data, test)
-    kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
+    kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes}
+    from xaiscope.models import zoo
+
+    if arch in zoo.ZOO:
+        kwargs["width"] = width
     res = train_and_save(
         arch,
         kwargs,
@@ -92,6 +102,8 @@ def run_train(
         augment=augment,
         progress=progress,
         schedule=schedule,
+        backbone=weights,
+        freeze_backbone=freeze_backbone,
     )
     if console is not None:
         test_txt = "" if res.test_acc is None else f", test accuracy {res.test_acc:.4f} ({len(test_ds)} images)"
@@ -101,15 +113,29 @@ def run_train(
 
 
 def train_and_save(
-    arch: str, arch_kwargs: dict, train_ds, test_ds, path, *, seed: int, extra: dict | None = None, **options
+    arch: str,
+    arch_kwargs: dict,
+    train_ds,
+    test_ds,
+    path,
+    *,
+    seed: int,
+    extra: dict | None = None,
+    backbone: Path | None = None,
+    **options,
 ):
-    """Initialise ``arch`` under ``seed``, train it on ``train_ds`` (``options`` are
-    :func:`xaiscope.models.train.train`'s), and write its weights and sidecar to ``path``
-    (accuracies, time, history and settings under ``extra``, with the caller's ``extra``).
-    Returns the training result, its model on the CPU."""
-    from xaiscope.models.train import init_model, save, train
+    """Initialise ``arch`` under ``seed`` (and load the ``backbone`` checkpoint into it), train
+    it on ``train_ds`` (``options`` are :func:`xaiscope.models.train.train`'s), and write its
+    weights and sidecar to ``path`` (accuracies, time, history and settings under ``extra``,
+    with the caller's ``extra``). Returns the training result, its model on the CPU."""
+    from xaiscope.models.load import load_backbone
+    from xaiscope.models.train import head_name, init_model, save, train
 
-    res = train(init_model(arch, seed=seed, **arch_kwargs), train_ds, test=test_ds, seed=seed, **options)
+    model = init_model(arch, seed=seed, spatial_dims=len(train_ds.shape) - 1, **arch_kwargs)
+    if backbone is not None:
+        model = load_backbone(model, backbone, head_name(model))
+        extra = {**(extra or {}), "backbone": str(backbone)}
+    res = train(model, train_ds, test=test_ds, seed=seed, **options)
     res.model = res.model.cpu()
     record = {
         "train_acc": res.train_acc,

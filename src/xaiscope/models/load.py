@@ -75,8 +75,21 @@ def read_sidecar(spec: str) -> dict[str, Any] | None:
     return None
 
 
-def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
-    weights = Path(weights)
+def load_backbone(model: nn.Module, weights: str | Path, head: str) -> nn.Module:
+    """Load a backbone checkpoint (a foundation model saved without a head, e.g. timm's
+    ``num_classes=0``) into ``model``: every weight must fit and be present but the head's
+    (module ``head``), which keeps its fresh initial values."""
+    state = _read_state(Path(weights))
+    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(head + ".")]
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which the model does not"
+        raise ModelError(f"The backbone weights in {weights} do not fit the model: the checkpoint {what}.")
+    return model
+
+
+def _read_state(weights: Path) -> dict:
     if not weights.exists():
         raise ModelError(f"The weights file {weights} does not exist.")
     try:
@@ -90,6 +103,12 @@ def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"The weights file {weights} does not hold a state dict.")
+    return state
+
+
+def _load_state_dict(model: nn.Module, weights: str | Path) -> nn.Module:
+    weights = Path(weights)
+    state = _read_state(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -230,7 +249,17 @@ class TorchScriptModel(nn.Module):
 def _load_file(path: Path, trust_model: bool) -> nn.Module:
     info = read_sidecar(str(path))
     if info is not None:
-        model = zoo.build(info["arch"], **info.get("arch_kwargs", {}))
+        kw = dict(info.get("arch_kwargs", {}))
+        if info["arch"] in zoo.ZOO:
+            model = zoo.build(info["arch"], **kw)
+        else:  # a timm, MONAI or torchvision spec trained by xaiscope train
+            size = info.get("input_size") or [kw.get("in_channels", 1), 0, 0]
+            model = load(
+                info["arch"],
+                num_classes=int(kw.get("num_classes", 2)),
+                in_channels=int(kw.get("in_channels", size[0])),
+                spatial_dims=len(size) - 1,
+            )
         return _load_state_dict(model, path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:

@@ -57,12 +57,43 @@ class TrainResult:
     settings: dict = field(default_factory=dict)
 
 
-def init_model(arch: str, *, seed: int = 0, **kwargs: Any) -> nn.Module:
-    """Build zoo model ``arch`` with initial weights fixed by ``seed``."""
-    from xaiscope.models.load import seeded
+def init_model(arch: str, *, seed: int = 0, spatial_dims: int = 2, **kwargs: Any) -> nn.Module:
+    """Build ``arch`` with initial weights fixed by ``seed``: a zoo name (``kwargs`` its
+    arguments), or a ``timm:``, ``monai:`` or ``torchvision:`` spec (``in_channels`` and
+    ``num_classes`` from ``kwargs``; :func:`xaiscope.models.load`)."""
+    from xaiscope.models.load import load, seeded
 
-    with seeded(seed):
-        return zoo.build(arch, **kwargs)
+    if arch in zoo.ZOO:
+        with seeded(seed):
+            return zoo.build(arch, **kwargs)
+    model = load(
+        arch,
+        num_classes=int(kwargs.get("num_classes", 2)),
+        in_channels=int(kwargs.get("in_channels", 1)),
+        seed=seed,
+        spatial_dims=spatial_dims,
+    )
+    return model
+
+
+def head_name(model: nn.Module) -> str:
+    """The module name of the classifier head: timm's ``get_classifier()`` where it is a real
+    layer, else the last ``nn.Linear``."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    named = {id(m): n for n, m in model.named_modules() if n}
+    if not isinstance(head, nn.Linear) or id(head) not in named:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    if head is None or id(head) not in named:
+        raise ConfigError("The model has no linear classifier head, so its backbone cannot be frozen for a probe.")
+    return named[id(head)]
+
+
+def backbone_names(model: nn.Module) -> list[str]:
+    """The top-level modules that hold no part of the head (:func:`head_name`)."""
+    top = head_name(model).split(".")[0]
+    return [n for n, _ in model.named_children() if n != top]
 
 
 def freeze_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -133,6 +164,7 @@ def train(
     augment: bool = False,
     progress: bool = True,
     schedule: str = "constant",
+    freeze_backbone: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``train`` with Adam and cross-entropy; seeded and reproducible.
 
@@ -146,6 +178,9 @@ def train(
     freeze : module names (``features.0``) whose parameters stay fixed; frozen modules
         are also kept in eval mode, so BatchNorm running statistics stay fixed too.
     augment : random flips / 90-degree turns per image and epoch.
+    freeze_backbone : linear probing: every parameter but the classifier head's
+        (:func:`head_name`; the model's own tokens and embeddings included) stays fixed and
+        the backbone stays in eval mode, so only the head is trained.
     progress : show a Rich progress bar.
     schedule : ``"constant"`` learning rate, or ``"cosine"``: per step
         ``lr * (1 + cos(pi * t / T)) / 2`` over the ``T`` steps (settles the last epochs).
@@ -157,6 +192,12 @@ def train(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(dev)
+    if freeze_backbone:
+        freeze = [*freeze, *backbone_names(model)]
+        head = head_name(model)
+        for name, p in model.named_parameters():
+            if not name.startswith(head + "."):
+                p.requires_grad_(False)  # root parameters (class token, position embedding) too
     frozen = freeze_modules(model, freeze)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -220,6 +261,7 @@ def train(
         "seed": seed,
         "weight_decay": weight_decay,
         "freeze": list(freeze),
+        "freeze_backbone": freeze_backbone,
         "augment": augment,
         "device": str(dev),
         "optimizer": "adam",
@@ -264,6 +306,10 @@ def _default_width(arch: str) -> int | None:
     return None if p is None else p.default
 
 
+#: the model specs (besides zoo names) a sidecar can name: rebuilt by :func:`xaiscope.models.load`
+SPEC_PREFIXES = ("timm:", "monai:", "torchvision:")
+
+
 def save(
     model: nn.Module,
     path: str | Path,
@@ -288,10 +334,13 @@ def save(
     path = Path(path)
     if path.suffix == ".json":
         raise ConfigError(f"The weights path {path} must not end in .json (that is the sidecar's name).")
-    if arch not in zoo.ZOO:
-        raise ModelError(f"Unknown architecture {arch!r}{did_you_mean(arch, zoo.ZOO)}; the sidecar needs a zoo name.")
-    if len(input_size) != 3:
-        raise ConfigError(f"input_size must be [C, H, W], got {list(input_size)}.")
+    if arch not in zoo.ZOO and not arch.startswith(SPEC_PREFIXES):
+        raise ModelError(
+            f"Unknown architecture {arch!r}{did_you_mean(arch, zoo.ZOO)}; the sidecar needs a zoo name "
+            f"or a {', '.join(p + 'NAME' for p in SPEC_PREFIXES)} spec."
+        )
+    if len(input_size) not in (3, 4):
+        raise ConfigError(f"input_size must be [C, H, W] or [C, D, H, W], got {list(input_size)}.")
     kw = dict(arch_kwargs)
     kw.setdefault("in_channels", int(input_size[0]))
     kw.setdefault("num_classes", len(classes))
