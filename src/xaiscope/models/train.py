@@ -63,7 +63,7 @@ def init_model(arch: str, *, seed: int = 0, spatial_dims: int = 2, **kwargs: Any
     ``num_classes`` from ``kwargs``; :func:`xaiscope.models.load`)."""
     from xaiscope.models.load import load, seeded
 
-    if arch in zoo.ZOO:
+    if not arch.startswith(SPEC_PREFIXES):  # a zoo name (an unknown one: its sentence, with a suggestion)
         with seeded(seed):
             return zoo.build(arch, **kwargs)
     model = load(
