@@ -503,30 +503,49 @@ def sis_cmd(
 @pixel_limited
 def benchmark_cmd(
     out: Path = typer.Option(..., help="Output folder (train/, test/, benchmark.json)."),
-    n_train: int = typer.Option(2000, help="Training images."),
-    n_test: int = typer.Option(500, help="Test images."),
-    size: int = typer.Option(64, help="Image side in pixels."),
-    background: str = typer.Option("retina", help="retina, cell, ihc, mri, noise or folder:PATH."),
-    alpha: float = typer.Option(0.5, help="Lesion mixing strength (signal) in [0, 1]."),
+    three_d: bool = typer.Option(
+        False,
+        "--3d",
+        help="Volumes: lesions of two shapes in the MNI152 brain, written as NIfTI (train/<class>/<id>.nii.gz).",
+    ),
+    n_train: Optional[int] = typer.Option(None, help="Training images [default: 2000; 600 with --3d]."),
+    n_test: Optional[int] = typer.Option(None, help="Test images [default: 500; 200 with --3d]."),
+    size: Optional[str] = typer.Option(
+        None, help="Image side in pixels [default: 64]; with --3d voxels D,H,W [default: 48,56,48]."
+    ),
+    background: Optional[str] = typer.Option(
+        None, help="retina, cell, ihc, mri, noise or folder:PATH [default: retina; 2D only]."
+    ),
+    alpha: Optional[float] = typer.Option(
+        None, help="Lesion mixing strength (signal) in [0, 1] [default: 0.5; 1.0 with --3d]."
+    ),
     lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
     confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
-    aligned: bool = typer.Option(
-        False, "--aligned/--no-aligned", help="Same anatomy at every pixel; class-specific lesion regions."
+    aligned: Optional[bool] = typer.Option(
+        None,
+        "--aligned/--no-aligned",
+        help="Same anatomy at every pixel; class-specific lesion regions [default: no; 2D only].",
     ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
-    rule: str = typer.Option("shape", help="What carries the label: shape (regular/irregular) or size (small/large)."),
-    annotators: int = typer.Option(
-        0,
+    rule: Optional[str] = typer.Option(
+        None, help="What carries the label: shape (regular/irregular) or size (small/large) [default: shape; 2D only]."
+    ),
+    annotators: Optional[int] = typer.Option(
+        None,
         help="Synthetic annotators K: masks/<annotator>/<class>/<id>.png as dilated, eroded, shifted and partial "
-        "copies of the true masks (then in true_masks/); 0 = none.",
+        "copies of the true masks (then in true_masks/) [default: 0 = none; 2D only].",
+    ),
+    tissue: Optional[str] = typer.Option(
+        None, help="Where 3D lesion centres lie: wm (white matter) or gm_wm (grey or white) [default: wm; --3d only]."
     ),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
-    """Generate the ground-truth lesion benchmark (images, lesion masks, confounder masks)."""
+    """Generate the ground-truth lesion benchmark (images or volumes, lesion masks, confounder masks)."""
     from xaiscope.commands.benchmark_job import run_benchmark
 
     run_benchmark(
         out=out,
+        three_d=three_d,
         n_train=n_train,
         n_test=n_test,
         size=size,
@@ -538,6 +557,7 @@ def benchmark_cmd(
         seed=seed,
         rule=rule,
         annotators=annotators,
+        tissue=tissue,
         console=console,
     )
 
@@ -549,7 +569,7 @@ def train_cmd(
     out: Path = typer.Option(..., help="Weights file to write (model.pt); the sidecar model.json goes beside it."),
     arch: str = typer.Option(
         "small_cnn",
-        help="Zoo architecture (small_cnn, small_vgg, small_resnet, ...) or a timm:/monai:/torchvision: spec.",
+        help="Zoo architecture (small_cnn, small_vgg, small_resnet, small_cnn3d for volumes) or a timm:/monai:/torchvision: spec.",
     ),
     test: Optional[Path] = typer.Option(None, help="Test image folder (accuracy printed and stored)."),
     epochs: int = typer.Option(15, help="Epochs."),
@@ -558,7 +578,7 @@ def train_cmd(
     seed: int = typer.Option(0, help="Seed of initial weights, shuffling and augmentation."),
     width: int = typer.Option(16, help="Channels of the first layer."),
     weight_decay: float = typer.Option(0.0, help="L2 penalty."),
-    augment: bool = typer.Option(False, help="Random flips and 90-degree turns."),
+    augment: bool = typer.Option(False, help="Random flips and 90-degree turns (volumes: left-right flips)."),
     schedule: str = typer.Option("cosine", help="Learning rate: cosine (annealed per step) or constant."),
     weights: Optional[Path] = typer.Option(
         None, help="A backbone checkpoint (state dict; e.g. a foundation model without its head) loaded first."

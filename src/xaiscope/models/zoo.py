@@ -1,9 +1,10 @@
 """A small zoo of CNNs for tests, the demo and the benchmark studies.
 
 Every zoo model ends in global average pooling + one linear layer, so class activation
-mapping (CAM) applies. ``small_vgg`` has BatchNorm and four blocks (``features[0..3]``)
-that the transfer study freezes. ``small_resnet`` is a torchvision ``ResNet`` of
-``BasicBlock`` s, so Zennit's ``ResNetCanonizer`` applies.
+mapping (CAM) applies. ``small_cnn3d`` is ``small_cnn`` for volumes ``[N, C, D, H, W]``.
+``small_vgg`` has BatchNorm and four blocks (``features[0..3]``) that the transfer study
+freezes. ``small_resnet`` is a torchvision ``ResNet`` of ``BasicBlock`` s, so Zennit's
+``ResNetCanonizer`` applies.
 """
 
 from __future__ import annotations
@@ -39,6 +40,32 @@ class SmallCNN(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
+class SmallCNN3d(nn.Module):
+    """The volume version of :class:`SmallCNN`: conv3d-relu-pool x2, conv3d-relu, global average
+    pooling, linear. Input ``[N, C, D, H, W]``; the same attribute names, so CAMs find the last
+    ``Conv3d`` in ``features``."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 8):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv3d(in_channels, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2),
+            nn.Conv3d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool3d(2),
+            nn.Conv3d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.pool(self.features(x))))
+
+
 def _vgg_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
@@ -62,6 +89,11 @@ class SmallVGG(nn.Module):
 
 def small_cnn(in_channels: int = 1, num_classes: int = 2, width: int = 16) -> nn.Module:
     return SmallCNN(in_channels, num_classes, width)
+
+
+def small_cnn3d(in_channels: int = 1, num_classes: int = 2, width: int = 8) -> nn.Module:
+    """:class:`SmallCNN3d` for volumes ``[N, C, D, H, W]`` (e.g. the 3D lesion benchmark)."""
+    return SmallCNN3d(in_channels, num_classes, width)
 
 
 def small_vgg(in_channels: int = 1, num_classes: int = 2, width: int = 16) -> nn.Module:
@@ -88,11 +120,12 @@ ZOO: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": small_cnn,
     "small_vgg": small_vgg,
     "small_resnet": small_resnet,
+    "small_cnn3d": small_cnn3d,
 }
 
 
 def build(arch: str, **kwargs) -> nn.Module:
-    """Build a zoo model by name (``small_cnn``, ``small_vgg``, ``small_resnet``)."""
+    """Build a zoo model by name (``small_cnn``, ``small_vgg``, ``small_resnet``, ``small_cnn3d``)."""
     from xaiscope.errors import ModelError, did_you_mean
 
     if arch not in ZOO:

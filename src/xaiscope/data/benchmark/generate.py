@@ -299,6 +299,15 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
+def check_out(out: Path) -> None:
+    """A benchmark may be written to ``out`` when it does not exist, is empty or holds an earlier benchmark."""
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"The output path {out} is a file, not a folder.")
+        if any(out.iterdir()) and not (out / "benchmark.json").exists():
+            raise OutputError(f"The output folder {out} is not empty and holds no benchmark; choose a new folder.")
+
+
 def generate(out: str | Path, **params) -> Path:
     """Write the benchmark to folder ``out`` and return the path of its ``benchmark.json``.
 
@@ -323,11 +332,7 @@ def generate(out: str | Path, **params) -> Path:
 
     p = BenchmarkParams.from_kwargs(**params)
     out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(f"The output path {out} is a file, not a folder.")
-        if any(out.iterdir()) and not (out / "benchmark.json").exists():
-            raise OutputError(f"The output folder {out} is not empty and holds no benchmark; choose a new folder.")
+    check_out(out)
     ensure_dir(out.parent)
     source = bgs.load_source(p.background, p.size, aligned=p.aligned, zoom=p.zoom)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

@@ -130,3 +130,129 @@ class BenchmarkParams:
         d["radius"] = list(self.radius)
         d["intensity"] = list(self.intensity)
         return d
+
+
+TISSUES = ("wm", "gm_wm")
+MNI_2MM_DHW = (95, 117, 99)  # nilearn's 2 mm MNI152 template as (D, H, W) = (k, j, i) voxels
+# the box around its brain mask (plus 2 voxels; the brain stem reaches the lowest slice) that is resampled
+MNI_BOX = ((0, 80), (12, 106), (11, 88))
+CLASSES_3D = ("0_regular", "1_irregular")
+
+
+def parse_size3(text: str | int | tuple | list) -> tuple[int, int, int]:
+    """``"48x56x48"``, ``"48,56,48"`` or ``(48, 56, 48)`` -> ``(D, H, W)``."""
+    if isinstance(text, (tuple, list)):
+        parts = list(text)
+    else:
+        parts = str(text).lower().replace("x", ",").split(",")
+    try:
+        dhw = tuple(int(v) for v in parts)
+    except (TypeError, ValueError):
+        dhw = ()
+    if len(dhw) != 3:
+        raise ConfigError(f"--size of a volume must be D,H,W (three voxel counts such as 48,56,48), got {text!r}.")
+    return dhw
+
+
+@dataclass(frozen=True)
+class VolumeParams:
+    """Settings of the 3D benchmark (all of them go into ``benchmark.json``).
+
+    Parameters
+    ----------
+    n_train, n_test : volumes per split (classes balanced, +-1).
+    size : ``(D, H, W)`` voxels the box around the brain of the MNI152 template (2 mm,
+        80 x 94 x 77 voxels as D, H, W) is resampled to.
+    alpha : lesion mixing strength in [0, 1]: ``x = t + alpha * m * (v - t)``.
+    lesions : (min, max) lesions per volume, drawn uniformly, same for both classes.
+    confounder_rate : share of class-1 volumes that carry a corner marker (class 0 never).
+    seed : fixes everything.
+    tissue : where lesion centres lie: ``wm`` (white-matter probability > 0.5) or ``gm_wm``
+        (grey or white matter probability > 0.5); the whole lesion stays in the brain mask.
+    radius : (min, max) radius in mm of the sphere of equal volume (volume uniform in between).
+    intensity : (min, max) lesion intensity ``v`` (brain is mapped to about 0.1-0.5, white
+        matter about 0.45; the default makes bright lesions, as contrast-enhancing lesions on T1).
+    edge : the soft ramp's share of the radius (see :mod:`.lesions3d`).
+    irregularity : summed amplitude of the plane waves of lobulated lesions.
+    jitter : intensity jitter: gain ``U(1-j, 1+j)`` and offset ``U(-j/2, j/2)`` per volume.
+    noise : SD of added voxel noise.
+    bias : strength of the multiplicative bias field ``exp(sum_t c_t P_t)``, ``c_t ~ U(-bias/3, bias/3)``
+        over the 9 monomials of degree 1-2 of the coordinates scaled to [-1, 1].
+    """
+
+    n_train: int = 600
+    n_test: int = 200
+    size: tuple[int, int, int] = (48, 56, 48)
+    alpha: float = 1.0
+    lesions: tuple[int, int] = (1, 3)
+    confounder_rate: float = 0.0
+    seed: int = 0
+    tissue: str = "wm"
+    radius: tuple[float, float] = (15.0, 22.0)
+    intensity: tuple[float, float] = (0.9, 1.0)
+    edge: float = 0.15
+    irregularity: float = 0.9
+    jitter: float = 0.05
+    noise: float = 0.02
+    bias: float = 0.1
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "VolumeParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            from xaiscope.errors import did_you_mean
+
+            raise ConfigError(f"Unknown 3D benchmark setting {unknown[0]!r}{did_you_mean(unknown[0], known)}.")
+        if "lesions" in kwargs:
+            kwargs["lesions"] = parse_range(kwargs["lesions"])
+        if "size" in kwargs:
+            kwargs["size"] = parse_size3(kwargs["size"])
+        for key in ("radius", "intensity"):
+            if key in kwargs:
+                kwargs[key] = tuple(float(v) for v in kwargs[key])
+        return cls(**kwargs).validate()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(CLASSES_3D)
+
+    def validate(self) -> "VolumeParams":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.n_train >= 2, f"n_train must be at least 2 (one volume per class), got {self.n_train}.")
+        need(self.n_test >= 0, f"n_test must not be negative, got {self.n_test}.")
+        need(
+            all(16 <= s <= 256 for s in self.size),
+            f"size must be three voxel counts between 16 and 256, got {list(self.size)}.",
+        )
+        need(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}.")
+        lo, hi = self.lesions
+        need(1 <= lo <= hi <= 6, f"lesions must be a range within 1-6 with min <= max, got {lo}-{hi}.")
+        need(0.0 <= self.confounder_rate <= 1.0, f"confounder_rate must be in [0, 1], got {self.confounder_rate}.")
+        need(self.tissue in TISSUES, f"tissue must be one of {', '.join(TISSUES)}, got {self.tissue!r}.")
+        r0, r1 = self.radius
+        need(0 < r0 <= r1 <= 40, f"radius must satisfy 0 < min <= max <= 40 (mm), got {list(self.radius)}.")
+        # the largest voxel side after resampling the 2 mm template
+        voxel = max(2.0 * (b - a) / m for (a, b), m in zip(MNI_BOX, self.size))
+        need(
+            r0 >= 1.5 * voxel,
+            f"radius min {r0} mm is under 1.5 voxels ({voxel:.2f} mm at size {'x'.join(map(str, self.size))}); "
+            "lesion shapes would be invisible.",
+        )
+        v0, v1 = self.intensity
+        need(0 <= v0 <= v1 <= 1, f"intensity must satisfy 0 <= min <= max <= 1, got {list(self.intensity)}.")
+        need(0 < self.edge <= 1, f"edge must be in (0, 1] (a share of the radius), got {self.edge}.")
+        need(0 <= self.irregularity < 1, f"irregularity must be in [0, 1), got {self.irregularity}.")
+        need(0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}.")
+        need(self.noise >= 0, f"noise must not be negative, got {self.noise}.")
+        need(0 <= self.bias <= 1, f"bias must be in [0, 1], got {self.bias}.")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("size", "lesions", "radius", "intensity"):
+            d[key] = list(getattr(self, key))
+        return d
