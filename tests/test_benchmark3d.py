@@ -231,3 +231,19 @@ def test_small_cnn3d_forward_cam_layer_and_training(tmp_path):
     back = models.load(str(tmp_path / "m.pt"))
     v = _toy3d(4).x
     assert torch.allclose(back(v), res.model(v))
+
+
+def test_balanced_batches_are_the_default_for_volumes_only():
+    from xaiscope.models.train import init_model, stratified_order, train
+
+    y = torch.tensor([0] * 30 + [1] * 10)
+    order = stratified_order(y, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(40))
+    assert torch.equal(order, stratified_order(y, torch.Generator().manual_seed(0)))
+    for start in range(0, 40, 8):  # every batch of 8 holds 6 +- 1 of class 0
+        assert abs(int((y[order[start : start + 8]] == 0).sum()) - 6) <= 1
+    vol = init_model("small_cnn3d", seed=0, width=2)
+    assert train(vol, _toy3d(8), epochs=1, progress=False).settings["balance"] is True
+    img = Dataset(x=torch.randn(8, 1, 8, 8), y=torch.arange(8) % 2, ids=[str(i) for i in range(8)], classes=["0", "1"])
+    res = train(init_model("small_cnn", seed=0, width=2), img, epochs=1, progress=False)
+    assert res.settings["balance"] is False

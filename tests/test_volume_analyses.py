@@ -142,3 +142,32 @@ def test_variability_of_volume_maps_across_a_torchscript_collection(tmp_path, ca
     assert np.allclose(z["sd_map"], expected_sd.numpy(), atol=1e-5)
     r = run_cli(capsys, "variability", "--collection", coll, "--data", data, "--methods", "gradcam", "--out", out)
     assert_user_error(r, "the layers of a TorchScript program cannot be hooked")
+
+
+@pytest.mark.slow
+def test_transfer_study_on_the_3d_benchmark_with_generated_sources(tmp_path, capsys):
+    import json
+
+    from cli_helpers import assert_user_error, run_cli
+    from xaiscope.analyses.transfer import feature_blocks
+    from xaiscope.data.benchmark import generate_3d
+
+    assert feature_blocks(build("small_cnn3d")) == ["features.0", "features.3", "features.6"]
+    assert feature_blocks(build("small_vgg")) == [f"features.{i}" for i in range(4)]
+    generate_3d(tmp_path / "b3", n_train=12, n_test=8, size=(24, 28, 24), radius=(13.0, 19.0))
+    out = tmp_path / "t"
+    r = run_cli(capsys, "transfer", "--data", tmp_path / "b3", "--arch", "small_cnn3d", "--out", out,
+                "--freeze", "0,3", "--seeds", "1", "--methods", "saliency,gradcam", "--epochs", "1",
+                "--pretrain-epochs", "1", "--width", "2", "--max-images", "4")  # fmt: skip
+    assert r.code == 0, r.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["sources"]) == {"tissue_gm_wm", "confounded"}
+    assert '"confounder_rate": 1.0' in summary["sources"]["confounded"]
+    import pandas as pd
+
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert summary["n_runs"] == 1 + 2 * 2 and set(runs["frozen_blocks"]) == {0, 3}
+    scored = runs.dropna(subset=["score"])
+    assert scored["score"].between(0, 1).all()  # localisation of volume maps against 3D masks
+    r = run_cli(capsys, "transfer", "--data", tmp_path / "b3", "--arch", "small_cnn3d", "--out", out, "--freeze", "4")
+    assert_user_error(r, "--freeze 4 is not between 0 and 3")

@@ -508,35 +508,35 @@ def benchmark_cmd(
         "--3d",
         help="Volumes: lesions of two shapes in the MNI152 brain, written as NIfTI (train/<class>/<id>.nii.gz).",
     ),
-    n_train: Optional[int] = typer.Option(None, help="Training images [default: 2000; 600 with --3d]."),
-    n_test: Optional[int] = typer.Option(None, help="Test images [default: 500; 200 with --3d]."),
+    n_train: Optional[int] = typer.Option(None, help="Training images (default 2000; 800 with --3d)."),
+    n_test: Optional[int] = typer.Option(None, help="Test images (default 500; 200 with --3d)."),
     size: Optional[str] = typer.Option(
-        None, help="Image side in pixels [default: 64]; with --3d voxels D,H,W [default: 48,56,48]."
+        None, help="Image side in pixels (default 64); with --3d voxels D,H,W (default 32,40,32)."
     ),
     background: Optional[str] = typer.Option(
-        None, help="retina, cell, ihc, mri, noise or folder:PATH [default: retina; 2D only]."
+        None, help="retina, cell, ihc, mri, noise or folder:PATH (default retina; 2D only)."
     ),
     alpha: Optional[float] = typer.Option(
-        None, help="Lesion mixing strength (signal) in [0, 1] [default: 0.5; 1.0 with --3d]."
+        None, help="Lesion mixing strength (signal) in [0, 1] (default 0.5; 1.0 with --3d)."
     ),
     lesions: str = typer.Option("1-3", help="Lesions per image, MIN-MAX."),
     confounder_rate: float = typer.Option(0.0, help="Share of class-1 images with a corner marker."),
     aligned: Optional[bool] = typer.Option(
         None,
         "--aligned/--no-aligned",
-        help="Same anatomy at every pixel; class-specific lesion regions [default: no; 2D only].",
+        help="Same anatomy at every pixel; class-specific lesion regions (default no; 2D only).",
     ),
     seed: int = typer.Option(0, help="Random seed (same arguments give identical files)."),
     rule: Optional[str] = typer.Option(
-        None, help="What carries the label: shape (regular/irregular) or size (small/large) [default: shape; 2D only]."
+        None, help="What carries the label: shape (regular/irregular) or size (small/large) (default shape; 2D only)."
     ),
     annotators: Optional[int] = typer.Option(
         None,
         help="Synthetic annotators K: masks/<annotator>/<class>/<id>.png as dilated, eroded, shifted and partial "
-        "copies of the true masks (then in true_masks/) [default: 0 = none; 2D only].",
+        "copies of the true masks (then in true_masks/) (default 0: none; 2D only).",
     ),
     tissue: Optional[str] = typer.Option(
-        None, help="Where 3D lesion centres lie: wm (white matter) or gm_wm (grey or white) [default: wm; --3d only]."
+        None, help="Where 3D lesion centres lie: wm (white matter) or gm_wm (grey or white) (default wm; --3d only)."
     ),
     max_image_pixels: Optional[int] = MAX_IMAGE_PIXELS,
 ) -> None:
@@ -1026,8 +1026,12 @@ def transfer_cmd(
     pretrain_data: Optional[list[str]] = typer.Option(
         None, help="Pre-training data DIR or NAME=DIR, repeatable; default: two generated tasks."
     ),
-    arch: str = typer.Option("small_vgg", help="Zoo architecture with a 'features' sequence of blocks."),
-    freeze: str = typer.Option("0,1,2,3", help="Numbers L of frozen pre-trained blocks (features.0..L-1)."),
+    arch: str = typer.Option(
+        "small_vgg", help="Zoo architecture with a 'features' sequence of blocks (small_cnn3d for volumes)."
+    ),
+    freeze: Optional[str] = typer.Option(
+        None, help="Numbers L of frozen pre-trained blocks, e.g. 0,2,4 (default: every L from 0 to all blocks)."
+    ),
     seeds: int = typer.Option(3, help="Seeds per setting."),
     methods: str = typer.Option("saliency,integrated_gradients,gradcam", help="Comma-separated attribution methods."),
     metrics: str = typer.Option(
@@ -1047,7 +1051,7 @@ def transfer_cmd(
     from xaiscope.commands.transfer_job import run_transfer
 
     try:
-        levels = [int(v) for v in parse_list(freeze)]
+        levels = [int(v) for v in parse_list(freeze)] if freeze is not None else None
     except ValueError:
         raise ConfigError(f"--freeze must be comma-separated integers, got {freeze!r}.") from None
     run_transfer(

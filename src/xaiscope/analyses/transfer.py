@@ -6,9 +6,10 @@ pre-trained sources - each number ``L`` of frozen pre-trained blocks:
 
 1. pre-train the architecture on ``s`` (once per source and seed, ``pretrain_epochs``;
    Adam with a cosine-annealed learning rate, as in every training run here);
-2. build a fresh model (seeded), copy the pre-trained ``features`` weights, freeze
-   ``features.0`` .. ``features.{L-1}`` (parameters and BatchNorm statistics) and
-   fine-tune on the target data (``epochs``);
+2. build a fresh model (seeded), copy the pre-trained ``features`` weights, freeze the
+   first ``L`` blocks of ``features`` (its children with parameters, see
+   :func:`feature_blocks`; parameters and BatchNorm statistics) and fine-tune on the
+   target data (``epochs``). Volumes ``[N, C, D, H, W]`` work alike with ``small_cnn3d``;
 3. test accuracy; for every method, explain the correctly classified test images (at
    most ``max_images``, true class as target) and score the maps against the lesion
    masks with every metric (default ``relevance_rank_accuracy``,
@@ -58,19 +59,33 @@ class TransferResult:
     settings: dict = field(default_factory=dict)
 
 
-def _check_blocks(arch: str, levels: Sequence[int], width: int) -> int:
-    model = init_model(arch, in_channels=1, num_classes=2, width=width)
+def feature_blocks(model: torch.nn.Module) -> list[str]:
+    """Names of the blocks of ``model.features``: its children that hold parameters, in order.
+
+    ``small_vgg``'s four conv-BN-relu-pool blocks are ``features.0`` .. ``features.3``; in a
+    flat sequence such as ``small_cnn``/``small_cnn3d`` every convolution is a block
+    (``features.0``, ``features.3``, ``features.6``) and the activations and pooling after it
+    belong to it. Freezing ``L`` blocks freezes the first ``L`` names.
+    """
     feats = getattr(model, "features", None)
     if not isinstance(feats, torch.nn.Sequential):
+        return []
+    return [f"features.{name}" for name, child in feats.named_children() if any(True for _ in child.parameters())]
+
+
+def check_blocks(arch: str, levels: Sequence[int], width: int) -> list[str]:
+    """The block names of ``arch`` (see :func:`feature_blocks`); one sentence when it has none or a level is out of range."""
+    blocks = feature_blocks(init_model(arch, in_channels=1, num_classes=2, width=width))
+    if not blocks:
         raise ConfigError(
             f"The transfer study needs an architecture with a 'features' sequence of blocks; {arch!r} has none."
         )
-    bad = [L for L in levels if not 0 <= L <= len(feats)]
+    bad = [L for L in levels if not 0 <= L <= len(blocks)]
     if bad:
         raise ConfigError(
-            f"--freeze {bad[0]} is not between 0 and {len(feats)} (the number of blocks in {arch}.features)."
+            f"--freeze {bad[0]} is not between 0 and {len(blocks)} (the number of blocks in {arch}.features)."
         )
-    return len(feats)
+    return blocks
 
 
 def _explain_scores(
@@ -109,7 +124,7 @@ def transfer_study(
     pretrain: dict[str, Dataset],
     *,
     arch: str = "small_vgg",
-    freeze: Sequence[int] = (0, 1, 2, 3),
+    freeze: Sequence[int] | None = None,
     seeds: int = 3,
     methods: Sequence[str] = ("saliency", "integrated_gradients", "gradcam"),
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -123,7 +138,10 @@ def transfer_study(
     device: str | torch.device = "cpu",
     progress=None,
 ) -> TransferResult:
-    """Run the study (see the module docstring); ``progress(step_text)`` is called before each training run."""
+    """Run the study (see the module docstring); ``progress(step_text)`` is called before each training run.
+
+    ``freeze``: the numbers ``L`` of frozen blocks (default every ``L`` from 0 to the number of blocks).
+    """
     import pandas as pd
 
     if test_ds.masks is None:
@@ -134,8 +152,9 @@ def transfer_study(
         raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if "none" in pretrain:
         raise ConfigError("'none' is reserved for training from scratch; name the pre-training source differently.")
-    levels = sorted(set(int(L) for L in freeze))
-    _check_blocks(arch, levels, width)
+    levels = sorted(set(int(L) for L in freeze)) if freeze is not None else None
+    blocks = check_blocks(arch, levels or [], width)
+    levels = levels if levels is not None else list(range(len(blocks) + 1))
     explainers = [explain.get(m) for m in methods]
     scorers = [evaluate.get(m) for m in metrics]
     need_model = [m.name for m in scorers if "model" in m.needs or "explainer" in m.needs]
@@ -192,7 +211,7 @@ def transfer_study(
                 batch_size=batch_size,
                 seed=seed,
                 device=dev,
-                freeze=[f"features.{i}" for i in range(L)],
+                freeze=blocks[:L],
                 progress=False,
                 schedule="cosine",
             )

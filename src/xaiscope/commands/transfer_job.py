@@ -28,12 +28,24 @@ def parse_pretrain(items: list[str] | None) -> list[tuple[str, Path]]:
 
 
 def auto_sources(data: Path) -> dict[str, dict]:
-    """Settings of two pre-training tasks derived from the target benchmark: another background family, another rule."""
+    """Settings of two pre-training tasks derived from the target benchmark.
+
+    Images: another background family and another lesion rule. Volumes (a ``--3d``
+    benchmark): lesions placed in another tissue (``gm_wm`` instead of ``wm`` or back), and
+    a shortcut task where every class-1 volume carries the corner confounder, so the study
+    asks whether pre-training on a confounded cohort spoils localisation after fine-tuning.
+    """
     info_path = Path(data) / "benchmark.json"
     if not info_path.exists():
         raise ConfigError(f"{data} is not a benchmark folder (no benchmark.json); give --pretrain-data DIR.")
     params = dict(json.loads(info_path.read_text())["params"])
     params["n_test"] = 0
+    if is_volume_benchmark(params):
+        other_tissue = "gm_wm" if params["tissue"] == "wm" else "wm"
+        return {
+            f"tissue_{other_tissue}": {**params, "tissue": other_tissue, "seed": params["seed"] + 101},
+            "confounded": {**params, "confounder_rate": 1.0, "seed": params["seed"] + 202},
+        }
     params["annotators"] = 0  # pre-training needs no synthetic annotators
     other_bg = "cell" if params["background"] != "cell" else "retina"
     other_rule = "size" if params["rule"] == "shape" else "shape"
@@ -41,6 +53,11 @@ def auto_sources(data: Path) -> dict[str, dict]:
         f"background_{other_bg}": {**params, "background": other_bg, "seed": params["seed"] + 101},
         f"rule_{other_rule}": {**params, "rule": other_rule, "seed": params["seed"] + 202},
     }
+
+
+def is_volume_benchmark(params: dict) -> bool:
+    """Whether benchmark settings describe the 3D benchmark (they name a tissue, not a background)."""
+    return "tissue" in params and "background" not in params
 
 
 def _read_source(path: Path) -> xdata.Dataset:
@@ -58,7 +75,7 @@ def run_transfer(
     out: Path,
     pretrain_data: list[str] | None = None,
     arch: str = "small_vgg",
-    freeze: list[int] = (0, 1, 2, 3),
+    freeze: list[int] | None = None,
     seeds: int = 3,
     methods: list[str] = ("saliency", "integrated_gradients", "gradcam"),
     metrics: list[str] | None = None,
@@ -73,10 +90,11 @@ def run_transfer(
     console=None,
 ) -> dict:
     """Run the study and write ``runs.csv``/``runs.parquet``, ``effects.csv``/``effects.parquet``, ``transfer.png``, ``summary.json``."""
-    from xaiscope.analyses.transfer import DEFAULT_METRICS, plot_transfer, transfer_study
+    from xaiscope.analyses.transfer import DEFAULT_METRICS, check_blocks, plot_transfer, transfer_study
     from xaiscope.plotting import save_figure
     from xaiscope.run.inputs import resolve_device
 
+    check_blocks(arch, freeze or [], width)  # before any data is read or generated
     dev = resolve_device(device)
     train_ds, test_ds = read_pair(Path(data), test, masks="auto")
     if test_ds is None:
@@ -89,15 +107,16 @@ def run_transfer(
             sources[name] = _read_source(path)
             described[name] = str(path)
     else:
-        from xaiscope.data.benchmark import make_dataset
+        from xaiscope.data.benchmark import make_dataset, make_dataset_3d
         from xaiscope.data.readers import normalise_dataset
 
         for name, params in auto_sources(Path(data)).items():
-            ds, _ = make_dataset(**params)
+            volumes = is_volume_benchmark(params)
+            ds, _ = (make_dataset_3d if volumes else make_dataset)(**params)
             sources[name] = normalise_dataset(ds, "dataset")
-            described[name] = (
-                f"generated: {json.dumps({k: params[k] for k in ('background', 'rule', 'seed', 'n_train')})}"
-            )
+            keys = ("tissue", "confounder_rate") if volumes else ("background", "rule")
+            described[name] = f"generated: {json.dumps({k: params[k] for k in (*keys, 'seed', 'n_train')})}"
+
     ensure_dir(out)
     say = (lambda text: console.print(text)) if console is not None else None
     res = transfer_study(

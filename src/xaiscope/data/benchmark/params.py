@@ -180,9 +180,9 @@ class VolumeParams:
         over the 9 monomials of degree 1-2 of the coordinates scaled to [-1, 1].
     """
 
-    n_train: int = 600
+    n_train: int = 800
     n_test: int = 200
-    size: tuple[int, int, int] = (48, 56, 48)
+    size: tuple[int, int, int] = (32, 40, 32)
     alpha: float = 1.0
     lesions: tuple[int, int] = (1, 3)
     confounder_rate: float = 0.0

@@ -232,8 +232,8 @@ def make_split(p: VolumeParams, split: str, n: int | None = None) -> dict[str, n
         "confounded": confounded,
         "centres": centres,
         "affine": tpl.affine.copy(),
-        "brain": tpl.brain,
-        "tissue": tpl.tissue,
+        "brain": tpl.brain.copy(),
+        "tissue": tpl.tissue.copy(),
     }
 
 
