@@ -80,15 +80,25 @@ def seeded_cnn() -> nn.Module:
     return build("small_cnn", width=4)
 
 
-def conv3d(num_classes: int = 2, in_channels: int = 1) -> nn.Module:
-    """A tiny volume classifier: Conv3d-ReLU-MaxPool3d-Conv3d-ReLU, global average pooling, linear."""
+def conv3d(
+    num_classes: int = 2,
+    in_channels: int = 1,
+    widths: tuple[int, int] = (4, 8),
+    activation: type[nn.Module] = nn.ReLU,
+    seed: int | None = None,
+) -> nn.Module:
+    """A tiny volume classifier in eval mode: Conv3d-act-MaxPool3d-Conv3d-act, global average
+    pooling, linear; the last Conv3d (index 3) gives maps of half the input's size. ``seed``
+    seeds torch's global generator before the weights are drawn."""
+    if seed is not None:
+        torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv3d(in_channels, 4, 3, padding=1),
-        nn.ReLU(),
+        nn.Conv3d(in_channels, widths[0], 3, padding=1),
+        activation(),
         nn.MaxPool3d(2),
-        nn.Conv3d(4, 8, 3, padding=1),
-        nn.ReLU(),
+        nn.Conv3d(widths[0], widths[1], 3, padding=1),
+        activation(),
         nn.AdaptiveAvgPool3d(1),
         nn.Flatten(),
-        nn.Linear(8, num_classes),
-    )
+        nn.Linear(widths[1], num_classes),
+    ).eval()

@@ -21,6 +21,7 @@ RANK = {
     "errors": 0,
     "io": 1,
     "registry": 1,
+    "allocator": 1,
     "plotting": 2,
     "data": 3,
     "models": 4,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fixture_models import conv3d
 from xaiscope import explain
 from xaiscope.errors import MethodError
 from xaiscope.explain.layers import find_layer
@@ -29,19 +30,8 @@ VOLUME_CAMS = [
 
 
 def net3d() -> nn.Module:
-    """Conv3d-ReLU-MaxPool3d-Conv3d-ReLU-AdaptiveAvgPool3d-Linear: the last Conv3d (``3``) gives
-    maps of half the input's size in each of D, H, W."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv3d(2, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool3d(2),
-        nn.Conv3d(4, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    ).eval()
+    """The last Conv3d (``3``) gives maps of half the input's size in each of D, H, W."""
+    return conv3d(num_classes=3, in_channels=2, widths=(4, 6), seed=0)
 
 
 def volumes(n: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fixture_models import conv3d
 from xaiscope import explain
 from xaiscope.errors import MethodError
 from xaiscope.explain.perturbation import superpixels, voxel_spacing
@@ -29,17 +30,7 @@ VOLUME_METHODS = [n for n in explain.names() if explain.get_class(n).volumes]
 
 
 def conv3d_model(activation: type[nn.Module] = nn.ReLU) -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv3d(1, 4, 3, padding=1),
-        activation(),
-        nn.MaxPool3d(2),
-        nn.Conv3d(4, 8, 3, padding=1),
-        activation(),
-        nn.AdaptiveAvgPool3d(1),
-        nn.Flatten(),
-        nn.Linear(8, 2),
-    ).eval()
+    return conv3d(activation=activation, seed=0)
 
 
 def _volumes(n: int = 2) -> torch.Tensor:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from fixture_models import conv3d
 from metrics_helpers import K, inputs
 from xaiscope import evaluate, explain, models
 from xaiscope.errors import MetricError
@@ -55,17 +56,7 @@ REFUSE: dict[str, str] = {}
 
 
 def conv3d_model(channels: int = 1, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv3d(channels, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool3d(2),
-        nn.Conv3d(4, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1),
-        nn.Flatten(),
-        nn.Linear(8, K),
-    ).eval()
+    return conv3d(num_classes=K, in_channels=channels, seed=seed)
 
 
 def box_masks(n: int, spatial: tuple[int, ...]) -> torch.Tensor:

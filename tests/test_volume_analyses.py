@@ -171,3 +171,25 @@ def test_transfer_study_on_the_3d_benchmark_with_generated_sources(tmp_path, cap
     assert scored["score"].between(0, 1).all()  # localisation of volume maps against 3D masks
     r = run_cli(capsys, "transfer", "--data", tmp_path / "b3", "--arch", "small_cnn3d", "--out", out, "--freeze", "4")
     assert_user_error(r, "--freeze 4 is not between 0 and 3")
+
+
+@pytest.mark.slow
+def test_collection_of_small_cnn3d_seeds_and_its_variability(tmp_path, capsys):
+    import json
+
+    from cli_helpers import run_cli
+    from xaiscope.data.benchmark import generate_3d
+
+    generate_3d(tmp_path / "b3", n_train=8, n_test=4, size=(24, 28, 24), radius=(13.0, 19.0))
+    coll = tmp_path / "coll"
+    r = run_cli(capsys, "collection", "--data", tmp_path / "b3", "--arch", "small_cnn3d", "--out", coll,
+                "--seeds", "2", "--epochs", "1", "--width", "2", "--batch-size", "4")  # fmt: skip
+    assert r.code == 0, r.out
+    manifest = json.loads((coll / "manifest.json").read_text())
+    assert manifest["arch"] == "small_cnn3d" and [m["seed"] for m in manifest["models"]] == [0, 1]
+    out = tmp_path / "v"
+    r = run_cli(capsys, "variability", "--collection", coll, "--data", tmp_path / "b3" / "test",
+                "--methods", "saliency,gradcam", "--out", out, "--bootstrap", "5", "--top", "1")  # fmt: skip
+    assert r.code == 0, r.out
+    z = np.load(out / "maps" / "gradcam.npz")
+    assert z["sd_map"].shape[-3:] == (24, 28, 24) and np.isfinite(z["sd_map"]).all()

@@ -1077,6 +1077,9 @@ def transfer_cmd(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user errors into one sentence and exit code 2."""
+    from xaiscope.allocator import keep_heap
+
+    keep_heap()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

@@ -1,4 +1,5 @@
-"""Perturbation methods, computed by Captum: occlusion, feature ablation, LIME, KernelSHAP.
+"""Perturbation methods: occlusion and feature ablation computed by Captum; LIME and KernelSHAP
+batched here (:mod:`xaiscope.explain.surrogate`).
 
 Pass counts per image: occlusion ``1 + windows`` where windows =
 ``prod_axis (ceil((L_axis - w)/s) + 1)`` over the spatial axes (H, W; D, H, W for volumes:
@@ -157,10 +158,12 @@ def superpixels(x: torch.Tensor, n_segments: int, compactness: float) -> torch.T
 
 
 class _SurrogateExplainer(Explainer):
-    """Shared mechanism of LIME and KernelSHAP: superpixels, Captum sampling, one image at a time."""
+    """Shared mechanism of LIME and KernelSHAP: superpixels, batched sampling and a weighted
+    linear fit per image (:mod:`xaiscope.explain.surrogate`)."""
 
-    family, library = "perturbation", "captum"
+    family, library = "perturbation", "xaiscope"
     stochastic = True
+    kind = ""
     params = {
         "n_samples": Param(200, int, "perturbed samples per image", low=2),
         "n_segments": Param(50, int, "SLIC superpixels", low=2),
@@ -171,52 +174,58 @@ class _SurrogateExplainer(Explainer):
     def _passes(self, shape, model=None):
         return self.hparams["n_samples"]
 
-    def make(self, model):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def surrogate(self) -> tuple[str, float]:
+        """The linear model fitted and its regularisation strength."""
+        return "ols", 0.0
 
     def _attribute(self, model, x, y):
+        from xaiscope.explain.surrogate import explain_one
+
         h = self.hparams
-        algo = self.make(model)
-
-        def run(xb, yb):
-            seg = superpixels(xb, h["n_segments"], h["compactness"])
-            return algo.attribute(
-                xb,
-                baselines=reference(xb, h["baseline"]),
-                target=yb,
-                feature_mask=seg,
-                n_samples=h["n_samples"],
-                perturbations_per_eval=self.batch_size,
+        surrogate, alpha = self.surrogate()
+        base = reference(x, h["baseline"])
+        maps = []
+        for i in range(x.shape[0]):
+            xi = x[i : i + 1]
+            seg = superpixels(xi, h["n_segments"], h["compactness"])[0, 0]
+            maps.append(
+                explain_one(
+                    model,
+                    xi,
+                    y[i : i + 1],
+                    seg,
+                    base[i : i + 1],
+                    kind=self.kind,
+                    n_samples=h["n_samples"],
+                    batch_size=self.batch_size,
+                    surrogate=surrogate,
+                    alpha=alpha,
+                )
             )
-
-        return per_chunk(run, x, y, 1)
+        return torch.cat(maps)
 
 
 @register
 class LimeExplainer(_SurrogateExplainer):
     """LIME: a weighted linear surrogate fitted on superpixel on/off samples (Ribeiro et al. 2016,
-    arXiv:1602.04938). The surrogate is ridge regression with ``alpha`` (as in the reference
-    ``lime_image`` implementation, alpha 1) or Captum's default lasso."""
+    arXiv:1602.04938), weights ``exp(-d^2 / 2)`` of the cosine distance ``d`` between image and
+    sample (Captum's default kernel). The surrogate is ridge regression with ``alpha`` (as in the
+    reference ``lime_image`` implementation, alpha 1) or lasso."""
 
-    name = "lime"
+    name, kind = "lime", "lime"
     params = {
         **_SurrogateExplainer.params,
         "surrogate": Param("ridge", str, "interpretable model", choices=("ridge", "lasso")),
         "alpha": Param(1.0, float, "regularisation strength of the surrogate", low=0.0),
     }
 
-    def make(self, model):
-        from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
-
-        cls = SkLearnRidge if self.hparams["surrogate"] == "ridge" else SkLearnLasso
-        return ca.Lime(model, interpretable_model=cls(alpha=self.hparams["alpha"]))
+    def surrogate(self) -> tuple[str, float]:
+        return self.hparams["surrogate"], self.hparams["alpha"]
 
 
 @register
 class KernelShapExplainer(_SurrogateExplainer):
-    """KernelSHAP: a linear surrogate with the Shapley kernel (Lundberg & Lee 2017, arXiv:1705.07874)."""
+    """KernelSHAP: a linear surrogate with the Shapley kernel (Lundberg & Lee 2017, arXiv:1705.07874):
+    Shapley-kernel sampling, the all-kept and all-removed samples weighted 10^6, least squares."""
 
-    name = "kernel_shap"
-
-    def make(self, model):
-        return ca.KernelShap(model)
+    name, kind = "kernel_shap", "kernel_shap"
