@@ -107,3 +107,15 @@ def test_batch_size_changes_neither_maps_nor_passes(method):
             maps.append(ex(net, x, y))
         assert c.rows == 24 * 3 == ex.passes((1, 16, 16)) * 3 and c.largest_call <= bs
     torch.testing.assert_close(maps[0], maps[1], atol=1e-6, rtol=1e-5)
+
+
+def test_segmentation_ahead_equals_segmentation_in_place_and_keeps_the_voxel_spacing():
+    from xaiscope.explain.perturbation import segment_ahead, superpixels, voxel_spacing
+
+    x = torch.rand(5, 1, 8, 10, 12, generator=torch.Generator().manual_seed(4))
+    with voxel_spacing((4.0, 1.0, 1.0)):
+        ahead = list(segment_ahead(x, 6, 0.5))
+        here = [superpixels(x[i : i + 1], 6, 0.5)[0, 0] for i in range(5)]
+    plain = [superpixels(x[i : i + 1], 6, 0.5)[0, 0] for i in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(ahead, here))
+    assert not all(torch.equal(a, b) for a, b in zip(ahead, plain))  # the spacing reached the thread

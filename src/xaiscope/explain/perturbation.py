@@ -185,13 +185,11 @@ class _SurrogateExplainer(Explainer):
         surrogate, alpha = self.surrogate()
         base = reference(x, h["baseline"])
         maps = []
-        for i in range(x.shape[0]):
-            xi = x[i : i + 1]
-            seg = superpixels(xi, h["n_segments"], h["compactness"])[0, 0]
+        for i, seg in enumerate(segment_ahead(x, h["n_segments"], h["compactness"])):
             maps.append(
                 explain_one(
                     model,
-                    xi,
+                    x[i : i + 1],
                     y[i : i + 1],
                     seg,
                     base[i : i + 1],
@@ -203,6 +201,27 @@ class _SurrogateExplainer(Explainer):
                 )
             )
         return torch.cat(maps)
+
+
+def segment_ahead(x: torch.Tensor, n_segments: int, compactness: float, ahead: int = 2) -> Iterator[torch.Tensor]:
+    """The superpixel ids ``[*spatial]`` of every image of ``x`` in order, each computed in a
+    background thread up to ``ahead`` images before it is needed: scikit-image's SLIC runs
+    without the GIL, so segmenting the next image overlaps the model passes of this one (on
+    ``small_cnn3d`` volumes SLIC alone was a fifth of LIME's time). The caller's context
+    (the voxel spacing of :func:`voxel_spacing`) is carried into the thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> torch.Tensor:
+        return superpixels(x[i : i + 1], n_segments, compactness)[0, 0]
+
+    ctx = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(ctx.copy().run, one, i) for i in range(min(ahead, x.shape[0]))]
+        for i in range(x.shape[0]):
+            seg = pending.pop(0).result()
+            if i + ahead < x.shape[0]:
+                pending.append(pool.submit(ctx.copy().run, one, i + ahead))
+            yield seg
 
 
 @register
