@@ -162,10 +162,10 @@ class Superpixels:
     def units(self, x, m, hp) -> Units:
         n = x.shape[0]
         if x.dim() == 5:
-            from xaiscope.explain.perturbation import superpixels
+            from xaiscope.explain.perturbation import segment_ahead
 
             seg, comp = hp[self.segments], hp[self.compactness]
-            ids = torch.stack([superpixels(x[i : i + 1], seg, comp)[0, 0].flatten() for i in range(n)])
+            ids = torch.stack([s.flatten() for s in segment_ahead(x, seg, comp, workers=2)])
         else:
             from skimage.segmentation import slic
 
