@@ -194,3 +194,33 @@ def test_gradcam_layer_override(small_cnn, gray_batch):
     a = explain.get("gradcam", layer="features.3")(small_cnn, x, y)
     b = explain.get("gradcam")(small_cnn, x, y)
     assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_auto_sizes_keep_64x64_defaults_and_bound_passes_at_any_size():
+    from xaiscope.explain.perturbation import auto_occlusion, auto_patch
+
+    occ, fa = explain.get("occlusion"), explain.get("feature_ablation")
+    assert auto_occlusion((64, 64)) == (8, 4) and auto_patch((64, 64)) == 4  # the defaults sized for 64x64
+    assert auto_occlusion((16, 16)) == (8, 4) and auto_occlusion((6, 9)) == (6, 3)  # never above the short side
+    assert auto_occlusion((224, 224)) == (28, 14) and auto_patch((224, 224)) == 14
+    assert occ.passes((3, 224, 224)) == 1 + 15 * 15 and fa.passes((3, 224, 224)) == 1 + 16 * 16
+    assert occ.passes((3, 64, 64)) == 1 + 15 * 15 and fa.passes((1, 64, 64)) == 1 + 16 * 16
+    for side in (96, 128, 224, 512, 1024):  # a fixed budget of passes whatever the size
+        assert occ.passes((3, side, side)) <= 1 + 16 * 16 and fa.passes((3, side, side)) <= 1 + 17 * 17
+    assert occ.passes((1, 48, 56, 48)) <= 1 + 7**3 and fa.passes((1, 48, 56, 48)) <= 1 + 7**3
+    assert occ.settled((3, 224, 224))["window"] == 28 and fa.settled((1, 24, 28, 24))["patch"] == 5
+    assert explain.get("occlusion", window=5).settled((1, 64, 64))[("stride")] == 2  # stride follows a given window
+    assert explain.get("occlusion", window=5, stride=5).passes((1, 20, 20)) == 1 + 4 * 4
+    with pytest.raises(MethodError, match="'window' of occlusion must be an int or 'auto', got 'big'"):
+        explain.get("occlusion", window="big")
+
+
+def test_auto_sizes_are_what_the_methods_use(small_cnn):
+    x = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1])
+    for name, fixed in (("occlusion", {"window": 8, "stride": 4}), ("feature_ablation", {"patch": 4})):
+        auto = explain.get(name, batch_size=64)
+        with count_passes(small_cnn.features[0]) as c:
+            a = auto(small_cnn, x, y)
+        assert c.rows == auto.passes((1, 24, 24)) * 2
+        torch.testing.assert_close(a, explain.get(name, batch_size=64, **fixed)(small_cnn, x, y))

@@ -125,10 +125,11 @@ def run_explain(
 
         group = zarr.open_group(str(out / "attributions.zarr"), mode="w")
         sinks = [
-            _ZarrSink(group, out / "attributions.zarr", ex.name, ex.hparams, len(src), src.shape) for ex in explainers
+            _ZarrSink(group, out / "attributions.zarr", ex.name, ex.settled(src.shape), len(src), src.shape)
+            for ex in explainers
         ]
     else:
-        sinks = [_NpzSink(out, ex.name, ex.hparams) for ex in explainers]
+        sinks = [_NpzSink(out, ex.name, ex.settled(src.shape)) for ex in explainers]
     ids, targets, labels, shown = [], [], [], []
 
     def step(b):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
@@ -125,6 +125,12 @@ class Explainer:
 
     def _passes(self, shape, model=None) -> float:
         return 1.0
+
+    def settled(self, shape: Sequence[int]) -> dict:
+        """The hyperparameters as they apply to inputs of ``shape`` (C, H, W) or (C, D, H, W):
+        sizes given as ``auto`` resolved to numbers (occlusion, feature ablation); what jobs
+        record with the maps."""
+        return dict(self.hparams)
 
     @property
     def batch_size(self) -> int:

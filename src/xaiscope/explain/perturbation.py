@@ -47,38 +47,97 @@ def voxel_spacing(spacing: Sequence[float] | None) -> Iterator[None]:
         _SPACING.reset(token)
 
 
+#: the ``auto`` sizes keep about this many occlusion windows and ablation patches per image
+#: side at most (2D; the cube root of their squares in 3D: 6 per axis), and never go below
+#: the fixed defaults sized for 64x64 images (window 8, stride 4, patch 4)
+AUTO_WINDOWS_PER_SIDE, AUTO_PATCHES_PER_SIDE, MIN_WINDOW, MIN_PATCH = 15, 16, 8, 4
+
+AUTO = "'auto' sizes it to the image (see auto_occlusion / auto_patch)"
+
+
+def _side(spatial: Sequence[int]) -> float:
+    """The geometric mean of the spatial sides."""
+    return math.prod(spatial) ** (1 / len(spatial))
+
+
+def _per_side(per_side_2d: int, dims: int) -> int:
+    return max(1, round(per_side_2d ** (2 / dims)))
+
+
+def auto_occlusion(spatial: Sequence[int], window: int | str = "auto", stride: int | str = "auto") -> tuple[int, int]:
+    """``(window, stride)`` with ``auto`` resolved for an image of sides ``spatial``.
+
+    ``window = min(max(8, ceil(2 L / (n + 1))), shortest side)`` with ``L`` the geometric mean
+    of the sides and ``n`` = 15 windows per side in 2D (6 per axis in 3D); ``stride = max(1,
+    window // 2)``. With stride = window / 2 an axis of length ``L`` holds about ``2 L / w - 1
+    = n`` windows, so the passes stay near ``1 + 15^2`` per image (``1 + 6^3`` per volume) however
+    large the image, and images up to 64x64 keep window 8, stride 4: 224x224 gets window 28,
+    stride 14 (226 passes, not 3,026), a volume of 48x56x48 window 15, stride 7.
+    """
+    if window == "auto":
+        n = _per_side(AUTO_WINDOWS_PER_SIDE, len(spatial))
+        window = min(max(MIN_WINDOW, math.ceil(2 * _side(spatial) / (n + 1))), min(spatial))
+    if stride == "auto":
+        stride = max(1, int(window) // 2)
+    return int(window), int(stride)
+
+
+def auto_patch(spatial: Sequence[int], patch: int | str = "auto") -> int:
+    """``patch`` with ``auto`` resolved: ``max(4, ceil(L / n))`` with ``L`` the geometric mean of
+    the sides and ``n`` = 16 patches per side in 2D (6 per axis in 3D): 4 up to 64x64, 14 at
+    224x224 (257 passes, not 3,137), 5 for a volume of 24x28x24."""
+    if patch != "auto":
+        return int(patch)
+    return max(MIN_PATCH, math.ceil(_side(spatial) / _per_side(AUTO_PATCHES_PER_SIDE, len(spatial))))
+
+
+def _check_auto(method: str, hparams: dict, names: Sequence[str]) -> None:
+    for name in names:
+        if isinstance(hparams[name], str) and hparams[name] != "auto":
+            raise MethodError(f"Hyperparameter {name!r} of {method} must be an int or 'auto', got {hparams[name]!r}.")
+
+
 @register
 class OcclusionExplainer(Explainer):
     """Occlusion: drop in the target score when a sliding square window is replaced by the
-    reference (Zeiler & Fergus 2014, arXiv:1311.2901)."""
+    reference (Zeiler & Fergus 2014, arXiv:1311.2901). ``window``/``stride`` ``auto`` follow
+    :func:`auto_occlusion` (8 and 4 up to 64x64)."""
 
     name, family, library = "occlusion", "perturbation", "captum"
     params = {
-        "window": Param(8, int, "window side (pixels)", low=1),
-        "stride": Param(4, int, "stride (pixels)", low=1),
+        "window": Param("auto", (int, str), f"window side (pixels); {AUTO}", low=1),
+        "stride": Param("auto", (int, str), f"stride (pixels); {AUTO}", low=1),
         "baseline": Param("zero", str, "fill of the window", choices=REFERENCES),
     }
+
+    def _validate(self) -> None:
+        _check_auto(self.name, self.hparams, ("window", "stride"))
+
+    def settled(self, shape: Sequence[int]) -> dict:
+        w, s = auto_occlusion(tuple(shape[1:]), self.hparams["window"], self.hparams["stride"])
+        return {**self.hparams, "window": w, "stride": s}
 
     def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
-        w, s = self.hparams["window"], self.hparams["stride"]
+        w, s = auto_occlusion(tuple(shape[1:]), self.hparams["window"], self.hparams["stride"])
         return 1 + math.prod(_windows(n, w, s) for n in shape[1:])
 
     def _attribute(self, model, x, y):
         h = self.hparams
         spatial = tuple(x.shape[2:])
-        if h["window"] > min(spatial):
+        window, stride = auto_occlusion(spatial, h["window"], h["stride"])
+        if window > min(spatial):
             size = "x".join(str(n) for n in spatial)
-            raise MethodError(f"occlusion window {h['window']} is larger than the image ({size}).")
+            raise MethodError(f"occlusion window {window} is larger than the image ({size}).")
         occ = ca.Occlusion(model)
         images = max(1, min(x.shape[0], self.batch_size))
 
         def run(xb, yb):
             return occ.attribute(
                 xb,
-                sliding_window_shapes=(xb.shape[1], *[h["window"]] * len(spatial)),
-                strides=(xb.shape[1], *[h["stride"]] * len(spatial)),
+                sliding_window_shapes=(xb.shape[1], *[window] * len(spatial)),
+                strides=(xb.shape[1], *[stride] * len(spatial)),
                 baselines=reference(xb, h["baseline"]),
                 target=yb,
                 perturbations_per_eval=max(1, self.batch_size // xb.shape[0]),
@@ -97,24 +156,31 @@ def patch_mask(spatial: Sequence[int], patch: int, device) -> torch.Tensor:
 
 @register
 class FeatureAblationExplainer(Explainer):
-    """Feature ablation: drop in the target score when each square patch is replaced by the reference."""
+    """Feature ablation: drop in the target score when each square patch is replaced by the
+    reference; ``patch`` ``auto`` follows :func:`auto_patch` (4 up to 64x64)."""
 
     name, family, library = "feature_ablation", "perturbation", "captum"
     params = {
-        "patch": Param(4, int, "patch side (pixels)", low=1),
+        "patch": Param("auto", (int, str), f"patch side (pixels); {AUTO}", low=1),
         "baseline": Param("zero", str, "fill of the patch", choices=REFERENCES),
     }
+
+    def _validate(self) -> None:
+        _check_auto(self.name, self.hparams, ("patch",))
+
+    def settled(self, shape: Sequence[int]) -> dict:
+        return {**self.hparams, "patch": auto_patch(tuple(shape[1:]), self.hparams["patch"])}
 
     def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
-        p = self.hparams["patch"]
+        p = auto_patch(tuple(shape[1:]), self.hparams["patch"])
         return 1 + math.prod(math.ceil(n / p) for n in shape[1:])
 
     def _attribute(self, model, x, y):
         h = self.hparams
         fa = ca.FeatureAblation(model)
-        mask = patch_mask(x.shape[2:], h["patch"], x.device)
+        mask = patch_mask(x.shape[2:], auto_patch(tuple(x.shape[2:]), h["patch"]), x.device)
 
         def run(xb, yb):
             return fa.attribute(

@@ -52,7 +52,13 @@ def commit(store: RunStore, ctx: RunContext, unit: Unit, result) -> None:
         attributions=a,
         rows=rows,
         curves=curves,
-        attrs={"model": unit.model, "method": unit.method, "setting": unit.setting, "hparams": dict(unit.hparams)},
+        attrs={
+            "model": unit.model,
+            "method": unit.method,
+            "setting": unit.setting,
+            "hparams": dict(unit.hparams),
+            "settled": explain.get(unit.method, **dict(unit.hparams)).settled(ctx.shape),  # 'auto' sizes resolved
+        },
         record=ctx.unit_record(unit),
     )
 
