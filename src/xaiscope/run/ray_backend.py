@@ -42,6 +42,9 @@ def _import_ray():
 def _run_unit(model, inputs: dict, unit: Unit, metrics, batch_size: int, seed: int, device: str, threads: int):
     """The body of one Ray task (a module-level function so workers can import it); ``inputs``
     holds the images of the unit's range (:func:`_range_inputs`)."""
+    from xaiscope.allocator import keep_heap
+
+    keep_heap()  # once per worker process, as the xaiscope command does for itself
     torch.set_num_threads(threads)
     dev = torch.device(device)
 
