@@ -132,3 +132,31 @@ def test_other_classes_never_draw_the_target_and_replay_numpy():
     assert (got != y).all() and ((got >= 0) & (got < 3)).all()
     r = np.random.RandomState(42).randint(0, 2, 8)
     assert got.tolist() == (r + (r >= y.numpy())).tolist()
+
+
+def test_auto_sizes_keep_64x64_settings_and_bound_passes():
+    from xaiscope.evaluate.perturbation import auto_patch_size, auto_step
+
+    assert auto_step((64, 64)) == 1 and auto_step((28, 28)) == 1 and auto_step((224, 224)) == 13
+    assert auto_step((24, 28, 24)) == 4 and auto_patch_size(8)((64, 64)) == 8 and auto_patch_size(8)((224, 224)) == 28
+    pf, sel, inf = evaluate.get("pixel_flipping"), evaluate.get("selectivity"), evaluate.get("infidelity")
+    assert pf.hparams["features_in_step"] == "auto" and np.isnan(pf.passes(None))
+    assert pf.passes((1, 64, 64)) == evaluate.get("pixel_flipping", features_in_step=1).passes((1, 64, 64))
+    for side in (64, 128, 224, 512):  # the 64x64 counts bound every size
+        assert pf.passes((3, side, side)) <= pf.passes((3, 64, 64)) + 1
+        assert sel.passes((3, side, side)) <= sel.passes((3, 64, 64)) and inf.passes((3, side, side)) <= 1 + 16 * 16
+    assert pf.settled((3, 224, 224))["features_in_step"] == 13 and inf.settled((1, 224, 224))["patch_size"] == 14
+    with pytest.raises(MetricError, match="'features_in_step' of pixel_flipping must be int or str"):
+        evaluate.get("pixel_flipping", features_in_step=2.5)
+
+
+def test_auto_sizes_are_what_the_metrics_use():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(2, 2)).eval()  # fmt: skip
+    x = torch.rand(2, 1, 72, 72, generator=torch.Generator().manual_seed(1))  # 5,184 pixels: 2 per step
+    y, a = torch.tensor([0, 1]), torch.rand(2, 72, 72, generator=torch.Generator().manual_seed(2))
+    for name, fixed in (("faithfulness_estimate", {"features_in_step": 2}), ("selectivity", {"patch_size": 9})):
+        auto = evaluate.get(name, batch_size=512)
+        torch.testing.assert_close(auto(net, x, y, a), evaluate.get(name, batch_size=512, **fixed)(net, x, y, a))
+        assert auto.hparams == evaluate.get(name, batch_size=512).hparams  # 'auto' again after the call

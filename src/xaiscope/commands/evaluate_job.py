@@ -140,7 +140,9 @@ def score_source(
     for k in order:
         i, j, pos, v = parts[k]
         ex, m = explainers[i], mets[j]
-        settings = json.dumps({"method": ex.settled(src.shape), "metric": m.hparams}, sort_keys=True, default=str)
+        settings = json.dumps(
+            {"method": ex.settled(src.shape), "metric": m.settled(src.shape)}, sort_keys=True, default=str
+        )
         blocks.append(
             pd.DataFrame(
                 {

@@ -56,7 +56,7 @@ class NonSensitivity(P.PerturbationMetric):
     name, category, direction = "non_sensitivity", "axiomatic", "lower"
     reference = "Nguyen & Rodriguez Martinez 2020, arXiv:2007.07584"
     params = P.settings(
-        {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": Param(1, int, "pixels per step", low=1)},
+        {"eps": Param(1e-5, float, "threshold", low=0.0), "features_in_step": P.FEATURES_IN_STEP},
         absolute=ABS_T,
     )
     spec = P.Perturbation(P.Pixels(), "raster", P.Windows("features_in_step"), base=True)

@@ -33,7 +33,8 @@ maps that already have maximum magnitude 1, and for Quantus run with ``batch_siz
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import contextlib
+from typing import Any, ClassVar, Iterator
 
 import torch
 
@@ -155,6 +156,27 @@ class Metric:
     def batch_size(self) -> int:
         return int(self.hparams.get("batch_size", BATCH.default))
 
+    def settled(self, shape: tuple[int, ...] | None) -> dict:
+        """The settings for inputs of ``shape`` (C, H, W) or (C, D, H, W): ``'auto'`` values
+        resolved by their parameter's rule (see :func:`xaiscope.evaluate.faithfulness.auto_step`);
+        without a shape they stay ``'auto'`` (their counts are then NaN)."""
+        out = dict(self.hparams)
+        if shape is not None:
+            params = {**self.params, "batch_size": BATCH, "seed": SEED}
+            for k, v in out.items():
+                if v == "auto" and params[k].auto is not None:
+                    out[k] = params[k].auto(tuple(int(n) for n in shape[1:]))
+        return out
+
+    @contextlib.contextmanager
+    def sized(self, shape: tuple[int, ...] | None) -> Iterator[None]:
+        """Within the block ``self.hparams`` are :meth:`settled` for inputs of ``shape``."""
+        given, self.hparams = self.hparams, self.settled(shape)
+        try:
+            yield
+        finally:
+            self.hparams = given
+
     def passes(self, shape: tuple[int, ...] | None = None, explainer=None, model=None) -> float:
         """Model passes per image for these settings (``cost``; NaN where it needs what is not given).
 
@@ -165,7 +187,7 @@ class Metric:
         """
         e = float(explainer.passes(shape, model)) if explainer is not None else float("nan")
         layers = float(n_layers(model)) if model is not None else float("nan")
-        return self.cost(Env(self.hparams, shape, e, layers))
+        return self.cost(Env(self.settled(shape), shape, e, layers))
 
     # ------------------------------------------------------------------ call
     def __call__(
@@ -173,11 +195,12 @@ class Metric:
     ) -> torch.Tensor:
         """Scores ``[N]`` (float32, on ``x.device``); NaN where undefined."""
         x, y, a, mask = self._check(model, x, y, a, mask, explainer)
-        if model is None or not self.needs & {"model", "explainer"}:
-            out = self._score(None, x, y, a, mask, explainer)
-        else:
-            with eval_mode(model), friendly_model_errors(x, y):
-                out = self._score(model, x, y, a, mask, explainer)
+        with self.sized(tuple(x.shape[1:])):
+            if model is None or not self.needs & {"model", "explainer"}:
+                out = self._score(None, x, y, a, mask, explainer)
+            else:
+                with eval_mode(model), friendly_model_errors(x, y):
+                    out = self._score(model, x, y, a, mask, explainer)
         return out.detach().to(device=x.device, dtype=torch.float32).reshape(-1)
 
     def _check(self, model, x, y, a, mask, explainer):

@@ -181,7 +181,7 @@ def count(v) -> Count:
 
 def setting(name: str) -> Count:
     """The value of the metric's setting ``name``."""
-    return Count(name, lambda env: env.hparams[name], symbol=True)
+    return Count(name, lambda env: NAN if env.hparams[name] == "auto" else env.hparams[name], symbol=True)
 
 
 def symbol(

@@ -26,8 +26,8 @@ from xaiscope.evaluate.perturbation import settings
 from xaiscope.evaluate.setlevel import block_agreement
 
 ORDER = Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=P.ORDERS)
-FEATURES_IN_STEP = Param(1, int, "pixels changed per step", low=1)
-PATCH_SIZE = Param(8, int, "patch side", low=1)
+FEATURES_IN_STEP = P.FEATURES_IN_STEP
+PATCH_SIZE = Param("auto", (int, str), f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(8))
 
 
 class _Faithfulness(P.PerturbationMetric):
@@ -383,7 +383,11 @@ class Infidelity(_Faithfulness):
 
     name, direction = "infidelity", "lower"
     reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
-    params = settings({"patch_size": Param(4, int, "patch side", low=1)}, output=OUTPUT_L, normalise=NORM_F)
+    params = settings(
+        {"patch_size": Param("auto", (int, str), f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(4))},
+        output=OUTPUT_L,
+        normalise=NORM_F,
+    )
     spec = P.Perturbation(P.Patches(), "raster", P.Cumulative(), base=True)
 
     def summarise(self, c):

@@ -64,6 +64,29 @@ def fill_param(default: str, extra: tuple = (), choices: tuple = FILLS) -> Param
     return Param(default, str, "value for changed pixels", choices=choices + extra)
 
 
+def auto_step(spatial: tuple[int, ...]) -> int:
+    """``features_in_step`` ``auto``: ``max(1, ceil(P / 4096))`` for ``P`` pixels (voxels): one
+    pixel per step up to 64x64 (Quantus' default), then as many as keep the steps at 4,096,
+    so a 224x224 image (13 per step) costs what a 64x64 one does, not 12x more."""
+    return max(1, math.ceil(math.prod(spatial) / 4096))
+
+
+def auto_patch_size(side_at_64: int):
+    """The ``patch_size`` ``auto`` rule of a metric whose patches have side ``side_at_64`` at
+    64x64: ``max(side_at_64, ceil(side_at_64 * L / 64))`` with ``L`` the geometric mean of the
+    sides, so the number of patches stays that of a 64x64 image (8 -> 28 at 224x224)."""
+
+    def rule(spatial: tuple[int, ...]) -> int:
+        side = math.prod(spatial) ** (1 / len(spatial))
+        return max(side_at_64, math.ceil(side_at_64 * side / 64))
+
+    return rule
+
+
+AUTO_DOC = "'auto' follows the image size (see auto_step / auto_patch_size)"
+FEATURES_IN_STEP = Param("auto", (int, str), f"pixels changed per step; {AUTO_DOC}", low=1, auto=auto_step)
+
+
 def settings(first: dict, fill="black", output=OUTPUT_P, absolute=ABS, normalise=NORM) -> dict[str, Param]:
     """A metric's settings: ``first``, then ``fill`` (a default fill name or a Param), ``output``,
     ``abs`` and ``normalise``; None leaves one out."""
@@ -767,11 +790,13 @@ class PerturbationMetric(Metric):
 
     def curves(self, model, x, y, a, mask=None, explainer=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(axis [T], curve [N, T])``: the declared curve and its x values."""
-        c = self._checked_curve(model, x, y, a)
+        with self.sized(tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None):
+            c = self._checked_curve(model, x, y, a)
         return c.axis, c.curve
 
     def score_and_curves(self, model, x, y, a, mask=None, explainer=None):
         """``(scores [N], axis [T], curve [N, T])`` from one set of model passes (what
         ``__call__`` and :meth:`curves` give, without computing the curve twice)."""
-        c = self._checked_curve(model, x, y, a)
-        return self.summarise(c).to(device=c.x.device, dtype=torch.float32), c.axis, c.curve
+        with self.sized(tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None):
+            c = self._checked_curve(model, x, y, a)
+            return self.summarise(c).to(device=c.x.device, dtype=torch.float32), c.axis, c.curve

@@ -33,7 +33,8 @@ from xaiscope.registry import Registry
 
 @dataclass(frozen=True)
 class Param:
-    """A hyperparameter: default, accepted type(s), optional bounds or choices, doc."""
+    """A hyperparameter: default, accepted type(s), optional bounds or choices, doc; ``auto``
+    (a function of the spatial sides) makes ``'auto'`` a value too, resolved per input size."""
 
     default: Any
     type: type | tuple[type, ...]
@@ -42,10 +43,13 @@ class Param:
     high: float | None = None
     choices: tuple | None = None
     nullable: bool = False
+    auto: Callable[[tuple[int, ...]], Any] | None = None
 
     def check(self, method: str, name: str, value: Any) -> Any:
         if value is None and self.nullable:
             return None
+        if value == "auto" and self.auto is not None:
+            return value
         types = self.type if isinstance(self.type, tuple) else (self.type,)
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

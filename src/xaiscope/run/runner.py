@@ -294,7 +294,10 @@ def manifest(
         },
         "models": ctx.model_info,
         "methods": [{"method": n, "setting": setting_id(s)} for n, s in ctx.methods],
-        "metrics": [{"metric": n, "hparams": h} for n, h in ctx.metrics],
+        "metrics": [
+            {"metric": n, "hparams": h, "settled": evaluate.get(n, **h).settled(tuple(ctx.shape))}
+            for n, h in ctx.metrics
+        ],
         "units": {"total": len(units), "computed_this_time": len(todo)},
         "fingerprints": {
             "stale_recomputed": n_stale,
