@@ -211,7 +211,7 @@ def test_auto_sizes_keep_64x64_defaults_and_bound_passes_at_any_size():
     assert occ.settled((3, 224, 224))["window"] == 28 and fa.settled((1, 24, 28, 24))["patch"] == 5
     assert explain.get("occlusion", window=5).settled((1, 64, 64))[("stride")] == 2  # stride follows a given window
     assert explain.get("occlusion", window=5, stride=5).passes((1, 20, 20)) == 1 + 4 * 4
-    with pytest.raises(MethodError, match="'window' of occlusion must be an int or 'auto', got 'big'"):
+    with pytest.raises(MethodError, match="'window' of occlusion must be int or 'auto', got 'big'"):
         explain.get("occlusion", window="big")
 
 

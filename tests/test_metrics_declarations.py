@@ -146,7 +146,7 @@ def test_auto_sizes_keep_64x64_settings_and_bound_passes():
         assert pf.passes((3, side, side)) <= pf.passes((3, 64, 64)) + 1
         assert sel.passes((3, side, side)) <= sel.passes((3, 64, 64)) and inf.passes((3, side, side)) <= 1 + 16 * 16
     assert pf.settled((3, 224, 224))["features_in_step"] == 13 and inf.settled((1, 224, 224))["patch_size"] == 14
-    with pytest.raises(MetricError, match="'features_in_step' of pixel_flipping must be int or str"):
+    with pytest.raises(MetricError, match="'features_in_step' of pixel_flipping must be int or 'auto', got 2.5"):
         evaluate.get("pixel_flipping", features_in_step=2.5)
 
 

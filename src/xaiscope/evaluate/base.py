@@ -41,7 +41,7 @@ import torch
 from xaiscope.errors import MethodError, MetricError, did_you_mean
 from xaiscope.evaluate import stats
 from xaiscope.evaluate.cost import Count, Env, number
-from xaiscope.explain.base import Param
+from xaiscope.explain.base import Param, settle
 from xaiscope.models.forward import check_targets, friendly_model_errors
 from xaiscope.models.state import eval_mode
 from xaiscope.registry import Registry
@@ -158,15 +158,9 @@ class Metric:
 
     def settled(self, shape: tuple[int, ...] | None) -> dict:
         """The settings for inputs of ``shape`` (C, H, W) or (C, D, H, W): ``'auto'`` values
-        resolved by their parameter's rule (see :func:`xaiscope.evaluate.faithfulness.auto_step`);
-        without a shape they stay ``'auto'`` (their counts are then NaN)."""
-        out = dict(self.hparams)
-        if shape is not None:
-            params = {**self.params, "batch_size": BATCH, "seed": SEED}
-            for k, v in out.items():
-                if v == "auto" and params[k].auto is not None:
-                    out[k] = params[k].auto(tuple(int(n) for n in shape[1:]))
-        return out
+        resolved by their parameter's rule (:func:`xaiscope.explain.base.settle`); without a
+        shape they stay ``'auto'`` (their counts are then NaN)."""
+        return settle(self.params, self.hparams, shape)
 
     @contextlib.contextmanager
     def sized(self, shape: tuple[int, ...] | None) -> Iterator[None]:

@@ -27,7 +27,7 @@ from xaiscope.evaluate.setlevel import block_agreement
 
 ORDER = Param("morf", str, "most relevant first (morf), least (lerf) or random", choices=P.ORDERS)
 FEATURES_IN_STEP = P.FEATURES_IN_STEP
-PATCH_SIZE = Param("auto", (int, str), f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(8))
+PATCH_SIZE = Param("auto", int, f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(8))
 
 
 class _Faithfulness(P.PerturbationMetric):
@@ -384,7 +384,7 @@ class Infidelity(_Faithfulness):
     name, direction = "infidelity", "lower"
     reference = "Yeh et al. 2019, NeurIPS, arXiv:1901.09392"
     params = settings(
-        {"patch_size": Param("auto", (int, str), f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(4))},
+        {"patch_size": Param("auto", int, f"patch side; {P.AUTO_DOC}", low=1, auto=P.auto_patch_size(4))},
         output=OUTPUT_L,
         normalise=NORM_F,
     )

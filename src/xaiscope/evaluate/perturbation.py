@@ -53,6 +53,7 @@ from xaiscope.errors import MetricError
 from xaiscope.evaluate import draws, stats
 from xaiscope.evaluate.base import ABS, NORM, OUTPUT_P, Metric, Param
 from xaiscope.evaluate.cost import Count, D, Env, H, W, ceil, floor, number, per_dims, setting, smallest, symbol
+from xaiscope.explain.base import mean_side
 from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
@@ -76,15 +77,16 @@ def auto_patch_size(side_at_64: int):
     64x64: ``max(side_at_64, ceil(side_at_64 * L / 64))`` with ``L`` the geometric mean of the
     sides, so the number of patches stays that of a 64x64 image (8 -> 28 at 224x224)."""
 
-    def rule(spatial: tuple[int, ...]) -> int:
-        side = math.prod(spatial) ** (1 / len(spatial))
-        return max(side_at_64, math.ceil(side_at_64 * side / 64))
+    def rule(spatial: tuple[int, ...], hparams: dict | None = None) -> int:
+        return max(side_at_64, math.ceil(side_at_64 * mean_side(spatial) / 64))
 
     return rule
 
 
 AUTO_DOC = "'auto' follows the image size (see auto_step / auto_patch_size)"
-FEATURES_IN_STEP = Param("auto", (int, str), f"pixels changed per step; {AUTO_DOC}", low=1, auto=auto_step)
+FEATURES_IN_STEP = Param(
+    "auto", int, f"pixels changed per step; {AUTO_DOC}", low=1, auto=lambda spatial, hparams: auto_step(spatial)
+)
 
 
 def settings(first: dict, fill="black", output=OUTPUT_P, absolute=ABS, normalise=NORM) -> dict[str, Param]:

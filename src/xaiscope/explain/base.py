@@ -19,6 +19,7 @@ global random state, and checks the result.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
@@ -34,7 +35,8 @@ from xaiscope.registry import Registry
 @dataclass(frozen=True)
 class Param:
     """A hyperparameter: default, accepted type(s), optional bounds or choices, doc; ``auto``
-    (a function of the spatial sides) makes ``'auto'`` a value too, resolved per input size."""
+    makes ``'auto'`` a value too, resolved per input size by :func:`settle` as
+    ``auto(spatial sides, settings resolved so far)``."""
 
     default: Any
     type: type | tuple[type, ...]
@@ -43,7 +45,7 @@ class Param:
     high: float | None = None
     choices: tuple | None = None
     nullable: bool = False
-    auto: Callable[[tuple[int, ...]], Any] | None = None
+    auto: Callable[[tuple[int, ...], dict], Any] | None = None
 
     def check(self, method: str, name: str, value: Any) -> Any:
         if value is None and self.nullable:
@@ -51,12 +53,13 @@ class Param:
         if value == "auto" and self.auto is not None:
             return value
         types = self.type if isinstance(self.type, tuple) else (self.type,)
+        want = _tname(types) + (" or 'auto'" if self.auto is not None else "")
         if float in types and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(value, bool) and bool not in types:
-            raise MethodError(f"Hyperparameter {name!r} of {method} must be {_tname(types)}, got {value!r}.")
+            raise MethodError(f"Hyperparameter {name!r} of {method} must be {want}, got {value!r}.")
         if not isinstance(value, types):
-            raise MethodError(f"Hyperparameter {name!r} of {method} must be {_tname(types)}, got {value!r}.")
+            raise MethodError(f"Hyperparameter {name!r} of {method} must be {want}, got {value!r}.")
         if self.choices is not None and value not in self.choices:
             raise MethodError(
                 f"Hyperparameter {name!r} of {method} must be one of {', '.join(map(str, self.choices))}; got {value!r}."
@@ -71,6 +74,24 @@ class Param:
 
 def _tname(types: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
+
+
+def settle(params: dict[str, Param], hparams: dict, shape: Sequence[int] | None) -> dict:
+    """``hparams`` for inputs of ``shape`` (C, H, W) or (C, D, H, W): every ``'auto'`` value of a
+    parameter with an ``auto`` rule resolved in the order of ``params`` (a rule sees the values
+    resolved before it, e.g. occlusion's stride the window); without a shape they stay ``'auto'``."""
+    out = dict(hparams)
+    if shape is not None:
+        spatial = tuple(int(n) for n in shape[1:])
+        for k, p in params.items():
+            if out.get(k) == "auto" and p.auto is not None:
+                out[k] = p.auto(spatial, out)
+    return out
+
+
+def mean_side(spatial: Sequence[int]) -> float:
+    """The geometric mean of the spatial sides, the one length the ``auto`` size rules read."""
+    return math.prod(spatial) ** (1 / len(spatial))
 
 
 BATCH = Param(64, int, "most images (incl. steps/samples/perturbations) per model call", low=1)
@@ -130,11 +151,10 @@ class Explainer:
     def _passes(self, shape, model=None) -> float:
         return 1.0
 
-    def settled(self, shape: Sequence[int]) -> dict:
+    def settled(self, shape: Sequence[int] | None) -> dict:
         """The hyperparameters as they apply to inputs of ``shape`` (C, H, W) or (C, D, H, W):
-        sizes given as ``auto`` resolved to numbers (occlusion, feature ablation); what jobs
-        record with the maps."""
-        return dict(self.hparams)
+        sizes given as ``auto`` resolved (:func:`settle`); what jobs record with the maps."""
+        return settle(self.params, self.hparams, shape)
 
     @property
     def batch_size(self) -> int:

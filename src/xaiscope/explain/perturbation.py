@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from xaiscope.errors import MethodError
-from xaiscope.explain.base import Explainer, Param, register
+from xaiscope.explain.base import Explainer, Param, mean_side, register
 from xaiscope.explain.chunking import per_chunk
 from xaiscope.explain.references import REFERENCES, reference
 
@@ -55,11 +55,6 @@ AUTO_WINDOWS_PER_SIDE, AUTO_PATCHES_PER_SIDE, MIN_WINDOW, MIN_PATCH = 15, 16, 8,
 AUTO = "'auto' sizes it to the image (see auto_occlusion / auto_patch)"
 
 
-def _side(spatial: Sequence[int]) -> float:
-    """The geometric mean of the spatial sides."""
-    return math.prod(spatial) ** (1 / len(spatial))
-
-
 def _per_side(per_side_2d: int, dims: int) -> int:
     return max(1, round(per_side_2d ** (2 / dims)))
 
@@ -76,7 +71,7 @@ def auto_occlusion(spatial: Sequence[int], window: int | str = "auto", stride: i
     """
     if window == "auto":
         n = _per_side(AUTO_WINDOWS_PER_SIDE, len(spatial))
-        window = min(max(MIN_WINDOW, math.ceil(2 * _side(spatial) / (n + 1))), min(spatial))
+        window = min(max(MIN_WINDOW, math.ceil(2 * mean_side(spatial) / (n + 1))), min(spatial))
     if stride == "auto":
         stride = max(1, int(window) // 2)
     return int(window), int(stride)
@@ -88,13 +83,7 @@ def auto_patch(spatial: Sequence[int], patch: int | str = "auto") -> int:
     224x224 (257 passes, not 3,137), 5 for a volume of 24x28x24."""
     if patch != "auto":
         return int(patch)
-    return max(MIN_PATCH, math.ceil(_side(spatial) / _per_side(AUTO_PATCHES_PER_SIDE, len(spatial))))
-
-
-def _check_auto(method: str, hparams: dict, names: Sequence[str]) -> None:
-    for name in names:
-        if isinstance(hparams[name], str) and hparams[name] != "auto":
-            raise MethodError(f"Hyperparameter {name!r} of {method} must be an int or 'auto', got {hparams[name]!r}.")
+    return max(MIN_PATCH, math.ceil(mean_side(spatial) / _per_side(AUTO_PATCHES_PER_SIDE, len(spatial))))
 
 
 @register
@@ -105,28 +94,22 @@ class OcclusionExplainer(Explainer):
 
     name, family, library = "occlusion", "perturbation", "captum"
     params = {
-        "window": Param("auto", (int, str), f"window side (pixels); {AUTO}", low=1),
-        "stride": Param("auto", (int, str), f"stride (pixels); {AUTO}", low=1),
+        "window": Param("auto", int, f"window side (pixels); {AUTO}", low=1, auto=lambda sp, hp: auto_occlusion(sp)[0]),
+        "stride": Param(
+            "auto", int, f"stride (pixels); {AUTO}", low=1, auto=lambda sp, hp: auto_occlusion(sp, hp["window"])[1]
+        ),
         "baseline": Param("zero", str, "fill of the window", choices=REFERENCES),
     }
-
-    def _validate(self) -> None:
-        _check_auto(self.name, self.hparams, ("window", "stride"))
-
-    def settled(self, shape: Sequence[int]) -> dict:
-        w, s = auto_occlusion(tuple(shape[1:]), self.hparams["window"], self.hparams["stride"])
-        return {**self.hparams, "window": w, "stride": s}
 
     def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
-        w, s = auto_occlusion(tuple(shape[1:]), self.hparams["window"], self.hparams["stride"])
-        return 1 + math.prod(_windows(n, w, s) for n in shape[1:])
+        h = self.settled(shape)
+        return 1 + math.prod(_windows(n, h["window"], h["stride"]) for n in shape[1:])
 
     def _attribute(self, model, x, y):
-        h = self.hparams
-        spatial = tuple(x.shape[2:])
-        window, stride = auto_occlusion(spatial, h["window"], h["stride"])
+        h = self.settled(tuple(x.shape[1:]))
+        spatial, window, stride = tuple(x.shape[2:]), h["window"], h["stride"]
         if window > min(spatial):
             size = "x".join(str(n) for n in spatial)
             raise MethodError(f"occlusion window {window} is larger than the image ({size}).")
@@ -161,26 +144,20 @@ class FeatureAblationExplainer(Explainer):
 
     name, family, library = "feature_ablation", "perturbation", "captum"
     params = {
-        "patch": Param("auto", (int, str), f"patch side (pixels); {AUTO}", low=1),
+        "patch": Param("auto", int, f"patch side (pixels); {AUTO}", low=1, auto=lambda sp, hp: auto_patch(sp)),
         "baseline": Param("zero", str, "fill of the patch", choices=REFERENCES),
     }
-
-    def _validate(self) -> None:
-        _check_auto(self.name, self.hparams, ("patch",))
-
-    def settled(self, shape: Sequence[int]) -> dict:
-        return {**self.hparams, "patch": auto_patch(tuple(shape[1:]), self.hparams["patch"])}
 
     def _passes(self, shape, model=None):
         if shape is None:
             return float("nan")
-        p = auto_patch(tuple(shape[1:]), self.hparams["patch"])
+        p = self.settled(shape)["patch"]
         return 1 + math.prod(math.ceil(n / p) for n in shape[1:])
 
     def _attribute(self, model, x, y):
-        h = self.hparams
+        h = self.settled(tuple(x.shape[1:]))
         fa = ca.FeatureAblation(model)
-        mask = patch_mask(x.shape[2:], auto_patch(tuple(x.shape[2:]), h["patch"]), x.device)
+        mask = patch_mask(x.shape[2:], h["patch"], x.device)
 
         def run(xb, yb):
             return fa.attribute(
