@@ -15,24 +15,31 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+#: convolution, max pooling and global average pooling of images (2) and volumes (3)
+_LAYERS = {2: (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d), 3: (nn.Conv3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)}
+
 
 class SmallCNN(nn.Module):
-    """conv-relu-pool x2, conv-relu, global average pooling, linear."""
+    """conv-relu-pool x2, conv-relu, global average pooling, linear (2D layers; ``dims = 3`` in
+    :class:`SmallCNN3d`)."""
+
+    dims = 2
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 16):
         super().__init__()
+        conv, pool, gap = _LAYERS[self.dims]
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1),
+            conv(in_channels, w, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
+            pool(2),
+            conv(w, 2 * w, 3, padding=1),
             nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            pool(2),
+            conv(2 * w, 4 * w, 3, padding=1),
             nn.ReLU(),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = gap(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(4 * w, num_classes)
 
@@ -40,30 +47,15 @@ class SmallCNN(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
-class SmallCNN3d(nn.Module):
+class SmallCNN3d(SmallCNN):
     """The volume version of :class:`SmallCNN`: conv3d-relu-pool x2, conv3d-relu, global average
     pooling, linear. Input ``[N, C, D, H, W]``; the same attribute names, so CAMs find the last
     ``Conv3d`` in ``features``."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 8):
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            nn.Conv3d(in_channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool3d(2),
-            nn.Conv3d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool3d(2),
-            nn.Conv3d(2 * w, 4 * w, 3, padding=1),
-            nn.ReLU(),
-        )
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(4 * w, num_classes)
+    dims = 3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.flatten(self.pool(self.features(x))))
+    def __init__(self, in_channels: int = 1, num_classes: int = 2, width: int = 8):
+        super().__init__(in_channels, num_classes, width)
 
 
 def _vgg_block(cin: int, cout: int) -> nn.Sequential:
