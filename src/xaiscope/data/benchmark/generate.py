@@ -16,12 +16,14 @@ the same parameters give the same arrays and byte-identical files. Synthetic ann
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -289,6 +291,28 @@ def _write_split(root: Path, arr: dict[str, np.ndarray], p: BenchmarkParams) -> 
     return rows
 
 
+@contextlib.contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``out`` to write a benchmark into: on success it replaces
+    ``out`` (an earlier benchmark there goes only then); on any failure it is removed and
+    ``out`` is left as it was, an ``OSError`` becoming one sentence."""
+    from xaiscope.io import ensure_dir
+
+    ensure_dir(out.parent)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        _replace_dir(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(f"Writing the benchmark to {out} failed ({e.strerror or e}).") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -328,17 +352,13 @@ def generate(out: str | Path, **params) -> Path:
     or holds an earlier benchmark.
     """
     from xaiscope import __version__
-    from xaiscope.io import ensure_dir, write_json, write_text
+    from xaiscope.io import write_json, write_text
 
     p = BenchmarkParams.from_kwargs(**params)
     out = Path(out)
     check_out(out)
-    ensure_dir(out.parent)
     source = bgs.load_source(p.background, p.size, aligned=p.aligned, zoom=p.zoom)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with staged_dir(out) as tmp:
         counts, confounded, rows = {}, {}, []
         for split in SPLITS:
             n = p.n_train if split == "train" else p.n_test
@@ -376,11 +396,4 @@ def generate(out: str | Path, **params) -> Path:
                 "read_with": "xaiscope.data.load_folder(DIR/'train')",
             },
         )
-        _replace_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"Writing the benchmark to {out} failed ({e.strerror or e}).") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "benchmark.json"

@@ -13,16 +13,14 @@ import csv
 import gzip
 import io
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from xaiscope.data.benchmark.generate import SPLITS, _ids, _replace_dir, check_out
+from xaiscope.data.benchmark.generate import SPLITS, _ids, check_out, staged_dir
 from xaiscope.data.benchmark.params import VolumeParams
 from xaiscope.data.benchmark.volumes import make_split, template
-from xaiscope.errors import OutputError
 
 
 def nifti_bytes(vol: np.ndarray, affine: np.ndarray) -> bytes:
@@ -89,17 +87,13 @@ def generate_3d(out: str | Path, **params) -> Path:
     an earlier benchmark.
     """
     from xaiscope import __version__
-    from xaiscope.io import ensure_dir, write_json, write_text
+    from xaiscope.io import write_json, write_text
 
     p = VolumeParams.from_kwargs(**params)
     out = Path(out)
     check_out(out)
-    ensure_dir(out.parent)
     tpl = template(p.size, p.tissue)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with staged_dir(out) as tmp:
         counts, confounded, rows = {}, {}, []
         for split in SPLITS:
             n = p.n_train if split == "train" else p.n_test
@@ -137,11 +131,4 @@ def generate_3d(out: str | Path, **params) -> Path:
                 "read_with": "nibabel.load(FILE): array axes (d, h, w); affine maps (d, h, w, 1) to RAS mm",
             },
         )
-        _replace_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise OutputError(f"Writing the benchmark to {out} failed ({e.strerror or e}).") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "benchmark.json"
