@@ -25,6 +25,25 @@ def parse_range(text: str | int | tuple | list, name: str = "lesions") -> tuple[
     return int(lo), int(hi)
 
 
+def from_kwargs(cls, kwargs: dict, what: str, **parsers):
+    """``cls(**kwargs).validate()`` after one sentence for an unknown setting (named as a
+    ``what`` setting) and the usual conversions: ``lesions`` ranges, float pairs for
+    ``radius``/``intensity``, and ``parsers`` (setting -> function) for the rest."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        from xaiscope.errors import did_you_mean
+
+        raise ConfigError(f"Unknown {what} setting {unknown[0]!r}{did_you_mean(unknown[0], known)}.")
+    parsers = {"lesions": parse_range, **{k: _floats for k in ("radius", "intensity")}, **parsers}
+    kwargs = {k: parsers[k](v) if k in parsers else v for k, v in kwargs.items()}
+    return cls(**kwargs).validate()
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class BenchmarkParams:
     """Settings of the benchmark (all of them go into ``benchmark.json``).
@@ -74,18 +93,7 @@ class BenchmarkParams:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "BenchmarkParams":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            from xaiscope.errors import did_you_mean
-
-            raise ConfigError(f"Unknown benchmark setting {unknown[0]!r}{did_you_mean(unknown[0], known)}.")
-        if "lesions" in kwargs:
-            kwargs["lesions"] = parse_range(kwargs["lesions"])
-        for key in ("radius", "intensity"):
-            if key in kwargs:
-                kwargs[key] = tuple(float(v) for v in kwargs[key])
-        return cls(**kwargs).validate()
+        return from_kwargs(cls, kwargs, "benchmark")
 
     @property
     def classes(self) -> list[str]:
@@ -198,20 +206,7 @@ class VolumeParams:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "VolumeParams":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            from xaiscope.errors import did_you_mean
-
-            raise ConfigError(f"Unknown 3D benchmark setting {unknown[0]!r}{did_you_mean(unknown[0], known)}.")
-        if "lesions" in kwargs:
-            kwargs["lesions"] = parse_range(kwargs["lesions"])
-        if "size" in kwargs:
-            kwargs["size"] = parse_size3(kwargs["size"])
-        for key in ("radius", "intensity"):
-            if key in kwargs:
-                kwargs[key] = tuple(float(v) for v in kwargs[key])
-        return cls(**kwargs).validate()
+        return from_kwargs(cls, kwargs, "3D benchmark", size=parse_size3)
 
     @property
     def classes(self) -> list[str]:
