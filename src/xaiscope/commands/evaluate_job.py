@@ -90,6 +90,7 @@ def score_source(
 
     from xaiscope import models
     from xaiscope.evaluate.setlevel import SetLevelScores
+    from xaiscope.evaluate.sharing import shared_passes
     from xaiscope.run.inputs import choose_targets
     from xaiscope.run.progress import ImageProgress
     from xaiscope.run.steps import each_step, to_device
@@ -113,14 +114,15 @@ def score_source(
         mask = None if b.masks is None else to_device(b.masks, dev)
         extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
         pos, out = b.index.numpy(), []
-        for i, ex in enumerate(explainers):
-            a = ex(net, x, t)
-            for j, m in enumerate(mets):
-                if m.set_level:
-                    sets[(i, j)].update(b.index, a, pred)
-                else:
-                    v = m(net, x, t, a, mask=evaluate.mask_for(m, mask, extra), explainer=ex)
-                    out.append((i, j, pos, v.cpu().numpy()))
+        with shared_passes([m for m in mets if not m.set_level]):  # one block for every method of the step
+            for i, ex in enumerate(explainers):
+                a = ex(net, x, t)
+                for j, m in enumerate(mets):
+                    if m.set_level:
+                        sets[(i, j)].update(b.index, a, pred)
+                    else:
+                        v = m(net, x, t, a, mask=evaluate.mask_for(m, mask, extra), explainer=ex)
+                        out.append((i, j, pos, v.cpu().numpy()))
         return t.cpu().numpy(), out
 
     try:

@@ -50,11 +50,10 @@ import torch
 
 from xaiscope import models
 from xaiscope.errors import MetricError
-from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate import draws, pairs, stats
 from xaiscope.evaluate.base import ABS, NORM, OUTPUT_P, Metric, Param
 from xaiscope.evaluate.cost import Count, D, Env, H, W, ceil, floor, number, per_dims, setting, smallest, symbol
 from xaiscope.explain.base import mean_side
-from xaiscope.models.forward import check_target_range, iter_chunks
 
 FILLS = ("black", "zero", "mean", "blur", "uniform")
 ORDERS = ("morf", "lerf", "random")
@@ -258,6 +257,18 @@ class RankSteps(Steps):
         r = self.pix_rank[n_idx]
         return (r >= self.lo[n_idx, t_idx].unsqueeze(1)) & (r < self.hi[n_idx, t_idx].unsqueeze(1))
 
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, T, 2]`` sums of the pixel codes ``h`` ``[P, 2]`` over each step's changed pixels:
+        differences of prefix sums of the unit codes along the order."""
+        n, ids = self.rank.shape[0], self.units.ids
+        idx = ids.unsqueeze(-1).expand(n, -1, 2)
+        uh = torch.zeros(n, self.units.size, 2, dtype=torch.long, device=h.device)
+        uh.scatter_add_(1, idx, h.unsqueeze(0).expand(n, -1, -1))
+        us = uh.gather(1, self.rank.argsort(dim=1).unsqueeze(-1).expand(-1, -1, 2))
+        cs = torch.cat([torch.zeros_like(us[:, :1]), us.cumsum(1)], 1)
+        hi, lo = self.hi.unsqueeze(-1).expand(-1, -1, 2), self.lo.unsqueeze(-1).expand(-1, -1, 2)
+        return cs.gather(1, hi) - cs.gather(1, lo)
+
     def unit_sums(self, lo=None, hi=None) -> torch.Tensor:
         """Sum of the unit scores with ``lo_t <= rank < hi_t`` for each step ``[N, T]``
         (default: the changed units of each step), by prefix sums over the unit order."""
@@ -279,6 +290,10 @@ class SubsetSteps(Steps):
     def mask(self, n_idx, t_idx):
         sel = self.idx[n_idx, t_idx]
         return torch.zeros(sel.shape[0], self.hw, dtype=torch.bool, device=sel.device).scatter_(1, sel, True)
+
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, T, 2]`` sums of the pixel codes ``h`` over each subset."""
+        return h[self.idx].sum(2)
 
     def unit_sums(self) -> torch.Tensor:
         n, t, s = self.idx.shape
@@ -446,6 +461,10 @@ class AllSteps(Steps):
     def mask(self, n_idx, t_idx):
         return torch.ones(1, 1, dtype=torch.bool, device=n_idx.device).expand(n_idx.shape[0], self.units.ids.shape[1])
 
+    def codes(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, 1, 2]``: every pixel changes."""
+        return h.sum(0).expand(self.units.ids.shape[0], 1, 2)
+
     def unit_sums(self) -> torch.Tensor:
         return self.units.scores.double().sum(1, keepdim=True)
 
@@ -473,12 +492,19 @@ def make_fill(
         g = draws.generator(seed, x.device, stream=11)
         return scalar_fill(draws.uniform(g, (T, x.shape[0]), low, high, x.device).t())
     if kind == "blur":
-        return _per_image_fill(blur(x, sigma))
+        return _keyed(_per_image_fill(blur(x, sigma)), ("blur", float(sigma)))
     if kind == "zero":
-        return _per_image_fill(torch.zeros_like(x))
+        return _keyed(_per_image_fill(torch.zeros_like(x)), ("zero",))
     flat = x.flatten(1)
     value = flat.amin(1) if kind == "black" else flat.mean(1)
-    return _per_image_fill(value.view(-1, *[1] * (x.dim() - 1)).expand_as(x))
+    return _keyed(_per_image_fill(value.view(-1, *[1] * (x.dim() - 1)).expand_as(x)), (kind,))
+
+
+def _keyed(fill: Fill, key: tuple) -> Fill:
+    """``fill`` with ``key``: what it puts in a pixel depends only on the image and ``key``, so
+    pairs with the same changed pixels and key are the same input (shared passes)."""
+    fill.key = key  # type: ignore[attr-defined]
+    return fill
 
 
 def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -618,12 +644,9 @@ def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max
 # ------------------------------------------------------------------------------ run
 def readout(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
     """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target
-    ``f_y``, ``correct`` (1 where the prediction is the target) or ``class`` (the predicted class)."""
-    if output == "correct":
-        return (out.argmax(1) == y).double()
-    if output == "class":
-        return out.argmax(1)
-    return (out.softmax(dim=1) if output == "softmax" else out).gather(1, y.view(-1, 1)).squeeze(1)
+    ``f_y``, ``correct`` (1 where the prediction is the target) or ``class`` (the predicted
+    class), in float64 (:func:`~xaiscope.evaluate.pairs.pick`)."""
+    return pairs.pick(pairs.readouts(out, y), y, output)
 
 
 def run(
@@ -643,31 +666,44 @@ def run(
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the
     image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
-    sent to the model ``batch_size`` at a time. With ``base`` the unperturbed images go
-    first in the same calls and the result is ``(base [N], values [N, T])``.
+    sent to the model ``batch_size`` at a time (:func:`~xaiscope.evaluate.pairs.run_pairs`,
+    which shares them across the metrics of a shared-passes block). With ``base`` the
+    unperturbed images go first in the same calls and the result is ``(base [N], values [N, T])``.
     """
     n, T = x.shape[0], steps.T
     nb = n if base else 0
     vals = torch.full((nb + n * T,), float("nan"), device=x.device, dtype=torch.float64)
-    pairs = torch.arange(n * T, device=x.device)
+    pairs_ = torch.arange(n * T, device=x.device)
     if valid is not None:
-        pairs = pairs[valid.reshape(-1)]
-    pairs = torch.cat([torch.arange(-nb, 0, device=x.device), pairs])  # p < 0: image p + N unperturbed
-    for sl in iter_chunks(pairs.numel(), batch_size):
-        p = pairs[sl]
-        k = max(0, min(sl.stop, nb) - sl.start)  # unperturbed images in this chunk: x[sl.start : sl.start + k]
-        n_idx, t_idx = p[k:] // T, p[k:] % T
-        xb = x[n_idx]
-        mb = steps.mask(n_idx, t_idx).view(-1, 1, *x.shape[2:])
-        fb = fill(xb, mb, n_idx, t_idx)
-        xp, yb = torch.where(mb, xb, fb) if insertion else torch.where(mb, fb, xb), y[n_idx]
-        if k:
-            xp, yb = torch.cat([x[sl.start : sl.start + k], xp]), torch.cat([y[sl.start : sl.start + k], yb])
-        out = models.forward(model, xp, batch_size=batch_size)
-        if sl.start == 0:  # once per run: readouts that compare with y (ROAD) do not index by it
-            check_target_range(y, out.shape[1])
-        vals[p + nb] = readout(out, yb, output).double()
+        pairs_ = pairs_[valid.reshape(-1)]
+    pairs_ = torch.cat([torch.arange(-nb, 0, device=x.device), pairs_])  # p < 0: image p + N unperturbed
+    r = pairs.run_pairs(model, x, y, steps, fill, pairs_, nb, batch_size=batch_size, insertion=insertion)
+    n_idx = torch.where(pairs_ < 0, pairs_ + nb, pairs_ // max(1, T))
+    vals[pairs_ + nb] = pairs.pick(r, y[n_idx], output)
     return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
+
+
+def unperturbed(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, output: str) -> torch.Tensor:
+    """The readout ``[N]`` of the unperturbed images (shared like every pair)."""
+    n = x.shape[0]
+    keep = NoSteps()
+    r = pairs.run_pairs(
+        model, x, y, keep, _unchanged, torch.arange(-n, 0, device=x.device), n, batch_size=batch_size, insertion=False
+    )
+    return pairs.pick(r, y, output)
+
+
+class NoSteps(Steps):
+    """No step: only unperturbed images are read."""
+
+    T = 0
+
+
+def _unchanged(xb, mb, n_idx, t_idx):  # pragma: no cover - never called: no step changes a pixel
+    return xb
+
+
+_unchanged.key = ("none",)
 
 
 # ----------------------------------------------------------------------- declarations
@@ -757,7 +793,7 @@ class PerturbationMetric(Metric):
         c, sched, output = Curve(x, a, self.map(a, dims=x.dim() - 2)), spec.schedule, resolve(hp, spec.output)
         if sched is None:  # no perturbation: the unperturbed images only
             if spec.base:
-                c.base = readout(models.forward(model, x, batch_size=self.batch_size), y, output).double()
+                c.base = unperturbed(model, x, y, batch_size=self.batch_size, output=output)
             return c
         c.units, order = spec.features.units(x, c.m, hp), resolve(hp, spec.order)
         g = draws.generator(hp.get("seed", 0), x.device, spec.stream) if order == "random" else None

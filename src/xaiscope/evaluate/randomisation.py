@@ -23,13 +23,14 @@ follows from the declaration. Volumes work as images: maps ``[N, D, H, W]``, the
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator
 
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate import draws, sharing, stats
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, randomisable_layers, register
 from xaiscope.evaluate.cost import Count, E, L, number, setting
 from xaiscope.models.forward import check_target_range
@@ -115,17 +116,32 @@ class _Randomisation(Metric):
     def _explains_itself(self) -> bool:
         return self.spec.reference == "explained"
 
-    def _explain(self, explainer, model, x, y) -> torch.Tensor:
+    def _explain(self, explainer, model, x, y, state: tuple = ("model",), original=None) -> torch.Tensor:
         """The map of ``model`` for ``(x, y)``, pooled by sum (with ``smooth``: the mean over the
-        noisy copies, in float64), then ``normalise`` / ``abs``."""
+        noisy copies, in float64), then ``normalise`` / ``abs``. ``state`` names the model's
+        parameters (:meth:`_randomised`) of ``original`` (default: ``model``): inside a
+        shared-passes block a map of the same state, images, targets and smoothing is explained
+        once."""
         smooth = self.spec.smooth
         dims = x.dim() - 2
-        if smooth:
+        scope = sharing.current()
+        memo, key = None, None
+        if scope is not None:
+            memo = scope.table("randomisation", model if original is None else original, x, explainer)
+            noise = (self.hparams[smooth], self.hparams["noise_magnitude"], self.hparams["seed"]) if smooth else None
+            key = (state, tuple(y.tolist()), noise)
+        if memo is not None and key in memo:
+            m = memo[key]
+            per_map = explainer.passes(tuple(x.shape[1:]), model) * (self.hparams[smooth] if smooth else 1)
+            scope.saved += round(per_map * x.shape[0]) if math.isfinite(per_map) else 0
+        elif smooth:
             k = self.hparams[smooth]
             xs = torch.cat([(x.unsqueeze(0) + self._noise(x, k)).flatten(0, 1), x]) if k > 1 else x
             m = pooled(explainer(model, xs, y.repeat(k)), dims).view(k, *x.shape[:1], *x.shape[2:]).double().mean(0)
         else:
             m = pooled(explainer(model, x, y), dims)
+        if memo is not None:
+            memo[key] = m
         if self.hparams.get("normalise", False):
             return self.map(m, dims=dims)
         return m.abs() if self.hparams.get("abs", False) else m
@@ -136,19 +152,23 @@ class _Randomisation(Metric):
         g = draws.generator(self.hparams["seed"], x.device, 7)
         return draws.normal(g, (k - 1, *x.shape), 0.0, 1.0, x.device) * rng * self.hparams["noise_magnitude"]
 
-    def _randomised(self, model, x, y) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor]]:
-        """``(name, model, targets)`` to explain and compare, in order."""
+    def _randomised(self, model, x, y) -> Iterator[tuple[str, torch.nn.Module, torch.Tensor, tuple]]:
+        """``(name, model, targets, state)`` to explain and compare, in order. ``state`` names
+        the parameters: the model's own, or the seed and the set of re-initialised layers
+        (each is reset from ``seed + 1`` whatever the order, so the set determines them)."""
         spec, hp = self.spec, self.hparams
         if spec.randomise == "target":
             k = hp["num_classes"] or models.forward(model, x[:1]).shape[1]
             check_target_range(y, k)
-            yield "target", model, draws.other_classes(hp["seed"], y, k)
-        elif spec.randomise == "all_layers":
-            *_, (name, rnd) = randomised_models(model, hp["layer_order"], hp["seed"])
-            yield name, rnd, y
-        else:
-            for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
-                yield name, rnd, y
+            yield "target", model, draws.other_classes(hp["seed"], y, k), ("model",)
+            return
+        done: frozenset[str] = frozenset()
+        for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
+            done = done | {name}
+            if spec.randomise == "each_layer":
+                yield name, rnd, y, ("random", hp["seed"], done)
+        if spec.randomise == "all_layers":
+            yield name, rnd, y, ("random", hp["seed"], done)
 
     def layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
         """Comparison per randomised model (keys in randomisation order)."""
@@ -164,9 +184,9 @@ class _Randomisation(Metric):
         out = {}
         if hp.get("summary") == "quantus_average":
             out["original"] = score(ref if explained else self._explain(explainer, model, x, y))
-        for name, net, targets in self._randomised(model, x, y):
+        for name, net, targets, state in self._randomised(model, x, y):
             with models.eval_mode(net):
-                out[name] = score(self._explain(explainer, net, x, targets))
+                out[name] = score(self._explain(explainer, net, x, targets, state, original=model))
         return out
 
     def _score(self, model, x, y, a, mask, explainer):

@@ -18,14 +18,15 @@ the declaration. Noise is drawn in :mod:`~xaiscope.evaluate.draws`, one stream p
 
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from xaiscope import models
-from xaiscope.evaluate import draws, stats
+from xaiscope.evaluate import draws, sharing, stats
 from xaiscope.evaluate import perturbation as P
 from xaiscope.evaluate.base import ABS, ABS_T, NORM, NORM_F, Metric, Param, pooled, register
 from xaiscope.evaluate.cost import Count, E, setting
@@ -256,7 +257,12 @@ class _Logits:
 
 
 class Robustness(Metric):
-    """A metric declared by a :class:`Reexplanation` (class attribute ``spec``)."""
+    """A metric declared by a :class:`Reexplanation` (class attribute ``spec``).
+
+    Metrics that draw the same perturbed inputs (:meth:`share_key`) are scored together
+    on one set of re-explanations (:meth:`score_together`); inside a
+    :func:`~xaiscope.evaluate.sharing.shared_passes` block the first of them computes every
+    member's scores and the others read theirs."""
 
     category, direction = "robustness", "lower"
     needs = frozenset({"model", "explainer"})
@@ -266,41 +272,120 @@ class Robustness(Metric):
     def _explains_itself(self) -> bool:
         return self.spec.explain_reference
 
+    def share_key(self) -> tuple:
+        """What the perturbed inputs and their re-explanations depend on: the sampler and the
+        settings it reads, the number of draws, the seed, the batch size (it groups the
+        draws into explainer calls) and whether the reference is explained."""
+        spec, hp = self.spec, self.hparams
+        named = [getattr(spec.sampler, f.name) for f in fields(spec.sampler)]
+        read = tuple((n, hp[n]) for n in named if isinstance(n, str))
+        return (
+            type(spec.sampler).__name__,
+            read,
+            hp[spec.draws],
+            hp.get("seed"),
+            self.batch_size,
+            spec.explain_reference,
+        )
+
     def _score(self, model, x, y, a, mask, explainer):
-        spec = self.spec
-        fwd = None
-        if spec.forward == "logits":
-            fwd = _Logits(model, self.batch_size)
-        elif spec.forward == "layers":
-            fwd = LayerDistance(model, self.batch_size, self.hparams["eps_min"])
+        scope = sharing.current()
+        if scope is None:
+            return self.score_together([self], model, x, y, a, explainer)[0]
+        done = scope.table("robustness", model, x, y, a, explainer)
+        if id(self) in done:
+            return done.pop(id(self))
+        key, shape = self.share_key(), tuple(x.shape[1:])
+        with contextlib.ExitStack() as stack:
+            group = [self]
+            for m in scope.metrics:
+                if isinstance(m, Robustness) and m is not self and id(m) not in done:
+                    stack.enter_context(m.sized(shape))
+                    if m.share_key() == key:
+                        group.append(m)
+            scores = self.score_together(group, model, x, y, a, explainer)
+            if len(group) > 1:
+                own = sum(m.passes(shape, explainer, model) for m in group)
+                saved = own - shared_cost(group, float(explainer.passes(shape, model)))
+                scope.saved += round(saved * x.shape[0]) if math.isfinite(saved) else 0
+        for m, s in zip(group[1:], scores[1:]):
+            done[id(m)] = s
+        return scores[0]
+
+    def score_together(self, group: list[Robustness], model, x, y, a, explainer) -> list[torch.Tensor]:
+        """Scores ``[N]`` of every metric of ``group`` (``self`` first; equal :meth:`share_key`)
+        from one set of draws and re-explanations, and one forward per kind the members ask
+        for (``logits``, ``layers`` with its ``eps_min``)."""
         dims = x.dim() - 2
-        if spec.explain_reference:
+        if self.spec.explain_reference:
             a = pooled(explainer(model, x, y), dims)
-        ref = Reference(x.flatten(1).double(), self.map(a, dims=dims).flatten(1).double(), self.hparams)
-        if fwd is not None:
-            ref.logits = fwd.reference(x)
-        v = self.reexplain(model, x, y, explainer, lambda d: spec.compare(ref, d), fwd)
-        if spec.reduce == "max":
+        fwds: dict[tuple, Any] = {}
+        for m in group:
+            kind = m._forward_kind()
+            if kind is not None and kind not in fwds:
+                fwds[kind] = (
+                    _Logits(model, m.batch_size)
+                    if kind[0] == "logits"
+                    else LayerDistance(model, m.batch_size, m.hparams["eps_min"])
+                )
+        ref_logits = {kind: f.reference(x) for kind, f in fwds.items()}
+        refs = []
+        for m in group:
+            r = Reference(x.flatten(1).double(), m.map(a, dims=dims).flatten(1).double(), m.hparams)
+            kind = m._forward_kind()
+            if kind is not None:
+                r.logits = ref_logits[kind]
+            refs.append(r)
+        values: list[list[torch.Tensor]] = [[] for _ in group]
+
+        def compare(xp, raw, flat):
+            outs = {kind: f.distance(flat) for kind, f in fwds.items()}
+            for m, r, v in zip(group, refs, values):
+                ap = m.map(raw, dims=dims)
+                d = Draws(xp, ap.view(xp.shape[0], x.shape[0], *ap.shape[1:]))
+                kind = m._forward_kind()
+                if kind is not None:
+                    d.logits, d.layers = outs[kind]
+                v.append(m.spec.compare(r, d))
+
+        self.reexplain(model, x, y, explainer, compare)
+        return [m._reduce(torch.cat(v, 0)) for m, v in zip(group, values)]
+
+    def _forward_kind(self) -> tuple | None:
+        kind = self.spec.forward
+        if kind is None:
+            return None
+        return (kind, self.hparams["eps_min"]) if kind == "layers" else (kind,)
+
+    def _reduce(self, v: torch.Tensor) -> torch.Tensor:
+        """``[k, N]`` -> ``[N]``: max or mean over draws, ignoring NaN."""
+        if self.spec.reduce == "max":
             w = torch.where(torch.isnan(v), torch.full_like(v, -math.inf), v).amax(0)
             return torch.where(torch.isinf(w) & (w < 0), torch.full_like(w, NAN), w)
         return torch.nanmean(v, 0)
 
-    def reexplain(self, model, x, y, explainer, compare: Callable[[Draws], torch.Tensor], fwd=None) -> torch.Tensor:
-        """``[k, N]`` values of ``compare`` over the ``k`` draws, in groups of about ``batch_size`` images."""
+    def reexplain(self, model, x, y, explainer, on_draws: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]):
+        """Draw the perturbed images in groups of about ``batch_size`` images, explain each group
+        in one explainer call and hand ``on_draws(xp [k, N, ...], raw maps [k N, ...], flat
+        images [k N, ...])`` each group."""
         spec, hp = self.spec, self.hparams
         n, k = x.shape[0], hp[spec.draws]
         per = max(1, self.batch_size // n)
-        out = []
         for start in range(0, k, per):
             kk = min(per, k - start)
             xp = torch.stack([spec.sampler.perturb(x, start + j, hp) for j in range(kk)])
             flat = xp.reshape(kk * n, *x.shape[1:])
-            ap = self.map(explainer(model, flat, y.repeat(kk)), dims=x.dim() - 2)
-            d = Draws(xp, ap.view(kk, n, *ap.shape[1:]))
-            if fwd is not None:
-                d.logits, d.layers = fwd.distance(flat)
-            out.append(compare(d))
-        return torch.cat(out, 0)
+            on_draws(xp, explainer(model, flat, y.repeat(kk)), flat)
+
+
+def shared_cost(group: list[Robustness], e: float) -> float:
+    """Model passes per image of ``group`` scored together (equal share keys, ``e`` = E): the
+    draws' explanations once (and the reference's when it is explained), and per forward kind
+    the reference's and the draws' forwards."""
+    lead = group[0]
+    k = lead.hparams[lead.spec.draws]
+    kinds = {m._forward_kind() for m in group} - {None}
+    return (k + int(lead.spec.explain_reference)) * e + len(kinds) * (k + 1)
 
 
 class _Sensitivity(Robustness):

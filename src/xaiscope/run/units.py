@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from xaiscope import evaluate, explain
+from xaiscope.evaluate.sharing import shared_passes
 from xaiscope.io import safe_name
 from xaiscope.run.config import setting_id
 from xaiscope.run.store import CURVE_COLUMNS, RESULT_COLUMNS, setting_key
@@ -163,31 +164,10 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
     labels = inp.y.tolist()
     targets = inp.targets.tolist()
     unit_metrics = per_unit_metrics(inp.metrics)
-    for name, mhp in unit_metrics:
-        metric = metric_instance(name, mhp, inp.batch_size, inp.seed)
-        mask = evaluate.mask_for(metric, inp.masks, inp.extra_masks)
-        if getattr(metric, "has_curve", False):  # scores and curve from the same model passes
-            scores, fractions, values = metric.score_and_curves(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
-            fr = fractions.tolist()
-            vals = values.detach().cpu().numpy()
-            for i, id_ in enumerate(inp.ids):
-                for step, f in enumerate(fr):
-                    curve_rows.append(
-                        {
-                            "image_id": id_,
-                            **base,
-                            "metric": name,
-                            "step": step,
-                            "fraction": float(f),
-                            "value": float(vals[i, step]),
-                        }
-                    )
-        else:
-            scores = metric(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
-        for i, (id_, s) in enumerate(zip(inp.ids, scores.detach().cpu().tolist())):
-            rows.append(
-                {"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)}
-            )
+    instances = [metric_instance(name, mhp, inp.batch_size, inp.seed) for name, mhp in unit_metrics]
+    with shared_passes(instances):
+        for metric in instances:
+            _score_metric(metric, model, inp, a, ex, base, rows, curve_rows)
     if not unit_metrics:  # keep a row per image so the unit is visible in the results
         for i, id_ in enumerate(inp.ids):
             rows.append(
@@ -205,3 +185,32 @@ def compute_unit(model: torch.nn.Module, unit: Unit, inp: UnitInputs) -> tuple[n
     results["target"] = results["target"].astype("int64")
     curves = pd.DataFrame(curve_rows, columns=CURVE_COLUMNS)
     return a.detach().cpu().numpy(), results, curves
+
+
+def _score_metric(metric, model, inp: UnitInputs, a, ex, base: dict, rows: list, curve_rows: list) -> None:
+    """Score rows (and curve rows for metrics with a curve) of one metric on a unit."""
+    name = metric.name
+    labels, targets = inp.y.tolist(), inp.targets.tolist()
+    mask = evaluate.mask_for(metric, inp.masks, inp.extra_masks)
+    if getattr(metric, "has_curve", False):  # scores and curve from the same model passes
+        scores, fractions, values = metric.score_and_curves(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
+        fr = fractions.tolist()
+        vals = values.detach().cpu().numpy()
+        for i, id_ in enumerate(inp.ids):
+            for step, f in enumerate(fr):
+                curve_rows.append(
+                    {
+                        "image_id": id_,
+                        **base,
+                        "metric": name,
+                        "step": step,
+                        "fraction": float(f),
+                        "value": float(vals[i, step]),
+                    }
+                )
+    else:
+        scores = metric(model, inp.x, inp.targets, a, mask=mask, explainer=ex)
+    for i, (id_, s) in enumerate(zip(inp.ids, scores.detach().cpu().tolist())):
+        rows.append(
+            {"image_id": id_, "label": labels[i], "target": targets[i], **base, "metric": name, "value": float(s)}
+        )
