@@ -369,6 +369,7 @@ def run_volume(n: int, shape: tuple[int, int, int], only: set[str] | None, bs: i
 VIT_METHODS = [
     ("attention_rollout", {}, "forward"),
     ("generic_attention", {}, "backward"),
+    ("attn_lrp", {}, "backward"),
     ("saliency", {}, "backward"),
     ("integrated_gradients", {"n_steps": 16}, "backward"),
     ("gradcam", {}, "backward"),

@@ -92,8 +92,11 @@ def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, c
         explain.applicable(["saliency", "attention_rollout"], cnn)
     vit = toy_vit()
     kept, left = explain.applicable(["lrp", "attention"], vit)
-    assert kept == ["attention_rollout", "generic_attention"] and set(left) == set(explain.expand(["lrp"]))
-    with pytest.raises(MethodError, match=r"lrp_epsilon_plus_flat has LRP rules for CNN layers only"):
+    assert kept == ["attn_lrp", "attention_rollout", "generic_attention"]
+    assert set(left) == set(explain.expand(["lrp"])) - {"attn_lrp"}
+    kept, left = explain.applicable(["lrp"], cnn)
+    assert "attn_lrp" in left and kept == ["lrp_epsilon_plus_flat", "lrp_epsilon_gamma_box", "lrp_alpha2_beta1_flat"]
+    with pytest.raises(MethodError, match=r"lrp_epsilon_plus_flat has LRP rules for CNN layers only.*use attn_lrp"):
         explain.applicable(["lrp_epsilon_plus_flat"], vit)
     with pytest.raises(MethodError, match=r"LRP rules for CNN layers only"):
         explain.get("lrp_epsilon_plus_flat")(vit, torch.rand(1, 3, 16, 16), torch.tensor([0]))
@@ -112,6 +115,7 @@ def test_methods_that_cannot_explain_a_model_are_left_out_or_refused(tmp_path, c
                 "attention_rollout,lrp", "--out", str(tmp_path / "maps"), "--overlays", "1")  # fmt: skip
     assert r.code == 0, r.err
     assert (tmp_path / "maps" / "attention_rollout.npz").exists()
+    assert (tmp_path / "maps" / "attn_lrp.npz").exists()  # the lrp group's method for transformers
     assert not list((tmp_path / "maps").glob("lrp*.npz"))
 
 

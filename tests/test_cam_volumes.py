@@ -153,14 +153,14 @@ def test_methods_for_images_only_are_one_sentence_on_volumes():
     with pytest.raises(
         MethodError,
         match=r"fullgrad explains images \[N, C, H, W\] only, not volumes .*"
-        r"every method but attention_rollout, generic_attention explains volumes",
+        r"every method but attention_rollout, generic_attention, attn_lrp explains volumes",
     ):
         explain.get("fullgrad")(net, x, y)
     kept, left_out = explain.applicable(["cams"], net)
     assert kept == [n for n in explain.expand(["cams"]) if n != "fullgrad"]
     assert set(left_out) == {"fullgrad"}
     assert (
-        "this model has 3D convolutions; every method but attention_rollout, generic_attention explains volumes"
+        "this model has 3D convolutions; every method but attention_rollout, generic_attention, attn_lrp explains volumes"
         in left_out["fullgrad"]
     )
     with pytest.raises(MethodError, match="fullgrad explains images"):

@@ -21,8 +21,10 @@ CHEAP = {
     "lime": {"n_samples": 8, "n_segments": 8},
     "kernel_shap": {"n_samples": 8, "n_segments": 8},
 }
-#: the methods that explain CNNs (attention methods explain transformers: tests/test_attention.py)
-CNN_METHODS = [n for n in explain.names() if explain.get_class(n).family != "attention"]
+#: the methods that explain CNNs (the attention methods and attn_lrp explain transformers only:
+#: tests/test_attention.py, tests/test_attn_lrp.py)
+CNN_METHODS = [n for n in explain.names() if explain.get_class(n).applies_to(build("small_cnn", width=4)) is None]
+TRANSFORMER_METHODS = ["attention_rollout", "generic_attention", "attn_lrp"]
 STOCHASTIC = [n for n in CNN_METHODS if explain.get_class(n).stochastic]
 DETERMINISTIC = [n for n in CNN_METHODS if not explain.get_class(n).stochastic]
 
@@ -44,7 +46,7 @@ def test_every_method_on_zoo_models(model_name, method):
     y = torch.tensor([0, 1])
     why = explain.get_class(method).applies_to(model)
     if why is not None:  # a transformer-only method on a CNN: one sentence, never a map
-        assert explain.get_class(method).family == "attention", why
+        assert method in TRANSFORMER_METHODS, why
         with pytest.raises(MethodError, match="explains vision transformers"):
             explain.get(method)(model, x, y)
         return

@@ -44,9 +44,10 @@ def test_every_method_explains_a_conv3d_model(method):
     assert a.shape == x.shape and a.dtype == torch.float32 and torch.isfinite(a).all()
 
 
-def test_only_fullgrad_and_the_attention_methods_refuse_volumes_with_one_sentence():
-    assert sorted(set(explain.names()) - set(VOLUME_METHODS)) == ["attention_rollout", "fullgrad", "generic_attention"]
-    for name in ("attention_rollout", "fullgrad", "generic_attention"):
+def test_only_fullgrad_and_the_transformer_methods_refuse_volumes_with_one_sentence():
+    images_only = ["attention_rollout", "attn_lrp", "fullgrad", "generic_attention"]
+    assert sorted(set(explain.names()) - set(VOLUME_METHODS)) == images_only
+    for name in images_only:
         with pytest.raises(MethodError, match=rf"{name} explains images \[N, C, H, W\] only"):
             explain.get(name)(conv3d_model(), _volumes(), torch.tensor([0, 1]))
 

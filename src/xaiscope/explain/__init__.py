@@ -7,7 +7,7 @@
 >>> explain.expand(["saliency", "lrp"])   # names; "all" and families (explain.groups()) expand
 """
 
-from xaiscope.explain import gradient, cam, cam_family, lrp, perturbation, baselines, attention  # noqa: F401,I001  (registration order)
+from xaiscope.explain import gradient, cam, cam_family, lrp, perturbation, baselines, attention, lrp_attention  # noqa: F401,I001  (registration order)
 from xaiscope.explain.base import Explainer, Param, applicable, expand, get, get_class, groups, names
 from xaiscope.explain.perturbation import voxel_spacing
 from xaiscope.explain.postprocess import NORMALISATIONS, POOLS, normalise, pool, postprocess

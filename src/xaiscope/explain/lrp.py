@@ -10,7 +10,7 @@ ResNets (``r3d_18`` and kin) and SequentialMergeBatchNorm otherwise; DenseNets (
 and MONAI's, 2D or 3D) get none (no canonizer exists, so their relevance is only
 approximately conserved). The rules apply to ``Conv3d``/``BatchNorm3d`` as to their 2D
 kin. A canonizer that fails half-way leaves the model's weights as they were. One pass per
-image.
+image. Transformers are refused here; ``attn_lrp`` (``lrp_attention.py``) explains them.
 """
 
 from __future__ import annotations
@@ -90,12 +90,12 @@ class _ZennitExplainer(Explainer):
     @classmethod
     def applies_to(cls, model: nn.Module) -> str | None:
         """LRP's rules here are those of CNN layers; attention (softmax, the attention product,
-        layer norm) needs its own rules (AttnLRP), which xaiscope does not have yet, so a
-        transformer is refused rather than given a CNN rule's output."""
+        layer norm) needs its own rules (AttnLRP: the ``attn_lrp`` method, ``lrp_attention.py``),
+        so a transformer is refused rather than given a CNN rule's output."""
         if any(hasattr(m, "qkv") and hasattr(m, "num_heads") for m in model.modules()):
             return (
-                f"{cls.name} has LRP rules for CNN layers only; attention layers need AttnLRP's rules, "
-                "which xaiscope does not have yet, so transformers are not explained with LRP."
+                f"{cls.name} has LRP rules for CNN layers only; attention layers need AttnLRP's rules: "
+                "use attn_lrp for transformers."
             )
         return super().applies_to(model)
 
