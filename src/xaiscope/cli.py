@@ -768,11 +768,14 @@ def evaluate_cmd(
     resize: Optional[str] = RESIZE,
     normalise_images: Optional[str] = NORMALISE_IMAGES,
     images_per_step: int = IMAGES_PER_STEP,
+    plan: bool = typer.Option(
+        False, "--plan", help="Print the pass plan (passes, sharing, estimated time per method x metric) and stop."
+    ),
 ) -> None:
     """Score attribution methods with evaluation metrics; write one row per image, method and metric.
 
     The images stream from disk, IMAGES_PER_STEP at a time: memory does not grow with the
-    number of images."""
+    number of images. The first lines are the pass plan, from a timing probe on four images."""
     from xaiscope.commands.evaluate_job import run_evaluate
 
     path, n = run_evaluate(
@@ -783,8 +786,10 @@ def evaluate_cmd(
         params=parse_params(param),
         images_per_step=images_per_step,
         console=console,
+        plan_only=plan,
     )
-    console.print(f"wrote {path} ({n} rows)")
+    if path is not None:
+        console.print(f"wrote {path} ({n} rows)")
 
 
 @app.command("annotators")
@@ -966,8 +971,13 @@ def run_cmd(
         "--keep-non-discriminative",
         help="Rank with the metrics flagged non-discriminative too (analyses.ranking.keep_non_discriminative).",
     ),
+    plan: bool = typer.Option(
+        False, "--plan", help="Print the pass plan (passes, sharing, estimated time per method x metric) and stop."
+    ),
 ) -> None:
-    """Run (or resume) a configured grid of models x methods x settings x metrics, then report."""
+    """Run (or resume) a configured grid of models x methods x settings x metrics, then report.
+
+    The first lines are the pass plan, from a timing probe on four images."""
     from xaiscope.commands.run_job import run
     from xaiscope.run.config import load_config
 
@@ -982,7 +992,11 @@ def run_cmd(
     if keep_non_discriminative and cfg.analyses.ranking is not None:
         ranking = cfg.analyses.ranking.model_copy(update={"keep_non_discriminative": True})
         cfg = cfg.model_copy(update={"analyses": cfg.analyses.model_copy(update={"ranking": ranking})})
-    root = run(cfg, out=out, force=force, refresh=refresh, console=console, backend=backend, address=address)
+    root = run(
+        cfg, out=out, force=force, refresh=refresh, console=console, backend=backend, address=address, plan_only=plan
+    )
+    if plan:
+        return
     console.print(f"results: {root / 'results.parquet'}")
     if report:
         from xaiscope.report.html import write_report

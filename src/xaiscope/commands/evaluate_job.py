@@ -15,6 +15,7 @@ import numpy as np
 
 from xaiscope import evaluate, explain
 from xaiscope.errors import ConfigError, MetricError
+from xaiscope.evaluate.plan import summary_lines, table_lines
 from xaiscope.io import ensure_dir, write_parquet
 from xaiscope.run.inputs import (
     ModelAndImages,
@@ -190,8 +191,12 @@ def run_evaluate(
     params: dict[str, dict[str, Any]] | None = None,
     images_per_step: int = 256,
     console=None,
-) -> tuple[Path, int]:
+    plan_only: bool = False,
+) -> tuple[Path | None, int]:
     """Compute every metric for every method on every image; write ``out`` (Parquet). Returns (path, rows).
+
+    The pass plan (:func:`probe_plan`) is printed first; with ``plan_only`` nothing else is
+    done or written (the result is ``(None, 0)``).
 
     The images stream from disk (:func:`score_source`). ``what.seed`` fixes the random initial
     weights of a zoo, torchvision or factory spec (:func:`~xaiscope.run.inputs.model_seed`)."""
@@ -203,6 +208,12 @@ def run_evaluate(
     net, src, dev, batch_size, objs = open_model_and_source(what, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], check_masks(objs[len(explainers) :], metrics, src, console)
     explainers = applicable_explainers(explainers, methods, net, console)
+    plan = probe_plan(net, src, dev, explainers, mets, target=what.target, batch_size=batch_size)
+    if console is not None:
+        for line in table_lines(plan) if plan_only else summary_lines(plan):
+            console.print(line, highlight=False, markup=False)
+    if plan_only:
+        return None, 0
     df = score_source(
         net,
         src,
@@ -218,3 +229,28 @@ def run_evaluate(
         console.print(f"left out {len(src.skipped)} unreadable image(s): {', '.join(sorted(src.skipped))}")
     write_parquet(out, df)
     return Path(out), len(df)
+
+
+def probe_plan(net, src, dev, explainers, mets, *, target, batch_size: int, probe: int = 4):
+    """The :class:`~xaiscope.evaluate.plan.PassPlan` of the job, probed on the first ``probe``
+    images of ``src`` (one shared-passes block spans every method, as :func:`score_source` runs)."""
+    from xaiscope.evaluate.plan import pass_plan
+    from xaiscope.run.inputs import choose_targets
+    from xaiscope.run.steps import to_device
+
+    b = next(iter(src.batches(min(probe, len(src)))))
+    x, y = to_device(b.x, dev), to_device(b.y, dev)
+    t = choose_targets(net, x, y, target, batch_size)
+    masks = None if b.masks is None else to_device(b.masks, dev)
+    extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
+    unit = [m for m in mets if not m.set_level]
+    return pass_plan(
+        net,
+        x,
+        t,
+        explainers,
+        unit,
+        n_images=len(src),
+        batch_size=batch_size,
+        mask_of=lambda m: evaluate.mask_for(m, masks, extra),
+    )

@@ -18,6 +18,6 @@ def run(cfg: RunConfig, **options) -> Path:
     """Run (or resume) the configured grid and its analyses; return the run folder.
 
     ``options`` are :func:`xaiscope.run.runner.run`'s (``out``, ``force``, ``refresh``,
-    ``console``, ``backend``, ``address``).
+    ``console``, ``backend``, ``address``, ``plan_only``).
     """
     return runner.run(cfg, analyses=run_analyses, **options)

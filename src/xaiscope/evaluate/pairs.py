@@ -125,6 +125,10 @@ def run_pairs(model, x, y, steps, fill, pairs: torch.Tensor, nb: int, *, batch_s
     sorted table of pair identities and their readouts, 32 bytes a pair)."""
     scope = sharing.current()
     keys = None if scope is None else _keys(scope, x, y, steps, fill, insertion, pairs, nb)
+    if scope is not None and scope.dry and keys is None:
+        scope.needed += pairs.numel()
+        _build_only(x, y, steps, fill, insertion, pairs, nb, batch_size)
+        return torch.full((pairs.numel(), 3), float("nan"), dtype=torch.float64, device=x.device)
     if keys is None:
         out = torch.empty(pairs.numel(), 3, dtype=torch.float64, device=x.device)
         for j, sl in enumerate(chunks(pairs.numel(), batch_size)):
@@ -140,13 +144,23 @@ def run_pairs(model, x, y, steps, fill, pairs: torch.Tensor, nb: int, *, batch_s
     seen = known[at] == uniq if known.numel() else torch.zeros_like(uniq, dtype=torch.bool)
     todo = first[~seen]  # positions in ``pairs`` of the unseen identities, first occurrence
     scope.saved += keys.numel() - todo.numel()
-    new = torch.empty(todo.numel(), 3, dtype=torch.float64, device=x.device)
-    for j, sl in enumerate(chunks(todo.numel(), batch_size)):
+    scope.needed += todo.numel()
+    new = torch.full((todo.numel(), 3), float("nan"), dtype=torch.float64, device=x.device)
+    if scope.dry:
+        _build_only(x, y, steps, fill, insertion, pairs[todo], nb, batch_size)
+    for j, sl in enumerate([] if scope.dry else chunks(todo.numel(), batch_size)):
         new[sl] = _read(model, x, y, steps, fill, insertion, pairs[todo[sl]], nb, first=j == 0, pad=batch_size >= 2)
     known, order = torch.cat([known, keys[todo]]).sort()
     values = torch.cat([values, new])[order]
     table["keys"], table["values"] = known, values
     return values[torch.searchsorted(known, keys)]
+
+
+def _build_only(x, y, steps, fill, insertion, p, nb, batch_size: int) -> None:
+    """Build the perturbed images of pairs ``p`` without sending them to the model: a dry
+    block's timing of the work besides the model (masks, fills, imputation)."""
+    for sl in chunks(p.numel(), batch_size):
+        pair_inputs(x, y, steps, fill, insertion, p[sl], nb)
 
 
 def _read(model, x, y, steps, fill, insertion, p, nb, *, first: bool, pad: bool) -> torch.Tensor:

@@ -170,6 +170,25 @@ class _Randomisation(Metric):
         if spec.randomise == "all_layers":
             yield name, rnd, y, ("random", hp["seed"], done)
 
+    def explained_maps(self, model) -> list[tuple]:
+        """The maps this metric explains, as the keys :meth:`_explain` shares them by (state,
+        targets, smoothing); the pass plan counts those another metric explains first. Each
+        costs E passes per image (``nr_samples`` E smoothed)."""
+        spec, hp = self.spec, self.hparams
+        noise = (hp[spec.smooth], hp["noise_magnitude"], hp["seed"]) if spec.smooth else None
+        out = []
+        if spec.reference == "explained" or hp.get("summary") == "quantus_average":
+            out.append((("model",), "y", noise))
+        if spec.randomise == "target":
+            return [*out, (("model",), ("other classes", hp["seed"]), noise)]
+        names = [n for n, _ in randomisable_layers(model)]
+        names = names[::-1] if hp["layer_order"] == "top_down" else names
+        sets = [frozenset(names[: i + 1]) for i in range(len(names))]
+        out += [
+            (("random", hp["seed"], s), "y", noise) for s in (sets if spec.randomise == "each_layer" else sets[-1:])
+        ]
+        return list(dict.fromkeys(out))
+
     def layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:
         """Comparison per randomised model (keys in randomisation order)."""
         x, y, a, _ = self._check(model, x, y, a, None, explainer)

@@ -52,6 +52,10 @@ class Scope:
     metrics: list[Any]
     memo: dict[Any, Any] = field(default_factory=dict)
     saved: int = 0
+    #: a dry block (the pass plan's): perturbation pairs are identified and counted but
+    #: never sent to the model (their readouts are NaN); ``needed`` counts those to send
+    dry: bool = False
+    needed: int = 0
     _alive: dict[tuple, Any] = field(default_factory=dict)
 
     def key(self, obj: Any) -> Any:
@@ -82,10 +86,11 @@ class Scope:
 
 
 @contextlib.contextmanager
-def shared_passes(metrics: list[Any]) -> Iterator[Scope]:
+def shared_passes(metrics: list[Any], *, dry: bool = False) -> Iterator[Scope]:
     """Within the block, the metrics ``metrics`` (instances) share their model passes; yields
-    the :class:`Scope` (``scope.saved``: images not sent to the model thanks to sharing)."""
-    scope = Scope(list(metrics))
+    the :class:`Scope` (``scope.saved``: images not sent to the model thanks to sharing).
+    ``dry``: perturbation metrics only count their pairs (see :class:`Scope`)."""
+    scope = Scope(list(metrics), dry=dry)
     token = _SCOPE.set(scope)
     try:
         yield scope

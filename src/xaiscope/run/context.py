@@ -20,10 +20,11 @@ from xaiscope.data.hashing import hash_json
 from xaiscope.data.sources import MemorySource, dataset_of
 from xaiscope.data.summaries import Fingerprint
 from xaiscope.errors import ConfigError, DataError, XaiscopeError
+from xaiscope.evaluate.plan import PassPlan, pass_plan
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, setting_id
 from xaiscope.run.inputs import DataOptions, check_model_fits, model_seed, open_source, resolve_device
-from xaiscope.run.units import Unit, UnitInputs, metric_instance, passes_per_image, plan
+from xaiscope.run.units import Unit, UnitInputs, metric_instance, passes_per_image, per_unit_metrics, plan
 
 #: bytes of images up to which a run holds its images in memory (every unit reads them from
 #: there); beyond, each unit reads its images from the source on disk when it runs
@@ -252,6 +253,28 @@ class RunContext:
 
     def units(self) -> list[Unit]:
         return plan(list(self.models), self.methods, self.n_images, self.cfg.unit_images)
+
+    def pass_plans(self, probe: int = 4) -> dict[str, PassPlan]:
+        """Per model, the :class:`~xaiscope.evaluate.plan.PassPlan` of the run's methods and unit
+        metrics on all its images, probed on the first ``probe`` images (one shared-passes block
+        per method, as the units are computed)."""
+        metrics = [metric_instance(n, h, self.batch_size, self.seed) for n, h in per_unit_metrics(self.metrics)]
+        plans = {}
+        for name, net in self.models.items():
+            inp = self.inputs(Unit(name, "probe", (), 0, min(probe, self.n_images)))
+            explainers = [explain.get(m, **{"batch_size": self.batch_size, **hp}) for m, hp in self.methods]
+            plans[name] = pass_plan(
+                net,
+                inp.x,
+                inp.targets,
+                explainers,
+                metrics,
+                n_images=self.n_images,
+                mask_of=lambda m, inp=inp: evaluate.mask_for(m, inp.masks, inp.extra_masks),
+                across_methods=False,
+                batch_size=self.batch_size,
+            )
+        return plans
 
     def planned_passes(self, units: list[Unit]) -> dict[str, float]:
         """Model passes the ``units`` take, per method (see :func:`xaiscope.run.units.planned_passes`);

@@ -28,6 +28,7 @@ import torch
 import xaiscope
 from xaiscope import evaluate, explain, models
 from xaiscope.errors import ConfigError, StaleResultsError
+from xaiscope.evaluate.plan import summary_lines, table_lines
 from xaiscope.run import fingerprints
 from xaiscope.run.config import RunConfig, dump_config, setting_id
 from xaiscope.run.context import RunContext
@@ -158,8 +159,12 @@ def run(
     backend: str | None = None,
     address: str | None = None,
     analyses: Analyses | None = None,
+    plan_only: bool = False,
 ) -> Path:
     """Run (or resume) the configured grid, then ``analyses`` if given; return the run folder.
+
+    The pass plan (:meth:`~xaiscope.run.context.RunContext.pass_plans`) is printed first;
+    with ``plan_only`` it is printed in full and nothing is computed or written.
 
     Committed units whose inputs changed (model weights, images, masks, labels,
     normalisation, resolved settings) raise :class:`~xaiscope.errors.StaleResultsError`
@@ -169,6 +174,9 @@ def run(
     from xaiscope.run.progress import ImageProgress
 
     root = run_folder(cfg, out)
+    if plan_only:
+        _print_plans(RunContext(cfg, console), console, full=True)
+        return root
     store = RunStore(root, create=True)
     resolved = resolved_config(cfg, root)
     previous = store.read_config_text()
@@ -210,6 +218,8 @@ def run(
             f"({_total(planned_todo):,.0f} still to compute{loose})",
             highlight=False,
         )
+    if todo:
+        _print_plans(ctx, console, full=False)
     if ctx.skipped and console is not None:
         for name, ids in ctx.skipped.items():
             who = "" if name == "unreadable" else f"model {name}: "
@@ -307,3 +317,16 @@ def manifest(
         "skipped_images": ctx.skipped,
         "timings_s": timings,
     }
+
+
+def _print_plans(ctx: RunContext, console, *, full: bool) -> None:
+    """Each model's pass plan: its summary lines, or every cell with ``full``."""
+    if console is None:
+        return
+    plans = ctx.pass_plans()
+    for name, plan in plans.items():
+        lines = table_lines(plan) if full else summary_lines(plan)
+        if len(plans) > 1:
+            lines = [f"model {name}:", *lines]
+        for line in lines:
+            console.print(line, highlight=False, markup=False)
