@@ -53,6 +53,10 @@ class PlanCell:
     seconds: float
     drivers: str
     marked: bool = False
+    #: seconds of the cell's model passes alone (its count with E = t_E / t_f, times t_f,
+    #: for all images) and after sharing: the floors of ``benchmarks/bench_suite.py``
+    floor: float = 0.0
+    shared_floor: float = 0.0
 
 
 @dataclass
@@ -142,7 +146,7 @@ def pass_plan(
     mask_of = mask_of or (lambda m: masks)
     rows = max(n, min(batch_size, 64))  # full calls, as the run makes them
     with models.eval_mode(model), torch.no_grad():
-        t_f = _seconds(lambda: models.forward(model, _rows(x, rows), batch_size=batch_size)) / rows
+        t_f = _seconds(lambda: models.forward(model, _rows(x, rows), batch_size=batch_size), repeats=5) / rows
     cells: list[PlanCell] = []
     method_passes, method_seconds = {}, {}
     dry_block = shared_passes(metrics, dry=True) if across_methods else contextlib.nullcontext()
@@ -151,9 +155,8 @@ def pass_plan(
             e = float(ex.passes(shape, model))
             a = ex(model, x, y)
             k = max(n, min(64, math.ceil(batch_size / e))) if math.isfinite(e) and e > 0 else n
-            t0 = time.perf_counter()
-            ex(model, _rows(x, k), _rows(y, k))  # about one full call of the method's passes
-            t_e = (time.perf_counter() - t0) / k
+            xk, yk = _rows(x, k), _rows(y, k)  # about one full call of the method's passes
+            t_e = _seconds(lambda ex=ex, xk=xk, yk=yk: ex(model, xk, yk), repeats=2) / k
             e_f = t_e / t_f if t_f > 0 else e
             label = ex.name if ex.name not in method_passes else f"{ex.name}#{len(method_passes) + 1}"
             method_passes[label], method_seconds[label] = e, n_images * t_e
@@ -203,7 +206,11 @@ def _cells(model, x, y, a, ex, label, metrics, mask_of, shape, numbers) -> list[
         seconds = n_images * (t_f * max(0.0, count_f - saved_f) + overhead)
         uses_e = re.search(r"\bE\b", m.passes_formula)
         drivers = drivers_of(m) + (method_drivers(ex, shape, model) if uses_e else [])
-        out.append(PlanCell(label, m.name, passes, saved, seconds, " x ".join(drivers)))
+        floor = n_images * t_f * count_f
+        shared = n_images * t_f * max(0.0, count_f - saved_f)
+        out.append(
+            PlanCell(label, m.name, passes, saved, seconds, " x ".join(drivers), floor=floor, shared_floor=shared)
+        )
     return out
 
 
