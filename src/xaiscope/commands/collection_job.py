@@ -164,17 +164,22 @@ def run_collection(
     from xaiscope.run.fingerprints import plural, stale_sentence
     from xaiscope.run.inputs import resolve_device
 
+    from xaiscope.models.train import SPEC_PREFIXES
+
     seed_list = parse_seeds(seeds)
-    if arch not in models.ZOO:
+    if arch not in models.ZOO and not arch.startswith(SPEC_PREFIXES):
         from xaiscope.errors import did_you_mean
 
         raise ModelError(
-            f"Unknown architecture {arch!r}{did_you_mean(arch, models.ZOO)}; choose one of {', '.join(models.ZOO)}."
+            f"Unknown architecture {arch!r}{did_you_mean(arch, models.ZOO)}; choose one of {', '.join(models.ZOO)} "
+            f"or a {', '.join(p + 'NAME' for p in SPEC_PREFIXES)} spec."
         )
     dev = resolve_device(device)
     out = ensure_dir(out)
     train_ds, test_ds = read_pair(Path(data), Path(test) if test else None)
-    arch_kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes, "width": width}
+    arch_kwargs = {"in_channels": train_ds.shape[0], "num_classes": train_ds.num_classes}
+    if arch in models.ZOO:
+        arch_kwargs["width"] = width
     training = {
         "epochs": epochs,
         "lr": lr,
