@@ -161,10 +161,9 @@ def run_collection(
     from xaiscope.commands.train_job import read_pair, train_and_save
     from xaiscope.data.hashing import short
     from xaiscope.errors import StaleResultsError
+    from xaiscope.models.train import SPEC_PREFIXES
     from xaiscope.run.fingerprints import plural, stale_sentence
     from xaiscope.run.inputs import resolve_device
-
-    from xaiscope.models.train import SPEC_PREFIXES
 
     seed_list = parse_seeds(seeds)
     if arch not in models.ZOO and not arch.startswith(SPEC_PREFIXES):
