@@ -92,9 +92,8 @@ def score_source(
     from xaiscope import models
     from xaiscope.evaluate.setlevel import SetLevelScores
     from xaiscope.evaluate.sharing import shared_passes
-    from xaiscope.run.inputs import choose_targets
     from xaiscope.run.progress import ImageProgress
-    from xaiscope.run.steps import each_step, to_device
+    from xaiscope.run.steps import each_step
 
     n = len(src)
     sets = {
@@ -109,11 +108,8 @@ def score_source(
     def step(b):
         """Scores of one step (nothing kept when it fails: the set-level maps are overwritten
         by position, the rows are returned)."""
-        x, y = to_device(b.x, dev), to_device(b.y, dev)
-        t = choose_targets(net, x, y, target, batch_size)
+        x, t, mask, extra = step_inputs(b, net, dev, target, batch_size)
         pred = models.forward(net, x, batch_size=batch_size).argmax(dim=1) if sets else None
-        mask = None if b.masks is None else to_device(b.masks, dev)
-        extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
         pos, out = b.index.numpy(), []
         with shared_passes([m for m in mets if not m.set_level]):  # one block for every method of the step
             for i, ex in enumerate(explainers):
@@ -208,8 +204,8 @@ def run_evaluate(
     net, src, dev, batch_size, objs = open_model_and_source(what, explainers + mets, params)
     explainers, mets = objs[: len(explainers)], check_masks(objs[len(explainers) :], metrics, src, console)
     explainers = applicable_explainers(explainers, methods, net, console)
-    plan = probe_plan(net, src, dev, explainers, mets, target=what.target, batch_size=batch_size)
-    if console is not None:
+    if console is not None:  # the plan is for the user to read: no probe without a console
+        plan = probe_plan(net, src, dev, explainers, mets, target=what.target, batch_size=batch_size)
         for line in table_lines(plan) if plan_only else summary_lines(plan):
             console.print(line, highlight=False, markup=False)
     if plan_only:
@@ -235,14 +231,8 @@ def probe_plan(net, src, dev, explainers, mets, *, target, batch_size: int, prob
     """The :class:`~xaiscope.evaluate.plan.PassPlan` of the job, probed on the first ``probe``
     images of ``src`` (one shared-passes block spans every method, as :func:`score_source` runs)."""
     from xaiscope.evaluate.plan import pass_plan
-    from xaiscope.run.inputs import choose_targets
-    from xaiscope.run.steps import to_device
 
-    b = next(iter(src.batches(min(probe, len(src)))))
-    x, y = to_device(b.x, dev), to_device(b.y, dev)
-    t = choose_targets(net, x, y, target, batch_size)
-    masks = None if b.masks is None else to_device(b.masks, dev)
-    extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
+    x, t, masks, extra = step_inputs(next(iter(src.batches(min(probe, len(src))))), net, dev, target, batch_size)
     unit = [m for m in mets if not m.set_level]
     return pass_plan(
         net,
@@ -254,3 +244,14 @@ def probe_plan(net, src, dev, explainers, mets, *, target, batch_size: int, prob
         batch_size=batch_size,
         mask_of=lambda m: evaluate.mask_for(m, masks, extra),
     )
+
+
+def step_inputs(b, net, dev, target, batch_size: int):
+    """``(x, targets, masks, extra masks)`` of a source batch ``b`` on the device ``dev``."""
+    from xaiscope.run.inputs import choose_targets
+    from xaiscope.run.steps import to_device
+
+    x, y = to_device(b.x, dev), to_device(b.y, dev)
+    masks = None if b.masks is None else to_device(b.masks, dev)
+    extra = {k: to_device(v, dev) for k, v in b.extra_masks.items()}
+    return x, choose_targets(net, x, y, target, batch_size), masks, extra

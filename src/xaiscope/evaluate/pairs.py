@@ -5,7 +5,8 @@ images of the pairs in calls of ``batch_size`` and keeps three readouts per pair
 (:func:`readouts`: softmax and logit of the target, predicted class), from which every
 metric's ``output`` is picked (:func:`pick`). Inside a
 :func:`~xaiscope.evaluate.sharing.shared_passes` block a pair is identified by its image,
-its target, the code of the set of pixels it changes (:func:`set_codes`) and its fill's
+its target, the code of the set of pixels it changes (sums of :func:`pixel_codes`, the
+steps' ``codes``) and its fill's
 key, and a pair already read by another metric is not sent again (see
 :mod:`~xaiscope.evaluate.sharing`). No call holds a single image unless ``batch_size`` is 1:
 a one-row batch can take another kernel and give other bits, and shared and unshared
@@ -64,11 +65,9 @@ def pixel_codes(p: int, device) -> torch.Tensor:
     return torch.randint(0, 2**bits, (p, 2), generator=g, dtype=torch.long).to(device)
 
 
-def set_codes(steps, x: torch.Tensor) -> torch.Tensor | None:
-    """``[N, T, 2]`` codes of each step's changed pixels (sums of :func:`pixel_codes`), or None
-    where the steps cannot say (then nothing is shared)."""
-    code = getattr(steps, "codes", None)
-    return None if code is None else code(pixel_codes(x[0, 0].numel(), x.device))
+def pair_images(p: torch.Tensor, nb: int, T: int) -> torch.Tensor:
+    """The image of each pair ``p``: ``p + nb`` for an unperturbed one (``p < 0``), else ``p // T``."""
+    return torch.where(p < 0, p + nb, p // max(1, T))
 
 
 def pair_inputs(x, y, steps, fill, insertion: bool, p: torch.Tensor, nb: int):
@@ -76,7 +75,7 @@ def pair_inputs(x, y, steps, fill, insertion: bool, p: torch.Tensor, nb: int):
     ``p // T`` after step ``p % T``)."""
     base = p < 0
     xb = torch.empty((p.numel(), *x.shape[1:]), dtype=x.dtype, device=x.device)
-    n_idx = torch.where(base, p + nb, p // max(1, steps.T))
+    n_idx = pair_images(p, nb, steps.T)
     if bool(base.any()):
         xb[base] = x[n_idx[base]]
     if not bool(base.all()):
@@ -104,16 +103,15 @@ def _keys(scope, x, y, steps, fill, insertion: bool, pairs: torch.Tensor, nb: in
     if bool(base.all()):
         c = torch.zeros(pairs.numel(), 2, dtype=torch.long, device=x.device)
     else:
-        codes = set_codes(steps, x)
-        if codes is None:
+        if not hasattr(steps, "codes"):  # steps that cannot code their pixel sets share nothing
             return None
-        c = torch.where(base.view(-1, 1), 0, codes.reshape(-1, 2)[pairs.clamp(min=0)])
+        h = pixel_codes(x[0, 0].numel(), x.device)
+        c = torch.where(base.view(-1, 1), 0, steps.codes(h).reshape(-1, 2)[pairs.clamp(min=0)])
         if insertion:  # the image shows at the mask: the fill covers the rest
-            total = pixel_codes(x[0, 0].numel(), x.device).sum(0)
-            c = torch.where(base.view(-1, 1), c, total - c)
+            c = torch.where(base.view(-1, 1), c, h.sum(0) - c)
     fills = scope.memo.setdefault(("fills",), {})
     fid = torch.where((c == 0).all(1), 0, fills.setdefault(fill_key, len(fills) + 1))
-    n_idx = torch.where(base, pairs + nb, pairs // max(1, steps.T)).clamp(0, n - 1)
+    n_idx = pair_images(pairs, nb, steps.T).clamp(0, n - 1)
     parts = (c[:, 0], c[:, 1], fid, n_idx, y[n_idx])
     return sum(p.long() * m for p, m in zip(parts, _MIX))
 
@@ -126,7 +124,6 @@ def run_pairs(model, x, y, steps, fill, pairs: torch.Tensor, nb: int, *, batch_s
     scope = sharing.current()
     keys = None if scope is None else _keys(scope, x, y, steps, fill, insertion, pairs, nb)
     if scope is not None and scope.dry and keys is None:
-        scope.needed += pairs.numel()
         _build_only(x, y, steps, fill, insertion, pairs, nb, batch_size)
         return torch.full((pairs.numel(), 3), float("nan"), dtype=torch.float64, device=x.device)
     if keys is None:
@@ -144,7 +141,6 @@ def run_pairs(model, x, y, steps, fill, pairs: torch.Tensor, nb: int, *, batch_s
     seen = known[at] == uniq if known.numel() else torch.zeros_like(uniq, dtype=torch.bool)
     todo = first[~seen]  # positions in ``pairs`` of the unseen identities, first occurrence
     scope.saved += keys.numel() - todo.numel()
-    scope.needed += todo.numel()
     new = torch.full((todo.numel(), 3), float("nan"), dtype=torch.float64, device=x.device)
     if scope.dry:
         _build_only(x, y, steps, fill, insertion, pairs[todo], nb, batch_size)

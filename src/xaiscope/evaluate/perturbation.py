@@ -642,13 +642,6 @@ def _conjugate_gradients(op, rhs: torch.Tensor, m: torch.Tensor, tol: float, max
 
 
 # ------------------------------------------------------------------------------ run
-def readout(out: torch.Tensor, y: torch.Tensor, output: str) -> torch.Tensor:
-    """What a metric reads from model outputs ``[B]``: ``softmax`` / ``logit`` of the target
-    ``f_y``, ``correct`` (1 where the prediction is the target) or ``class`` (the predicted
-    class), in float64 (:func:`~xaiscope.evaluate.pairs.pick`)."""
-    return pairs.pick(pairs.readouts(out, y), y, output)
-
-
 def run(
     model,
     x: torch.Tensor,
@@ -665,7 +658,9 @@ def run(
     """Model values ``[N, T]`` after each step (NaN where ``valid`` [N, T] is False).
 
     Step masks mark changed pixels; deletion puts the fill there, insertion shows the
-    image there and the fill elsewhere; ``output`` is read by :func:`readout`. Pairs are
+    image there and the fill elsewhere; ``output`` is read by
+    :func:`~xaiscope.evaluate.pairs.pick` (softmax or logit of the target, ``correct``,
+    ``class``, in float64). Pairs are
     sent to the model ``batch_size`` at a time (:func:`~xaiscope.evaluate.pairs.run_pairs`,
     which shares them across the metrics of a shared-passes block). With ``base`` the
     unperturbed images go first in the same calls and the result is ``(base [N], values [N, T])``.
@@ -678,19 +673,14 @@ def run(
         pairs_ = pairs_[valid.reshape(-1)]
     pairs_ = torch.cat([torch.arange(-nb, 0, device=x.device), pairs_])  # p < 0: image p + N unperturbed
     r = pairs.run_pairs(model, x, y, steps, fill, pairs_, nb, batch_size=batch_size, insertion=insertion)
-    n_idx = torch.where(pairs_ < 0, pairs_ + nb, pairs_ // max(1, T))
-    vals[pairs_ + nb] = pairs.pick(r, y[n_idx], output)
+    vals[pairs_ + nb] = pairs.pick(r, y[pairs.pair_images(pairs_, nb, T)], output)
     return (vals[:n], vals[n:].view(n, T)) if base else vals.view(n, T)
 
 
 def unperturbed(model, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, output: str) -> torch.Tensor:
-    """The readout ``[N]`` of the unperturbed images (shared like every pair)."""
-    n = x.shape[0]
-    keep = NoSteps()
-    r = pairs.run_pairs(
-        model, x, y, keep, _unchanged, torch.arange(-n, 0, device=x.device), n, batch_size=batch_size, insertion=False
-    )
-    return pairs.pick(r, y, output)
+    """The readout ``[N]`` of the unperturbed images (shared like every pair): :func:`run`
+    with no step."""
+    return run(model, x, y, NoSteps(), _unchanged, batch_size=batch_size, output=output, base=True)[0]
 
 
 class NoSteps(Steps):

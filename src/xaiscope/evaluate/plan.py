@@ -31,7 +31,7 @@ import contextlib
 import math
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -69,7 +69,6 @@ class PassPlan:
     n_images: int
     forward_seconds: float
     probe_seconds: float
-    notes: list[str] = field(default_factory=list)
 
     @property
     def passes(self) -> float:

@@ -162,13 +162,22 @@ class _Randomisation(Metric):
             check_target_range(y, k)
             yield "target", model, draws.other_classes(hp["seed"], y, k), ("model",)
             return
-        done: frozenset[str] = frozenset()
-        for name, rnd in randomised_models(model, hp["layer_order"], hp["seed"]):
-            done = done | {name}
-            if spec.randomise == "each_layer":
-                yield name, rnd, y, ("random", hp["seed"], done)
+        states = self._random_states(model)
         if spec.randomise == "all_layers":
-            yield name, rnd, y, ("random", hp["seed"], done)
+            *_, (name, rnd) = randomised_models(model, hp["layer_order"], hp["seed"])
+            yield name, rnd, y, states[0]
+            return
+        for (name, rnd), state in zip(randomised_models(model, hp["layer_order"], hp["seed"]), states):
+            yield name, rnd, y, state
+
+    def _random_states(self, model) -> list[tuple]:
+        """The states of the randomised models this metric explains, in order: the seed and the
+        cumulative set of re-initialised layers (``each_layer``), or the set of all (``all_layers``)."""
+        hp = self.hparams
+        names = [n for n, _ in randomisable_layers(model)]
+        names = names[::-1] if hp["layer_order"] == "top_down" else names
+        states = [("random", hp["seed"], frozenset(names[: i + 1])) for i in range(len(names))]
+        return states if self.spec.randomise == "each_layer" else states[-1:]
 
     def explained_maps(self, model) -> list[tuple]:
         """The maps this metric explains, as the keys :meth:`_explain` shares them by (state,
@@ -181,12 +190,7 @@ class _Randomisation(Metric):
             out.append((("model",), "y", noise))
         if spec.randomise == "target":
             return [*out, (("model",), ("other classes", hp["seed"]), noise)]
-        names = [n for n, _ in randomisable_layers(model)]
-        names = names[::-1] if hp["layer_order"] == "top_down" else names
-        sets = [frozenset(names[: i + 1]) for i in range(len(names))]
-        out += [
-            (("random", hp["seed"], s), "y", noise) for s in (sets if spec.randomise == "each_layer" else sets[-1:])
-        ]
+        out += [(state, "y", noise) for state in self._random_states(model)]
         return list(dict.fromkeys(out))
 
     def layers(self, model, x, y, a, explainer) -> dict[str, torch.Tensor]:

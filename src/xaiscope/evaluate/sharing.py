@@ -53,9 +53,8 @@ class Scope:
     memo: dict[Any, Any] = field(default_factory=dict)
     saved: int = 0
     #: a dry block (the pass plan's): perturbation pairs are identified and counted but
-    #: never sent to the model (their readouts are NaN); ``needed`` counts those to send
+    #: never sent to the model (their readouts are NaN)
     dry: bool = False
-    needed: int = 0
     _alive: dict[tuple, Any] = field(default_factory=dict)
 
     def key(self, obj: Any) -> Any:

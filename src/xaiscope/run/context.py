@@ -259,10 +259,10 @@ class RunContext:
         metrics on all its images, probed on the first ``probe`` images (one shared-passes block
         per method, as the units are computed)."""
         metrics = [metric_instance(n, h, self.batch_size, self.seed) for n, h in per_unit_metrics(self.metrics)]
+        explainers = [explain.get(m, **{"batch_size": self.batch_size, **hp}) for m, hp in self.methods]
         plans = {}
         for name, net in self.models.items():
             inp = self.inputs(Unit(name, "probe", (), 0, min(probe, self.n_images)))
-            explainers = [explain.get(m, **{"batch_size": self.batch_size, **hp}) for m, hp in self.methods]
             plans[name] = pass_plan(
                 net,
                 inp.x,
